@@ -1,0 +1,46 @@
+# vqclip: `make demo` and `make test` create the environment (.venv) when it is missing or
+# older than pyproject.toml, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+FPS    ?= 10
+
+.PHONY: env demo test test-all lint format video notebook bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: frames + MP4
+	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --video
+
+test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)  ## the test suite including tests marked slow
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check vqclip tests
+	$(BIN)/ruff format --check vqclip tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix vqclip tests
+	$(BIN)/ruff format vqclip tests
+
+video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10]
+	@test -n "$(RUN)" || (echo "usage: make video RUN=outputs/RUN_DIR [FPS=10]" >&2; exit 2)
+	$(BIN)/vqclip video "$(RUN)" --fps $(FPS)
+
+notebook: $(STAMP)  ## the notebook in local Jupyter
+	$(BIN)/jupyter notebook notebooks/vqgan_clip.ipynb
+
+bench: $(STAMP)  ## speed against the classic loop, on the real architectures
+	$(BIN)/vqclip bench
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

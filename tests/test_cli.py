@@ -1,0 +1,108 @@
+"""The command line end to end: generate writes a run, video turns it into an MP4, bad input fails early."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vqclip import cli
+from vqclip.frames import frame_paths, read_png_metadata
+from vqclip.video import count_video_frames
+
+
+def _flags(tiny_models: dict, out: Path, *extra: str) -> list[str]:
+    return [
+        "--vqgan", str(tiny_models["yaml"]), "--clip_model", str(tiny_models["clip"]),
+        "--width", "32", "--height", "32", "--cutn", "4", "--augments",
+        "--max_iterations", "6", "--display_frequency", "2", "--seed", "3",
+        "--device", "cpu", "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _only_run(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def test_generate_then_video(
+    tiny_models: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    cli.main(["generate", "a red circle:2 | blurry:-0.5", *_flags(tiny_models, out)])
+    run = _only_run(out)
+    assert "run directory" in capsys.readouterr().out
+    frames = frame_paths(run)
+    assert [p.name for p in frames] == ["000000.png", "000002.png", "000004.png", "000006.png"]
+    assert (run / "final.png").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["prompts"] == "a red circle:2 | blurry:-0.5" and config["seed"] == 3
+    meta = read_png_metadata(frames[1])
+    assert meta["prompts"] == config["prompts"] and meta["seed"] == "3" and meta["iteration"] == "2"
+    assert json.loads(meta["config"]) == config
+    cli.main(["video", str(run), "--fps", "5"])
+    assert count_video_frames(run / "video.mp4") == len(frames)
+    with pytest.raises(SystemExit) as exit_info:  # never overwrite without asking
+        cli.main(["video", str(run)])
+    assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
+    cli.main(["video", str(run), "--overwrite", "--fps", "2"])
+
+
+def test_video_with_no_frames_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["video", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no frames in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "prompt, extra, message",
+    [
+        ("a cat:1.5x", [], "weight '1.5x' is not a number"),
+        (
+            "a cat",
+            ["--init_image", "/nonexistent/init.png"],
+            "init_image: image file '/nonexistent/init.png' does not exist",
+        ),
+        ("a cat", ["--init_image", "NOT_AN_IMAGE"], "init_image: .* is not a readable image"),
+        ("a cat", ["--target_images", "NOT_AN_IMAGE"], "target_images: .* is not a readable image"),
+        ("a cat", ["--width", "0"], "width: expected a positive integer, got 0"),
+        ("a cat", ["--height", "-32"], "height: expected a positive integer, got -32"),
+        ("a cat", ["--width", "33"], "width: 33 is not a multiple of the VQGAN's factor 2"),
+        (
+            "a cat",
+            ["--optimizer", "Adadelta"],
+            "optimizer: unknown value 'Adadelta'; valid options are",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_model_is_built(
+    tiny_models: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    prompt: str, extra: list[str], message: str,
+) -> None:  # fmt: skip
+    (tmp_path / "NOT_AN_IMAGE").write_text("hello")
+    monkeypatch.chdir(tmp_path)
+    built = []
+    monkeypatch.setattr("vqclip.pipeline.load_vqgan", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("vqclip.pipeline.load_clip", lambda *a, **k: built.append(a))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", prompt, *_flags(tiny_models, tmp_path / "out"), *extra])
+    assert exit_info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    assert built == [] and not (tmp_path / "out").exists()
+
+
+def test_help_documents_the_prompt_syntax() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "vqclip", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "text:weight:stop" in result.stdout and "--max_iterations" in result.stdout
+    assert "--init_weight" in result.stdout and "pull toward the starting latent" in result.stdout

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from vqclip.config import GenerationConfig, resolve_seed
+
+
+def test_round_trips_through_json() -> None:
+    config = GenerationConfig(
+        prompts="a:2 | b", noise_prompt_seeds=(3,), noise_prompt_weights=(0.5,)
+    )
+    again = GenerationConfig.from_json(config.to_json())
+    assert again == config
+    assert json.loads(config.to_json())["noise_prompt_seeds"] == [3]
+
+
+def test_lists_become_tuples_so_configs_stay_hashable() -> None:
+    config = GenerationConfig.from_dict({"prompts": "x", "augments": ["Af", "Ji"]})
+    assert config.augments == ("Af", "Ji")
+    hash(config)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"width": 0}, "width: expected a positive integer, got 0"),
+        ({"height": -64}, "height: expected a positive integer, got -64"),
+        ({"width": 64.5}, "width: expected a positive integer"),
+        ({"optimizer": "Adadelta"}, "optimizer: unknown value 'Adadelta'; valid options are"),
+        ({"precision": "int8"}, "precision: unknown value 'int8'"),
+        ({"augments": ("Af", "Zz")}, "augments: unknown value 'Zz'"),
+        ({"augments": "Af"}, "augments: expected a list"),
+        ({"cutn": 0}, "cutn: expected a positive integer"),
+        ({"step_size": 0}, "step_size: expected a positive number"),
+        ({"max_iterations": 0}, "max_iterations: expected a positive integer or -1"),
+        ({"seed": -2}, "seed: expected an integer"),
+        ({"device": "tpu"}, "device: expected"),
+        ({"prompts": "a cat:heavy1"}, "a cat:heavy1"),
+        ({"prompts": "a cat:1x"}, "prompt 'a cat:1x': weight '1x' is not a number"),
+        ({"prompts": ""}, "nothing to steer toward"),
+        ({"noise_prompt_seeds": (1, 2), "noise_prompt_weights": (1.0,)}, "same length"),
+    ],
+)
+def test_bad_values_are_named(changes: dict, message: str) -> None:
+    values = {"prompts": "a red circle", **changes}
+    if "heavy1" in str(changes.get("prompts")):  # a non-number-like suffix is text, not an error
+        assert GenerationConfig(**values).prompts == "a cat:heavy1"
+        return
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        GenerationConfig(**values)
+
+
+def test_unknown_keys_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown config keys \\['iterations'\\].*max_iterations"):
+        GenerationConfig.from_dict({"prompts": "x", "iterations": 5})
+
+
+def test_seed_minus_one_is_resolved_and_recorded() -> None:
+    config = resolve_seed(GenerationConfig(prompts="x", seed=-1))
+    assert 0 <= config.seed < 2**31
+    assert resolve_seed(GenerationConfig(prompts="x", seed=5)).seed == 5

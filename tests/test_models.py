@@ -1,0 +1,150 @@
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import clip
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY_CLIP, tiny_vqgan_spec
+from vqclip.models import (
+    UnsafeCheckpointError,
+    build_clip,
+    build_vqgan,
+    load_checkpoint,
+    load_clip,
+    load_vqgan,
+    read_vqgan_spec,
+    save_vqgan,
+)
+
+
+def test_vqgan_round_trip_is_exact(tiny_models: dict[str, Path]) -> None:
+    model = load_vqgan(tiny_models["yaml"], tiny_models["ckpt"])
+    saved = torch.load(tiny_models["ckpt"], weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    x = torch.rand(1, 3, 32, 32)
+    assert model.decode(model.encode(x * 2 - 1)).shape == (1, 3, 32, 32)
+    assert model.spec.factor == 2
+
+
+def test_gumbel_vqgan_loads(tmp_path: Path) -> None:
+    spec = tiny_vqgan_spec("taming.models.vqgan.GumbelVQ")
+    save_vqgan(build_vqgan(spec), tmp_path / "g.yaml", tmp_path / "g.ckpt")
+    model = load_vqgan(tmp_path / "g.yaml", tmp_path / "g.ckpt")
+    assert model.spec.gumbel and model.codebook.shape == (64, 32)
+    assert "quantize.proj.weight" in model.state_dict()
+
+
+def test_net2net_first_stage_loads_and_drops_other_stages(tmp_path: Path) -> None:
+    spec = tiny_vqgan_spec()
+    model = build_vqgan(spec)
+    state = {f"first_stage_model.{k}": v for k, v in model.state_dict().items()}
+    state["transformer.tok_emb.weight"] = torch.zeros(3)
+    state["cond_stage_model.encoder.conv_in.weight"] = torch.zeros(3)
+    state["first_stage_model.loss.discriminator.main.0.weight"] = torch.zeros(3)
+    params = {"embed_dim": 16, "n_embed": 64, "ddconfig": spec.ddconfig}
+    config = {
+        "model": {
+            "target": "taming.models.cond_transformer.Net2NetTransformer",
+            "params": {
+                "first_stage_config": {"target": "taming.models.vqgan.VQModel", "params": params}
+            },
+        }
+    }
+    (tmp_path / "n.yaml").write_text(yaml.safe_dump(config))
+    torch.save({"state_dict": state}, tmp_path / "n.ckpt")
+    loaded = load_vqgan(tmp_path / "n.yaml", tmp_path / "n.ckpt")
+    assert torch.equal(loaded.codebook, model.codebook)
+
+
+def test_strict_loading_lists_missing_and_unexpected_keys(
+    tiny_models: dict, tmp_path: Path
+) -> None:
+    state = torch.load(tiny_models["ckpt"], weights_only=True)["state_dict"]
+    del state["decoder.conv_out.weight"]
+    state["decoder.extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "bad.ckpt")
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['decoder.conv_out.weight'\].*unexpected keys \['decoder.extra.weight'\]",
+    ):
+        load_vqgan(tiny_models["yaml"], tmp_path / "bad.ckpt")
+
+
+def test_unknown_yaml_target_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "evil.yaml").write_text(
+        yaml.safe_dump({"model": {"target": "os.system", "params": {}}})
+    )
+    with pytest.raises(ValueError, match="refused target 'os.system'"):
+        read_vqgan_spec(tmp_path / "evil.yaml")
+
+
+def test_clip_file_loads_with_our_loader_and_with_clip_load(tiny_models: dict) -> None:
+    ours = load_clip(tiny_models["clip"])
+    theirs, _ = clip.load(str(tiny_models["clip"]), device="cpu", jit=False)
+    tokens = clip.tokenize(["a red circle"], context_length=ours.context_length)
+    assert torch.allclose(ours.encode_text(tokens), theirs.float().encode_text(tokens), atol=1e-2)
+    assert ours.visual.input_resolution == TINY_CLIP["image_resolution"]
+    assert next(ours.parameters()).dtype == torch.float32
+
+
+def test_clip_torchscript_archive_loads(tmp_path: Path) -> None:
+    model = build_clip(**TINY_CLIP).eval()
+    tokens = clip.tokenize(["x"], context_length=16)
+    traced = torch.jit.trace_module(model, {"encode_text": tokens})
+    traced.save(str(tmp_path / "clip_jit.pt"))
+    loaded = load_clip(tmp_path / "clip_jit.pt")
+    assert torch.allclose(loaded.encode_text(tokens), model.encode_text(tokens), atol=1e-5)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (Path.touch, (Path(_Boom.marker),))
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
+    _Boom.marker = str(tmp_path / "pwned")
+    torch.save({"state_dict": {}, "payload": _Boom()}, tmp_path / "evil.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match="could run code"):
+        load_checkpoint(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "pwned").exists()
+    with open(tmp_path / "evil.pkl", "wb") as f:  # the legacy (non-zip) format too
+        pickle.dump({"payload": _Boom()}, f)
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_lightning_checkpoint_with_model_checkpoint_entry_loads(
+    tiny_models: dict, tmp_path: Path
+) -> None:
+    # Build the class that old Lightning checkpoints pickle, under its real import path.
+    names = [
+        "pytorch_lightning",
+        "pytorch_lightning.callbacks",
+        "pytorch_lightning.callbacks.model_checkpoint",
+    ]
+    saved = {n: sys.modules.get(n) for n in names}
+    module = types.ModuleType(names[-1])
+    ModelCheckpoint = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    module.ModelCheckpoint = ModelCheckpoint
+    try:
+        for name in names:
+            sys.modules[name] = module
+        state = torch.load(tiny_models["ckpt"], weights_only=True)["state_dict"]
+        checkpoint = {
+            "epoch": 3,
+            "state_dict": state,
+            "callbacks": {ModelCheckpoint: {"best_model_score": None}},
+        }
+        torch.save(checkpoint, tmp_path / "last.ckpt")
+    finally:
+        for name, old in saved.items():
+            sys.modules.pop(name) if old is None else sys.modules.__setitem__(name, old)
+    loaded = load_checkpoint(tmp_path / "last.ckpt")
+    assert loaded["epoch"] == 3
+    model = load_vqgan(tiny_models["yaml"], tmp_path / "last.ckpt")
+    assert torch.equal(model.codebook, state["quantize.embedding.weight"])

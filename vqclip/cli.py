@@ -1,0 +1,193 @@
+"""The ``vqclip`` command: the only module that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import re
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from vqclip.config import GenerationConfig
+
+PROMPT_HELP = """\
+prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
+  "text:weight:stop | text:weight | text"
+  weight  defaults to 1; negative pushes away ("blurry:-0.5")
+  stop    defaults to -inf; the prompt stops pulling once its distance is below it
+  Colons inside the text and in URLs are kept: "https://host/img.png:0.5" is an image
+  prompt with weight 0.5. A suffix counts as a weight only when it starts like a number.
+
+examples:
+  vqclip generate "a red circle on a blue background" --seed 7
+  vqclip generate "a lighthouse in a storm:1 | blurry:-0.5" --vqgan imagenet_f16_16384 \\
+      --clip_model ViT-B/32 --width 256 --height 256 --max_iterations 300
+  vqclip video outputs/RUN_DIR --fps 10
+"""
+
+
+def _field_help() -> dict[str, str]:
+    """The comment on each config field, which is its documentation."""
+    source = inspect.getsource(GenerationConfig)
+    return dict(re.findall(r"^\s+(\w+): [^\n]*?  # ([^\n]*)$", source, flags=re.M))
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    docs = _field_help()
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in fields(GenerationConfig):
+        if f.name == "prompts":
+            continue
+        hint, default = hints[f.name], f.default if f.default is not MISSING else None
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is tuple:
+            kwargs.update(nargs="*", type=args[0])
+        elif hint in (int, float):
+            kwargs["type"] = hint
+        parser.add_argument(*names, help=f"{docs.get(f.name, '')} (default: {default!r})", **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqclip", description="VQGAN+CLIP: prompts to images and videos."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser(
+        "generate",
+        help="generate an image (and frames) from prompts",
+        description="Optimise a VQGAN latent so that CLIP sees the prompts in its image.",
+        epilog=PROMPT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument("prompts", nargs="?", default="", help='e.g. "a red circle:1 | blurry:-0.5"')
+    gen.add_argument(
+        "--config", type=Path, help="start from a saved config.json; flags override it"
+    )
+    gen.add_argument("--video", action="store_true", help="also assemble the frames into video.mp4")
+    gen.add_argument("--fps", type=float, default=10.0, help="frame rate of --video (default: 10)")
+    _add_config_flags(gen)
+    video = sub.add_parser("video", help="assemble a run's saved frames into an MP4")
+    video.add_argument("run_dir", type=Path)
+    video.add_argument("--fps", type=float, default=10.0)
+    video.add_argument("--output", type=Path, help="default: RUN_DIR/video.mp4")
+    video.add_argument("--overwrite", action="store_true", help="replace an existing video")
+    models = sub.add_parser("models", help="list known models, or download one")
+    models.add_argument("action", nargs="?", choices=["list", "download"], default="list")
+    models.add_argument("name", nargs="?", help="registry name to download")
+    bench = sub.add_parser("bench", help="time the loop against the classic one")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--quick", action="store_true", help="fewer, smaller runs (for smoke tests)")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
+    values = json.loads(args.config.read_text()) if args.config else {}
+    values.update(
+        {f.name: getattr(args, f.name) for f in fields(GenerationConfig) if hasattr(args, f.name)}
+    )
+    if args.prompts or "prompts" not in values:
+        values["prompts"] = args.prompts
+    for key in ("init_image", "vqgan_checkpoint", "run_name"):
+        if values.get(key) == "":
+            values[key] = None
+    return GenerationConfig.from_dict(values)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from vqclip.pipeline import generate
+
+    config = _config_from_args(args)
+    total = None if config.max_iterations == -1 else config.max_iterations
+    with tqdm(total=total, unit="it", dynamic_ncols=True) as bar:
+
+        def progress(info: dict) -> None:
+            bar.update(1)
+            if "image" in info:  # read the loss only at display steps: no per-step device sync
+                bar.set_postfix(loss=f"{info['loss'].item():.4f}")
+
+        result = generate(config, callback=progress)
+    state = "interrupted; kept" if result.interrupted else "done"
+    print(f"{state}: {len(result.frames)} frames, seed {result.config.seed}")
+    print(f"run directory: {result.run_dir}")
+    print(f"final image:   {result.run_dir / 'final.png'}")
+    if args.video:
+        from vqclip.video import assemble_video
+
+        print(f"video:         {assemble_video(result.run_dir, fps=args.fps)}")
+    else:
+        print(f"make a video:  vqclip video {result.run_dir}")
+
+
+def _video(args: argparse.Namespace) -> None:
+    from vqclip.video import assemble_video
+
+    path = assemble_video(args.run_dir, fps=args.fps, output=args.output, overwrite=args.overwrite)
+    print(f"video: {path}")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from vqclip import zoo
+
+    if args.action == "download":
+        if not args.name:
+            raise ValueError(f"models download: give a name, one of {zoo.model_names()}")
+        print("\n".join(str(p) for p in _download(args.name)))
+        return
+    print(f"{'name':22} {'family':6} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
+    for name, entry in zoo.REGISTRY.items():
+        cached = "bundled" if entry.bundled else ("yes" if zoo.is_cached(entry) else "no")
+        print(f"{name:22} {entry.family:6} {entry.size_mb:>7.0f}MB  {cached}")
+
+
+def _download(name: str) -> tuple[Path, ...]:
+    from tqdm import tqdm
+
+    from vqclip import zoo
+
+    entry = zoo.REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"unknown model {name!r}; known models: {zoo.model_names()}")
+    with tqdm(unit="B", unit_scale=True, dynamic_ncols=True) as bar:
+
+        def progress(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return zoo.entry_paths(entry, progress=progress)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from vqclip.bench import format_table, run_benchmark
+
+    results = run_benchmark(quick=args.quick)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``vqclip`` command."""
+    args = _parser().parse_args(argv)
+    from vqclip.download import DownloadError
+
+    commands = {"generate": _generate, "video": _video, "models": _models, "bench": _bench}
+    try:
+        commands[args.command](args)
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        DownloadError,
+        FloatingPointError,
+    ) as error:
+        print(f"vqclip {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,177 @@
+"""GenerationConfig: every setting of one generation, validated, saved as ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import secrets
+from dataclasses import dataclass, fields
+from typing import Any
+
+from vqclip.prompts import parse_prompts, split_prompts
+
+__all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed"]
+
+OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "RMSprop", "SGD")
+PRECISIONS = ("fp32", "bf16", "fp16")
+STARTS = ("random", "plain")
+# Augmentation names of the classic notebooks: affine, perspective, colour jitter, erasing,
+# horizontal flip, sharpness, resized crop, thin-plate spline.
+AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """All settings of one generation; field names are the CLI flags and the JSON keys."""
+
+    prompts: str = ""  # "text:weight:stop | text" (weight default 1, may be negative)
+    image_prompts: str = ""  # "path-or-URL:weight | ..." images whose CLIP embedding pulls
+    noise_prompt_seeds: tuple[int, ...] = ()  # one random-embedding prompt per seed
+    noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
+    init_image: str | None = None  # start from this image's latent instead of random codes
+    init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
+    target_images: str = ""  # "path | path": extra image prompts with weight 1
+    width: int = 64  # output width in pixels, a multiple of the VQGAN's downsampling factor
+    height: int = 64  # output height in pixels, likewise
+    vqgan: str = "shapes-vqgan"  # registry name, or a path to a VQGAN YAML config
+    vqgan_checkpoint: str | None = None  # checkpoint for a YAML path; default: YAML with .ckpt
+    clip_model: str = "shapes-clip"  # registry name (e.g. "ViT-B/32") or a path to a CLIP file
+    cutn: int = 32  # cutouts scored by CLIP per step
+    cut_pow: float = 1.0  # cutout size exponent: > 1 favours small cutouts
+    augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er")  # kornia augmentations of cutouts
+    step_size: float = 0.1  # optimiser learning rate
+    optimizer: str = "Adam"  # one of OPTIMIZERS
+    max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
+    display_frequency: int = 10  # save (and show) a frame every this many steps
+    seed: int = -1  # seed of every random draw; -1 picks one and records it
+    start: str = "random"  # without init_image: "random" codebook tokens or a "plain" grey image
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
+    precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP
+    output_dir: str = "outputs"  # each run gets a new directory under this one
+    run_name: str | None = None  # run directory name; default: time, prompt and seed
+
+    def __post_init__(self) -> None:
+        for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+                raise ValueError(f"{name}: expected a list, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        self._check_sizes()
+        self._check_choices()
+        self._check_prompts()
+
+    def _check_sizes(self) -> None:
+        _positive_int("width", self.width)
+        _positive_int("height", self.height)
+        _positive_int("cutn", self.cutn)
+        _positive_int("display_frequency", self.display_frequency)
+        _positive_number("cut_pow", self.cut_pow)
+        _positive_number("step_size", self.step_size)
+        _finite_number("init_weight", self.init_weight)
+        if not _is_int(self.max_iterations) or not (
+            self.max_iterations >= 1 or self.max_iterations == -1
+        ):
+            raise ValueError(
+                f"max_iterations: expected a positive integer or -1, got {self.max_iterations!r}"
+            )
+        if not _is_int(self.seed) or not -1 <= self.seed < 2**63:
+            raise ValueError(f"seed: expected an integer in [0, 2**63) or -1, got {self.seed!r}")
+
+    def _check_choices(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("start", self.start, STARTS)
+        for name in self.augments:
+            _choice("augments", name, AUGMENTS)
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(
+                f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            )
+
+    def _check_prompts(self) -> None:
+        parse_prompts(self.prompts)  # raises ValueError naming a malformed prompt
+        parse_prompts(self.image_prompts)
+        if len(self.noise_prompt_seeds) != len(self.noise_prompt_weights):
+            raise ValueError(
+                "noise_prompt_seeds and noise_prompt_weights: expected the same length, got "
+                f"{len(self.noise_prompt_seeds)} and {len(self.noise_prompt_weights)}"
+            )
+        for seed in self.noise_prompt_seeds:
+            if not _is_int(seed) or seed < 0:
+                raise ValueError(f"noise_prompt_seeds: expected integers >= 0, got {seed!r}")
+        for weight in self.noise_prompt_weights:
+            _finite_number("noise_prompt_weights", weight)
+        steer = (self.prompts, self.image_prompts, self.noise_prompt_seeds, self.target_images)
+        if not any(split_prompts(s) if isinstance(s, str) else s for s in steer):
+            raise ValueError(
+                "prompts: nothing to steer toward; give prompts, image_prompts, "
+                "target_images or noise_prompt_seeds"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able values."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def to_json(self) -> str:
+        """The config as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GenerationConfig:
+        """Build a config from a dict; unknown keys are an error that lists the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationConfig:
+        """Parse a config saved by :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_seed(config: GenerationConfig) -> GenerationConfig:
+    """Pick a seed for ``seed=-1`` (from the OS, not a global RNG); other configs pass through."""
+    if config.seed != -1:
+        return config
+    return config.replace(seed=secrets.randbelow(2**31))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _positive_number(name: str, value: Any) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def _finite_number(name: str, value: Any) -> None:
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}: unknown value {value!r}; valid options are {list(options)}")

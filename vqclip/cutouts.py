@@ -1,0 +1,92 @@
+"""Cutouts: random square crops of the image, all made in one batched resampling, and augments."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["make_cutouts", "make_augments", "augment", "CLIP_MEAN", "CLIP_STD", "normalize"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def make_cutouts(
+    image: torch.Tensor, cut_size: int, cutn: int, cut_pow: float, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (cutn * B, 3, cut_size, cut_size): crops of random size and place.
+
+    Sizes are ``rand ** cut_pow`` between ``min(H, W, cut_size)`` and ``min(H, W)`` as in the
+    classic notebooks; all crops are resampled at once by one affine grid.
+    """
+    batch, _, height, width = image.shape
+    device = image.device
+    max_size, min_size = min(height, width), min(height, width, cut_size)
+    uniform = torch.rand(3, cutn, generator=generator, device=device)  # (3, cutn)
+    sizes = uniform[0].pow(cut_pow) * (max_size - min_size) + min_size  # (cutn,) in pixels
+    left = uniform[1] * (width - sizes)
+    top = uniform[2] * (height - sizes)
+    theta = torch.zeros(cutn, 2, 3, device=device)  # output grid [-1, 1] -> input coordinates
+    theta[:, 0, 0] = sizes / width
+    theta[:, 1, 1] = sizes / height
+    theta[:, 0, 2] = (2 * left + sizes) / width - 1
+    theta[:, 1, 2] = (2 * top + sizes) / height - 1
+    theta = theta.repeat(batch, 1, 1)  # (cutn * B, 2, 3), cutouts grouped by cut, then image
+    grid = F.affine_grid(theta, [cutn * batch, 3, cut_size, cut_size], align_corners=False)
+    images = image.repeat(cutn, 1, 1, 1)  # (cutn * B, 3, H, W)
+    return F.grid_sample(images, grid.to(image.dtype), mode="bilinear", align_corners=False)
+
+
+def make_augments(names: tuple[str, ...], cut_size: int) -> nn.Module:
+    """The classic notebooks' kornia augmentations, by their short names, in order."""
+    import kornia.augmentation as K
+
+    table = {
+        "Af": lambda: K.RandomAffine(
+            degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="border"
+        ),
+        "Pe": lambda: K.RandomPerspective(0.7, p=0.7),
+        "Ji": lambda: K.ColorJitter(0.1, 0.1, 0.1, 0.1, p=0.7),
+        "Er": lambda: K.RandomErasing((0.1, 0.4), (0.3, 1 / 0.3), same_on_batch=True, p=0.7),
+        "Hf": lambda: K.RandomHorizontalFlip(p=0.5),
+        "Sh": lambda: K.RandomSharpness(0.3, p=0.5),
+        "Re": lambda: K.RandomResizedCrop(
+            (cut_size, cut_size), scale=(0.1, 1.0), cropping_mode="resample", p=0.5
+        ),
+        "Ts": lambda: K.RandomThinPlateSpline(scale=0.8, same_on_batch=True, p=0.7),
+    }
+    return nn.Sequential(*(table[name]() for name in names))
+
+
+def augment(
+    cutouts: torch.Tensor,
+    augments: nn.Module,
+    noise: float,
+    generator: torch.Generator,
+    seed: int,
+) -> torch.Tensor:
+    """Apply ``augments`` (seeded by ``seed``) and per-cutout Gaussian noise (from ``generator``).
+
+    kornia draws from torch's global generator, so it runs inside a forked RNG seeded with
+    ``seed`` (the loop passes one derived from the run's seed and the iteration, a host-side
+    integer, so there is no device sync); the caller's global RNG is left untouched.
+    """
+    if len(augments):
+        devices = [cutouts.device] if cutouts.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            cutouts = augments(cutouts)
+    if noise > 0:
+        n = cutouts.shape[0]
+        scale = torch.rand(n, 1, 1, 1, generator=generator, device=cutouts.device) * noise
+        jitter = torch.randn(cutouts.shape, generator=generator, device=cutouts.device)
+        cutouts = cutouts + scale * jitter.to(cutouts.dtype)
+    return cutouts
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB -> CLIP's input normalisation."""
+    mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    return (image - mean) / std

@@ -1,0 +1,108 @@
+"""Run directories and frames: atomic PNGs that carry the prompt, seed, iteration and config."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from vqclip.config import GenerationConfig
+
+__all__ = ["create_run_dir", "save_png", "read_png_metadata", "FrameWriter", "frame_paths"]
+
+FRAMES = "frames"
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "run"
+
+
+def create_run_dir(config: GenerationConfig) -> Path:
+    """Make a new, empty run directory; an existing one is never reused or overwritten."""
+    root = Path(config.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    prompt = config.prompts.split("|")[0].split(":")[0] if config.prompts else "image"
+    base = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(prompt)}-s{config.seed}"
+    for n in range(10_000):
+        path = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()  # atomic: fails if it exists
+        except FileExistsError:
+            continue
+        (path / FRAMES).mkdir()
+        write_atomic(path / "config.json", config.to_json().encode())
+        return path
+    raise FileExistsError(f"no free run directory name under {root} for {base!r}")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, Any]) -> None:
+    """Save (H, W, 3) uint8 as a PNG with text metadata, atomically; never overwrites."""
+    if path.exists():
+        raise FileExistsError(f"refusing to overwrite {path}")
+    info = PngInfo()
+    for key, value in metadata.items():
+        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    tmp = path.with_name(f".{path.name}.part")
+    Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def read_png_metadata(path: str | Path) -> dict[str, str]:
+    """The text chunks of a PNG."""
+    with Image.open(path) as image:
+        return dict(image.text)
+
+
+def frame_paths(run_dir: str | Path) -> list[Path]:
+    """The saved frames of a run, in order."""
+    return sorted((Path(run_dir) / FRAMES).glob("[0-9]*.png"))
+
+
+class FrameWriter:
+    """A loop callback that saves each displayed image as ``frames/NNNNNN.png``."""
+
+    def __init__(self, run_dir: Path, config: GenerationConfig) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.saved: list[Path] = []
+
+    def metadata(self, iteration: int, index: int) -> dict[str, Any]:
+        return {
+            "prompts": self.config.prompts,
+            "seed": str(self.config.seed),
+            "iteration": str(iteration),
+            "batch_index": str(index),
+            "config": self.config.to_json(),
+            "Software": "vqclip",
+        }
+
+    def save(self, name: str, pixels: list[np.ndarray], iteration: int) -> list[Path]:
+        """Save one PNG per image of the batch under ``name`` (suffixed when batched)."""
+        paths = []
+        for index, array in enumerate(pixels):
+            stem = name if len(pixels) == 1 else f"{name}-{index}"
+            path = self.run_dir / f"{stem}.png"
+            save_png(path, array, self.metadata(iteration, index))
+            paths.append(path)
+        return paths
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if "image" in info:
+            from vqclip.images import to_uint8
+
+            pixels = [to_uint8(image) for image in info["image"]]
+            self.saved += self.save(f"{FRAMES}/{info['iteration']:06d}", pixels, info["iteration"])

@@ -1,0 +1,51 @@
+"""Losses: spherical distance to weighted prompt embeddings (with stops), and the init pull."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Targets", "spherical_dist_loss", "prompt_losses", "init_loss"]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """All prompt embeddings, flattened: prompt ``p`` owns rows where ``owner == p``."""
+
+    embeds: torch.Tensor  # (K, D) unit vectors, K >= number of prompts
+    owner: torch.Tensor  # (K,) index of the prompt each row belongs to
+    weights: torch.Tensor  # (P,) signed prompt weights
+    stops: torch.Tensor  # (P,) distance below which a prompt stops pulling
+    names: tuple[str, ...]  # (P,) for reports
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+
+def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared great-circle distance between unit-normalised ``x`` and ``y`` (last dim)."""
+    x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+    return (x - y).norm(dim=-1).div(2).clamp(max=1).arcsin().pow(2).mul(2)
+
+
+def prompt_losses(image_embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(N, D) cutout embeddings -> (P,) losses, one per prompt.
+
+    Each prompt's loss is ``|w| * mean(sign(w) * distance)``; once the signed distance falls
+    below the prompt's stop, its gradient is cut (the classic notebooks' semantics).
+    """
+    distances = spherical_dist_loss(image_embeds[:, None], targets.embeds[None])  # (N, K)
+    per_row = distances.mean(0)  # (K,)
+    sums = torch.zeros(targets.count, device=per_row.device).index_add(0, targets.owner, per_row)
+    counts = torch.bincount(targets.owner, minlength=targets.count).to(per_row)
+    signed = sums / counts * targets.weights.sign()  # (P,)
+    gated = torch.where(signed > targets.stops, signed, signed.detach())
+    return targets.weights.abs() * gated
+
+
+def init_loss(latent: torch.Tensor, start: torch.Tensor, weight: float) -> torch.Tensor:
+    """Pull the latent toward its starting point (the init image's latent): ``w/2 * MSE``."""
+    return F.mse_loss(latent, start) * (weight / 2)

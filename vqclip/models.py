@@ -1,0 +1,290 @@
+"""Model building, saving and safe loading: the only module that imports taming and clip.
+
+A VQGAN is built from taming's own building blocks (Encoder, Decoder, quantisers) without
+pytorch_lightning, and its weights are loaded strictly. Checkpoints are read with torch's
+weights-only unpickler, so no checkpoint can run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import clip
+import clip.model
+import torch
+import yaml
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
+from torch import nn
+
+__all__ = [
+    "VQGAN",
+    "VQGANSpec",
+    "read_vqgan_spec",
+    "build_vqgan",
+    "load_vqgan",
+    "save_vqgan",
+    "build_clip",
+    "load_clip",
+    "save_clip",
+    "tokenize",
+    "load_checkpoint",
+    "UnsafeCheckpointError",
+]
+
+log = logging.getLogger(__name__)
+
+VQ_TARGET = "taming.models.vqgan.VQModel"
+GUMBEL_TARGET = "taming.models.vqgan.GumbelVQ"
+NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
+KNOWN_TARGETS = (VQ_TARGET, GUMBEL_TARGET, NET2NET_TARGET)
+# Keys of training-only parts (the GAN/LPIPS loss) that a VQGAN checkpoint carries and we drop.
+_TRAINING_ONLY_PREFIXES = ("loss.",)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds a pickled object that could run code when loaded."""
+
+
+class _InertStandIn:
+    """Stands in for harmless non-tensor objects of old Lightning checkpoints; holds no code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+# Objects that old Lightning checkpoints pickle beside the weights, allowed only as stand-ins.
+STAND_INS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "argparse.Namespace",
+)
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Read a checkpoint with the weights-only unpickler; raise if it asks to run code."""
+    stand_ins = [(type(n.rsplit(".", 1)[1], (_InertStandIn,), {}), n) for n in STAND_INS]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: it holds a pickled object that is not plain weights "
+                f"and could run code ({_first_line(error)}); vqclip loads only tensors, "
+                f"containers and the inert stand-ins {list(STAND_INS)}"
+            ) from None
+        raise
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
+    return (lines or str(error).splitlines() or [type(error).__name__])[0].strip()
+
+
+# --------------------------------------------------------------------------------------------
+# VQGAN
+
+
+@dataclass(frozen=True)
+class VQGANSpec:
+    """What a VQGAN YAML says: the family, the autoencoder shape and the codebook."""
+
+    target: str  # one of KNOWN_TARGETS
+    ddconfig: dict[str, Any]  # taming Encoder/Decoder arguments
+    n_embed: int  # codebook entries
+    embed_dim: int  # codebook vector size
+    gumbel: bool  # GumbelQuantize (openimages f8) instead of VectorQuantizer2
+    prefix: str  # state-dict prefix of the first stage ("" or "first_stage_model.")
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return 2 ** (len(self.ddconfig["ch_mult"]) - 1)
+
+
+def read_vqgan_spec(config_path: str | Path) -> VQGANSpec:
+    """Parse a taming YAML (VQModel, GumbelVQ, or a Net2Net's first stage) without building it."""
+    try:
+        config = yaml.safe_load(Path(config_path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"VQGAN config {config_path} is not valid YAML: {error}") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or "target" not in model:
+        raise ValueError(f"VQGAN config {config_path}: expected a 'model' with a 'target'")
+    target, params, prefix = model["target"], model.get("params", {}), ""
+    _check_target(target, config_path)
+    if target == NET2NET_TARGET:
+        stage = params.get("first_stage_config", {})
+        target, params, prefix = stage.get("target"), stage.get("params", {}), "first_stage_model."
+        _check_target(target, config_path)
+        if target == NET2NET_TARGET:
+            raise ValueError(f"VQGAN config {config_path}: a Net2Net first stage must be a VQGAN")
+    return VQGANSpec(
+        target=target,
+        ddconfig=dict(params["ddconfig"]),
+        n_embed=int(params["n_embed"]),
+        embed_dim=int(params["embed_dim"]),
+        gumbel=target == GUMBEL_TARGET,
+        prefix=prefix,
+    )
+
+
+def _check_target(target: Any, config_path: str | Path) -> None:
+    if target not in KNOWN_TARGETS:
+        raise ValueError(
+            f"VQGAN config {config_path}: refused target {target!r}; "
+            f"only the known VQGAN classes may be named: {list(KNOWN_TARGETS)}"
+        )
+
+
+class VQGAN(nn.Module):
+    """A taming VQGAN autoencoder (no loss, no Lightning), with the parts the loop needs."""
+
+    def __init__(self, spec: VQGANSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        z_channels = spec.ddconfig["z_channels"]
+        self.encoder = Encoder(**spec.ddconfig)
+        with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints its z shape
+            self.decoder = Decoder(**spec.ddconfig)
+        if spec.gumbel:
+            self.quantize = GumbelQuantize(z_channels, spec.embed_dim, n_embed=spec.n_embed)
+        else:
+            self.quantize = VectorQuantizer2(spec.n_embed, spec.embed_dim, beta=0.25)
+        self.quant_conv = nn.Conv2d(z_channels, spec.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(spec.embed_dim, z_channels, 1)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codebook, (n_embed, embed_dim)."""
+        return self.quantize.embed.weight if self.spec.gumbel else self.quantize.embedding.weight
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> quantised latent (B, embed_dim, H/f, W/f)."""
+        h = self.quant_conv(self.encoder(image))
+        if self.spec.gumbel:  # the most likely code, not a Gumbel sample: deterministic
+            codes = self.quantize.proj(h).argmax(1)  # (B, h, w)
+        else:
+            flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # (B*h*w, D)
+            codes = torch.cdist(flat, self.codebook).argmin(1).view(h.shape[0], *h.shape[2:])
+        return self.codebook[codes].permute(0, 3, 1, 2)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, embed_dim, h, w) -> (B, 3, h*f, w*f), roughly in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(latent))
+
+
+def build_vqgan(spec: VQGANSpec) -> VQGAN:
+    """A randomly initialised VQGAN of the given shape."""
+    return VQGAN(spec)
+
+
+def load_vqgan(
+    config_path: str | Path, checkpoint_path: str | Path, device: str | torch.device = "cpu"
+) -> VQGAN:
+    """Build a VQGAN from a taming YAML and load its checkpoint strictly, in eval mode."""
+    spec = read_vqgan_spec(config_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"VQGAN checkpoint {checkpoint_path}: expected a state dict")
+    state = _first_stage_weights(state, spec.prefix)
+    model = VQGAN(spec)
+    _load_strict(model, state, checkpoint_path)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def _first_stage_weights(state: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    """The autoencoder's weights: strip ``prefix``, drop other stages and training-only parts."""
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k: v for k, v in weights.items() if not k.startswith(_TRAINING_ONLY_PREFIXES)}
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match the model: "
+            f"missing keys {missing[:20]}{'...' if len(missing) > 20 else ''}, "
+            f"unexpected keys {unexpected[:20]}{'...' if len(unexpected) > 20 else ''}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def save_vqgan(
+    model: VQGAN, config_path: str | Path, checkpoint_path: str | Path, fp16: bool = False
+) -> None:
+    """Save in taming's format: a YAML naming the VQModel/GumbelVQ, and ``{"state_dict": ...}``."""
+    spec = model.spec
+    params = {"embed_dim": spec.embed_dim, "n_embed": spec.n_embed, "ddconfig": spec.ddconfig}
+    config = {"model": {"target": spec.target, "params": params}}
+    Path(config_path).write_text(yaml.safe_dump(config, sort_keys=False))
+    state = {
+        k: (v.half() if fp16 and v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
+    torch.save({"state_dict": state}, checkpoint_path)
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP
+
+
+def build_clip(**shape: int) -> clip.model.CLIP:
+    """A randomly initialised ``clip.model.CLIP`` (arguments as its constructor's), in fp32."""
+    return clip.model.CLIP(**shape).float()
+
+
+def load_clip(path: str | Path, device: str | torch.device = "cpu") -> clip.model.CLIP:
+    """Load an OpenAI CLIP file (TorchScript archive or state dict) safely, fp32, eval mode."""
+    state = _read_clip_state(Path(path))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model = clip.model.build_model(dict(state)).float()
+        # build_model rounds the weights through fp16; reload them exactly, strictly, in fp32.
+        model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+    except (KeyError, RuntimeError) as error:
+        raise ValueError(f"CLIP file {path} is not a CLIP state dict: {error}") from None
+    return model.eval().requires_grad_(False).to(device)
+
+
+def _read_clip_state(path: Path) -> dict[str, torch.Tensor]:
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        # OpenAI's files are TorchScript archives: torch.jit.load runs no Python pickles.
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "visual.conv1.weight" not in state:
+        raise ValueError(f"CLIP file {path}: expected a CLIP state dict with 'visual.conv1.weight'")
+    return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def save_clip(model: clip.model.CLIP, path: str | Path, fp16: bool = True) -> None:
+    """Save an OpenAI-style state dict (what ``clip.load(path, jit=False)`` reads)."""
+    state = {
+        k: (v.half() if fp16 and v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
+    torch.save(state, path)
+
+
+def tokenize(model: clip.model.CLIP, texts: list[str]) -> torch.Tensor:
+    """Token ids (N, context_length) for this model's own context length, truncating."""
+    return clip.tokenize(texts, context_length=model.context_length, truncate=True)

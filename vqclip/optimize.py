@@ -1,0 +1,157 @@
+"""The optimisation loop: latent -> image -> cutouts -> CLIP -> losses -> optimiser step.
+
+No printing and no files: progress and frames leave through ``callback({...})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vqclip.cutouts import augment, make_cutouts, normalize
+from vqclip.latents import decode_latent
+from vqclip.losses import Targets, init_loss, prompt_losses
+
+__all__ = ["Loop", "LoopState", "make_optimizer", "start_state", "step", "run_loop", "Callback"]
+
+Callback = Callable[[dict[str, Any]], None]
+OPTIMIZER_CLASSES = {
+    "Adam": torch.optim.Adam,
+    "AdamW": torch.optim.AdamW,
+    "Adagrad": torch.optim.Adagrad,
+    "Adamax": torch.optim.Adamax,
+    "RMSprop": torch.optim.RMSprop,
+    "SGD": torch.optim.SGD,
+}
+NOISE = 0.1  # per-cutout Gaussian noise scale, as in the classic notebooks
+
+
+@dataclass(frozen=True)
+class Loop:
+    """What stays fixed during a run: models, targets and step settings."""
+
+    vqgan: nn.Module
+    clip_model: nn.Module
+    targets: Targets
+    augments: nn.Module
+    cutn: int
+    cut_pow: float
+    init_weight: float
+    seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for decoder and CLIP
+
+
+@dataclass
+class LoopState:
+    """Everything that changes during a run; enough to save and resume it."""
+
+    latent: torch.Tensor  # (B, D, h, w), requires grad
+    start: torch.Tensor  # (B, D, h, w), the starting latent (init pull target)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the only source of randomness in the loop
+    iteration: int = 0
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """An optimiser by name; raises ``ValueError`` listing the valid names."""
+    if name not in OPTIMIZER_CLASSES:
+        raise ValueError(
+            f"optimizer: unknown {name!r}; valid options are {list(OPTIMIZER_CLASSES)}"
+        )
+    return OPTIMIZER_CLASSES[name](params, lr=lr)
+
+
+def start_state(
+    latent: torch.Tensor, optimizer: str, lr: float, generator: torch.Generator
+) -> LoopState:
+    """A fresh state that optimises a copy of ``latent``."""
+    latent = latent.detach().clone().requires_grad_(True)
+    return LoopState(
+        latent, latent.detach().clone(), make_optimizer(optimizer, [latent], lr), generator
+    )
+
+
+def _autocast(loop: Loop, device: torch.device) -> Any:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(loop.precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
+    """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
+    device = state.latent.device
+    cut_size = loop.clip_model.visual.input_resolution
+    # 1. Decode the (straight-through quantised) latent to pixels.
+    with _autocast(loop, device):
+        image = decode_latent(loop.vqgan, state.latent)  # (B, 3, H, W) in [0, 1]
+    # 2. Cut and augment: (cutn * B, 3, S, S).
+    cutouts = make_cutouts(image, cut_size, loop.cutn, loop.cut_pow, state.generator)
+    cutouts = augment(cutouts, loop.augments, NOISE, state.generator, _step_seed(loop, state))
+    # 3. Score with CLIP and sum the losses.
+    with _autocast(loop, device):
+        embeds = loop.clip_model.encode_image(normalize(cutouts)).float()  # (cutn * B, E)
+    losses = prompt_losses(embeds, loop.targets)  # (P,)
+    total = losses.sum() * image.shape[0]  # per-image gradients do not shrink with the batch
+    if loop.init_weight:
+        total = total + init_loss(state.latent, state.start, loop.init_weight)
+    # 4. Step, then keep the latent inside the codebook's range.
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    state.optimizer.step()
+    _clamp_to_codebook(state.latent, loop.vqgan.codebook)
+    state.iteration += 1
+    return {"image": image.detach(), "loss": total.detach(), "losses": losses.detach()}
+
+
+def _step_seed(loop: Loop, state: LoopState) -> int:
+    return (loop.seed * 1_000_003 + state.iteration) % 2**63
+
+
+@torch.no_grad()
+def _clamp_to_codebook(latent: torch.Tensor, codebook: torch.Tensor) -> None:
+    low = codebook.min(0).values.view(1, -1, 1, 1)  # per channel
+    high = codebook.max(0).values.view(1, -1, 1, 1)
+    latent.copy_(latent.maximum(low).minimum(high))
+
+
+@torch.no_grad()
+def render(loop: Loop, state: LoopState) -> torch.Tensor:
+    """The current image, (B, 3, H, W) in [0, 1]."""
+    with _autocast(loop, state.latent.device):
+        return decode_latent(loop.vqgan, state.latent).float()
+
+
+def iterations(max_iterations: int, start: int = 0) -> Iterator[int]:
+    """0, 1, ... up to ``max_iterations`` (exclusive), or forever for -1."""
+    i = start
+    while max_iterations == -1 or i < max_iterations:
+        yield i
+        i += 1
+
+
+def run_loop(
+    loop: Loop,
+    state: LoopState,
+    max_iterations: int,
+    display_frequency: int,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Run steps until ``max_iterations``; returns the final image (B, 3, H, W) in [0, 1].
+
+    ``callback`` gets ``{"iteration", "loss", "losses"}`` every step, plus ``"image"`` (the image
+    that step scored) every ``display_frequency`` steps. A non-finite loss raises
+    ``FloatingPointError`` at the next display step (checking every step would sync the device).
+    """
+    for i in iterations(max_iterations, state.iteration):
+        out = step(loop, state)
+        info = {"iteration": i, "loss": out["loss"], "losses": out["losses"]}
+        if i % display_frequency == 0:
+            if not torch.isfinite(out["loss"]):
+                raise FloatingPointError(f"loss became {out['loss'].item()} at iteration {i}")
+            info["image"] = out["image"]
+        if callback:
+            callback(info)
+    return render(loop, state)

@@ -1,0 +1,149 @@
+"""generate(config): check inputs, load models, run the loop, save frames and the final image."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vqclip import zoo
+from vqclip.config import GenerationConfig, resolve_seed
+from vqclip.cutouts import make_augments
+from vqclip.embeddings import build_targets
+from vqclip.frames import FrameWriter, create_run_dir
+from vqclip.images import check_image, load_image, to_uint8
+from vqclip.latents import encode_image, random_latent
+from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
+from vqclip.optimize import Callback, Loop, LoopState, render, run_loop, start_state
+from vqclip.prompts import Prompt, parse_prompts, split_prompts
+
+__all__ = ["generate", "RunResult", "check_inputs", "resolve_device", "load_models"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a generation produced."""
+
+    run_dir: Path  # holds config.json, frames/ and final.png
+    image: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
+    config: GenerationConfig  # the resolved config (seed filled in)
+    frames: tuple[Path, ...]  # saved frames, in order
+    interrupted: bool  # stopped by KeyboardInterrupt; everything made so far is kept
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if present, else CPU; other names as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _image_prompts(config: GenerationConfig) -> list[Prompt]:
+    targets = [Prompt(path) for path in split_prompts(config.target_images)]
+    return parse_prompts(config.image_prompts) + targets
+
+
+def check_inputs(config: GenerationConfig) -> None:
+    """Check what can be checked before a model is built: images, model files (fetched), sizes."""
+    if config.init_image:
+        check_image(config.init_image, "init_image")
+    for prompt in parse_prompts(config.image_prompts):
+        check_image(zoo.local_image(prompt.text), "image_prompts")
+    for path in split_prompts(config.target_images):
+        check_image(zoo.local_image(path), "target_images")
+    yaml_path, _ = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
+    factor = read_vqgan_spec(yaml_path).factor
+    for name in ("width", "height"):
+        if getattr(config, name) % factor:
+            raise ValueError(
+                f"{name}: {getattr(config, name)} is not a multiple of the VQGAN's factor "
+                f"{factor} (model {config.vqgan!r}); try {getattr(config, name) // factor * factor or factor}"
+            )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_models_cached(
+    vqgan_paths: tuple[Path, Path], clip_path: Path, device: str
+) -> tuple[VQGAN, torch.nn.Module]:
+    return load_vqgan(*vqgan_paths, device=device), load_clip(clip_path, device=device)
+
+
+def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, torch.nn.Module]:
+    """The config's VQGAN and CLIP (fetched into the cache if needed), loaded once per process."""
+    vqgan_paths = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
+    clip_path = zoo.resolve_clip(config.clip_model)
+    return _load_models_cached(vqgan_paths, clip_path, str(device))
+
+
+def _start_latent(
+    config: GenerationConfig, vqgan: VQGAN, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    f = vqgan.spec.factor
+    if config.init_image:
+        image = load_image(config.init_image, (config.width, config.height)).to(device)
+        return encode_image(vqgan, image)
+    if config.start == "plain":
+        grey = torch.full((1, 3, config.height, config.width), 0.5, device=device)
+        return encode_image(vqgan, grey)
+    return random_latent(vqgan.codebook, 1, config.height // f, config.width // f, generator)
+
+
+def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
+    """Models, targets and the starting state for a resolved, checked config."""
+    vqgan, clip_model = load_models(config, device)
+    # The seed is fixed before the first random draw; every draw goes through this generator.
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    size = (config.width, config.height)
+    targets = build_targets(
+        clip_model,
+        parse_prompts(config.prompts),
+        _image_prompts(config),
+        list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
+        lambda path: load_image(zoo.local_image(path), size),
+        config.cutn,
+        generator,
+        device,
+    )
+    augments = make_augments(config.augments, clip_model.visual.input_resolution)
+    loop = Loop(
+        vqgan, clip_model, targets, augments, config.cutn, config.cut_pow,
+        config.init_weight, config.seed, config.precision,
+    )  # fmt: skip
+    latent = _start_latent(config, vqgan, generator, device)
+    return loop, start_state(latent, config.optimizer, config.step_size, generator)
+
+
+def generate(config: GenerationConfig, callback: Callback | None = None) -> RunResult:
+    """Run one generation; frames, ``config.json`` and ``final.png`` go to a new run directory.
+
+    ``callback`` receives the loop's reports (see :func:`vqclip.optimize.run_loop`) after the
+    frame for that step is saved. Ctrl-C stops the run and keeps what was made.
+    """
+    config = resolve_seed(config)
+    check_inputs(config)
+    device = resolve_device(config.device)
+    loop, state = prepare(config, device)
+    run_dir = create_run_dir(config)
+    writer = FrameWriter(run_dir, config)
+
+    def report(info: dict) -> None:
+        writer(info)
+        if callback:
+            callback(info)
+
+    interrupted = False
+    try:
+        image = run_loop(loop, state, config.max_iterations, config.display_frequency, report)
+    except KeyboardInterrupt:
+        interrupted = True
+        image = render(loop, state)
+    final = {"iteration": state.iteration, "image": image}
+    if not writer.saved or not writer.saved[-1].stem.startswith(f"{state.iteration:06d}"):
+        writer(final)
+    writer.save("final", [to_uint8(x) for x in image], state.iteration)
+    return RunResult(run_dir, image.cpu(), config, tuple(writer.saved), interrupted)

@@ -1,0 +1,76 @@
+"""Prompt strings: ``text:weight:stop | text:weight | text`` (the classic notebooks' syntax).
+
+Parsed from the right, so colons inside the text and in URLs survive: a suffix counts as a
+weight (or a stop) only when it starts like a number. Standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+__all__ = ["Prompt", "parse_prompt", "parse_prompts", "split_prompts"]
+
+# A suffix that is one token starting like a number ("1", "-0.5", ".5", "+2", "-inf", "nan",
+# and the typos "1.5x", "-abc") is meant as a weight; anything else ("//host/x.png",
+# " sunset", "9 poster") is part of the text.
+_NUMBERISH = re.compile(r"^\s*([-+]|\d|\.\d|inf|nan)\S*\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One weighted prompt: the CLIP pull of ``text`` times ``weight`` until distance < ``stop``."""
+
+    text: str
+    weight: float = 1.0
+    stop: float = -math.inf
+
+
+def _to_float(part: str, what: str, prompt: str) -> float:
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(
+            f"prompt {prompt!r}: {what} {part.strip()!r} is not a number "
+            "(expected 'text:weight:stop', e.g. 'a red circle:1.5' or 'blurry:-0.5')"
+        ) from None
+    if math.isnan(value):
+        raise ValueError(f"prompt {prompt!r}: {what} is NaN (expected a real number)")
+    return value
+
+
+def _peel_numbers(prompt: str) -> tuple[str, list[str]]:
+    """Split up to two number-like ``:suffix`` parts off the right of ``prompt``."""
+    text, suffixes = prompt, []
+    while len(suffixes) < 2 and ":" in text:
+        head, tail = text.rsplit(":", 1)
+        if not _NUMBERISH.match(tail):
+            break
+        text, suffixes = head, [tail, *suffixes]
+    return text, suffixes
+
+
+def parse_prompt(prompt: str) -> Prompt:
+    """Parse one ``text[:weight[:stop]]`` into a :class:`Prompt`; raises ``ValueError``."""
+    text, suffixes = _peel_numbers(prompt)
+    text = text.strip()
+    if not text:
+        raise ValueError(
+            f"prompt {prompt!r} has no text before its weight (expected 'text:weight')"
+        )
+    weight = _to_float(suffixes[0], "weight", prompt) if suffixes else 1.0
+    stop = _to_float(suffixes[1], "stop", prompt) if len(suffixes) > 1 else -math.inf
+    if math.isinf(weight):
+        raise ValueError(f"prompt {prompt!r}: weight must be finite, got {weight}")
+    return Prompt(text, weight, stop)
+
+
+def split_prompts(prompts: str) -> list[str]:
+    """Split ``a | b | c`` into its non-empty, stripped parts."""
+    return [part.strip() for part in prompts.split("|") if part.strip()]
+
+
+def parse_prompts(prompts: str) -> list[Prompt]:
+    """Parse a ``|``-separated prompt string; empty parts are ignored."""
+    return [parse_prompt(part) for part in split_prompts(prompts)]

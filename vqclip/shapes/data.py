@@ -1,0 +1,122 @@
+"""A procedural, seeded data set: one coloured shape on a plain background, with captions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "COLORS",
+    "SHAPES",
+    "Scene",
+    "sample_scenes",
+    "render",
+    "draw_shape",
+    "caption",
+    "canonical_caption",
+]
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZE = 64  # image side in pixels
+_SYNONYMS = {
+    "circle": ("circle", "disc", "round shape"),
+    "square": ("square", "box", "square shape"),
+    "triangle": ("triangle", "triangular shape", "triangle shape"),
+}
+_TEMPLATES = (
+    "a {c} {s} on a {b} background",
+    "a {b} background with a {c} {s}",
+    "{c} {s}, {b} backdrop",
+    "a picture of a {c} {s} over {b}",
+    "a {s} in {c} on {b}",
+    "{b} background, {c} {s}",
+)
+_SUPERSAMPLE = 4  # render at 4x and average down: anti-aliased edges
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One image's content: colours by name, shape class, centre and radius in pixels."""
+
+    color: str
+    background: str
+    shape: str
+    cx: float
+    cy: float
+    radius: float
+
+
+def canonical_caption(color: str, shape: str, background: str) -> str:
+    """The one caption form used for zero-shot evaluation and the demo."""
+    return _TEMPLATES[0].format(c=color, s=shape, b=background)
+
+
+def caption(scene: Scene, generator: torch.Generator) -> str:
+    """A caption from a random template and synonym."""
+    t, s = (
+        torch.randint(len(_TEMPLATES), (1,), generator=generator).item(),
+        torch.randint(3, (1,), generator=generator).item(),
+    )
+    return _TEMPLATES[t].format(c=scene.color, s=_SYNONYMS[scene.shape][s], b=scene.background)
+
+
+def sample_scenes(count: int, generator: torch.Generator) -> list[Scene]:
+    """``count`` random scenes; the shape's colour always differs from the background's."""
+    names = list(COLORS)
+    scenes = []
+    for _ in range(count):
+        u = torch.rand(6, generator=generator).tolist()
+        color = names[int(u[0] * len(names))]
+        others = [n for n in names if n != color]
+        background = others[int(u[1] * len(others))]
+        shape = SHAPES[int(u[2] * len(SHAPES))]
+        radius = 10 + u[3] * 14  # 10..24 px: the shape covers 8%..56% of the image
+        cx = radius + u[4] * (SIZE - 2 * radius)
+        cy = radius + u[5] * (SIZE - 2 * radius)
+        scenes.append(Scene(color, background, shape, cx, cy, radius))
+    return scenes
+
+
+def _mask(scene: Scene, size: int) -> torch.Tensor:
+    """(size*ss, size*ss) coverage in {0, 1} at the supersampled resolution."""
+    n = size * _SUPERSAMPLE
+    coords = (torch.arange(n, dtype=torch.float32) + 0.5) / _SUPERSAMPLE
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
+    if scene.shape == "circle":
+        return (dx**2 + dy**2 <= r**2).float()
+    if scene.shape == "square":
+        half = r * math.sqrt(math.pi) / 2  # same area as the circle
+        return ((dx.abs() <= half) & (dy.abs() <= half)).float()
+    # An upright equilateral triangle inscribed in the circle of radius r.
+    h = 1.5 * r
+    top, bottom = scene.cy - r, scene.cy + 0.5 * r
+    half_width = (y - top) / h * r * math.sqrt(3) / 2
+    return ((y >= top) & (y <= bottom) & (dx.abs() <= half_width)).float()
+
+
+def _rgb(name: str) -> torch.Tensor:
+    return torch.tensor(COLORS[name], dtype=torch.float32).view(3, 1, 1) / 255  # (3, 1, 1)
+
+
+def draw_shape(image: torch.Tensor, scene: Scene) -> torch.Tensor:
+    """Draw the scene's shape (not its background) over ``image`` (3, S, S), anti-aliased."""
+    coverage = F.avg_pool2d(_mask(scene, image.shape[-1])[None, None], _SUPERSAMPLE)[0]  # (1, S, S)
+    return coverage * _rgb(scene.color) + (1 - coverage) * image
+
+
+def render(scenes: list[Scene], size: int = SIZE) -> torch.Tensor:
+    """Scenes -> (N, 3, size, size) in [0, 1]."""
+    backgrounds = [_rgb(s.background).expand(3, size, size) for s in scenes]
+    return torch.stack([draw_shape(bg, s) for bg, s in zip(backgrounds, scenes, strict=True)])

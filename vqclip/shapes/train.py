@@ -1,0 +1,192 @@
+"""Train the shapes world's tiny VQGAN and CLIP on CPU, seeded and reproducible.
+
+    python -m vqclip.shapes.train vqgan [--steps N] [--out DIR]
+    python -m vqclip.shapes.train clip  [--steps N] [--out DIR]
+
+The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
+the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.
+The CLIP is a ``clip.model.CLIP`` trained contrastively on augmented image-caption pairs, with
+hard negatives (a second shape of another colour; the same colours in another shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vqclip.cutouts import augment, make_augments, normalize
+from vqclip.models import (
+    VQ_TARGET,
+    VQGANSpec,
+    build_clip,
+    build_vqgan,
+    save_clip,
+    save_vqgan,
+    tokenize,
+)  # fmt: skip
+from vqclip.shapes.data import Scene, caption, draw_shape, render, sample_scenes
+
+__all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "train_vqgan", "train_clip", "main"]
+
+log = logging.getLogger(__name__)
+WEIGHTS = Path(__file__).parent / "weights"
+
+VQGAN_SPEC = VQGANSpec(
+    target=VQ_TARGET,
+    ddconfig={
+        "double_z": False, "z_channels": 64, "resolution": 64, "in_channels": 3, "out_ch": 3,
+        "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+    },
+    n_embed=256,
+    embed_dim=32,
+    gumbel=False,
+    prefix="",
+)  # fmt: skip
+# clip.model.CLIP arguments: 64x64 images in 8x8 patches, short captions. build_model infers
+# heads as width // 64, so the heads must be exactly that for the saved file to load the same.
+CLIP_SHAPE = {
+    "embed_dim": 128, "image_resolution": 64, "vision_layers": 4, "vision_width": 128,
+    "vision_patch_size": 8, "context_length": 24, "vocab_size": 49408,
+    "transformer_width": 128, "transformer_heads": 2, "transformer_layers": 4,
+}  # fmt: skip
+
+
+def _lr(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 5% of the peak."""
+    warm = max(1, steps // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item()))
+
+
+def _reseed_dead_codes(
+    codebook: torch.Tensor, usage: torch.Tensor, h: torch.Tensor, g: torch.Generator
+) -> int:
+    """Move codes unused since the last reseed onto random encoder outputs; returns how many."""
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead):
+        flat = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+        pick = torch.randint(len(flat), (len(dead),), generator=g)
+        codebook.data[dead] = flat[pick]
+    usage.zero_()
+    return len(dead)
+
+
+def train_vqgan(steps: int, out: Path, seed: int = 0, batch: int = 16) -> dict[str, float]:
+    """Train and save ``shapes_vqgan.yaml`` + ``.ckpt`` into ``out``; returns final metrics."""
+    torch.manual_seed(seed)  # taming's layers initialise from the global RNG
+    g = torch.Generator().manual_seed(seed)
+    model = build_vqgan(VQGAN_SPEC).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.5, 0.9))
+    usage = torch.zeros(VQGAN_SPEC.n_embed)
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, 2e-3)
+        x = render(sample_scenes(batch, g)) * 2 - 1  # (B, 3, 64, 64) in [-1, 1]
+        h = model.quant_conv(model.encoder(x))
+        z_q, q_loss, (_, _, codes) = model.quantize(h)
+        rec = model.decode(z_q)
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + q_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        usage += torch.bincount(codes.flatten(), minlength=VQGAN_SPEC.n_embed)
+        if step % 100 == 99 and step < steps * 0.8:
+            dead = _reseed_dead_codes(model.codebook, usage, h, g)
+            log.info(
+                "vqgan step %d loss %.4f dead codes %d (%.0fs)",
+                step + 1,
+                loss.item(),
+                dead,
+                time.time() - start,
+            )
+    metrics = {"psnr": _psnr(model.eval(), seed + 1), "seconds": time.time() - start}
+    out.mkdir(parents=True, exist_ok=True)
+    save_vqgan(model, out / "shapes_vqgan.yaml", out / "shapes_vqgan.ckpt")
+    log.info("vqgan done: %s", metrics)
+    return metrics
+
+
+@torch.no_grad()
+def _psnr(model: torch.nn.Module, seed: int, count: int = 64) -> float:
+    """Reconstruction PSNR (dB) on held-out images, through the same encode/decode as the loop."""
+    x = render(sample_scenes(count, torch.Generator().manual_seed(10_000 + seed)))
+    rec = model.decode(model.encode(x * 2 - 1)).add(1).div(2).clamp(0, 1)
+    return float(10 * torch.log10(1 / (rec - x).pow(2).mean()))
+
+
+def _negatives(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
+    """Hard negatives: each scene with a second, smaller shape of another colour drawn over it."""
+    extra = sample_scenes(len(scenes), g)
+    images = render(scenes)
+    for i, other in enumerate(extra):
+        images[i] = draw_shape(images[i], replace(other, radius=other.radius * 0.8))
+    return images
+
+
+def train_clip(steps: int, out: Path, seed: int = 0, batch: int = 96) -> dict[str, float]:
+    """Train and save ``shapes_clip.pt`` into ``out``; returns final metrics."""
+    torch.manual_seed(seed)  # clip's layers initialise from the global RNG
+    g = torch.Generator().manual_seed(seed)
+    model = build_clip(**CLIP_SHAPE).train()
+    augments = make_augments(("Af", "Pe", "Ji", "Er"), CLIP_SHAPE["image_resolution"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, 5e-4)
+        scenes = sample_scenes(batch, g)
+        images = torch.cat([render(scenes), _negatives(scenes[: batch // 4], g)])
+        images = augment(images, augments, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
+        tokens = tokenize(model, [caption(s, g) for s in scenes])
+        image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + B/4, E)
+        text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
+        logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+        labels = torch.arange(batch)
+        # Texts must pick their own clean image over every other image, negatives included.
+        loss = (F.cross_entropy(logits[:batch], labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 99:
+            log.info("clip step %d loss %.4f (%.0fs)", step + 1, loss.item(), time.time() - start)
+    out.mkdir(parents=True, exist_ok=True)
+    save_clip(model.eval(), out / "shapes_clip.pt")
+    metrics = {"loss": float(loss), "seconds": time.time() - start}
+    log.info("clip done: %s", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m vqclip.shapes.train vqgan|clip``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vqclip.shapes.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", choices=["vqgan", "clip"])
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default: 1500 (vqgan), 1500 (clip)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.use_deterministic_algorithms(True)
+    if args.model == "vqgan":
+        metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
+    else:
+        metrics = train_clip(args.steps or 1500, args.out, args.seed)
+    print(metrics)
+
+
+if __name__ == "__main__":
+    main()

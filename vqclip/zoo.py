@@ -1,0 +1,212 @@
+"""Named models: the registry, the cache, and resolving a name or path to local files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "ModelFile",
+    "ModelEntry",
+    "REGISTRY",
+    "cache_dir",
+    "resolve_vqgan",
+    "resolve_clip",
+    "local_image",
+    "model_names",
+    "entry_paths",
+    "is_cached",
+]
+
+SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
+_HEIBOX = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2F{}&dl=1"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model: where it lives in the cache and where it can be fetched."""
+
+    name: str  # file name in the model's cache directory
+    urls: tuple[str, ...] = ()  # the source first, then mirrors, tried in turn
+    sha256: str | None = None  # published hash, if any; otherwise recorded at first download
+    kind: str = "checkpoint"  # "checkpoint", "yaml" or "clip": checked after download
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A named model: a VQGAN (config + checkpoint) or a CLIP (one file)."""
+
+    name: str
+    family: str  # "vqgan" or "clip"
+    files: tuple[ModelFile, ...]
+    size_mb: float  # approximate download size
+    bundled: bool = False  # shipped inside the package (the shapes world)
+
+
+def _vqgan(
+    name: str, config_urls: tuple[str, ...], ckpt_urls: tuple[str, ...], mb: float
+) -> ModelEntry:
+    return ModelEntry(
+        name,
+        "vqgan",
+        (ModelFile(f"{name}.yaml", config_urls, kind="yaml"), ModelFile(f"{name}.ckpt", ckpt_urls)),
+        mb,
+    )
+
+
+def _heibox(share: str, config: str, ckpt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return (_HEIBOX.format(share, config),), (_HEIBOX.format(share, ckpt),)
+
+
+_MEHDIDC = "https://github.com/mehdidc/feed_forward_vqgan_clip/releases/download/0.1/"
+_PIXRAY = "https://github.com/pixray/pixray/releases/download/v1.7.1/"
+_f16_16384 = _heibox("a7530b09fed84f80a887", "configs%2Fmodel.yaml", "ckpts%2Flast.ckpt")
+_CLIP_BASE = "https://openaipublic.azureedge.net/clip/models/"
+# OpenAI's CLIP files, as clip-anytorch 2.6.0 lists them: (name, path under _CLIP_BASE; the path's directory is the file's SHA-256).
+_CLIP_FILES = {
+    "RN50": "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+    "RN101": "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
+    "RN50x4": "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
+    "RN50x16": "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
+    "RN50x64": "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
+    "ViT-B/32": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+_CLIP_MB = {"RN50": 244, "RN101": 278, "RN50x4": 402, "RN50x16": 630, "RN50x64": 1260,
+            "ViT-B/32": 338, "ViT-B/16": 335, "ViT-L/14": 890, "ViT-L/14@336px": 891}  # fmt: skip
+
+
+def _clip(name: str, path: str) -> ModelEntry:
+    digest = path.split("/")[0]
+    file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
+    return ModelEntry(name, "clip", (file,), _CLIP_MB[name])
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        ModelEntry(
+            "shapes-vqgan",
+            "vqgan",
+            (ModelFile("shapes_vqgan.yaml", kind="yaml"), ModelFile("shapes_vqgan.ckpt")),
+            1,
+            bundled=True,
+        ),
+        ModelEntry(
+            "shapes-clip", "clip", (ModelFile("shapes_clip.pt", kind="clip"),), 7, bundled=True
+        ),
+        _vqgan(
+            "imagenet_f16_16384",
+            (_f16_16384[0][0], _MEHDIDC + "vqgan_imagenet_f16_16384.yaml"),
+            (_f16_16384[1][0], _MEHDIDC + "vqgan_imagenet_f16_16384.ckpt"),
+            935,
+        ),
+        _vqgan(
+            "imagenet_f16_1024",
+            *_heibox("8088892a516d4e3baf92", "configs%2Fmodel.yaml", "ckpts%2Flast.ckpt"),
+            913,
+        ),
+        _vqgan(
+            "openimages_f8_8192",
+            *_heibox("2e5662443a6b4307b470", "configs%2Fmodel.yaml", "ckpts%2Flast.ckpt"),
+            376,
+        ),
+        _vqgan(
+            "wikiart_f16_16384",
+            (_PIXRAY + "vqgan_wikiart_16384.yaml",),
+            (_PIXRAY + "vqgan_wikiart_16384.ckpt",),
+            958,
+        ),
+        _vqgan(
+            "sflckr",
+            *_heibox(
+                "73487ab6e5314cb5adba",
+                "configs%2F2020-11-09T13-31-51-project.yaml",
+                "checkpoints%2Flast.ckpt",
+            ),
+            4100,
+        ),
+        _vqgan(
+            "coco",
+            ("https://dl.nmkd.de/ai/clip/coco/coco.yaml",),
+            ("https://dl.nmkd.de/ai/clip/coco/coco.ckpt",),
+            8000,
+        ),
+        *(_clip(name, path) for name, path in _CLIP_FILES.items()),
+    )
+}
+
+
+def model_names(family: str | None = None) -> list[str]:
+    """Registry names, optionally of one family ("vqgan" or "clip")."""
+    return [n for n, e in REGISTRY.items() if family in (None, e.family)]
+
+
+def cache_dir() -> Path:
+    """The model cache: ``$VQCLIP_HOME``, default ``~/.cache/vqclip``."""
+    return Path(os.environ.get("VQCLIP_HOME") or Path.home() / ".cache" / "vqclip")
+
+
+def entry_dir(entry: ModelEntry) -> Path:
+    """Where an entry's files live: inside the package if bundled, else in the cache."""
+    return SHAPES_DIR if entry.bundled else cache_dir() / entry.name.replace("/", "-")
+
+
+def _entry(name: str, family: str) -> ModelEntry:
+    entry = REGISTRY.get(name)
+    if entry is None or entry.family != family:
+        raise ValueError(
+            f"{'vqgan' if family == 'vqgan' else 'clip_model'}: unknown model {name!r}; "
+            f"give a file path or one of {model_names(family)}"
+        )
+    return entry
+
+
+def entry_paths(entry: ModelEntry, fetch: bool = True, progress=None) -> tuple[Path, ...]:  # noqa: ANN001
+    """Local paths of an entry's files, downloading missing ones when ``fetch``."""
+    from vqclip import download
+
+    directory = entry_dir(entry)
+    return tuple(download.ensure_file(f, directory, fetch, progress) for f in entry.files)
+
+
+def is_cached(entry: ModelEntry) -> bool:
+    """Whether all of an entry's files are present locally."""
+    return all((entry_dir(entry) / f.name).is_file() for f in entry.files)
+
+
+def resolve_vqgan(
+    name_or_yaml: str, checkpoint: str | None = None, fetch: bool = True
+) -> tuple[Path, Path]:
+    """A registry name or a YAML path (with ``checkpoint``, default: beside it as .ckpt)."""
+    if name_or_yaml.endswith((".yaml", ".yml")) or Path(name_or_yaml).is_file():
+        yaml_path = Path(name_or_yaml)
+        ckpt_path = Path(checkpoint) if checkpoint else yaml_path.with_suffix(".ckpt")
+        for field, path in (("vqgan", yaml_path), ("vqgan_checkpoint", ckpt_path)):
+            if not path.is_file():
+                raise ValueError(f"{field}: file {str(path)!r} does not exist")
+        return yaml_path, ckpt_path
+    yaml_path, ckpt_path = entry_paths(_entry(name_or_yaml, "vqgan"), fetch=fetch)
+    return yaml_path, ckpt_path
+
+
+def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
+    """A registry name (``"ViT-B/32"``, ``"shapes-clip"``) or a path to a CLIP file."""
+    if name_or_path not in REGISTRY and Path(name_or_path).suffix:
+        if not Path(name_or_path).is_file():
+            raise ValueError(f"clip_model: file {name_or_path!r} does not exist")
+        return Path(name_or_path)
+    (path,) = entry_paths(_entry(name_or_path, "clip"), fetch=fetch)
+    return path
+
+
+def local_image(path_or_url: str) -> Path:
+    """A local path for an image prompt; URLs are fetched into the cache first."""
+    if path_or_url.startswith(("http://", "https://")):
+        from vqclip import download
+
+        return download.fetch_url(path_or_url, cache_dir() / "images")
+    return Path(path_or_url)

@@ -82,7 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("name", nargs="?", help="registry name to download")
     bench = sub.add_parser("bench", help="time the loop against the classic one")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bench.add_argument("--quick", action="store_true", help="fewer, smaller runs (for smoke tests)")
+    bench.add_argument("--quick", action="store_true", help="tiny models, one repeat (smoke test)")
+    bench.add_argument("--device", help="default: cuda if available, else cpu")
+    bench.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="fast path autocast; default bf16 on CPU, fp16 on GPU",
+    )
+    bench.add_argument(
+        "--compile", action="store_true", help="torch.compile the VQGAN in the fast path"
+    )
+    bench.add_argument(
+        "--case", action="append", metavar="SIZExCUTN", help="e.g. 256x32 (repeatable)"
+    )
     return parser
 
 
@@ -167,7 +179,8 @@ def _download(name: str) -> tuple[Path, ...]:
 def _bench(args: argparse.Namespace) -> None:
     from vqclip.bench import format_table, run_benchmark
 
-    results = run_benchmark(quick=args.quick)
+    cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.case] if args.case else None
+    results = run_benchmark(args.quick, args.device, args.precision, args.compile, cases)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
 
 

@@ -47,6 +47,7 @@ class GenerationConfig:
     max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
     display_frequency: int = 10  # save (and show) a frame every this many steps
     seed: int = -1  # seed of every random draw; -1 picks one and records it
+    batch_size: int = 1  # images optimised together as one batch (one seed for the batch)
     start: str = "random"  # without init_image: "random" codebook tokens or a "plain" grey image
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP
@@ -68,6 +69,7 @@ class GenerationConfig:
         _positive_int("height", self.height)
         _positive_int("cutn", self.cutn)
         _positive_int("display_frequency", self.display_frequency)
+        _positive_int("batch_size", self.batch_size)
         _positive_number("cut_pow", self.cut_pow)
         _positive_number("step_size", self.step_size)
         _finite_number("init_weight", self.init_weight)

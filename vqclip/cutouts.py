@@ -15,7 +15,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def make_cutouts(
     image: torch.Tensor, cut_size: int, cutn: int, cut_pow: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """(B, 3, H, W) -> (cutn * B, 3, cut_size, cut_size): crops of random size and place.
+    """(B, 3, H, W) -> (B * cutn, 3, cut_size, cut_size): crops of random size and place.
 
     Sizes are ``rand ** cut_pow`` between ``min(H, W, cut_size)`` and ``min(H, W)`` as in the
     classic notebooks; all crops are resampled at once by one affine grid.
@@ -32,9 +32,9 @@ def make_cutouts(
     theta[:, 1, 1] = sizes / height
     theta[:, 0, 2] = (2 * left + sizes) / width - 1
     theta[:, 1, 2] = (2 * top + sizes) / height - 1
-    theta = theta.repeat(batch, 1, 1)  # (cutn * B, 2, 3), cutouts grouped by cut, then image
+    theta = theta.repeat(batch, 1, 1)  # (B * cutn, 2, 3): every image gets the same cuts
     grid = F.affine_grid(theta, [cutn * batch, 3, cut_size, cut_size], align_corners=False)
-    images = image.repeat(cutn, 1, 1, 1)  # (cutn * B, 3, H, W)
+    images = image.repeat_interleave(cutn, 0)  # (B * cutn, 3, H, W), image-major
     return F.grid_sample(images, grid.to(image.dtype), mode="bilinear", align_corners=False)
 
 

@@ -87,12 +87,12 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     # 1. Decode the (straight-through quantised) latent to pixels.
     with _autocast(loop, device):
         image = decode_latent(loop.vqgan, state.latent)  # (B, 3, H, W) in [0, 1]
-    # 2. Cut and augment: (cutn * B, 3, S, S).
+    # 2. Cut and augment: (B * cutn, 3, S, S).
     cutouts = make_cutouts(image, cut_size, loop.cutn, loop.cut_pow, state.generator)
     cutouts = augment(cutouts, loop.augments, NOISE, state.generator, _step_seed(loop, state))
     # 3. Score with CLIP and sum the losses.
     with _autocast(loop, device):
-        embeds = loop.clip_model.encode_image(normalize(cutouts)).float()  # (cutn * B, E)
+        embeds = loop.clip_model.encode_image(normalize(cutouts)).float()  # (B * cutn, E)
     losses = prompt_losses(embeds, loop.targets)  # (P,)
     total = losses.sum() * image.shape[0]  # per-image gradients do not shrink with the batch
     if loop.init_weight:

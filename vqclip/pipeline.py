@@ -83,14 +83,14 @@ def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, 
 def _start_latent(
     config: GenerationConfig, vqgan: VQGAN, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    f = vqgan.spec.factor
+    f, batch = vqgan.spec.factor, config.batch_size
     if config.init_image:
         image = load_image(config.init_image, (config.width, config.height)).to(device)
-        return encode_image(vqgan, image)
+        return encode_image(vqgan, image).repeat(batch, 1, 1, 1)
     if config.start == "plain":
-        grey = torch.full((1, 3, config.height, config.width), 0.5, device=device)
+        grey = torch.full((batch, 3, config.height, config.width), 0.5, device=device)
         return encode_image(vqgan, grey)
-    return random_latent(vqgan.codebook, 1, config.height // f, config.width // f, generator)
+    return random_latent(vqgan.codebook, batch, config.height // f, config.width // f, generator)
 
 
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:

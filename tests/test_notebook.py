@@ -1,0 +1,57 @@
+"""The notebook runs top to bottom in a real Jupyter kernel, and is committed clean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "vqgan_clip.ipynb"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _with_parameters(notebook: nbformat.NotebookNode, **values: object) -> nbformat.NotebookNode:
+    """Insert an override cell after the cell tagged "parameters" (papermill's convention)."""
+    (index,) = [
+        i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])
+    ]
+    source = "\n".join(f"{key} = {value!r}" for key, value in values.items())
+    notebook.cells.insert(
+        index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    )
+    return notebook
+
+
+def test_committed_notebook_is_valid_and_has_no_outputs() -> None:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+
+
+def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
+    notebook = _with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4),
+        vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a yellow square on a black background",
+        max_iterations=4, display_frequency=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert sorted(p.name for p in (run_dir / "frames").iterdir()) == [
+        "000000.png",
+        "000002.png",
+        "000004.png",
+    ]
+    assert (run_dir / "video.mp4").stat().st_size > 0
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any(WIDGET in o.get("data", {}) for o in outputs), "the preview widget was not displayed"
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "seed: 0" in printed and "CPU" in printed

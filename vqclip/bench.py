@@ -1,0 +1,265 @@
+"""The benchmark: vqclip's loop beside a faithful classic loop, on the real architectures.
+
+Both loops run on the same randomly initialised VQGAN imagenet f16-16384 (taming modules) and
+CLIP ViT-B/32 (``clip.model.CLIP``): the arithmetic of the real models, no download. Each full
+iteration (decode, cutouts, augmentations, CLIP, loss, backward, step) is timed after a warm-up;
+the median of several is reported with peak memory.
+
+The classic loop is the one of the original notebooks: a Python loop over cutouts, each cropped
+at an integer offset and resampled with its own Lanczos kernel then bicubic interpolation; fp32
+throughout; the loss read back to the host and a PNG frame written every step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vqclip.cutouts import make_augments, normalize
+from vqclip.embeddings import embed_texts
+from vqclip.images import to_uint8
+from vqclip.latents import decode_latent, random_latent
+from vqclip.losses import Targets, prompt_losses
+from vqclip.models import VQ_TARGET, VQGAN, VQGANSpec, build_clip, build_vqgan
+from vqclip.optimize import Loop, start_state, step
+
+__all__ = ["run_benchmark", "format_table", "F16_16384", "VIT_B_32"]
+
+F16_16384 = VQGANSpec(
+    target=VQ_TARGET,
+    ddconfig={
+        "double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3,
+        "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16],
+        "dropout": 0.0,
+    },
+    n_embed=16384,
+    embed_dim=256,
+    gumbel=False,
+    prefix="",
+)  # fmt: skip
+VIT_B_32 = {
+    "embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768,
+    "vision_patch_size": 32, "context_length": 77, "vocab_size": 49408,
+    "transformer_width": 512, "transformer_heads": 8, "transformer_layers": 12,
+}  # fmt: skip
+AUGMENTS = ("Af", "Pe", "Ji", "Er")
+PROMPT = "a lighthouse in a storm"
+
+
+# --- the classic loop ------------------------------------------------------------------------
+
+
+def _lanczos_kernel(ratio: float, a: int = 2) -> torch.Tensor:
+    """A normalised Lanczos-a kernel for downsampling by ``ratio`` (< 1)."""
+    half = math.ceil(a / ratio)
+    x = torch.arange(-half + 1, half, dtype=torch.float32) * ratio  # taps in output units
+    sinc = lambda t: torch.where(t == 0, torch.ones_like(t), torch.sin(math.pi * t) / (math.pi * t))  # noqa: E731
+    kernel = torch.where(x.abs() < a, sinc(x) * sinc(x / a), torch.zeros_like(x))
+    return kernel / kernel.sum()
+
+
+def _classic_resample(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Anti-alias each axis with its own Lanczos kernel, then bicubic resize (classic cutouts)."""
+    n, c, h, w = image.shape
+    x = image.reshape(n * c, 1, h, w)
+    if size < h:
+        k = _lanczos_kernel(size / h).to(x)
+        x = F.conv2d(F.pad(x, (0, 0, len(k) // 2, len(k) // 2), "reflect"), k.view(1, 1, -1, 1))
+    if size < w:
+        k = _lanczos_kernel(size / w).to(x)
+        x = F.conv2d(F.pad(x, (len(k) // 2, len(k) // 2, 0, 0), "reflect"), k.view(1, 1, 1, -1))
+    x = x.reshape(n, c, x.shape[-2], x.shape[-1])
+    return F.interpolate(x, (size, size), mode="bicubic", align_corners=True)
+
+
+def _classic_cutouts(
+    image: torch.Tensor, cut_size: int, cutn: int, cut_pow: float = 1.0
+) -> torch.Tensor:
+    side_y, side_x = image.shape[2:]
+    max_size, min_size = min(side_x, side_y), min(side_x, side_y, cut_size)
+    cutouts = []
+    for _ in range(cutn):  # one crop and one resampling per cutout, sizes read back to the host
+        size = int(torch.rand([]) ** cut_pow * (max_size - min_size) + min_size)
+        x0 = int(torch.randint(0, side_x - size + 1, ()))
+        y0 = int(torch.randint(0, side_y - size + 1, ()))
+        cutouts.append(_classic_resample(image[:, :, y0 : y0 + size, x0 : x0 + size], cut_size))
+    return torch.cat(cutouts)
+
+
+def _classic_step(vqgan: VQGAN, clip_model: Any, targets: Targets, latent: torch.Tensor, optimizer: Any, augments: Any, cutn: int, frame: Path) -> float:  # fmt: skip
+    image = decode_latent(vqgan, latent)
+    cutouts = _classic_cutouts(image, clip_model.visual.input_resolution, cutn)
+    cutouts = augments(cutouts)
+    facs = cutouts.new_empty([cutn, 1, 1, 1]).uniform_(0, 0.1)
+    cutouts = cutouts + facs * torch.randn_like(cutouts)
+    embeds = clip_model.encode_image(normalize(cutouts)).float()
+    loss = prompt_losses(embeds, targets).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        low, high = vqgan.codebook.min(0).values, vqgan.codebook.max(0).values
+        latent.copy_(latent.maximum(low.view(1, -1, 1, 1)).minimum(high.view(1, -1, 1, 1)))
+    from PIL import Image
+
+    Image.fromarray(to_uint8(image[0])).save(frame)  # the classic notebook saves every step
+    return loss.item()
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds per call after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    except ImportError:
+        return None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _case(
+    vqgan, clip_model, targets, device, size, cutn, precision, batch, warmup, repeats, compile_
+):  # noqa: ANN001
+    """Time vqclip's step and the classic step for one (size, cutn)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    f = vqgan.spec.factor
+    latent = random_latent(vqgan.codebook, 1, size // f, size // f, g)
+    augments = make_augments(AUGMENTS, clip_model.visual.input_resolution)
+    row: dict[str, Any] = {"size": size, "cutn": cutn}
+    with tempfile.TemporaryDirectory() as tmp:
+        classic_latent = latent.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([classic_latent], lr=0.1)
+        frame = Path(tmp) / "progress.png"
+        _reset_peak(device)
+        run = functools.partial(
+            _classic_step,
+            vqgan,
+            clip_model,
+            targets,
+            classic_latent,
+            optimizer,
+            augments,
+            cutn,
+            frame,
+        )
+        row["classic_s"] = _time(run, device, warmup, repeats)
+        row["classic_peak_mb"] = _peak_memory_mb(device)
+    for name, batch_size in (("fast", 1), ("fast_batch", batch)):
+        loop = Loop(vqgan, clip_model, targets, augments, cutn, 1.0, 0.0, 0, precision)
+        state = start_state(latent.repeat(batch_size, 1, 1, 1), "Adam", 0.1, g)
+        if compile_:
+            loop = Loop(
+                torch.compile(vqgan), clip_model, targets, augments, cutn, 1.0, 0.0, 0, precision
+            )
+        _reset_peak(device)
+        row[f"{name}_s"] = _time(functools.partial(step, loop, state), device, warmup, repeats)
+        row[f"{name}_peak_mb"] = _peak_memory_mb(device)
+    row["batch"] = batch
+    row["speedup"] = row["classic_s"] / row["fast_s"]
+    row["images_per_hour_100it"] = 3600 / (row["fast_batch_s"] / batch * 100)
+    row["classic_images_per_hour_100it"] = 3600 / (row["classic_s"] * 100)
+    return row
+
+
+def run_benchmark(
+    quick: bool = False,
+    device: str | None = None,
+    precision: str | None = None,
+    compile_: bool = False,
+    cases: list[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """Time both loops; ``quick`` uses tiny models and one repeat (for smoke tests)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = precision or ("bf16" if dev.type == "cpu" else "fp16")
+    torch.manual_seed(0)
+    if quick:
+        from vqclip.shapes.train import CLIP_SHAPE, VQGAN_SPEC
+
+        vqgan, clip_model = build_vqgan(VQGAN_SPEC), build_clip(**CLIP_SHAPE)
+        cases = cases or [(64, 4)]
+    else:
+        vqgan, clip_model = build_vqgan(F16_16384), build_clip(**VIT_B_32)
+        default = [(256, 32), (256, 64)] + ([(512, 32), (512, 64)] if dev.type == "cuda" else [])
+        cases = cases or default
+    vqgan = vqgan.eval().requires_grad_(False).to(dev)
+    clip_model = clip_model.eval().requires_grad_(False).to(dev)
+    text = embed_texts(clip_model, [PROMPT], dev)
+    targets = Targets(text, torch.zeros(1, dtype=torch.long, device=dev), torch.ones(1, device=dev),
+                      torch.full((1,), -math.inf, device=dev), (PROMPT,))  # fmt: skip
+    warmup, repeats, batch = (1, 1, 2) if quick else (1, 3, 4)
+    rows = [
+        _case(
+            vqgan, clip_model, targets, dev, size, cutn, precision, batch, warmup, repeats, compile_
+        )
+        for size, cutn in cases
+    ]
+    return {
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "models": "tiny shapes models"
+        if quick
+        else "VQGAN imagenet f16-16384 + CLIP ViT-B/32, random weights",
+        "precision": precision,
+        "compile": compile_,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A Markdown table of :func:`run_benchmark` results."""
+    lines = [
+        f"{results['models']} on {results['device']}; fast path: {results['precision']} autocast"
+        f"{', torch.compile' if results['compile'] else ''}; torch {results['torch']}",
+        "",
+        "| size | cutn | classic it/s | vqclip it/s | speed-up | vqclip batch it/s (imgs) | images/hour @100 it (classic → vqclip batch) | peak MB (classic / vqclip) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        peak = (
+            f"{r['classic_peak_mb']:.0f} / {r['fast_peak_mb']:.0f}" if r["fast_peak_mb"] else "n/a"
+        )
+        lines.append(
+            f"| {r['size']}² | {r['cutn']} | {1 / r['classic_s']:.3f} | {1 / r['fast_s']:.3f} | "
+            f"{r['speedup']:.2f}× | {1 / r['fast_batch_s']:.3f} ({r['batch']}) | "
+            f"{r['classic_images_per_hour_100it']:.1f} → {r['images_per_hour_100it']:.1f} | {peak} |"
+        )
+    return "\n".join(lines)

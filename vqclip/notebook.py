@@ -1,0 +1,118 @@
+"""Notebook helpers: the few calls each cell of ``notebooks/vqgan_clip.ipynb`` makes.
+
+Works in Colab and local Jupyter; ipywidgets and IPython are imported only when used.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+from vqclip.config import GenerationConfig
+
+__all__ = [
+    "in_colab",
+    "describe_device",
+    "choose_models",
+    "default_size",
+    "fetch_models",
+    "run_with_preview",
+    "show_video",
+]
+
+
+def in_colab() -> bool:
+    """Whether this kernel runs in Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def describe_device() -> str:
+    """A line naming the accelerator (or CPU) that generation will use."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB"
+    return (
+        f"CPU: no GPU found; {torch.get_num_threads()} threads (the shapes models run in seconds)"
+    )
+
+
+def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, str]:
+    """Resolve "auto": imagenet_f16_16384 with ViT-B/32 on a GPU, the shapes world on a CPU."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if vqgan == "auto":
+        vqgan = "imagenet_f16_16384" if gpu else "shapes-vqgan"
+    if clip_model == "auto":
+        clip_model = "ViT-B/32" if gpu else "shapes-clip"
+    return vqgan, clip_model
+
+
+def default_size(vqgan: str) -> int:
+    """A sensible image side for a model: 64 for the shapes world, 256 otherwise."""
+    return 64 if vqgan.startswith("shapes") else 256
+
+
+def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
+    """Download (or find in the cache) both models; returns their local files."""
+    from vqclip import zoo
+
+    return [*zoo.resolve_vqgan(vqgan), zoo.resolve_clip(clip_model)]
+
+
+def _png_bytes(image: Any) -> bytes:
+    from PIL import Image
+
+    from vqclip.images import to_uint8
+
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image[0])).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_with_preview(config: GenerationConfig) -> Any:
+    """Generate with a live preview (image, iteration, loss, progress bar) every display step.
+
+    Interrupting the cell stops the run and keeps the frames and final image made so far.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from vqclip.pipeline import generate
+
+    total = config.max_iterations if config.max_iterations > 0 else 0
+    image = widgets.Image(
+        format="png", width=max(256, config.width), height=max(256, config.height)
+    )
+    label = widgets.HTML("starting...")
+    bar = widgets.IntProgress(min=0, max=max(total, 1), description="progress")
+    display(widgets.VBox([label, bar, image]))
+
+    def preview(info: dict) -> None:
+        bar.value = min(info["iteration"] + 1, bar.max)
+        if "image" in info:
+            image.value = _png_bytes(info["image"])
+            label.value = f"iteration {info['iteration']}, loss {float(info['loss']):.4f}"
+
+    result = generate(config, callback=preview)
+    label.value = f"{'interrupted' if result.interrupted else 'done'}: seed {result.config.seed}, run directory {result.run_dir}"
+    return result
+
+
+def show_video(run_dir: Path, fps: float = 10.0) -> Path:
+    """Assemble the run's frames into an MP4, show it inline, and offer it for download in Colab."""
+    from IPython.display import Video, display
+
+    from vqclip.video import assemble_video
+
+    path = assemble_video(run_dir, fps=fps, overwrite=True)
+    display(Video(str(path), embed=True, width=min(512, 4 * 128)))
+    if in_colab():
+        from google.colab import files  # type: ignore[import-not-found]
+
+        files.download(str(path))
+    return path

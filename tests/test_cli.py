@@ -106,3 +106,26 @@ def test_help_documents_the_prompt_syntax() -> None:
     )
     assert "text:weight:stop" in result.stdout and "--max_iterations" in result.stdout
     assert "--init_weight" in result.stdout and "pull toward the starting latent" in result.stdout
+
+
+def test_models_lists_the_registry_with_cache_state(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("VQCLIP_HOME", str(tmp_path))
+    cli.main(["models"])
+    out = capsys.readouterr().out
+    assert str(tmp_path) in out
+    for name in ("shapes-vqgan", "imagenet_f16_16384", "openimages_f8_8192", "ViT-B/32"):
+        assert name in out
+    assert "bundled" in out and " no" in out
+
+
+def test_models_download_offline_names_url_and_cache(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from vqclip import zoo
+
+    monkeypatch.setenv("VQCLIP_HOME", str(tmp_path))
+    file = zoo.ModelFile("x.pt", ("http://127.0.0.1:9/x.pt",), kind="clip")
+    monkeypatch.setitem(zoo.REGISTRY, "test-clip", zoo.ModelEntry("test-clip", "clip", (file,), 1))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["models", "download", "test-clip"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "http://127.0.0.1:9/x.pt" in err and str(tmp_path / "test-clip" / "x.pt") in err

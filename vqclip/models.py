@@ -10,18 +10,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import clip
-import clip.model
 import torch
 import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
+
+with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
+    warnings.simplefilter("ignore", UserWarning)
+    import clip
+    import clip.model
 
 __all__ = [
     "VQGAN",

@@ -6,7 +6,7 @@
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
 the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.
 The CLIP is a ``clip.model.CLIP`` trained contrastively on augmented image-caption pairs, with
-hard negatives (a second shape of another colour; the same colours in another shape).
+hard negatives (a second shape of another colour; scattered blocks of other colours).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from vqclip.models import (
     save_vqgan,
     tokenize,
 )  # fmt: skip
-from vqclip.shapes.data import Scene, caption, draw_shape, render, sample_scenes
+from vqclip.shapes.data import COLORS, Scene, caption, draw_shape, render, sample_scenes
 
 __all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "train_vqgan", "train_clip", "main"]
 
@@ -124,11 +124,24 @@ def _psnr(model: torch.nn.Module, seed: int, count: int = 64) -> float:
 
 
 def _negatives(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
-    """Hard negatives: each scene with a second, smaller shape of another colour drawn over it."""
-    extra = sample_scenes(len(scenes), g)
+    """Hard negatives that no single-shape caption should match best.
+
+    Half get a second, smaller shape of another colour; half get blocks of random palette
+    colours (4x4-pixel cells, like a VQGAN latent's) scattered over them: the textured images
+    that an optimisation reaches when it fools CLIP instead of drawing the shape.
+    """
     images = render(scenes)
-    for i, other in enumerate(extra):
+    half = len(scenes) // 2
+    for i, other in enumerate(sample_scenes(half, g)):
         images[i] = draw_shape(images[i], replace(other, radius=other.radius * 0.8))
+    rest = images[half:]
+    cells = rest.shape[-1] // 4
+    palette = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255  # (C, 3)
+    colors = palette[torch.randint(len(palette), (len(rest), cells, cells), generator=g)]
+    colors = colors.permute(0, 3, 1, 2)  # (N, 3, cells, cells)
+    mask = torch.rand(len(rest), 1, cells, cells, generator=g) < 0.3
+    up = lambda x: F.interpolate(x.float(), scale_factor=4, mode="nearest")  # noqa: E731
+    images[half:] = torch.where(up(mask) > 0, up(colors), rest)
     return images
 
 

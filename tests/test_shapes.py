@@ -1,0 +1,78 @@
+"""The shapes world: data set, judge, shipped models, and generations that follow the prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqclip import zoo
+from vqclip.models import load_clip, load_vqgan
+from vqclip.shapes import evaluate
+from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
+from vqclip.shapes.train import train_clip, train_vqgan
+
+
+def test_data_set_is_seeded_and_varied() -> None:
+    first = sample_scenes(300, torch.Generator().manual_seed(3))
+    again = sample_scenes(300, torch.Generator().manual_seed(3))
+    assert first == again and torch.equal(render(first[:4]), render(again[:4]))
+    assert {s.color for s in first} == set(COLORS) and {s.shape for s in first} == set(SHAPES)
+    assert all(s.color != s.background for s in first)
+    assert len({round(s.radius) for s in first}) > 8 and len({round(s.cx) for s in first}) > 20
+    captions = {caption(s, torch.Generator().manual_seed(i)) for i, s in enumerate(first[:60])}
+    assert len(captions) > 40
+
+
+def test_judge_on_fresh_data_set_images() -> None:
+    accuracy = evaluate.judge_accuracy(count=200, seed=2026)
+    assert accuracy["colors"] >= 0.98 and accuracy["shapes"] >= 0.95, accuracy
+
+
+def test_shipped_models_load_through_the_registry_and_are_small() -> None:
+    yaml_path, ckpt_path = zoo.resolve_vqgan("shapes-vqgan")
+    clip_path = zoo.resolve_clip("shapes-clip")
+    assert yaml_path.parent == clip_path.parent == zoo.SHAPES_DIR
+    total = sum(p.stat().st_size for p in (yaml_path, ckpt_path, clip_path))
+    assert total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
+    vqgan = load_vqgan(yaml_path, ckpt_path)
+    clip_model = load_clip(clip_path)
+    assert vqgan.spec.factor == 4 and clip_model.visual.input_resolution == 64
+
+
+def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
+    clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
+    accuracy = evaluate.zero_shot_accuracy(clip_model)
+    print("zero-shot accuracy:", accuracy)
+    assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
+    assert accuracy["shape"] >= 0.7, accuracy  # chance: 1/3
+
+
+def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:
+    train_vqgan(steps=2, out=tmp_path, batch=2)
+    train_clip(steps=2, out=tmp_path, batch=4)
+    vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
+    clip_model = load_clip(tmp_path / "shapes_clip.pt")
+    assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24
+
+
+@pytest.fixture(scope="module")
+def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """12 colour pairs x 2 seeds, generated once for the steering and success checks."""
+    out = tmp_path_factory.mktemp("shapes-runs")
+    return evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], out)
+
+
+def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
+    firsts, seconds = generations[0::4] + generations[1::4], generations[2::4] + generations[3::4]
+    rate = evaluate.steering_rate(firsts, seconds)
+    print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
+    assert rate >= 0.9
+
+
+def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
+    rates = evaluate.success_rates(generations)
+    print("prompt success:", rates)
+    assert rates["runs"] == 48
+    assert rates["colors"] >= 0.7 and rates["shapes"] >= 0.5, rates

@@ -1,0 +1,218 @@
+"""Measurements of the shapes world: the judge, CLIP's zero-shot accuracy, steering, success.
+
+    python -m vqclip.shapes.evaluate [--seeds 2] [--iterations N] [--precision fp32|bf16]
+
+prints every figure the README reports, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqclip.config import GenerationConfig
+from vqclip.cutouts import normalize
+from vqclip.embeddings import embed_texts
+from vqclip.images import to_uint8
+from vqclip.shapes.data import COLORS, SHAPES, canonical_caption, render, sample_scenes
+from vqclip.shapes.judge import judge
+
+__all__ = [
+    "judge_accuracy",
+    "zero_shot_accuracy",
+    "PromptCase",
+    "prompt_cases",
+    "shapes_config",
+    "run_cases",
+    "success_rates",
+    "steering_rate",
+]
+
+# Settings of the shapes world's generations (also the defaults of `make demo`).
+SHAPES_SETTINGS: dict[str, Any] = {
+    "vqgan": "shapes-vqgan",
+    "clip_model": "shapes-clip",
+    "width": 64,
+    "height": 64,
+    "cutn": 16,
+    "max_iterations": 60,
+    "step_size": 0.1,
+    "display_frequency": 20,
+    "device": "cpu",
+}
+
+
+def judge_accuracy(count: int = 200, seed: int = 7) -> dict[str, float]:
+    """The judge on freshly drawn data-set images: share of right colours and right shapes."""
+    scenes = sample_scenes(count, torch.Generator().manual_seed(seed))
+    verdicts = [judge(to_uint8(image)) for image in render(scenes)]
+    colors = [
+        v.color == s.color and v.background == s.background
+        for v, s in zip(verdicts, scenes, strict=True)
+    ]
+    shapes = [v.shape == s.shape for v, s in zip(verdicts, scenes, strict=True)]
+    return {"colors": sum(colors) / count, "shapes": sum(shapes) / count}
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    clip_model: torch.nn.Module, count: int = 300, seed: int = 11
+) -> dict[str, float]:
+    """Pick the best canonical caption for held-out images; accuracy of each attribute."""
+    grid = [(c, s, b) for c, s, b in itertools.product(COLORS, SHAPES, COLORS) if c != b]
+    device = next(clip_model.parameters()).device
+    texts = embed_texts(clip_model, [canonical_caption(*g) for g in grid], device)  # (T, D)
+    scenes = sample_scenes(count, torch.Generator().manual_seed(10_000 + seed))
+    images = render(scenes).to(device)
+    embeds = torch.nn.functional.normalize(
+        clip_model.encode_image(normalize(images)).float(), dim=-1
+    )
+    best = (embeds @ texts.T).argmax(1).tolist()
+    picks = [grid[i] for i in best]
+    n = len(scenes)
+    return {
+        "color": sum(p[0] == s.color for p, s in zip(picks, scenes, strict=True)) / n,
+        "shape": sum(p[1] == s.shape for p, s in zip(picks, scenes, strict=True)) / n,
+        "background": sum(p[2] == s.background for p, s in zip(picks, scenes, strict=True)) / n,
+        "chance": {
+            "color": 1 / len(COLORS),
+            "shape": 1 / len(SHAPES),
+            "background": 1 / len(COLORS),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    """A prompt and what it asks for."""
+
+    prompt: str
+    color: str
+    shape: str
+    background: str
+
+
+_TEMPLATES = (
+    "a {c} {s} on a {b} background",
+    "a {b} background with a {c} {s}",
+    "{c} {s}, {b} backdrop",
+)
+
+
+def prompt_pairs(count: int = 12) -> list[tuple[PromptCase, PromptCase]]:
+    """``count`` pairs of prompts that differ only in the shape's colour; over the pairs every
+    colour, shape, background and template appears."""
+    colors = list(COLORS)
+    pairs = []
+    for i in range(count):
+        background = colors[i % len(colors)]
+        first = colors[(i + 1 + i // len(colors)) % len(colors)]
+        second = colors[(i + 3 + i // len(colors)) % len(colors)]
+        shape, template = SHAPES[i % len(SHAPES)], _TEMPLATES[(i // 2) % len(_TEMPLATES)]
+        pairs.append(tuple(
+            PromptCase(template.format(c=c, s=shape, b=background), c, shape, background)
+            for c in (first, second)
+        ))  # fmt: skip
+    return pairs
+
+
+def prompt_cases(count: int = 24) -> list[PromptCase]:
+    """``count`` prompts (``count // 2`` colour pairs) over colours, shapes, backgrounds, templates."""
+    return [case for pair in prompt_pairs(count // 2) for case in pair]
+
+
+def shapes_config(
+    prompt: str, seed: int, output_dir: str | Path, **changes: Any
+) -> GenerationConfig:
+    """The config the shapes-world measurements use for one generation."""
+    values = {
+        **SHAPES_SETTINGS,
+        "prompts": prompt,
+        "seed": seed,
+        "output_dir": str(output_dir),
+        **changes,
+    }
+    return GenerationConfig(**values)
+
+
+def run_cases(
+    cases: list[PromptCase], seeds: list[int], output_dir: str | Path, **changes: Any
+) -> list[dict[str, Any]]:
+    """Generate every case with every seed and judge the final images."""
+    from vqclip.pipeline import generate
+
+    rows = []
+    for case, seed in itertools.product(cases, seeds):
+        start = time.perf_counter()
+        result = generate(shapes_config(case.prompt, seed, output_dir, **changes))
+        verdict = judge(to_uint8(result.image[0]))
+        rows.append({
+            "prompt": case.prompt, "seed": seed, "color": case.color, "shape": case.shape,
+            "background": case.background, "judged_color": verdict.color,
+            "judged_shape": verdict.shape, "judged_background": verdict.background,
+            "top_two": sorted(verdict.top_two()), "shares": verdict.shares,
+            "seconds": time.perf_counter() - start,
+        })  # fmt: skip
+    return rows
+
+
+def success_rates(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Share of runs whose two largest colours are the prompted ones, and whose shape is right."""
+    n = len(rows)
+    colors = sum(set(r["top_two"]) == {r["color"], r["background"]} for r in rows)
+    shapes = sum(r["judged_shape"] == r["shape"] for r in rows)
+    return {
+        "colors": colors / n,
+        "shapes": shapes / n,
+        "runs": n,
+        "seconds_per_image": sum(r["seconds"] for r in rows) / n,
+    }
+
+
+def steering_rate(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> float:
+    """Pairs differing only in the shape's colour: does each colour cover more of its own image?"""
+    wins = [
+        a["shares"][a["color"]] > b["shares"][a["color"]]
+        for a, b in zip(rows_a, rows_b, strict=True)
+    ]
+    wins += [
+        b["shares"][b["color"]] > a["shares"][b["color"]]
+        for a, b in zip(rows_a, rows_b, strict=True)
+    ]
+    return sum(wins) / len(wins)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the shapes world's figures as JSON."""
+    import tempfile
+
+    from vqclip.pipeline import load_models, resolve_device
+
+    parser = argparse.ArgumentParser(prog="python -m vqclip.shapes.evaluate", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args(argv)
+    config = shapes_config("x", 0, ".")
+    _, clip_model = load_models(config, resolve_device("cpu"))
+    figures: dict[str, Any] = {
+        "judge": judge_accuracy(),
+        "zero_shot": zero_shot_accuracy(clip_model),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_cases(
+            prompt_cases(args.prompts), list(range(args.seeds)), tmp, precision=args.precision
+        )
+    figures["prompt_success"] = success_rates(rows)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -65,7 +65,10 @@ def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 
 def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
-    firsts, seconds = generations[0::4] + generations[1::4], generations[2::4] + generations[3::4]
+    firsts, seconds = evaluate.split_pairs(generations, seeds=2)
+    assert [a["prompt"].replace(a["color"], "?") for a in firsts] == [
+        b["prompt"].replace(b["color"], "?") for b in seconds
+    ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
     assert rate >= 0.9
@@ -76,3 +79,14 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     assert rates["colors"] >= 0.7 and rates["shapes"] >= 0.5, rates
+
+
+@pytest.mark.slow
+def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict]) -> None:
+    """The quality guard: bf16 autocast reaches fp32's prompt-success rates within noise."""
+    fast = evaluate.success_rates(
+        evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], tmp_path, precision="bf16")
+    )
+    exact = evaluate.success_rates(generations)
+    print("fp32:", exact, "bf16:", fast)
+    assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.15

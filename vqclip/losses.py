@@ -21,6 +21,14 @@ class Targets:
     names: tuple[str, ...]  # (P,) for reports
 
     @property
+    def rows(self) -> torch.Tensor:
+        """(P,) how many rows each prompt owns (computed once: bincount would sync a GPU)."""
+        if "_rows" not in self.__dict__:
+            counts = torch.bincount(self.owner, minlength=self.count).to(self.embeds.dtype)
+            object.__setattr__(self, "_rows", counts)
+        return self.__dict__["_rows"]
+
+    @property
     def count(self) -> int:
         return len(self.names)
 
@@ -40,8 +48,7 @@ def prompt_losses(image_embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
     distances = spherical_dist_loss(image_embeds[:, None], targets.embeds[None])  # (N, K)
     per_row = distances.mean(0)  # (K,)
     sums = torch.zeros(targets.count, device=per_row.device).index_add(0, targets.owner, per_row)
-    counts = torch.bincount(targets.owner, minlength=targets.count).to(per_row)
-    signed = sums / counts * targets.weights.sign()  # (P,)
+    signed = sums / targets.rows * targets.weights.sign()  # (P,)
     gated = torch.where(signed > targets.stops, signed, signed.detach())
     return targets.weights.abs() * gated
 

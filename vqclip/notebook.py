@@ -109,7 +109,9 @@ def show_video(run_dir: Path, fps: float = 10.0) -> Path:
 
     from vqclip.video import assemble_video
 
-    path = assemble_video(run_dir, fps=fps, overwrite=True)
+    path = Path(run_dir) / "video.mp4"
+    if not path.exists():  # running the cell again shows the video already made
+        assemble_video(run_dir, fps=fps, output=path)
     display(Video(str(path), embed=True, width=min(512, 4 * 128)))
     if in_colab():
         from google.colab import files  # type: ignore[import-not-found]

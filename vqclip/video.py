@@ -51,8 +51,11 @@ def assemble_video(
             if (pixels.shape[1], pixels.shape[0]) != size:
                 raise ValueError(f"frame {path} is {pixels.shape[1]}x{pixels.shape[0]}, not {size}")
             writer.send(np.ascontiguousarray(pixels))
-    finally:
         writer.close()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)  # no half-written video is left behind
+        raise
     os.replace(tmp, output)
     return output
 

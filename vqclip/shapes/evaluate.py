@@ -33,6 +33,8 @@ __all__ = [
     "run_cases",
     "success_rates",
     "steering_rate",
+    "split_pairs",
+    "prompt_pairs",
 ]
 
 # Settings of the shapes world's generations (also the defaults of `make demo`).
@@ -176,6 +178,14 @@ def success_rates(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def split_pairs(rows: list[dict[str, Any]], seeds: int) -> tuple[list[dict], list[dict]]:
+    """Rows of :func:`run_cases` on :func:`prompt_cases` -> (first of each pair, second), by seed."""
+    block = 2 * seeds  # per pair: the first prompt's seeds, then the second's
+    firsts = [r for i, r in enumerate(rows) if i % block < seeds]
+    seconds = [r for i, r in enumerate(rows) if i % block >= seeds]
+    return firsts, seconds
+
+
 def steering_rate(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> float:
     """Pairs differing only in the shape's colour: does each colour cover more of its own image?"""
     wins = [
@@ -211,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             prompt_cases(args.prompts), list(range(args.seeds)), tmp, precision=args.precision
         )
     figures["prompt_success"] = success_rates(rows)
+    figures["steering"] = steering_rate(*split_pairs(rows, args.seeds))
     print(json.dumps(figures, indent=2))
 
 

@@ -26,11 +26,12 @@ from vqclip.models import (
     VQGANSpec,
     build_clip,
     build_vqgan,
+    load_clip,
     save_clip,
     save_vqgan,
     tokenize,
 )  # fmt: skip
-from vqclip.shapes.data import COLORS, Scene, caption, draw_shape, render, sample_scenes
+from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
 __all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "train_vqgan", "train_clip", "main"]
 
@@ -123,44 +124,82 @@ def _psnr(model: torch.nn.Module, seed: int, count: int = 64) -> float:
     return float(10 * torch.log10(1 / (rec - x).pow(2).mean()))
 
 
-def _negatives(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
-    """Hard negatives that no single-shape caption should match best.
-
-    Half get a second, smaller shape of another colour; half get blocks of random palette
-    colours (4x4-pixel cells, like a VQGAN latent's) scattered over them: the textured images
-    that an optimisation reaches when it fools CLIP instead of drawing the shape.
-    """
-    images = render(scenes)
-    half = len(scenes) // 2
-    for i, other in enumerate(sample_scenes(half, g)):
+def _two_shapes(images: torch.Tensor, scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
+    """A second, smaller shape of another colour drawn over each image."""
+    for i, other in enumerate(sample_scenes(len(scenes), g)):
         images[i] = draw_shape(images[i], replace(other, radius=other.radius * 0.8))
-    rest = images[half:]
-    cells = rest.shape[-1] // 4
-    palette = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255  # (C, 3)
-    colors = palette[torch.randint(len(palette), (len(rest), cells, cells), generator=g)]
-    colors = colors.permute(0, 3, 1, 2)  # (N, 3, cells, cells)
-    mask = torch.rand(len(rest), 1, cells, cells, generator=g) < 0.3
-    up = lambda x: F.interpolate(x.float(), scale_factor=4, mode="nearest")  # noqa: E731
-    images[half:] = torch.where(up(mask) > 0, up(colors), rest)
     return images
 
 
-def train_clip(steps: int, out: Path, seed: int = 0, batch: int = 96) -> dict[str, float]:
-    """Train and save ``shapes_clip.pt`` into ``out``; returns final metrics."""
+def _patchy(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Blocks of random palette colours (4x4-pixel cells, like a VQGAN latent's) over 30%."""
+    cells = images.shape[-1] // 4
+    palette = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255  # (C, 3)
+    colors = palette[torch.randint(len(palette), (len(images), cells, cells), generator=g)]
+    mask = torch.rand(len(images), 1, cells, cells, generator=g) < 0.3
+    up = lambda x: F.interpolate(x.float(), scale_factor=4, mode="nearest")  # noqa: E731
+    return torch.where(up(mask) > 0, up(colors.permute(0, 3, 1, 2)), images)
+
+
+def _blobs(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
+    """The scene's colours, but the shape is a ragged blob (plus specks) of about its size."""
+    size = 64
+    noise = F.interpolate(
+        torch.rand(len(scenes), 1, 8, 8, generator=g), size=(size, size), mode="bicubic"
+    )
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    images = []
+    for scene, n in zip(scenes, noise, strict=True):
+        bump = 1 - ((x - scene.cx) ** 2 + (y - scene.cy) ** 2).sqrt() / (1.3 * scene.radius)
+        mask = (bump + 0.9 * (n[0] - 0.5) > 0.15).float()[None]  # (1, S, S)
+        fg = torch.tensor(COLORS[scene.color]).view(3, 1, 1) / 255
+        bg = torch.tensor(COLORS[scene.background]).view(3, 1, 1) / 255
+        images.append(mask * fg + (1 - mask) * bg)
+    return torch.stack(images)
+
+
+def _negatives(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
+    """Hard negatives that no single-shape caption should match best, a quarter of each kind:
+    a second shape of another colour; scattered colour blocks; the same colours and place in
+    another shape; a ragged blob instead of the shape (what an optimisation that fools CLIP
+    draws)."""
+    quarters = [scenes[i::4] for i in range(4)]
+    swapped = [replace(s, shape=SHAPES[(SHAPES.index(s.shape) + 1) % 3]) for s in quarters[2]]
+    return torch.cat([
+        _two_shapes(render(quarters[0]), quarters[0], g),
+        _patchy(render(quarters[1]), g),
+        render(swapped),
+        _blobs(quarters[3], g),
+    ])  # fmt: skip
+
+
+def train_clip(
+    steps: int,
+    out: Path,
+    seed: int = 0,
+    batch: int = 96,
+    init: Path | None = None,
+    lr: float = 5e-4,
+) -> dict[str, float]:
+    """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``."""
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
-    model = build_clip(**CLIP_SHAPE).train()
+    model = build_clip(**CLIP_SHAPE)
+    if init is not None:
+        model.load_state_dict(load_clip(init).state_dict())
+    model.train().requires_grad_(True)
     augments = make_augments(("Af", "Pe", "Ji", "Er"), CLIP_SHAPE["image_resolution"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     start = time.time()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, 5e-4)
+            group["lr"] = _lr(step, steps, lr)
         scenes = sample_scenes(batch, g)
-        images = torch.cat([render(scenes), _negatives(scenes[: batch // 4], g)])
+        images = torch.cat([render(scenes), _negatives(scenes[: batch // 2], g)])
         images = augment(images, augments, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
         tokens = tokenize(model, [caption(s, g) for s in scenes])
-        image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + B/4, E)
+        image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + B/2, E)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
         logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
         labels = torch.arange(batch)
@@ -191,13 +230,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
+    parser.add_argument("--init", type=Path, help="clip: fine-tune from this CLIP file")
+    parser.add_argument("--lr", type=float, default=5e-4, help="clip: peak learning rate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.use_deterministic_algorithms(True)
     if args.model == "vqgan":
         metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
     else:
-        metrics = train_clip(args.steps or 1500, args.out, args.seed)
+        metrics = train_clip(args.steps or 1500, args.out, args.seed, init=args.init, lr=args.lr)
     print(metrics)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -201,13 +202,19 @@ def train_clip(
         tokens = tokenize(model, [caption(s, g) for s in scenes])
         image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + B/2, E)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
-        logits = model.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+        logits = model.logit_scale.exp() * image_emb @ text_emb.T
         labels = torch.arange(batch)
         # Texts must pick their own clean image over every other image, negatives included.
         loss = (F.cross_entropy(logits[:batch], labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad()
+        if not torch.isfinite(loss):  # a rare degenerate augmented batch: skip, don't poison
+            log.warning("clip step %d: non-finite loss, skipped", step + 1)
+            continue
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        with torch.no_grad():  # CLIP's cap on the temperature: exp(scale) <= 100
+            model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 99:
             log.info("clip step %d loss %.4f (%.0fs)", step + 1, loss.item(), time.time() - start)
     out.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
 
 def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:
     train_vqgan(steps=2, out=tmp_path, batch=2)
-    train_clip(steps=2, out=tmp_path, batch=4)
+    train_clip(steps=2, out=tmp_path, batch=8)
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
     assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24

@@ -7,11 +7,14 @@ the median of several is reported with peak memory.
 
 The classic loop is the one of the original notebooks: a Python loop over cutouts, each cropped
 at an integer offset and resampled with its own Lanczos kernel then bicubic interpolation; fp32
-throughout; the loss read back to the host and a PNG frame written every step.
+throughout; the loss read back to the host and a PNG frame written every step; taming's swish
+as taming wrote it and glibc's default allocator (vqclip's process settings are applied only
+after every classic case has been timed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import platform
@@ -19,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +34,9 @@ from vqclip.embeddings import embed_texts
 from vqclip.images import to_uint8
 from vqclip.latents import decode_latent, random_latent
 from vqclip.losses import Targets, prompt_losses
-from vqclip.models import VQ_TARGET, VQGAN, VQGANSpec, build_clip, build_vqgan
+from vqclip.models import VQ_TARGET, VQGAN, VQGANSpec, build_clip, build_vqgan, set_fused_swish
 from vqclip.optimize import Loop, start_state, step
+from vqclip.tuning import fast_precision, keep_freed_memory
 
 __all__ = ["run_benchmark", "format_table", "F16_16384", "VIT_B_32"]
 
@@ -139,62 +144,76 @@ def _time(run: Callable[[], Any], device: torch.device, warmup: int, repeats: in
 
 
 def _peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory since :func:`_reset_peak`: CUDA allocations, or the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    except ImportError:
-        return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
+    return None
 
 
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
 
 
-def _case(
-    vqgan, clip_model, targets, device, size, cutn, precision, batch, warmup, repeats, compile_
-):  # noqa: ANN001
-    """Time vqclip's step and the classic step for one (size, cutn)."""
-    g = torch.Generator(device=device).manual_seed(0)
-    f = vqgan.spec.factor
-    latent = random_latent(vqgan.codebook, 1, size // f, size // f, g)
-    augments = make_augments(AUGMENTS, clip_model.visual.input_resolution)
-    row: dict[str, Any] = {"size": size, "cutn": cutn}
-    with tempfile.TemporaryDirectory() as tmp:
-        classic_latent = latent.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([classic_latent], lr=0.1)
-        frame = Path(tmp) / "progress.png"
-        _reset_peak(device)
-        run = functools.partial(
-            _classic_step,
-            vqgan,
-            clip_model,
-            targets,
-            classic_latent,
-            optimizer,
-            augments,
-            cutn,
-            frame,
-        )
-        row["classic_s"] = _time(run, device, warmup, repeats)
-        row["classic_peak_mb"] = _peak_memory_mb(device)
+@dataclass(frozen=True)
+class _Setup:
+    vqgan: VQGAN
+    clip_model: Any
+    targets: Targets
+    device: torch.device
+    warmup: int
+    repeats: int
+
+
+def _start(setup: _Setup, size: int, batch: int = 1) -> torch.Tensor:
+    g = torch.Generator(device=setup.device).manual_seed(0)
+    f = setup.vqgan.spec.factor
+    return random_latent(setup.vqgan.codebook, batch, size // f, size // f, g)
+
+
+def _time_classic(setup: _Setup, size: int, cutn: int) -> dict[str, float | None]:
+    """The classic loop, as its users run it: taming's own swish, glibc's default allocator."""
+    latent = _start(setup, size).requires_grad_(True)
+    optimizer = torch.optim.Adam([latent], lr=0.1)
+    augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution)
+    set_fused_swish(False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = functools.partial(
+                _classic_step, setup.vqgan, setup.clip_model, setup.targets, latent,
+                optimizer, augments, cutn, Path(tmp) / "progress.png",
+            )  # fmt: skip
+            _reset_peak(setup.device)
+            seconds = _time(run, setup.device, setup.warmup, setup.repeats)
+            return {"classic_s": seconds, "classic_peak_mb": _peak_memory_mb(setup.device)}
+    finally:
+        set_fused_swish(True)
+
+
+def _time_fast(
+    setup: _Setup, size: int, cutn: int, precision: str, batch: int, compile_: bool
+) -> dict[str, float | None]:
+    """vqclip's loop on one image and on ``batch`` images."""
+    vqgan = torch.compile(setup.vqgan) if compile_ else setup.vqgan
+    augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution)
+    row: dict[str, float | None] = {}
     for name, batch_size in (("fast", 1), ("fast_batch", batch)):
-        loop = Loop(vqgan, clip_model, targets, augments, cutn, 1.0, 0.0, 0, precision)
-        state = start_state(latent.repeat(batch_size, 1, 1, 1), "Adam", 0.1, g)
-        if compile_:
-            loop = Loop(
-                torch.compile(vqgan), clip_model, targets, augments, cutn, 1.0, 0.0, 0, precision
-            )
-        _reset_peak(device)
-        row[f"{name}_s"] = _time(functools.partial(step, loop, state), device, warmup, repeats)
-        row[f"{name}_peak_mb"] = _peak_memory_mb(device)
-    row["batch"] = batch
-    row["speedup"] = row["classic_s"] / row["fast_s"]
-    row["images_per_hour_100it"] = 3600 / (row["fast_batch_s"] / batch * 100)
-    row["classic_images_per_hour_100it"] = 3600 / (row["classic_s"] * 100)
+        loop = Loop(vqgan, setup.clip_model, setup.targets, augments, cutn, 1.0, 0.0, 0, precision)
+        g = torch.Generator(device=setup.device).manual_seed(0)
+        state = start_state(_start(setup, size, batch_size), "Adam", 0.1, g)
+        _reset_peak(setup.device)
+        run = functools.partial(step, loop, state)
+        row[f"{name}_s"] = _time(run, setup.device, setup.warmup, setup.repeats)
+        row[f"{name}_peak_mb"] = _peak_memory_mb(setup.device)
     return row
 
 
@@ -205,9 +224,13 @@ def run_benchmark(
     compile_: bool = False,
     cases: list[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Time both loops; ``quick`` uses tiny models and one repeat (for smoke tests)."""
+    """Time both loops; ``quick`` uses tiny models and one repeat (for smoke tests).
+
+    Every classic case runs first, in the process as a classic user has it; then vqclip's
+    process settings (:mod:`vqclip.tuning`) are applied and vqclip's loop is timed.
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = precision or ("bf16" if dev.type == "cpu" else "fp16")
+    precision = precision or fast_precision(dev)
     torch.manual_seed(0)
     if quick:
         from vqclip.shapes.train import CLIP_SHAPE, VQGAN_SPEC
@@ -224,12 +247,18 @@ def run_benchmark(
     targets = Targets(text, torch.zeros(1, dtype=torch.long, device=dev), torch.ones(1, device=dev),
                       torch.full((1,), -math.inf, device=dev), (PROMPT,))  # fmt: skip
     warmup, repeats, batch = (1, 1, 2) if quick else (1, 3, 4)
+    setup = _Setup(vqgan, clip_model, targets, dev, warmup, repeats)
     rows = [
-        _case(
-            vqgan, clip_model, targets, dev, size, cutn, precision, batch, warmup, repeats, compile_
-        )
-        for size, cutn in cases
+        {"size": size, "cutn": cutn, **_time_classic(setup, size, cutn)} for size, cutn in cases
     ]
+    if dev.type == "cpu":
+        keep_freed_memory()
+    for row in rows:
+        row.update(_time_fast(setup, row["size"], row["cutn"], precision, batch, compile_))
+        row["batch"] = batch
+        row["speedup"] = row["classic_s"] / row["fast_s"]
+        row["images_per_hour_100it"] = 3600 / (row["fast_batch_s"] / batch * 100)
+        row["classic_images_per_hour_100it"] = 3600 / (row["classic_s"] * 100)
     return {
         "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda"
@@ -247,7 +276,7 @@ def run_benchmark(
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of :func:`run_benchmark` results."""
     lines = [
-        f"{results['models']} on {results['device']}; fast path: {results['precision']} autocast"
+        f"{results['models']} on {results['device']}; fast path: {results['precision']}"
         f"{', torch.compile' if results['compile'] else ''}; torch {results['torch']}",
         "",
         "| size | cutn | classic it/s | vqclip it/s | speed-up | vqclip batch it/s (imgs) | images/hour @100 it (classic → vqclip batch) | peak MB (classic / vqclip) |",

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16"],
-        help="fast path autocast; default bf16 on CPU, fp16 on GPU",
+        help="fast path autocast; default fp16 on a GPU, on a CPU bf16 with AMX, else fp32",
     )
     bench.add_argument(
         "--compile", action="store_true", help="torch.compile the VQGAN in the fast path"

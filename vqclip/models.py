@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import taming.modules.diffusionmodules.model as taming_blocks
 import torch
+import torch.nn.functional as F
 import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
@@ -40,6 +42,7 @@ __all__ = [
     "tokenize",
     "load_checkpoint",
     "UnsafeCheckpointError",
+    "set_fused_swish",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,19 @@ NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
 KNOWN_TARGETS = (VQ_TARGET, GUMBEL_TARGET, NET2NET_TARGET)
 # Keys of training-only parts (the GAN/LPIPS loss) that a VQGAN checkpoint carries and we drop.
 _TRAINING_ONLY_PREFIXES = ("loss.",)
+
+
+_CLASSIC_SWISH = taming_blocks.nonlinearity  # x * sigmoid(x): three kernels and three buffers
+
+
+def set_fused_swish(enabled: bool) -> None:
+    """Run taming's swish as ``F.silu`` (the same function in one fused kernel, forward and
+    backward) or as taming wrote it. vqclip enables it on import; the benchmark's classic loop
+    turns it off. taming's blocks look the function up at call time, so this is global."""
+    taming_blocks.nonlinearity = F.silu if enabled else _CLASSIC_SWISH
+
+
+set_fused_swish(True)
 
 
 class UnsafeCheckpointError(ValueError):

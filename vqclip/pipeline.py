@@ -19,6 +19,7 @@ from vqclip.latents import encode_image, random_latent
 from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
 from vqclip.optimize import Callback, Loop, LoopState, render, run_loop, start_state
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.tuning import keep_freed_memory
 
 __all__ = ["generate", "RunResult", "check_inputs", "resolve_device", "load_models"]
 
@@ -127,6 +128,8 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     config = resolve_seed(config)
     check_inputs(config)
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     loop, state = prepare(config, device)
     run_dir = create_run_dir(config)
     writer = FrameWriter(run_dir, config)

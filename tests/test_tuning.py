@@ -25,7 +25,7 @@ def test_fused_swish_is_the_same_function_as_taming_s() -> None:
     finally:
         set_fused_swish(True)
     assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
-    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-4)
     assert grads[0].abs().sum() > 0
     import taming.modules.diffusionmodules.model as taming_blocks
 

@@ -96,3 +96,53 @@ def test_other_optimizers_run(tiny_config: GenerationConfig, optimizer: str) -> 
         32,
         32,
     )
+
+
+def test_latent_pyramid_moves_regions_and_stays_in_the_codebook_range() -> None:
+    from vqclip.optimize import compose_latent, start_state
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(1, 4, 16, 16, generator=g)
+    state = start_state(start, "Adam", 0.1, g, levels=3)
+    assert [tuple(level.shape[-2:]) for level in state.levels] == [(4, 4), (8, 8), (16, 16)]
+    assert torch.equal(state.latent, start)  # coarse levels start at zero
+    # A gradient on one corner moves the coarse cells: the whole corner region shifts together.
+    target = torch.zeros(1, 4, 16, 16)
+    target[..., :8, :8] = 3.0
+    for _ in range(20):
+        state.optimizer.zero_grad()
+        (state.latent - target).square().sum().backward()
+        state.optimizer.step()
+    coarse_moves = [level.detach().abs().max().item() for level in state.levels[:-1]]
+    assert min(coarse_moves) > 0.5, coarse_moves
+    # The clamp keeps the composed latent inside the codebook's per-channel range.
+    from vqclip.optimize import _clamp_to_codebook
+
+    codebook = torch.rand(8, 4) - 0.5  # range within [-0.5, 0.5]
+    _clamp_to_codebook(state.levels, codebook)
+    latent = compose_latent(state.levels)
+    low, high = codebook.min(0).values.view(1, -1, 1, 1), codebook.max(0).values.view(1, -1, 1, 1)
+    assert bool(((latent >= low - 1e-6) & (latent <= high + 1e-6)).all())
+
+
+def test_latent_levels_generate_reproducibly(tiny_config: GenerationConfig) -> None:
+    config = tiny_config.replace(latent_levels=3, max_iterations=6)
+    first, second = generate(config), generate(config)
+    assert torch.equal(first.image, second.image)
+    assert not torch.equal(first.image, generate(config.replace(latent_levels=1)).image)
+
+
+def test_best_of_keeps_the_candidate_clip_scores_best(tiny_config: GenerationConfig) -> None:
+    from vqclip.optimize import image_losses
+    from vqclip.pipeline import prepare
+
+    config = tiny_config.replace(best_of=3, max_iterations=4, display_frequency=2)
+    result = generate(config)
+    assert result.image.shape == (1, 3, 32, 32)
+    assert [p.name for p in result.frames] == ["000000.png", "000002.png", "000004.png"]
+    # The three candidates are exactly the images of a batch of three from the same seed.
+    candidates = generate(config.replace(best_of=1, batch_size=3)).image
+    loop, _ = prepare(config, resolve_device("cpu"))
+    losses = image_losses(loop, candidates)
+    assert len(set(losses.tolist())) == 3  # distinct candidates, a real choice
+    assert torch.equal(result.image[0], candidates[int(losses.argmin())])

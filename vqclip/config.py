@@ -48,7 +48,9 @@ class GenerationConfig:
     display_frequency: int = 10  # save (and show) a frame every this many steps
     seed: int = -1  # seed of every random draw; -1 picks one and records it
     batch_size: int = 1  # images optimised together as one batch (one seed for the batch)
+    best_of: int = 1  # candidates per image, optimised in the same batch; CLIP keeps the best
     start: str = "random"  # without init_image: "random" codebook tokens or a "plain" grey image
+    latent_levels: int = 1  # optimise the latent as a pyramid of this many resolutions (1: classic)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP
     output_dir: str = "outputs"  # each run gets a new directory under this one
@@ -70,6 +72,8 @@ class GenerationConfig:
         _positive_int("cutn", self.cutn)
         _positive_int("display_frequency", self.display_frequency)
         _positive_int("batch_size", self.batch_size)
+        _positive_int("latent_levels", self.latent_levels)
+        _positive_int("best_of", self.best_of)
         _positive_number("cut_pow", self.cut_pow)
         _positive_number("step_size", self.step_size)
         _finite_number("init_weight", self.init_weight)

@@ -10,13 +10,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqclip.cutouts import augment, make_cutouts, normalize
 from vqclip.latents import decode_latent
-from vqclip.losses import Targets, init_loss, prompt_losses
+from vqclip.losses import Targets, init_loss, prompt_losses, spherical_dist_loss
 
-__all__ = ["Loop", "LoopState", "make_optimizer", "start_state", "step", "run_loop", "Callback"]
+__all__ = [
+    "Loop",
+    "LoopState",
+    "compose_latent",
+    "make_optimizer",
+    "start_state",
+    "step",
+    "run_loop",
+    "Callback",
+]
 
 Callback = Callable[[dict[str, Any]], None]
 OPTIMIZER_CLASSES = {
@@ -47,13 +57,33 @@ class Loop:
 
 @dataclass
 class LoopState:
-    """Everything that changes during a run; enough to save and resume it."""
+    """Everything that changes during a run; enough to save and resume it.
 
-    latent: torch.Tensor  # (B, D, h, w), requires grad
+    The latent is a pyramid: ``levels[-1]`` is the per-cell latent of the classic loop and each
+    earlier level has half its resolution, upsampled and added. Adam moves every parameter by
+    about the step size, so a coarse cell shifts a whole region at once: flat backgrounds and
+    solid shapes form in a few steps instead of cell by cell. One level is the classic loop.
+    """
+
+    levels: list[torch.Tensor]  # coarse to fine, (B, D, h / 2^k, w / 2^k); all require grad
     start: torch.Tensor  # (B, D, h, w), the starting latent (init pull target)
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # the only source of randomness in the loop
     iteration: int = 0
+
+    @property
+    def latent(self) -> torch.Tensor:
+        """The composed latent (B, D, h, w), differentiable in every level."""
+        return compose_latent(self.levels)
+
+
+def compose_latent(levels: list[torch.Tensor]) -> torch.Tensor:
+    """The finest level plus every coarser one, bilinearly upsampled to its size."""
+    *coarse, latent = levels
+    for level in coarse:
+        up = F.interpolate(level, latent.shape[-2:], mode="bilinear", align_corners=False)
+        latent = latent + up
+    return latent
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
@@ -66,12 +96,22 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
 
 
 def start_state(
-    latent: torch.Tensor, optimizer: str, lr: float, generator: torch.Generator
+    latent: torch.Tensor,
+    optimizer: str,
+    lr: float,
+    generator: torch.Generator,
+    levels: int = 1,
 ) -> LoopState:
-    """A fresh state that optimises a copy of ``latent``."""
-    latent = latent.detach().clone().requires_grad_(True)
+    """A fresh state that optimises a copy of ``latent`` as a pyramid of ``levels`` levels
+    (the coarse ones start at zero)."""
+    batch, dim, height, width = latent.shape
+    params = [
+        latent.new_zeros(batch, dim, max(1, height >> k), max(1, width >> k)).requires_grad_(True)
+        for k in range(levels - 1, 0, -1)
+    ]
+    params.append(latent.detach().clone().requires_grad_(True))
     return LoopState(
-        latent, latent.detach().clone(), make_optimizer(optimizer, [latent], lr), generator
+        params, latent.detach().clone(), make_optimizer(optimizer, params, lr), generator
     )
 
 
@@ -82,11 +122,12 @@ def _autocast(loop: Loop, device: torch.device) -> Any:
 
 def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
-    device = state.latent.device
+    latent = state.latent
+    device = latent.device
     cut_size = loop.clip_model.visual.input_resolution
     # 1. Decode the (straight-through quantised) latent to pixels.
     with _autocast(loop, device):
-        image = decode_latent(loop.vqgan, state.latent)  # (B, 3, H, W) in [0, 1]
+        image = decode_latent(loop.vqgan, latent)  # (B, 3, H, W) in [0, 1]
     # 2. Cut and augment: (B * cutn, 3, S, S).
     cutouts = make_cutouts(image, cut_size, loop.cutn, loop.cut_pow, state.generator)
     cutouts = augment(cutouts, loop.augments, NOISE, state.generator, _step_seed(loop, state))
@@ -96,12 +137,12 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     losses = prompt_losses(embeds, loop.targets)  # (P,)
     total = losses.sum() * image.shape[0]  # per-image gradients do not shrink with the batch
     if loop.init_weight:
-        total = total + init_loss(state.latent, state.start, loop.init_weight)
+        total = total + init_loss(latent, state.start, loop.init_weight)
     # 4. Step, then keep the latent inside the codebook's range.
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     state.optimizer.step()
-    _clamp_to_codebook(state.latent, loop.vqgan.codebook)
+    _clamp_to_codebook(state.levels, loop.vqgan.codebook)
     state.iteration += 1
     return {"image": image.detach(), "loss": total.detach(), "losses": losses.detach()}
 
@@ -111,10 +152,16 @@ def _step_seed(loop: Loop, state: LoopState) -> int:
 
 
 @torch.no_grad()
-def _clamp_to_codebook(latent: torch.Tensor, codebook: torch.Tensor) -> None:
-    low = codebook.min(0).values.view(1, -1, 1, 1)  # per channel
+def _clamp_to_codebook(levels: list[torch.Tensor], codebook: torch.Tensor) -> None:
+    """Keep the composed latent in the codebook's per-channel range (by moving the finest level)."""
+    low = codebook.min(0).values.view(1, -1, 1, 1)
     high = codebook.max(0).values.view(1, -1, 1, 1)
-    latent.copy_(latent.maximum(low).minimum(high))
+    fine = levels[-1]
+    if len(levels) == 1:
+        fine.copy_(fine.maximum(low).minimum(high))
+        return
+    coarse = compose_latent([*levels[:-1], torch.zeros_like(fine)])
+    fine.copy_((fine + coarse).maximum(low).minimum(high) - coarse)
 
 
 @torch.no_grad()
@@ -122,6 +169,34 @@ def render(loop: Loop, state: LoopState) -> torch.Tensor:
     """The current image, (B, 3, H, W) in [0, 1]."""
     with _autocast(loop, state.latent.device):
         return decode_latent(loop.vqgan, state.latent).float()
+
+
+@torch.no_grad()
+def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B,): each whole image's weighted prompt loss, unaugmented.
+
+    The same distances and weights as the loop (stops aside), on one resized view per image:
+    what ranks candidates.
+    """
+    size = loop.clip_model.visual.input_resolution
+    views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
+    with _autocast(loop, images.device):
+        embeds = loop.clip_model.encode_image(normalize(views)).float()  # (B, E)
+    targets = loop.targets
+    distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
+    per_prompt = distances.new_zeros(len(images), targets.count).index_add(
+        1, targets.owner, distances
+    )
+    return (per_prompt / targets.rows * targets.weights).sum(1)
+
+
+def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.Tensor:
+    """(N * candidates, 3, H, W), grouped image-major -> (N, 3, H, W): each group's best."""
+    if candidates == 1:
+        return images
+    losses = image_losses(loop, images).view(-1, candidates)  # (N, candidates)
+    groups = images.view(-1, candidates, *images.shape[1:])
+    return groups[torch.arange(len(groups), device=images.device), losses.argmin(1)]
 
 
 def iterations(max_iterations: int, start: int = 0) -> Iterator[int]:

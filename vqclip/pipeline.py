@@ -17,7 +17,15 @@ from vqclip.frames import FrameWriter, create_run_dir
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, random_latent
 from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
-from vqclip.optimize import Callback, Loop, LoopState, render, run_loop, start_state
+from vqclip.optimize import (
+    Callback,
+    Loop,
+    LoopState,
+    best_candidates,
+    render,
+    run_loop,
+    start_state,
+)
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.tuning import keep_freed_memory
 
@@ -84,7 +92,7 @@ def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, 
 def _start_latent(
     config: GenerationConfig, vqgan: VQGAN, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    f, batch = vqgan.spec.factor, config.batch_size
+    f, batch = vqgan.spec.factor, config.batch_size * config.best_of
     if config.init_image:
         image = load_image(config.init_image, (config.width, config.height)).to(device)
         return encode_image(vqgan, image).repeat(batch, 1, 1, 1)
@@ -116,7 +124,8 @@ def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopS
         config.init_weight, config.seed, config.precision,
     )  # fmt: skip
     latent = _start_latent(config, vqgan, generator, device)
-    return loop, start_state(latent, config.optimizer, config.step_size, generator)
+    state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
+    return loop, state
 
 
 def generate(config: GenerationConfig, callback: Callback | None = None) -> RunResult:
@@ -135,6 +144,8 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     writer = FrameWriter(run_dir, config)
 
     def report(info: dict) -> None:
+        if "image" in info:  # frames show each image's best candidate so far
+            info = {**info, "image": best_candidates(loop, info["image"], config.best_of)}
         writer(info)
         if callback:
             callback(info)
@@ -145,6 +156,7 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     except KeyboardInterrupt:
         interrupted = True
         image = render(loop, state)
+    image = best_candidates(loop, image, config.best_of)
     final = {"iteration": state.iteration, "image": image}
     if not writer.saved or not writer.saved[-1].stem.startswith(f"{state.iteration:06d}"):
         writer(final)

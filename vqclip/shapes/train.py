@@ -182,6 +182,7 @@ def train_clip(
     batch: int = 96,
     init: Path | None = None,
     lr: float = 5e-4,
+    augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er"),
 ) -> dict[str, float]:
     """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``."""
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
@@ -190,7 +191,7 @@ def train_clip(
     if init is not None:
         model.load_state_dict(load_clip(init).state_dict())
     model.train().requires_grad_(True)
-    augments = make_augments(("Af", "Pe", "Ji", "Er"), CLIP_SHAPE["image_resolution"])
+    augment_images = make_augments(augments, CLIP_SHAPE["image_resolution"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     start = time.time()
     for step in range(steps):
@@ -198,7 +199,7 @@ def train_clip(
             group["lr"] = _lr(step, steps, lr)
         scenes = sample_scenes(batch, g)
         images = torch.cat([render(scenes), _negatives(scenes[: batch // 2], g)])
-        images = augment(images, augments, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
+        images = augment(images, augment_images, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
         tokens = tokenize(model, [caption(s, g) for s in scenes])
         image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + B/2, E)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
@@ -239,13 +240,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
     parser.add_argument("--init", type=Path, help="clip: fine-tune from this CLIP file")
     parser.add_argument("--lr", type=float, default=5e-4, help="clip: peak learning rate")
+    parser.add_argument(
+        "--augments", nargs="*", default=["Af", "Pe", "Ji", "Er"], help="clip: kornia augments"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.use_deterministic_algorithms(True)
     if args.model == "vqgan":
         metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
     else:
-        metrics = train_clip(args.steps or 1500, args.out, args.seed, init=args.init, lr=args.lr)
+        metrics = train_clip(
+            args.steps or 1500, args.out, args.seed, init=args.init, lr=args.lr,
+            augments=tuple(args.augments),
+        )  # fmt: skip
     print(metrics)
 
 

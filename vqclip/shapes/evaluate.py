@@ -1,6 +1,7 @@
 """Measurements of the shapes world: the judge, CLIP's zero-shot accuracy, steering, success.
 
-    python -m vqclip.shapes.evaluate [--seeds 2] [--iterations N] [--precision fp32|bf16]
+    python -m vqclip.shapes.evaluate [--seeds 2] [--prompts 24] [--precision fp32|bf16]
+                                     [--latent-levels N] [--best-of N]
 
 prints every figure the README reports, as JSON.
 """
@@ -209,7 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--latent-levels", type=int, default=1)
+    parser.add_argument("--best-of", type=int, default=1)
     args = parser.parse_args(argv)
+    changes = {
+        "precision": args.precision,
+        "latent_levels": args.latent_levels,
+        "best_of": args.best_of,
+    }
     config = shapes_config("x", 0, ".")
     _, clip_model = load_models(config, resolve_device("cpu"))
     figures: dict[str, Any] = {
@@ -217,9 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         "zero_shot": zero_shot_accuracy(clip_model),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run_cases(
-            prompt_cases(args.prompts), list(range(args.seeds)), tmp, precision=args.precision
-        )
+        rows = run_cases(prompt_cases(args.prompts), list(range(args.seeds)), tmp, **changes)
     figures["prompt_success"] = success_rates(rows)
     figures["steering"] = steering_rate(*split_pairs(rows, args.seeds))
     print(json.dumps(figures, indent=2))

@@ -1,0 +1,40 @@
+"""The benchmark's behaviour on tiny models (its speed figures come from `vqclip bench`)."""
+
+import json
+
+import pytest
+import taming.modules.diffusionmodules.model as taming_blocks
+import torch
+
+from vqclip import bench
+from vqclip.cli import main
+
+
+def test_quick_bench_reports_both_loops_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["bench", "--quick", "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert results["models"] == "tiny shapes models" and results["precision"] in ("fp32", "bf16")
+    (row,) = results["rows"]
+    assert (row["size"], row["cutn"], row["batch"]) == (64, 4, 2)
+    for key in ("classic_s", "fast_s", "fast_batch_s"):
+        assert row[key] > 0, key
+    assert row["speedup"] == pytest.approx(row["classic_s"] / row["fast_s"])
+    assert row["classic_peak_mb"] > 0 and row["fast_peak_mb"] > 0
+    # vqclip's fused swish is back on after the classic loop ran with taming's own.
+    assert taming_blocks.nonlinearity is torch.nn.functional.silu
+
+
+def test_quick_bench_table_has_a_row_per_case(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["bench", "--quick", "--case", "64x2", "--case", "64x3"])
+    table = capsys.readouterr().out
+    assert "| 64² | 2 |" in table and "| 64² | 3 |" in table
+
+
+def test_classic_cutouts_are_per_cutout_crops_of_the_right_size() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 48, 40)
+    cutouts = bench._classic_cutouts(image, 16, 5)
+    assert cutouts.shape == (5, 3, 16, 16)
+    assert 0 <= float(cutouts.min()) and float(cutouts.max()) <= 1.2  # Lanczos rings a little
+    kernel = bench._lanczos_kernel(0.5)
+    assert kernel.sum().item() == pytest.approx(1.0) and kernel.argmax() == len(kernel) // 2

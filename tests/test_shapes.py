@@ -71,7 +71,7 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.79 with the shipped models; issue 3 asks for 0.9 (not yet met).
+    # Chance is 0.5. Measured 0.79 and 0.81 with the shipped models; issue 3 asks for 0.9 (not met).
     assert rate >= 0.7
 
 
@@ -80,7 +80,7 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     # Chance that the two prompted colours are the two largest of six is 1/15. Measured: colours
-    # 0.46, shapes 0.17; issue 3 asks for 0.7 and 0.5 (not yet met: reported, not hidden).
+    # 0.46 to 0.56, shapes 0.13 to 0.17; issue 3 asks for 0.7 and 0.5 (not met: reported).
     assert rates["colors"] >= 0.35, rates
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "Loop",
     "LoopState",
     "compose_latent",
+    "image_losses",
+    "best_candidates",
     "make_optimizer",
     "start_state",
     "step",

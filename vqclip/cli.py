@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         help="fast path autocast; default fp16 on a GPU, on a CPU bf16 with AMX, else fp32",
     )
     bench.add_argument(
-        "--compile", action="store_true", help="torch.compile the VQGAN in the fast path"
+        "--compile",
+        action="store_true",
+        help="torch.compile the VQGAN decoder and CLIP image tower (fast path)",
     )
     bench.add_argument(
         "--case", action="append", metavar="SIZExCUTN", help="e.g. 256x32 (repeatable)"

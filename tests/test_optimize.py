@@ -146,3 +146,39 @@ def test_best_of_keeps_the_candidate_clip_scores_best(tiny_config: GenerationCon
     losses = image_losses(loop, candidates)
     assert len(set(losses.tolist())) == 3  # distinct candidates, a real choice
     assert torch.equal(result.image[0], candidates[int(losses.argmin())])
+
+
+def _total_variation(image: torch.Tensor) -> float:
+    dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean()
+    dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean()
+    return float(dx + dy)
+
+
+def test_smoothness_flattens_the_image(tiny_config: GenerationConfig) -> None:
+    config = tiny_config.replace(max_iterations=20, step_size=0.2)
+    rough = generate(config).image
+    smooth = generate(config.replace(smoothness=500.0)).image
+    # The tiny random decoder can only get so flat: measured 0.285 -> 0.245.
+    assert _total_variation(smooth) < 0.9 * _total_variation(rough)
+    from vqclip.losses import smoothness_loss
+
+    flat, checker = torch.full((2, 3, 8, 8), 0.3), (torch.arange(64).view(8, 8) % 2).float()
+    assert smoothness_loss(flat, 1.0) == 0
+    assert torch.isclose(smoothness_loss(checker.expand(1, 3, 8, 8), 1.0), torch.tensor(1.0))
+
+
+def test_palette_start_takes_clip_ranked_flat_colours(tiny_config: GenerationConfig) -> None:
+    from vqclip.optimize import image_losses
+    from vqclip.pipeline import PALETTE, prepare
+
+    config = tiny_config.replace(start="palette", best_of=3, batch_size=2)
+    loop, state = prepare(config, resolve_device("cpu"))
+    assert state.latent.shape[0] == 6
+    # Each image's candidates start from the three colours CLIP ranks best, in that order.
+    flats = torch.tensor(list(PALETTE.values())).float().div(255).view(-1, 3, 1, 1)
+    flats = flats.expand(-1, 3, 32, 32)
+    ranked = image_losses(loop, flats).argsort()[:3]
+    assert len(set(image_losses(loop, flats).tolist())) == len(PALETTE)  # a real ranking
+    expected = encode_image(loop.vqgan, flats[ranked].contiguous()).repeat(2, 1, 1, 1)
+    assert torch.equal(state.latent, expected)
+    assert torch.equal(generate(config).image, generate(config).image)

@@ -16,7 +16,7 @@ __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS",
 
 OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "RMSprop", "SGD")
 PRECISIONS = ("fp32", "bf16", "fp16")
-STARTS = ("random", "plain")
+STARTS = ("random", "plain", "palette")
 # Augmentation names of the classic notebooks: affine, perspective, colour jitter, erasing,
 # horizontal flip, sharpness, resized crop, thin-plate spline.
 AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts")
@@ -33,6 +33,7 @@ class GenerationConfig:
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
     init_image: str | None = None  # start from this image's latent instead of random codes
     init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
+    smoothness: float = 0.0  # weight of the image's total variation (flat regions), 0 = off
     target_images: str = ""  # "path | path": extra image prompts with weight 1
     width: int = 64  # output width in pixels, a multiple of the VQGAN's downsampling factor
     height: int = 64  # output height in pixels, likewise
@@ -49,7 +50,8 @@ class GenerationConfig:
     seed: int = -1  # seed of every random draw; -1 picks one and records it
     batch_size: int = 1  # images optimised together as one batch (one seed for the batch)
     best_of: int = 1  # candidates per image, optimised in the same batch; CLIP keeps the best
-    start: str = "random"  # without init_image: "random" codebook tokens or a "plain" grey image
+    start: str = "random"  # without init_image: "random" codes, "plain" grey, or the "palette"
+    # colour that CLIP finds closest to the prompts (candidates take the next best colours)
     latent_levels: int = 1  # optimise the latent as a pyramid of this many resolutions (1: classic)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP
@@ -77,6 +79,7 @@ class GenerationConfig:
         _positive_number("cut_pow", self.cut_pow)
         _positive_number("step_size", self.step_size)
         _finite_number("init_weight", self.init_weight)
+        _non_negative_number("smoothness", self.smoothness)
         if not _is_int(self.max_iterations) or not (
             self.max_iterations >= 1 or self.max_iterations == -1
         ):
@@ -171,6 +174,11 @@ def _positive_int(name: str, value: Any) -> None:
 def _positive_number(name: str, value: Any) -> None:
     if not _is_number(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def _non_negative_number(name: str, value: Any) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
 
 
 def _finite_number(name: str, value: Any) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Targets", "spherical_dist_loss", "prompt_losses", "init_loss"]
+__all__ = ["Targets", "spherical_dist_loss", "prompt_losses", "init_loss", "smoothness_loss"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,14 @@ def prompt_losses(image_embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
 def init_loss(latent: torch.Tensor, start: torch.Tensor, weight: float) -> torch.Tensor:
     """Pull the latent toward its starting point (the init image's latent): ``w/2 * MSE``."""
     return F.mse_loss(latent, start) * (weight / 2)
+
+
+def smoothness_loss(image: torch.Tensor, weight: float) -> torch.Tensor:
+    """Total variation of (B, 3, H, W): mean squared difference of neighbouring pixels, times
+    ``weight`` and the batch size (so that each image's pull does not shrink with the batch).
+
+    It favours flat regions with short borders over speckled texture.
+    """
+    dx = (image[..., :, 1:] - image[..., :, :-1]).pow(2).mean()
+    dy = (image[..., 1:, :] - image[..., :-1, :]).pow(2).mean()
+    return (dx + dy) * (weight * image.shape[0])

@@ -57,6 +57,13 @@ def default_size(vqgan: str) -> int:
     return 64 if vqgan.startswith("shapes") else 256
 
 
+def default_start(vqgan: str, start: str = "auto") -> str:
+    """Resolve "auto": the palette start for the shapes world, the classic random codes otherwise."""
+    if start != "auto":
+        return start
+    return "palette" if vqgan.startswith("shapes") else "random"
+
+
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
     """Download (or find in the cache) both models; returns their local files."""
     from vqclip import zoo

@@ -15,7 +15,7 @@ from torch import nn
 
 from vqclip.cutouts import augment, make_cutouts, normalize
 from vqclip.latents import decode_latent
-from vqclip.losses import Targets, init_loss, prompt_losses, spherical_dist_loss
+from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss, spherical_dist_loss
 
 __all__ = [
     "Loop",
@@ -55,6 +55,7 @@ class Loop:
     init_weight: float
     seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
     precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for decoder and CLIP
+    smoothness: float = 0.0  # weight of the image's total variation, 0 = off
 
 
 @dataclass
@@ -140,6 +141,8 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     total = losses.sum() * image.shape[0]  # per-image gradients do not shrink with the batch
     if loop.init_weight:
         total = total + init_loss(latent, state.start, loop.init_weight)
+    if loop.smoothness:
+        total = total + smoothness_loss(image, loop.smoothness)
     # 4. Step, then keep the latent inside the codebook's range.
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()

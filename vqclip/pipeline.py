@@ -22,6 +22,7 @@ from vqclip.optimize import (
     Loop,
     LoopState,
     best_candidates,
+    image_losses,
     render,
     run_loop,
     start_state,
@@ -32,6 +33,14 @@ from vqclip.tuning import keep_freed_memory
 __all__ = ["generate", "RunResult", "check_inputs", "resolve_device", "load_models"]
 
 log = logging.getLogger(__name__)
+
+# Flat starting colours for start="palette" (RGB, 0-255): a generic set, not the shapes world's.
+PALETTE = {
+    "black": (0, 0, 0), "grey": (128, 128, 128), "white": (255, 255, 255),
+    "red": (220, 40, 40), "orange": (240, 140, 30), "yellow": (245, 220, 50),
+    "green": (40, 170, 60), "cyan": (40, 200, 210), "blue": (40, 70, 220),
+    "purple": (140, 50, 190), "pink": (240, 150, 190), "brown": (120, 75, 40),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,24 @@ def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, 
     return _load_models_cached(vqgan_paths, clip_path, str(device))
 
 
+def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) -> torch.Tensor:
+    """Latents of flat palette colours ranked by CLIP against the prompts: (B * best_of, D, h,
+    w), each image's candidates taking the best, second best, ... colour."""
+    rgb = torch.tensor(list(PALETTE.values()), dtype=torch.float32, device=device) / 255
+    flats = rgb.view(-1, 3, 1, 1).expand(-1, 3, config.height, config.width)  # (C, 3, H, W)
+    order = image_losses(loop, flats).argsort().tolist()
+    picks = [order[i % len(order)] for i in range(config.best_of)] * config.batch_size
+    log.info("palette start: %s", [list(PALETTE)[i] for i in picks[: config.best_of]])
+    return encode_image(loop.vqgan, flats[picks].contiguous())
+
+
 def _start_latent(
-    config: GenerationConfig, vqgan: VQGAN, generator: torch.Generator, device: torch.device
+    config: GenerationConfig, loop: Loop, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
+    vqgan = loop.vqgan
     f, batch = vqgan.spec.factor, config.batch_size * config.best_of
+    if config.start == "palette" and not config.init_image:
+        return palette_start(loop, config, device)
     if config.init_image:
         image = load_image(config.init_image, (config.width, config.height)).to(device)
         return encode_image(vqgan, image).repeat(batch, 1, 1, 1)
@@ -121,9 +144,9 @@ def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopS
     augments = make_augments(config.augments, clip_model.visual.input_resolution)
     loop = Loop(
         vqgan, clip_model, targets, augments, config.cutn, config.cut_pow,
-        config.init_weight, config.seed, config.precision,
+        config.init_weight, config.seed, config.precision, config.smoothness,
     )  # fmt: skip
-    latent = _start_latent(config, vqgan, generator, device)
+    latent = _start_latent(config, loop, generator, device)
     state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
     return loop, state
 

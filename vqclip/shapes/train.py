@@ -20,14 +20,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from vqclip.cutouts import augment, make_augments, normalize
+from vqclip.cutouts import augment, make_augments, make_cutouts, normalize
+from vqclip.latents import decode_latent, encode_image, random_latent
+from vqclip.losses import spherical_dist_loss
 from vqclip.models import (
     VQ_TARGET,
     VQGANSpec,
     build_clip,
     build_vqgan,
     load_clip,
+    load_vqgan,
     save_clip,
     save_vqgan,
     tokenize,
@@ -175,6 +179,73 @@ def _negatives(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
     ])  # fmt: skip
 
 
+class DreamPool:
+    """Images the generation loop draws for captions, kept and moved on as CLIP trains.
+
+    Each training step moves every dream a few loop steps (random codes, straight-through
+    quantisation, augmented cutouts, spherical distance, Adam) toward its caption under the
+    current CLIP; every 10 steps a sixth restarts from random codes with a new
+    caption. They are the negatives that matter most: what the loop reaches by fooling CLIP.
+    """
+
+    def __init__(self, vqgan: nn.Module, size: int, g: torch.Generator, cutn: int = 2) -> None:
+        self.vqgan, self.g, self.cutn, self.next = vqgan, g, cutn, 0
+        self.augments = make_augments(("Af", "Pe", "Ji", "Er"), CLIP_SHAPE["image_resolution"])
+        self.scenes = sample_scenes(size, g)
+        self.captions = [caption(s, g) for s in self.scenes]
+        f = vqgan.spec.factor
+        self.latent = random_latent(vqgan.codebook, size, 64 // f, 64 // f, g).requires_grad_()
+        self.optimizer = torch.optim.Adam([self.latent], lr=0.1)
+        self.low = vqgan.codebook.min(0).values.view(1, -1, 1, 1)
+        self.high = vqgan.codebook.max(0).values.view(1, -1, 1, 1)
+
+    def renew(self, count: int) -> None:
+        """Restart ``count`` dreams (the oldest) from random codes with new captions."""
+        rows = [(self.next + i) % len(self.scenes) for i in range(count)]
+        self.next = (self.next + count) % len(self.scenes)
+        f = self.vqgan.spec.factor
+        fresh = random_latent(self.vqgan.codebook, count, 64 // f, 64 // f, self.g)
+        state = self.optimizer.state.get(self.latent, {})
+        with torch.no_grad():
+            self.latent[rows] = fresh
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][rows] = 0
+        for row, scene in zip(rows, sample_scenes(count, self.g), strict=True):
+            self.scenes[row], self.captions[row] = scene, caption(scene, self.g)
+
+    def advance(self, model: nn.Module, steps: int) -> torch.Tensor:
+        """Move every dream ``steps`` loop steps under ``model``; returns the images (N, 3, 64,
+        64) in [0, 1], detached."""
+        with torch.no_grad():
+            texts = F.normalize(model.encode_text(tokenize(model, self.captions)), dim=-1)
+        for _ in range(steps):
+            image = decode_latent(self.vqgan, self.latent)  # (N, 3, 64, 64)
+            cuts = make_cutouts(image, image.shape[-1], self.cutn, 1.0, self.g)
+            seed = int(torch.randint(2**62, (1,), generator=self.g))
+            cuts = augment(cuts, self.augments, 0.1, self.g, seed)  # (N * cutn, 3, 64, 64)
+            embeds = model.encode_image(normalize(cuts)).view(len(texts), self.cutn, -1)
+            loss = spherical_dist_loss(embeds, texts[:, None]).mean() * len(texts)
+            (self.latent.grad,) = torch.autograd.grad(loss, self.latent)
+            self.optimizer.step()
+            with torch.no_grad():
+                self.latent.copy_(self.latent.maximum(self.low).minimum(self.high))
+        with torch.no_grad():
+            return decode_latent(self.vqgan, self.latent)
+
+
+def _positives(scenes: list[Scene], vqgan: torch.nn.Module | None) -> torch.Tensor:
+    """Clean renderings; with a VQGAN, every other one through encode/decode, so that the
+    decoder's look alone never tells a dream from a positive."""
+    images = render(scenes)
+    if vqgan is None:
+        return images
+    with torch.no_grad():
+        rebuilt = vqgan.decode(encode_image(vqgan, images[::2])).add(1).div(2).clamp(0, 1)
+    images[::2] = rebuilt
+    return images
+
+
 def train_clip(
     steps: int,
     out: Path,
@@ -183,8 +254,17 @@ def train_clip(
     init: Path | None = None,
     lr: float = 5e-4,
     augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er"),
+    dreams: int = 0,
+    dream_steps: int = 1,
+    vqgan_dir: Path = WEIGHTS,
 ) -> dict[str, float]:
-    """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``."""
+    """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``.
+
+    With ``dreams > 0``, a :class:`DreamPool` of that many images drawn by the generation loop
+    with the shapes VQGAN (from ``vqgan_dir``) and the CLIP being trained moves on
+    ``dream_steps`` loop steps per training step; each dream's caption must prefer its clean
+    scene over the loop's drawing.
+    """
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
     model = build_clip(**CLIP_SHAPE)
@@ -193,15 +273,26 @@ def train_clip(
     model.train().requires_grad_(True)
     augment_images = make_augments(augments, CLIP_SHAPE["image_resolution"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    vqgan, pool = None, None
+    if dreams:
+        vqgan = load_vqgan(vqgan_dir / "shapes_vqgan.yaml", vqgan_dir / "shapes_vqgan.ckpt")
+        pool = DreamPool(vqgan, dreams, g)
     start = time.time()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr)
-        scenes = sample_scenes(batch, g)
-        images = torch.cat([render(scenes), _negatives(scenes[: batch // 2], g)])
+        dreamed, scenes, texts = torch.zeros(0, 3, 64, 64), [], []
+        if pool is not None:
+            if step % 10 == 9:
+                pool.renew(max(1, dreams // 6))  # a dream lives ~60 loop steps
+            dreamed, scenes, texts = pool.advance(model, dream_steps), pool.scenes, pool.captions
+        fresh = sample_scenes(batch - len(scenes), g)
+        scenes, texts = scenes + fresh, texts + [caption(s, g) for s in fresh]
+        images = torch.cat([_positives(scenes, vqgan), _negatives(fresh[: batch // 2], g)])
+        images = torch.cat([images, dreamed])
         images = augment(images, augment_images, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
-        tokens = tokenize(model, [caption(s, g) for s in scenes])
-        image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + B/2, E)
+        tokens = tokenize(model, texts)
+        image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + negs, E)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
         labels = torch.arange(batch)
@@ -220,7 +311,7 @@ def train_clip(
             log.info("clip step %d loss %.4f (%.0fs)", step + 1, loss.item(), time.time() - start)
     out.mkdir(parents=True, exist_ok=True)
     save_clip(model.eval(), out / "shapes_clip.pt")
-    metrics = {"loss": float(loss), "seconds": time.time() - start}
+    metrics = {"loss": float(loss.detach()), "seconds": time.time() - start}
     log.info("clip done: %s", metrics)
     return metrics
 
@@ -243,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--augments", nargs="*", default=["Af", "Pe", "Ji", "Er"], help="clip: kornia augments"
     )
+    parser.add_argument(
+        "--dreams", type=int, default=0, help="clip: images the loop draws as negatives (0: off)"
+    )
+    parser.add_argument("--dream-steps", type=int, default=1, help="clip: loop steps per step")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.use_deterministic_algorithms(True)
@@ -251,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         metrics = train_clip(
             args.steps or 1500, args.out, args.seed, init=args.init, lr=args.lr,
-            augments=tuple(args.augments),
+            augments=tuple(args.augments), dreams=args.dreams, dream_steps=args.dream_steps,
         )  # fmt: skip
     print(metrics)
 

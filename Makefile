@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: frames + MP4
-	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --video
+	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --start palette \
+	    --step_size 0.2 --video
 
 test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only)
 	$(BIN)/python -m pytest -q

@@ -57,6 +57,25 @@ def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> N
     assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24
 
 
+def test_dream_pool_draws_toward_its_captions_and_renews() -> None:
+    from vqclip.embeddings import similarity
+    from vqclip.shapes.train import DreamPool
+
+    vqgan = load_vqgan(*zoo.resolve_vqgan("shapes-vqgan"))
+    clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
+    pool = DreamPool(vqgan, 4, torch.Generator().manual_seed(0))
+    first = pool.advance(clip_model, 1)
+    later = pool.advance(clip_model, 8)
+    assert first.shape == (4, 3, 64, 64) and 0 <= later.min() and later.max() <= 1
+    # The loop's steps pull each dream toward its own caption under the CLIP it is fooling.
+    before = similarity(clip_model, first, pool.captions).diagonal()
+    after = similarity(clip_model, later, pool.captions).diagonal()
+    assert after.mean() > before.mean() + 0.02, (before, after)
+    captions = list(pool.captions)
+    pool.renew(2)
+    assert pool.captions[2:] == captions[2:] and pool.captions[:2] != captions[:2]
+
+
 @pytest.fixture(scope="module")
 def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """12 colour pairs x 2 seeds, generated once for the steering and success checks."""
@@ -71,17 +90,18 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.79 and 0.81 with the shipped models; issue 3 asks for 0.9 (not met).
-    assert rate >= 0.7
+    # Chance is 0.5. Measured 0.92 with the palette start (0.81 from random codes); issue 3: 0.9.
+    assert rate >= 0.85
 
 
 def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     rates = evaluate.success_rates(generations)
     print("prompt success:", rates)
     assert rates["runs"] == 48
-    # Chance that the two prompted colours are the two largest of six is 1/15. Measured: colours
-    # 0.46 to 0.56, shapes 0.13 to 0.17; issue 3 asks for 0.7 and 0.5 (not met: reported).
-    assert rates["colors"] >= 0.35, rates
+    # Chance that the two prompted colours are the two largest of six is 1/15. Measured with the
+    # palette start: colours 0.65, shapes 0.08 (random codes: 0.56, 0.13). Issue 3 asks for 0.7
+    # and 0.5: not met, reported in the README.
+    assert rates["colors"] >= 0.6, rates
 
 
 @pytest.mark.slow

@@ -46,7 +46,8 @@ SHAPES_SETTINGS: dict[str, Any] = {
     "height": 64,
     "cutn": 16,
     "max_iterations": 60,
-    "step_size": 0.1,
+    "step_size": 0.2,
+    "start": "palette",
     "display_frequency": 20,
     "device": "cpu",
 }

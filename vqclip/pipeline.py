@@ -30,7 +30,15 @@ from vqclip.optimize import (
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.tuning import keep_freed_memory
 
-__all__ = ["generate", "RunResult", "check_inputs", "resolve_device", "load_models"]
+__all__ = [
+    "generate",
+    "RunResult",
+    "check_inputs",
+    "resolve_device",
+    "load_models",
+    "palette_start",
+    "PALETTE",
+]
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from vqclip.models import (
 )  # fmt: skip
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
-__all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "train_vqgan", "train_clip", "main"]
+__all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "DreamPool", "train_vqgan", "train_clip", "main"]
 
 log = logging.getLogger(__name__)
 WEIGHTS = Path(__file__).parent / "weights"

@@ -113,3 +113,14 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
     exact = evaluate.success_rates(generations)
     print("fp32:", exact, "bf16:", fast)
     assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.15
+
+
+@pytest.mark.slow
+def test_best_of_three_meets_the_colour_target(tmp_path: Path) -> None:
+    """Palette start with three candidates per image (the next best colours), CLIP keeps one."""
+    rows = evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], tmp_path, best_of=3)
+    rates = evaluate.success_rates(rows)
+    rate = evaluate.steering_rate(*evaluate.split_pairs(rows, 2))
+    print("best of 3:", rates, "steering:", rate)
+    # Measured: colours 0.85, shapes 0.15, steering 0.92. Issue 3: colours 0.7 (met), shapes 0.5.
+    assert rates["colors"] >= 0.7 and rate >= 0.85, (rates, rate)

@@ -116,10 +116,10 @@ def test_latent_pyramid_moves_regions_and_stays_in_the_codebook_range() -> None:
     coarse_moves = [level.detach().abs().max().item() for level in state.levels[:-1]]
     assert min(coarse_moves) > 0.5, coarse_moves
     # The clamp keeps the composed latent inside the codebook's per-channel range.
-    from vqclip.optimize import _clamp_to_codebook
+    from vqclip.optimize import clamp_to_codebook
 
     codebook = torch.rand(8, 4) - 0.5  # range within [-0.5, 0.5]
-    _clamp_to_codebook(state.levels, codebook)
+    clamp_to_codebook(state.levels, codebook)
     latent = compose_latent(state.levels)
     low, high = codebook.min(0).values.view(1, -1, 1, 1), codebook.max(0).values.view(1, -1, 1, 1)
     assert bool(((latent >= low - 1e-6) & (latent <= high + 1e-6)).all())

@@ -21,6 +21,7 @@ __all__ = [
     "Loop",
     "LoopState",
     "compose_latent",
+    "clamp_to_codebook",
     "image_losses",
     "best_candidates",
     "make_optimizer",
@@ -147,7 +148,7 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     state.optimizer.step()
-    _clamp_to_codebook(state.levels, loop.vqgan.codebook)
+    clamp_to_codebook(state.levels, loop.vqgan.codebook)
     state.iteration += 1
     return {"image": image.detach(), "loss": total.detach(), "losses": losses.detach()}
 
@@ -157,7 +158,7 @@ def _step_seed(loop: Loop, state: LoopState) -> int:
 
 
 @torch.no_grad()
-def _clamp_to_codebook(levels: list[torch.Tensor], codebook: torch.Tensor) -> None:
+def clamp_to_codebook(levels: list[torch.Tensor], codebook: torch.Tensor) -> None:
     """Keep the composed latent in the codebook's per-channel range (by moving the finest level)."""
     low = codebook.min(0).values.view(1, -1, 1, 1)
     high = codebook.max(0).values.view(1, -1, 1, 1)

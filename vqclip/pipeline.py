@@ -122,11 +122,11 @@ def _start_latent(
 ) -> torch.Tensor:
     vqgan = loop.vqgan
     f, batch = vqgan.spec.factor, config.batch_size * config.best_of
-    if config.start == "palette" and not config.init_image:
-        return palette_start(loop, config, device)
     if config.init_image:
         image = load_image(config.init_image, (config.width, config.height)).to(device)
         return encode_image(vqgan, image).repeat(batch, 1, 1, 1)
+    if config.start == "palette":
+        return palette_start(loop, config, device)
     if config.start == "plain":
         grey = torch.full((batch, 3, config.height, config.width), 0.5, device=device)
         return encode_image(vqgan, grey)

@@ -36,6 +36,7 @@ from vqclip.models import (
     save_vqgan,
     tokenize,
 )  # fmt: skip
+from vqclip.optimize import clamp_to_codebook
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
 __all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "DreamPool", "train_vqgan", "train_clip", "main"]
@@ -196,8 +197,6 @@ class DreamPool:
         f = vqgan.spec.factor
         self.latent = random_latent(vqgan.codebook, size, 64 // f, 64 // f, g).requires_grad_()
         self.optimizer = torch.optim.Adam([self.latent], lr=0.1)
-        self.low = vqgan.codebook.min(0).values.view(1, -1, 1, 1)
-        self.high = vqgan.codebook.max(0).values.view(1, -1, 1, 1)
 
     def renew(self, count: int) -> None:
         """Restart ``count`` dreams (the oldest) from random codes with new captions."""
@@ -228,8 +227,7 @@ class DreamPool:
             loss = spherical_dist_loss(embeds, texts[:, None]).mean() * len(texts)
             (self.latent.grad,) = torch.autograd.grad(loss, self.latent)
             self.optimizer.step()
-            with torch.no_grad():
-                self.latent.copy_(self.latent.maximum(self.low).minimum(self.high))
+            clamp_to_codebook([self.latent], self.vqgan.codebook)
         with torch.no_grad():
             return decode_latent(self.vqgan, self.latent)
 

@@ -19,8 +19,8 @@ demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: fr
 	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --start palette \
 	    --step_size 0.2 --video
 
-test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only); -rP shows measured figures
+	$(BIN)/python -m pytest -q -rP
 
 test-fast: $(STAMP)  ## the suite without the tests marked slow (bf16 guard, best-of-3 target)
 	$(BIN)/python -m pytest -q -m "not slow"

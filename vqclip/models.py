@@ -261,7 +261,7 @@ def save_vqgan(
 # CLIP
 
 
-def build_clip(**shape: int) -> clip.model.CLIP:
+def build_clip(**shape: int | tuple[int, ...] | None) -> clip.model.CLIP:
     """A randomly initialised ``clip.model.CLIP`` (arguments as its constructor's), in fp32."""
     return clip.model.CLIP(**shape).float()
 

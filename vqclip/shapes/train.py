@@ -5,8 +5,9 @@
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
 the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.
-The CLIP is a ``clip.model.CLIP`` trained contrastively on augmented image-caption pairs, with
-hard negatives (a second shape of another colour; scattered blocks of other colours).
+The CLIP is a ``clip.model.CLIP`` (a small ModifiedResNet image tower) trained contrastively on
+mildly augmented image-caption pairs, with hard negatives (a second shape of another colour;
+scattered blocks of other colours; the same colours in another shape; a ragged blob).
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ from vqclip.models import (
 from vqclip.optimize import clamp_to_codebook
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
-__all__ = ["VQGAN_SPEC", "CLIP_SHAPE", "DreamPool", "train_vqgan", "train_clip", "main"]
+__all__ = [
+    "VQGAN_SPEC",
+    "CLIP_SHAPE",
+    "CLIP_AUGMENTS",
+    "DreamPool",
+    "train_vqgan",
+    "train_clip",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 WEIGHTS = Path(__file__).parent / "weights"
@@ -55,13 +64,17 @@ VQGAN_SPEC = VQGANSpec(
     gumbel=False,
     prefix="",
 )  # fmt: skip
-# clip.model.CLIP arguments: 64x64 images in 8x8 patches, short captions. build_model infers
-# heads as width // 64, so the heads must be exactly that for the saved file to load the same.
+# clip.model.CLIP arguments: a ModifiedResNet image tower (the RN50 family's, four stages of one
+# bottleneck block, width 16) on 64x64 images, and short captions. build_model infers the text
+# heads as width // 64, so they must be exactly that for the saved file to load the same.
 CLIP_SHAPE = {
-    "embed_dim": 128, "image_resolution": 64, "vision_layers": 4, "vision_width": 128,
-    "vision_patch_size": 8, "context_length": 24, "vocab_size": 49408,
+    "embed_dim": 128, "image_resolution": 64, "vision_layers": (1, 1, 1, 1), "vision_width": 16,
+    "vision_patch_size": None, "context_length": 24, "vocab_size": 49408,
     "transformer_width": 128, "transformer_heads": 2, "transformer_layers": 4,
 }  # fmt: skip
+# Mild augmentations for CLIP's training: with perspective and erasing too (the generation
+# loop's defaults) it told circles from squares at chance (zero-shot shape 56%); with these, 93%.
+CLIP_AUGMENTS = ("Af", "Ji")
 
 
 def _lr(step: int, steps: int, peak: float) -> float:
@@ -251,7 +264,7 @@ def train_clip(
     batch: int = 96,
     init: Path | None = None,
     lr: float = 5e-4,
-    augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er"),
+    augments: tuple[str, ...] = CLIP_AUGMENTS,
     dreams: int = 0,
     dream_steps: int = 1,
     vqgan_dir: Path = WEIGHTS,
@@ -322,15 +335,13 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", choices=["vqgan", "clip"])
-    parser.add_argument(
-        "--steps", type=int, default=None, help="default: 1500 (vqgan), 1500 (clip)"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="default: 1500 (vqgan), 600 (clip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
     parser.add_argument("--init", type=Path, help="clip: fine-tune from this CLIP file")
     parser.add_argument("--lr", type=float, default=5e-4, help="clip: peak learning rate")
     parser.add_argument(
-        "--augments", nargs="*", default=["Af", "Pe", "Ji", "Er"], help="clip: kornia augments"
+        "--augments", nargs="*", default=list(CLIP_AUGMENTS), help="clip: kornia augments"
     )
     parser.add_argument(
         "--dreams", type=int, default=0, help="clip: images the loop draws as negatives (0: off)"
@@ -343,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
     else:
         metrics = train_clip(
-            args.steps or 1500, args.out, args.seed, init=args.init, lr=args.lr,
+            args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,
             augments=tuple(args.augments), dreams=args.dreams, dream_steps=args.dream_steps,
         )  # fmt: skip
     print(metrics)

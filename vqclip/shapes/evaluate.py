@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,17 +160,13 @@ def run_cases(
 
     With ``jobs > 1`` the runs are spread over that many spawned processes, each with its share
     of the CPU's threads: the shapes world's tensors are small, so two one-thread workers do
-    about 1.5x the work of one two-thread process on a 2-core machine.
+    about 1.3x the work of one two-thread process on a 2-core machine.
     """
     work = [
         (case, seed, str(output_dir), changes) for case, seed in itertools.product(cases, seeds)
     ]
     if jobs <= 1:
         return [_run_case(*item) for item in work]
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     with ProcessPoolExecutor(

@@ -91,7 +91,7 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.90 with the palette start; issue 3: 0.9.
+    # Chance is 0.5. Measured 0.94 (palette start, 3 latent levels); issue 3: 0.9.
     assert rate >= 0.85
 
 
@@ -100,9 +100,9 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     # Chance that the two prompted colours are the two largest of six is 1/15. Measured with the
-    # palette start: colours 0.71, shapes 0.08. Issue 3 asks for 0.7 (met, with one run's margin:
+    # palette start and 3 latent levels: colours 0.75, shapes 0.17. Issue 3 asks for 0.7 (met;
     # best of 3 asserts it below) and 0.5 for shapes (not met, reported in the README).
-    assert rates["colors"] >= 0.6, rates
+    assert rates["colors"] >= 0.65, rates
 
 
 @pytest.mark.slow
@@ -129,5 +129,5 @@ def test_best_of_three_meets_the_colour_target(tmp_path: Path) -> None:
     rates = evaluate.success_rates(rows)
     rate = evaluate.steering_rate(*evaluate.split_pairs(rows, 2))
     print("best of 3:", rates, "steering:", rate)
-    # Measured: colours 0.85, shapes 0.15, steering 0.92. Issue 3: colours 0.7 (met), shapes 0.5.
+    # Measured (one latent level): colours 0.90, shapes 0.17, steering 0.98. Issue 3: 0.7, 0.5.
     assert rates["colors"] >= 0.7 and rate >= 0.85, (rates, rate)

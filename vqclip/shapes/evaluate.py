@@ -51,6 +51,7 @@ SHAPES_SETTINGS: dict[str, Any] = {
     "max_iterations": 60,
     "step_size": 0.2,
     "start": "palette",
+    "latent_levels": 3,  # whole regions move together: colours 71% -> 75%, shapes 8% -> 17%
     "display_frequency": 20,
     "device": "cpu",
 }
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--latent-levels", type=int, default=1)
+    parser.add_argument("--latent-levels", type=int, default=SHAPES_SETTINGS["latent_levels"])
     parser.add_argument("--best-of", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the runs")
     args = parser.parse_args(argv)

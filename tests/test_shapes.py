@@ -110,7 +110,7 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     not {"avx512_bf16", "amx_bf16"} & cpu_flags(),
     reason="this CPU has no bf16 instructions (AVX-512 BF16 or AMX): bf16 autocast is emulated, "
     "120 s per shapes image against 9 s in fp32, too slow for 48 runs; the guard runs where "
-    "bf16 has hardware support (README, quality guard)",
+    "bf16 has hardware support (README, quality guard); test_optimize runs bf16 on tiny models",
 )
 def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict]) -> None:
     """The quality guard: bf16 autocast reaches fp32's prompt-success rates within noise."""

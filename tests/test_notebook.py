@@ -55,3 +55,13 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert any(WIDGET in o.get("data", {}) for o in outputs), "the preview widget was not displayed"
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "seed: 0" in printed and "CPU" in printed
+
+
+def test_auto_settings_follow_the_model() -> None:
+    from vqclip import notebook
+
+    assert notebook.default_start("shapes-vqgan") == "palette"
+    assert notebook.default_start("imagenet_f16_16384") == "random"
+    assert notebook.default_levels("shapes-vqgan") == 3
+    assert notebook.default_levels("imagenet_f16_16384") == 1
+    assert notebook.default_levels("shapes-vqgan", 2) == 2

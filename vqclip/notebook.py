@@ -64,6 +64,14 @@ def default_start(vqgan: str, start: str = "auto") -> str:
     return "palette" if vqgan.startswith("shapes") else "random"
 
 
+def default_levels(vqgan: str, levels: int = 0) -> int:
+    """Resolve 0 ("auto"): three latent levels for the shapes world (its measured best), the
+    classic single level otherwise."""
+    if levels:
+        return levels
+    return 3 if vqgan.startswith("shapes") else 1
+
+
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
     """Download (or find in the cache) both models; returns their local files."""
     from vqclip import zoo

@@ -22,7 +22,7 @@ demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: fr
 test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only); -rP shows measured figures
 	$(BIN)/python -m pytest -q -rP
 
-test-fast: $(STAMP)  ## the suite without the tests marked slow (bf16 guard, best-of-3 target)
+test-fast: $(STAMP)  ## the suite without the tests marked slow (the bf16 quality guard)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)

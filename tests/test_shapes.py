@@ -47,34 +47,49 @@ def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
     accuracy = evaluate.zero_shot_accuracy(clip_model)
     print("zero-shot accuracy:", accuracy)
     assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
-    assert accuracy["shape"] >= 0.85, accuracy  # chance: 1/3; measured 0.93
+    # Chance: 1/3. Measured 0.72: adversarial fine-tuning trades some clean accuracy on shape
+    # (0.93 before it) for gradients that steer generations (README, the shapes world).
+    assert accuracy["shape"] >= 0.6, accuracy
 
 
 def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:
     train_vqgan(steps=2, out=tmp_path, batch=2)
-    train_clip(steps=2, out=tmp_path, batch=8)
+    train_clip(steps=2, out=tmp_path, batch=8, adversarial=0.03)
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
     assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24
 
 
-def test_dream_pool_draws_toward_its_captions_and_renews() -> None:
-    from vqclip.embeddings import similarity
-    from vqclip.shapes.train import DreamPool
+def test_adversarial_images_stay_close_and_fool_clip() -> None:
+    import torch.nn.functional as F
 
-    vqgan = load_vqgan(*zoo.resolve_vqgan("shapes-vqgan"))
+    from vqclip.cutouts import normalize
+    from vqclip.embeddings import embed_texts
+    from vqclip.shapes.data import canonical_caption, render, sample_scenes
+    from vqclip.shapes.train import adversarial_images
+
     clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
-    pool = DreamPool(vqgan, 4, torch.Generator().manual_seed(0))
-    first = pool.advance(clip_model, 1)
-    later = pool.advance(clip_model, 8)
-    assert first.shape == (4, 3, 64, 64) and 0 <= later.min() and later.max() <= 1
-    # The loop's steps pull each dream toward its own caption under the CLIP it is fooling.
-    before = similarity(clip_model, first, pool.captions).diagonal()
-    after = similarity(clip_model, later, pool.captions).diagonal()
-    assert after.mean() > before.mean() + 0.02, (before, after)
-    captions = list(pool.captions)
-    pool.renew(2)
-    assert pool.captions[2:] == captions[2:] and pool.captions[:2] != captions[:2]
+    scenes = sample_scenes(8, torch.Generator().manual_seed(3))
+    images = render(scenes)
+    captions = [canonical_caption(s.color, s.shape, s.background) for s in scenes]
+    texts = embed_texts(clip_model, captions, torch.device("cpu"))  # (8, E), unit length
+    eps = 0.1
+    attacked = adversarial_images(clip_model, images, texts, eps, torch.Generator().manual_seed(0))
+    assert (attacked - images).abs().max() <= eps + 1e-6
+    assert 0 <= attacked.min() and attacked.max() <= 1
+    signs = torch.randint(2, images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    noisy = (images + eps * signs).clamp(0, 1)  # random changes just as large
+
+    def own_caption_similarity(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            emb = F.normalize(clip_model.encode_image(normalize(x)), dim=-1)
+        return float((emb * texts).sum(-1).mean())
+
+    clean, random, worst = map(own_caption_similarity, (images, noisy, attacked))
+    print(
+        f"similarity to own caption: clean {clean:.3f}, random {random:.3f}, attacked {worst:.3f}"
+    )
+    assert worst < random - 0.02 and worst < clean - 0.02
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +106,7 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.94 (palette start, 3 latent levels); issue 3: 0.9.
+    # Chance is 0.5. Measured 0.96 (palette start, 3 latent levels); issue 3: 0.9.
     assert rate >= 0.85
 
 
@@ -100,9 +115,9 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     # Chance that the two prompted colours are the two largest of six is 1/15. Measured with the
-    # palette start and 3 latent levels: colours 0.75, shapes 0.17. Issue 3 asks for 0.7 (met;
-    # best of 3 asserts it below) and 0.5 for shapes (not met, reported in the README).
-    assert rates["colors"] >= 0.65, rates
+    # palette start and 3 latent levels: colours 0.94, in their roles 0.81, shapes 0.15. Issue 3
+    # asks for 0.7 (aim 0.9: met) and 0.5 for shapes (not met, reported in the README).
+    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.7, rates
 
 
 @pytest.mark.slow
@@ -120,14 +135,3 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
     exact = evaluate.success_rates(generations)
     print("fp32:", exact, "bf16:", fast)
     assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.15
-
-
-@pytest.mark.slow
-def test_best_of_three_meets_the_colour_target(tmp_path: Path) -> None:
-    """Palette start with three candidates per image (the next best colours), CLIP keeps one."""
-    rows = evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], tmp_path, jobs=2, best_of=3)
-    rates = evaluate.success_rates(rows)
-    rate = evaluate.steering_rate(*evaluate.split_pairs(rows, 2))
-    print("best of 3:", rates, "steering:", rate)
-    # Measured: colours 0.90, shapes 0.10, steering 0.98. Issue 3: colours 0.7, shapes 0.5.
-    assert rates["colors"] >= 0.7 and rate >= 0.85, (rates, rate)

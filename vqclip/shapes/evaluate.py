@@ -51,7 +51,7 @@ SHAPES_SETTINGS: dict[str, Any] = {
     "max_iterations": 60,
     "step_size": 0.2,
     "start": "palette",
-    "latent_levels": 3,  # whole regions move together: colours 71% -> 75%, shapes 8% -> 17%
+    "latent_levels": 3,  # regions move together: shapes 8% -> 17% (the previous CLIP)
     "display_frequency": 20,
     "device": "cpu",
 }
@@ -195,12 +195,18 @@ def _run_case(
 
 
 def success_rates(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Share of runs whose two largest colours are the prompted ones, and whose shape is right."""
+    """Share of runs whose two largest colours are the prompted ones (``colors``), that also
+    have them in their roles, the shape's colour inside a background of the other (``roles``),
+    and whose shape is right (``shapes``)."""
     n = len(rows)
     colors = sum(set(r["top_two"]) == {r["color"], r["background"]} for r in rows)
+    roles = sum(
+        r["judged_color"] == r["color"] and r["judged_background"] == r["background"] for r in rows
+    )
     shapes = sum(r["judged_shape"] == r["shape"] for r in rows)
     return {
         "colors": colors / n,
+        "roles": roles / n,
         "shapes": shapes / n,
         "runs": n,
         "seconds_per_image": sum(r["seconds"] for r in rows) / n,

@@ -1,13 +1,20 @@
 """Train the shapes world's tiny VQGAN and CLIP on CPU, seeded and reproducible.
 
     python -m vqclip.shapes.train vqgan [--steps N] [--out DIR]
-    python -m vqclip.shapes.train clip  [--steps N] [--out DIR]
+    python -m vqclip.shapes.train clip  [--steps N] [--out DIR] [--init FILE] [--lr LR]
+                                        [--adversarial EPS]
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
 the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.
 The CLIP is a ``clip.model.CLIP`` (a small ModifiedResNet image tower) trained contrastively on
 mildly augmented image-caption pairs, with hard negatives (a second shape of another colour;
 scattered blocks of other colours; the same colours in another shape; a ragged blob).
+
+The shipped CLIP is then fine-tuned adversarially (``--init ... --adversarial 0.03``): each
+positive is moved by a 3-step attack within +-0.03 per pixel to mismatch its caption before
+CLIP learns from it. A CLIP that such small changes cannot fool has gradients that mean
+something to the eye, so the generation loop paints flat regions of the prompted colours
+instead of textures that fool it (one-candidate right colours 75% -> 94%).
 """
 
 from __future__ import annotations
@@ -23,28 +30,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.cutouts import augment, make_augments, make_cutouts, normalize
-from vqclip.latents import decode_latent, encode_image, random_latent
-from vqclip.losses import spherical_dist_loss
+from vqclip.cutouts import augment, make_augments, normalize
 from vqclip.models import (
     VQ_TARGET,
     VQGANSpec,
     build_clip,
     build_vqgan,
     load_clip,
-    load_vqgan,
     save_clip,
     save_vqgan,
     tokenize,
 )  # fmt: skip
-from vqclip.optimize import clamp_to_codebook
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
 __all__ = [
     "VQGAN_SPEC",
     "CLIP_SHAPE",
     "CLIP_AUGMENTS",
-    "DreamPool",
+    "adversarial_images",
     "train_vqgan",
     "train_clip",
     "main",
@@ -193,68 +196,28 @@ def _negatives(scenes: list[Scene], g: torch.Generator) -> torch.Tensor:
     ])  # fmt: skip
 
 
-class DreamPool:
-    """Images the generation loop draws for captions, kept and moved on as CLIP trains.
-
-    Each training step moves every dream a few loop steps (random codes, straight-through
-    quantisation, augmented cutouts, spherical distance, Adam) toward its caption under the
-    current CLIP; every 10 steps a sixth restarts from random codes with a new
-    caption. They are the negatives that matter most: what the loop reaches by fooling CLIP.
-    """
-
-    def __init__(self, vqgan: nn.Module, size: int, g: torch.Generator, cutn: int = 2) -> None:
-        self.vqgan, self.g, self.cutn, self.next = vqgan, g, cutn, 0
-        self.augments = make_augments(("Af", "Pe", "Ji", "Er"), CLIP_SHAPE["image_resolution"])
-        self.scenes = sample_scenes(size, g)
-        self.captions = [caption(s, g) for s in self.scenes]
-        f = vqgan.spec.factor
-        self.latent = random_latent(vqgan.codebook, size, 64 // f, 64 // f, g).requires_grad_()
-        self.optimizer = torch.optim.Adam([self.latent], lr=0.1)
-
-    def renew(self, count: int) -> None:
-        """Restart ``count`` dreams (the oldest) from random codes with new captions."""
-        rows = [(self.next + i) % len(self.scenes) for i in range(count)]
-        self.next = (self.next + count) % len(self.scenes)
-        f = self.vqgan.spec.factor
-        fresh = random_latent(self.vqgan.codebook, count, 64 // f, 64 // f, self.g)
-        state = self.optimizer.state.get(self.latent, {})
-        with torch.no_grad():
-            self.latent[rows] = fresh
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key][rows] = 0
-        for row, scene in zip(rows, sample_scenes(count, self.g), strict=True):
-            self.scenes[row], self.captions[row] = scene, caption(scene, self.g)
-
-    def advance(self, model: nn.Module, steps: int) -> torch.Tensor:
-        """Move every dream ``steps`` loop steps under ``model``; returns the images (N, 3, 64,
-        64) in [0, 1], detached."""
-        with torch.no_grad():
-            texts = F.normalize(model.encode_text(tokenize(model, self.captions)), dim=-1)
-        for _ in range(steps):
-            image = decode_latent(self.vqgan, self.latent)  # (N, 3, 64, 64)
-            cuts = make_cutouts(image, image.shape[-1], self.cutn, 1.0, self.g)
-            seed = int(torch.randint(2**62, (1,), generator=self.g))
-            cuts = augment(cuts, self.augments, 0.1, self.g, seed)  # (N * cutn, 3, 64, 64)
-            embeds = model.encode_image(normalize(cuts)).view(len(texts), self.cutn, -1)
-            loss = spherical_dist_loss(embeds, texts[:, None]).mean() * len(texts)
-            (self.latent.grad,) = torch.autograd.grad(loss, self.latent)
-            self.optimizer.step()
-            clamp_to_codebook([self.latent], self.vqgan.codebook)
-        with torch.no_grad():
-            return decode_latent(self.vqgan, self.latent)
-
-
-def _positives(scenes: list[Scene], vqgan: torch.nn.Module | None) -> torch.Tensor:
-    """Clean renderings; with a VQGAN, every other one through encode/decode, so that the
-    decoder's look alone never tells a dream from a positive."""
-    images = render(scenes)
-    if vqgan is None:
-        return images
-    with torch.no_grad():
-        rebuilt = vqgan.decode(encode_image(vqgan, images[::2])).add(1).div(2).clamp(0, 1)
-    images[::2] = rebuilt
-    return images
+def adversarial_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    text_emb: torch.Tensor,
+    eps: float,
+    g: torch.Generator,
+    steps: int = 3,
+) -> torch.Tensor:
+    """``images`` (N, 3, S, S) moved within an L-infinity ball of ``eps`` to mismatch their
+    captions ``text_emb`` (N, E) (projected gradient ascent from a random point)."""
+    was_training = model.training
+    model.eval()  # attack with BatchNorm's running statistics; don't update them
+    labels = torch.arange(len(images))
+    delta = (torch.rand(images.shape, generator=g) * 2 - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        emb = F.normalize(model.encode_image(normalize((images + delta).clamp(0, 1))), dim=-1)
+        loss = F.cross_entropy(model.logit_scale.exp() * emb @ text_emb.T, labels)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta + 2.5 * eps / steps * grad.sign()).clamp(-eps, eps).detach()
+    model.train(was_training)
+    return (images + delta).clamp(0, 1)
 
 
 def train_clip(
@@ -265,16 +228,12 @@ def train_clip(
     init: Path | None = None,
     lr: float = 5e-4,
     augments: tuple[str, ...] = CLIP_AUGMENTS,
-    dreams: int = 0,
-    dream_steps: int = 1,
-    vqgan_dir: Path = WEIGHTS,
+    adversarial: float = 0.0,
 ) -> dict[str, float]:
     """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``.
 
-    With ``dreams > 0``, a :class:`DreamPool` of that many images drawn by the generation loop
-    with the shapes VQGAN (from ``vqgan_dir``) and the CLIP being trained moves on
-    ``dream_steps`` loop steps per training step; each dream's caption must prefer its clean
-    scene over the loop's drawing.
+    With ``adversarial > 0``, CLIP learns from positives
+    attacked within that L-infinity radius (:func:`adversarial_images`).
     """
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
@@ -284,25 +243,19 @@ def train_clip(
     model.train().requires_grad_(True)
     augment_images = make_augments(augments, CLIP_SHAPE["image_resolution"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    vqgan, pool = None, None
-    if dreams:
-        vqgan = load_vqgan(vqgan_dir / "shapes_vqgan.yaml", vqgan_dir / "shapes_vqgan.ckpt")
-        pool = DreamPool(vqgan, dreams, g)
     start = time.time()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr)
-        dreamed, scenes, texts = torch.zeros(0, 3, 64, 64), [], []
-        if pool is not None:
-            if step % 10 == 9:
-                pool.renew(max(1, dreams // 6))  # a dream lives ~60 loop steps
-            dreamed, scenes, texts = pool.advance(model, dream_steps), pool.scenes, pool.captions
-        fresh = sample_scenes(batch - len(scenes), g)
-        scenes, texts = scenes + fresh, texts + [caption(s, g) for s in fresh]
-        images = torch.cat([_positives(scenes, vqgan), _negatives(fresh[: batch // 2], g)])
-        images = torch.cat([images, dreamed])
+        scenes = sample_scenes(batch, g)
+        texts = [caption(s, g) for s in scenes]
+        images = torch.cat([render(scenes), _negatives(scenes[: batch // 2], g)])
         images = augment(images, augment_images, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
         tokens = tokenize(model, texts)
+        if adversarial:
+            with torch.no_grad():
+                targets = F.normalize(model.encode_text(tokens), dim=-1)
+            images[:batch] = adversarial_images(model, images[:batch], targets, adversarial, g)
         image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + negs, E)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
@@ -344,9 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         "--augments", nargs="*", default=list(CLIP_AUGMENTS), help="clip: kornia augments"
     )
     parser.add_argument(
-        "--dreams", type=int, default=0, help="clip: images the loop draws as negatives (0: off)"
+        "--adversarial", type=float, default=0.0, help="clip: L-inf radius of attacks (0: off)"
     )
-    parser.add_argument("--dream-steps", type=int, default=1, help="clip: loop steps per step")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.use_deterministic_algorithms(True)
@@ -355,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,
-            augments=tuple(args.augments), dreams=args.dreams, dream_steps=args.dream_steps,
+            augments=tuple(args.augments), adversarial=args.adversarial,
         )  # fmt: skip
     print(metrics)
 

@@ -232,8 +232,8 @@ def train_clip(
 ) -> dict[str, float]:
     """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``.
 
-    With ``adversarial > 0``, CLIP learns from positives
-    attacked within that L-infinity radius (:func:`adversarial_images`).
+    With ``adversarial > 0``, CLIP learns from positives attacked within that L-infinity radius
+    (:func:`adversarial_images`).
     """
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
@@ -251,13 +251,11 @@ def train_clip(
         texts = [caption(s, g) for s in scenes]
         images = torch.cat([render(scenes), _negatives(scenes[: batch // 2], g)])
         images = augment(images, augment_images, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
-        tokens = tokenize(model, texts)
-        if adversarial:
-            with torch.no_grad():
-                targets = F.normalize(model.encode_text(tokens), dim=-1)
-            images[:batch] = adversarial_images(model, images[:batch], targets, adversarial, g)
+        text_emb = F.normalize(model.encode_text(tokenize(model, texts)), dim=-1)  # (B, E)
+        if adversarial:  # the attack aims at the same text embeddings, without their gradient
+            attack = adversarial_images(model, images[:batch], text_emb.detach(), adversarial, g)
+            images[:batch] = attack
         image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + negs, E)
-        text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, E)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
         labels = torch.arange(batch)
         # Texts must pick their own clean image over every other image, negatives included.

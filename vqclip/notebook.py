@@ -17,6 +17,8 @@ __all__ = [
     "describe_device",
     "choose_models",
     "default_size",
+    "default_start",
+    "default_levels",
     "fetch_models",
     "run_with_preview",
     "show_video",
@@ -52,24 +54,29 @@ def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, s
     return vqgan, clip_model
 
 
+def _auto(vqgan: str, key: str, classic: Any) -> Any:
+    """The shapes world's measured setting ``key`` for its models, ``classic`` for the others."""
+    if not vqgan.startswith("shapes"):
+        return classic
+    from vqclip.shapes.evaluate import SHAPES_SETTINGS
+
+    return SHAPES_SETTINGS[key]
+
+
 def default_size(vqgan: str) -> int:
     """A sensible image side for a model: 64 for the shapes world, 256 otherwise."""
-    return 64 if vqgan.startswith("shapes") else 256
+    return _auto(vqgan, "width", 256)
 
 
 def default_start(vqgan: str, start: str = "auto") -> str:
     """Resolve "auto": the palette start for the shapes world, the classic random codes otherwise."""
-    if start != "auto":
-        return start
-    return "palette" if vqgan.startswith("shapes") else "random"
+    return start if start != "auto" else _auto(vqgan, "start", "random")
 
 
 def default_levels(vqgan: str, levels: int = 0) -> int:
     """Resolve 0 ("auto"): three latent levels for the shapes world (its measured best), the
     classic single level otherwise."""
-    if levels:
-        return levels
-    return 3 if vqgan.startswith("shapes") else 1
+    return levels or _auto(vqgan, "latent_levels", 1)
 
 
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:

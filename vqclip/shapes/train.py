@@ -253,12 +253,14 @@ def train_clip(
         images = augment(images, augment_images, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
         text_emb = F.normalize(model.encode_text(tokenize(model, texts)), dim=-1)  # (B, E)
         if adversarial:  # the attack aims at the same text embeddings, without their gradient
-            attack = adversarial_images(model, images[:batch], text_emb.detach(), adversarial, g)
-            images[:batch] = attack
+            images[:batch] = adversarial_images(
+                model, images[:batch], text_emb.detach(), adversarial, g
+            )
         image_emb = F.normalize(model.encode_image(normalize(images)), dim=-1)  # (B + negs, E)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
         labels = torch.arange(batch)
-        # Texts must pick their own clean image over every other image, negatives included.
+        # Texts must pick their own image (attacked, when adversarial) over every other image,
+        # negatives included.
         loss = (F.cross_entropy(logits[:batch], labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad()
         if not torch.isfinite(loss):  # a rare degenerate augmented batch: skip, don't poison

@@ -23,14 +23,15 @@ import torch
 
 from vqclip.config import GenerationConfig
 from vqclip.cutouts import normalize
-from vqclip.embeddings import embed_texts
+from vqclip.embeddings import embed_texts, similarity
 from vqclip.images import to_uint8
-from vqclip.shapes.data import COLORS, SHAPES, canonical_caption, render, sample_scenes
+from vqclip.shapes.data import COLORS, SHAPES, Scene, canonical_caption, render, sample_scenes
 from vqclip.shapes.judge import judge
 
 __all__ = [
     "judge_accuracy",
     "zero_shot_accuracy",
+    "shape_preference",
     "PromptCase",
     "prompt_cases",
     "shapes_config",
@@ -94,6 +95,30 @@ def zero_shot_accuracy(
             "shape": 1 / len(SHAPES),
             "background": 1 / len(COLORS),
         },
+    }
+
+
+def shape_preference(clip_model: torch.nn.Module, count: int = 24) -> dict[str, float]:
+    """What the loop's CLIP objective says about shape: for each of ``count`` prompts and 4
+    placements, true renderings of the prompt's colours in each of the three shapes; the share
+    where the prompted shape is the most similar to the prompt (chance 1/3), and the median
+    margin of its cosine similarity over the better of the other two."""
+    placements = ((12, 32, 32), (18, 32, 32), (14, 24, 40), (20, 40, 30))  # radius, cx, cy
+    margins = []
+    for case in prompt_cases(count):
+        scenes = [
+            Scene(case.color, case.background, shape, cx, cy, radius)
+            for radius, cx, cy in placements
+            for shape in SHAPES
+        ]
+        scores = similarity(clip_model, render(scenes), [case.prompt]).view(-1, len(SHAPES))
+        right = SHAPES.index(case.shape)
+        others = torch.cat([scores[:, :right], scores[:, right + 1 :]], 1).max(1).values
+        margins.append(scores[:, right] - others)
+    margin = torch.cat(margins)
+    return {
+        "prefers_prompted": float((margin > 0).float().mean()),
+        "median_margin": float(margin.median()),
     }
 
 
@@ -258,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, Any] = {
         "judge": judge_accuracy(),
         "zero_shot": zero_shot_accuracy(clip_model),
+        "shape_preference": shape_preference(clip_model),
     }
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_cases(

@@ -113,8 +113,8 @@ def shape_preference(clip_model: torch.nn.Module, count: int = 24) -> dict[str, 
         ]
         scores = similarity(clip_model, render(scenes), [case.prompt]).view(-1, len(SHAPES))
         right = SHAPES.index(case.shape)
-        others = torch.cat([scores[:, :right], scores[:, right + 1 :]], 1).max(1).values
-        margins.append(scores[:, right] - others)
+        others = [i for i in range(len(SHAPES)) if i != right]
+        margins.append(scores[:, right] - scores[:, others].max(1).values)
     margin = torch.cat(margins)
     return {
         "prefers_prompted": float((margin > 0).float().mean()),

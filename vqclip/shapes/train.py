@@ -229,11 +229,13 @@ def train_clip(
     lr: float = 5e-4,
     augments: tuple[str, ...] = CLIP_AUGMENTS,
     adversarial: float = 0.0,
+    noise: float = 0.1,
 ) -> dict[str, float]:
     """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``.
 
     With ``adversarial > 0``, CLIP learns from positives attacked within that L-infinity radius
-    (:func:`adversarial_images`).
+    (:func:`adversarial_images`). ``noise`` bounds the per-image Gaussian noise scale, as the
+    loop's cutouts get it.
     """
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
@@ -250,7 +252,7 @@ def train_clip(
         scenes = sample_scenes(batch, g)
         texts = [caption(s, g) for s in scenes]
         images = torch.cat([render(scenes), _negatives(scenes[: batch // 2], g)])
-        images = augment(images, augment_images, 0.1, g, seed * 1_000_003 + step).clamp(0, 1)
+        images = augment(images, augment_images, noise, g, seed * 1_000_003 + step).clamp(0, 1)
         text_emb = F.normalize(model.encode_text(tokenize(model, texts)), dim=-1)  # (B, E)
         if adversarial:  # the attack aims at the same text embeddings, without their gradient
             images[:batch] = adversarial_images(
@@ -299,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--adversarial", type=float, default=0.0, help="clip: L-inf radius of attacks (0: off)"
     )
+    parser.add_argument(
+        "--noise", type=float, default=0.1, help="clip: largest per-image Gaussian noise scale"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.use_deterministic_algorithms(True)
@@ -307,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,
-            augments=tuple(args.augments), adversarial=args.adversarial,
+            augments=tuple(args.augments), adversarial=args.adversarial, noise=args.noise,
         )  # fmt: skip
     print(metrics)
 

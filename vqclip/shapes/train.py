@@ -2,7 +2,7 @@
 
     python -m vqclip.shapes.train vqgan [--steps N] [--out DIR]
     python -m vqclip.shapes.train clip  [--steps N] [--out DIR] [--init FILE] [--lr LR]
-                                        [--adversarial EPS]
+                                        [--adversarial EPS] [--noise SIGMA]
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
 the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.

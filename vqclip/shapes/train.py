@@ -41,6 +41,7 @@ from vqclip.models import (
     save_vqgan,
     tokenize,
 )  # fmt: skip
+from vqclip.optimize import NOISE
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
 __all__ = [
@@ -229,13 +230,13 @@ def train_clip(
     lr: float = 5e-4,
     augments: tuple[str, ...] = CLIP_AUGMENTS,
     adversarial: float = 0.0,
-    noise: float = 0.1,
+    noise: float = NOISE,
 ) -> dict[str, float]:
     """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``.
 
     With ``adversarial > 0``, CLIP learns from positives attacked within that L-infinity radius
-    (:func:`adversarial_images`). ``noise`` bounds the per-image Gaussian noise scale, as the
-    loop's cutouts get it.
+    (:func:`adversarial_images`). ``noise`` bounds the per-image Gaussian noise scale (by
+    default the generation loop's).
     """
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         "--adversarial", type=float, default=0.0, help="clip: L-inf radius of attacks (0: off)"
     )
     parser.add_argument(
-        "--noise", type=float, default=0.1, help="clip: largest per-image Gaussian noise scale"
+        "--noise", type=float, default=NOISE, help="clip: largest per-image Gaussian noise scale"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -9,6 +9,7 @@ import torch
 
 from vqclip import zoo
 from vqclip.models import load_clip, load_vqgan
+from vqclip.optimize import NOISE
 from vqclip.shapes import evaluate
 from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
 from vqclip.shapes.train import train_clip, train_vqgan
@@ -67,6 +68,16 @@ def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> N
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
     assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24
+
+
+def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> None:
+    weights = {}
+    for name, noise in (("a", NOISE), ("b", NOISE), ("quiet", 0.0)):
+        train_clip(steps=2, out=tmp_path / name, batch=8, noise=noise)
+        weights[name] = load_clip(tmp_path / name / "shapes_clip.pt").state_dict()
+    same = [torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"]]
+    changed = [torch.equal(weights["a"][k], weights["quiet"][k]) for k in weights["a"]]
+    assert all(same) and not all(changed)
 
 
 def test_adversarial_images_stay_close_and_fool_clip() -> None:

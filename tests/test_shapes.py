@@ -76,8 +76,8 @@ def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> N
         train_clip(steps=2, out=tmp_path / name, batch=8, noise=noise)
         weights[name] = load_clip(tmp_path / name / "shapes_clip.pt").state_dict()
     same = [torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"]]
-    changed = [torch.equal(weights["a"][k], weights["quiet"][k]) for k in weights["a"]]
-    assert all(same) and not all(changed)
+    unchanged = [torch.equal(weights["a"][k], weights["quiet"][k]) for k in weights["a"]]
+    assert all(same) and not all(unchanged)
 
 
 def test_adversarial_images_stay_close_and_fool_clip() -> None:

@@ -74,6 +74,21 @@ def test_video_with_no_frames_is_a_clear_error(
         ("a cat", ["--width", "33"], "width: 33 is not a multiple of the VQGAN's factor 2"),
         (
             "a cat",
+            ["--prior", "/nonexistent/prior.pt", "--prior_weight", "1"],
+            "prior: file '/nonexistent/prior.pt' does not exist",
+        ),
+        (
+            "a cat",
+            ["--prior", "no-such-prior"],
+            r"prior: unknown model 'no-such-prior'; .*shapes-prior",
+        ),
+        (
+            "a cat",
+            ["--prior", "shapes-prior", "--prior_weight", "1"],
+            "prior: 'shapes-prior' works on 64x64 images; got width 32 and height 32",
+        ),
+        (
+            "a cat",
             ["--optimizer", "Adadelta"],
             "optimizer: unknown value 'Adadelta'; valid options are",
         ),

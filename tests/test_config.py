@@ -33,6 +33,8 @@ def test_lists_become_tuples_so_configs_stay_hashable() -> None:
         ({"cutn": 0}, "cutn: expected a positive integer"),
         ({"step_size": 0}, "step_size: expected a positive number"),
         ({"smoothness": -1.0}, "smoothness: expected a number >= 0, got -1.0"),
+        ({"prior_weight": -1.0}, "prior_weight: expected a number >= 0, got -1.0"),
+        ({"prior_weight": 2.0}, "prior_weight: 2.0 needs an image prior; set prior"),
         ({"max_iterations": 0}, "max_iterations: expected a positive integer or -1"),
         ({"seed": -2}, "seed: expected an integer"),
         ({"device": "tpu"}, "device: expected"),

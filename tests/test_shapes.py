@@ -10,9 +10,10 @@ import torch
 from vqclip import zoo
 from vqclip.models import load_clip, load_vqgan
 from vqclip.optimize import NOISE
+from vqclip.prior import load_prior
 from vqclip.shapes import evaluate
 from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
-from vqclip.shapes.train import train_clip, train_vqgan
+from vqclip.shapes.train import corrupt, train_clip, train_prior, train_vqgan
 from vqclip.tuning import cpu_flags
 
 
@@ -35,8 +36,9 @@ def test_judge_on_fresh_data_set_images() -> None:
 def test_shipped_models_load_through_the_registry_and_are_small() -> None:
     yaml_path, ckpt_path = zoo.resolve_vqgan("shapes-vqgan")
     clip_path = zoo.resolve_clip("shapes-clip")
-    assert yaml_path.parent == clip_path.parent == zoo.SHAPES_DIR
-    total = sum(p.stat().st_size for p in (yaml_path, ckpt_path, clip_path))
+    prior_path = zoo.resolve_prior("shapes-prior")
+    assert yaml_path.parent == clip_path.parent == prior_path.parent == zoo.SHAPES_DIR
+    total = sum(p.stat().st_size for p in (yaml_path, ckpt_path, clip_path, prior_path))
     assert total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
     vqgan = load_vqgan(yaml_path, ckpt_path)
     clip_model = load_clip(clip_path)
@@ -48,26 +50,43 @@ def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
     accuracy = evaluate.zero_shot_accuracy(clip_model)
     print("zero-shot accuracy:", accuracy)
     assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
-    # Chance: 1/3. Measured 0.72: adversarial fine-tuning trades some clean accuracy on shape
-    # (0.93 before it) for gradients that steer generations (README, the shapes world).
-    assert accuracy["shape"] >= 0.6, accuracy
+    # Chance: 1/3. Measured 0.97: fine-tuned with strong noise before the adversarial fine-tuning,
+    # CLIP keeps its shape accuracy (0.72 when attacked without the noise; README, the shapes world).
+    assert accuracy["shape"] >= 0.9, accuracy
 
 
 def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
     clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
     preference = evaluate.shape_preference(clip_model)
     print("shape preference:", preference)
-    # Chance: 1/3. Measured 0.57 with a median margin of 0.003 (0.86 and 0.10 before the
-    # adversarial fine-tuning): the weak shape signal behind the unmet shape target (README).
-    assert preference["prefers_prompted"] >= 0.45 and preference["median_margin"] > 0, preference
+    # Chance: 1/3. Measured 0.98 with a median margin of 0.13 in cosine similarity (0.57 and
+    # 0.003 for the CLIP attacked without the noise fine-tuning first; README, the shapes world).
+    assert preference["prefers_prompted"] >= 0.9 and preference["median_margin"] > 0.05, preference
 
 
 def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:
     train_vqgan(steps=2, out=tmp_path, batch=2)
     train_clip(steps=2, out=tmp_path, batch=8, adversarial=0.03)
+    train_prior(steps=2, out=tmp_path, batch=4)
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
+    prior = load_prior(tmp_path / "shapes_prior.pt")
     assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24
+    assert prior.resolution == 64
+
+
+def test_shipped_prior_redraws_blobs_nearer_the_clean_shapes() -> None:
+    prior = load_prior(zoo.resolve_prior("shapes-prior"))
+    clean = render(sample_scenes(64, torch.Generator().manual_seed(2027)))
+    corrupted = corrupt(clean, torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        redrawn, kept = prior(corrupted), prior(clean)
+    before, after = (corrupted - clean).pow(2).mean(), (redrawn - clean).pow(2).mean()
+    same = (kept - clean).pow(2).mean()
+    print(f"MSE to clean: corrupted {before:.4f}, redrawn {after:.4f}; clean redrawn {same:.4f}")
+    # Measured 0.024 -> 0.0098, and 0.0050 for clean images (PSNR 23 dB): the redrawing is
+    # blurred (a rounded square can read as a circle to the judge), not a perfect projection.
+    assert after < before / 2 and same < 0.01
 
 
 def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> None:
@@ -121,7 +140,7 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.96 (palette start, 3 latent levels); issue 3: 0.9.
+    # Chance is 0.5. Measured 0.92 (palette start, 3 latent levels, the image prior); issue 3: 0.9.
     assert rate >= 0.85
 
 
@@ -129,10 +148,11 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     rates = evaluate.success_rates(generations)
     print("prompt success:", rates)
     assert rates["runs"] == 48
-    # Chance that the two prompted colours are the two largest of six is 1/15. Measured with the
-    # palette start and 3 latent levels: colours 0.94, in their roles 0.81, shapes 0.15. Issue 3
-    # asks for 0.7 (aim 0.9: met) and 0.5 for shapes (not met, reported in the README).
-    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.7, rates
+    # Chance that the two prompted colours are the two largest of six is 1/15, and of the right
+    # shape 1/3 at best. Measured with the palette start, 3 latent levels and the image prior:
+    # colours 0.81, in their roles 0.65, shapes 0.33 (0.94, 0.81, 0.15 without the prior and its
+    # CLIP). Issue 3 asks for 0.7 (met) and 0.5 for shapes (not met, reported in the README).
+    assert rates["colors"] >= 0.7 and rates["roles"] >= 0.55 and rates["shapes"] >= 0.25, rates
 
 
 @pytest.mark.slow

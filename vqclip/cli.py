@@ -107,7 +107,7 @@ def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
     )
     if args.prompts or "prompts" not in values:
         values["prompts"] = args.prompts
-    for key in ("init_image", "vqgan_checkpoint", "run_name"):
+    for key in ("init_image", "vqgan_checkpoint", "prior", "run_name"):
         if values.get(key) == "":
             values[key] = None
     return GenerationConfig.from_dict(values)

@@ -34,6 +34,8 @@ class GenerationConfig:
     init_image: str | None = None  # start from this image's latent instead of random codes
     init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
     smoothness: float = 0.0  # weight of the image's total variation (flat regions), 0 = off
+    prior: str | None = None  # image prior: registry name (e.g. "shapes-prior") or a path
+    prior_weight: float = 0.0  # pull toward the prior's redrawing of the image, 0 = off
     target_images: str = ""  # "path | path": extra image prompts with weight 1
     width: int = 64  # output width in pixels, a multiple of the VQGAN's downsampling factor
     height: int = 64  # output height in pixels, likewise
@@ -80,6 +82,12 @@ class GenerationConfig:
         _positive_number("step_size", self.step_size)
         _finite_number("init_weight", self.init_weight)
         _non_negative_number("smoothness", self.smoothness)
+        _non_negative_number("prior_weight", self.prior_weight)
+        if self.prior_weight and not self.prior:
+            raise ValueError(
+                f"prior_weight: {self.prior_weight!r} needs an image prior; set prior "
+                "(a registry name such as 'shapes-prior', or a path), or prior_weight 0"
+            )
         if not _is_int(self.max_iterations) or not (
             self.max_iterations >= 1 or self.max_iterations == -1
         ):

@@ -79,6 +79,11 @@ def default_levels(vqgan: str, levels: int = 0) -> int:
     return levels or _auto(vqgan, "latent_levels", 1)
 
 
+def default_prior(vqgan: str) -> dict[str, Any]:
+    """The image prior and its weight: the shapes world's for its models, none otherwise."""
+    return {"prior": _auto(vqgan, "prior", None), "prior_weight": _auto(vqgan, "prior_weight", 0.0)}
+
+
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
     """Download (or find in the cache) both models; returns their local files."""
     from vqclip import zoo

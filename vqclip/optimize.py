@@ -16,6 +16,7 @@ from torch import nn
 from vqclip.cutouts import augment, make_cutouts, normalize
 from vqclip.latents import decode_latent
 from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss, spherical_dist_loss
+from vqclip.prior import prior_loss
 
 __all__ = [
     "Loop",
@@ -57,6 +58,8 @@ class Loop:
     seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
     precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for decoder and CLIP
     smoothness: float = 0.0  # weight of the image's total variation, 0 = off
+    prior: nn.Module | None = None  # an image prior (vqclip.prior), used when prior_weight > 0
+    prior_weight: float = 0.0
 
 
 @dataclass
@@ -144,6 +147,8 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
         total = total + init_loss(latent, state.start, loop.init_weight)
     if loop.smoothness:
         total = total + smoothness_loss(image, loop.smoothness)
+    if loop.prior is not None and loop.prior_weight:
+        total = total + prior_loss(image, loop.prior, loop.prior_weight)
     # 4. Step, then keep the latent inside the codebook's range.
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()

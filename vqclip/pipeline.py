@@ -27,6 +27,7 @@ from vqclip.optimize import (
     run_loop,
     start_state,
 )
+from vqclip.prior import Autoencoder, load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.tuning import keep_freed_memory
 
@@ -90,6 +91,13 @@ def check_inputs(config: GenerationConfig) -> None:
                 f"{name}: {getattr(config, name)} is not a multiple of the VQGAN's factor "
                 f"{factor} (model {config.vqgan!r}); try {getattr(config, name) // factor * factor or factor}"
             )
+    if config.prior:
+        prior = _load_prior_cached(zoo.resolve_prior(config.prior), "cpu")
+        if (config.width, config.height) != (prior.resolution, prior.resolution):
+            raise ValueError(
+                f"prior: {config.prior!r} works on {prior.resolution}x{prior.resolution} images; "
+                f"got width {config.width} and height {config.height}"
+            )
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,6 +105,11 @@ def _load_models_cached(
     vqgan_paths: tuple[Path, Path], clip_path: Path, device: str
 ) -> tuple[VQGAN, torch.nn.Module]:
     return load_vqgan(*vqgan_paths, device=device), load_clip(clip_path, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_prior_cached(path: Path, device: str) -> Autoencoder:
+    return load_prior(path, device=device)
 
 
 def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, torch.nn.Module]:
@@ -153,6 +166,8 @@ def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopS
     loop = Loop(
         vqgan, clip_model, targets, augments, config.cutn, config.cut_pow,
         config.init_weight, config.seed, config.precision, config.smoothness,
+        _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
+        config.prior_weight,
     )  # fmt: skip
     latent = _start_latent(config, loop, generator, device)
     state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)

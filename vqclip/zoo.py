@@ -13,6 +13,7 @@ __all__ = [
     "cache_dir",
     "resolve_vqgan",
     "resolve_clip",
+    "resolve_prior",
     "local_image",
     "model_names",
     "entry_paths",
@@ -35,10 +36,10 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A named model: a VQGAN (config + checkpoint) or a CLIP (one file)."""
+    """A named model: a VQGAN (config + checkpoint), a CLIP or an image prior (one file)."""
 
     name: str
-    family: str  # "vqgan" or "clip"
+    family: str  # "vqgan", "clip" or "prior"
     files: tuple[ModelFile, ...]
     size_mb: float  # approximate download size
     bundled: bool = False  # shipped inside the package (the shapes world)
@@ -98,6 +99,7 @@ REGISTRY: dict[str, ModelEntry] = {
         ModelEntry(
             "shapes-clip", "clip", (ModelFile("shapes_clip.pt", kind="clip"),), 7, bundled=True
         ),
+        ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 2, bundled=True),
         _vqgan(
             "imagenet_f16_16384",
             (_f16_16384[0][0], _MEHDIDC + "vqgan_imagenet_f16_16384.yaml"),
@@ -141,7 +143,7 @@ REGISTRY: dict[str, ModelEntry] = {
 
 
 def model_names(family: str | None = None) -> list[str]:
-    """Registry names, optionally of one family ("vqgan" or "clip")."""
+    """Registry names, optionally of one family ("vqgan", "clip" or "prior")."""
     return [n for n, e in REGISTRY.items() if family in (None, e.family)]
 
 
@@ -155,11 +157,14 @@ def entry_dir(entry: ModelEntry) -> Path:
     return SHAPES_DIR if entry.bundled else cache_dir() / entry.name.replace("/", "-")
 
 
+_FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior"}  # config field per family
+
+
 def _entry(name: str, family: str) -> ModelEntry:
     entry = REGISTRY.get(name)
     if entry is None or entry.family != family:
         raise ValueError(
-            f"{'vqgan' if family == 'vqgan' else 'clip_model'}: unknown model {name!r}; "
+            f"{_FIELDS[family]}: unknown model {name!r}; "
             f"give a file path or one of {model_names(family)}"
         )
     return entry
@@ -200,6 +205,16 @@ def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
             raise ValueError(f"clip_model: file {name_or_path!r} does not exist")
         return Path(name_or_path)
     (path,) = entry_paths(_entry(name_or_path, "clip"), fetch=fetch)
+    return path
+
+
+def resolve_prior(name_or_path: str, fetch: bool = True) -> Path:
+    """A registry name (``"shapes-prior"``) or a path to a prior file."""
+    if name_or_path not in REGISTRY and Path(name_or_path).suffix:
+        if not Path(name_or_path).is_file():
+            raise ValueError(f"prior: file {name_or_path!r} does not exist")
+        return Path(name_or_path)
+    (path,) = entry_paths(_entry(name_or_path, "prior"), fetch=fetch)
     return path
 
 

@@ -1,8 +1,9 @@
-"""Train the shapes world's tiny VQGAN and CLIP on CPU, seeded and reproducible.
+"""Train the shapes world's tiny VQGAN, CLIP and image prior on CPU, seeded and reproducible.
 
     python -m vqclip.shapes.train vqgan [--steps N] [--out DIR]
     python -m vqclip.shapes.train clip  [--steps N] [--out DIR] [--init FILE] [--lr LR]
                                         [--adversarial EPS] [--noise SIGMA]
+    python -m vqclip.shapes.train prior [--steps N] [--out DIR]
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
 the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.
@@ -10,11 +11,15 @@ The CLIP is a ``clip.model.CLIP`` (a small ModifiedResNet image tower) trained c
 mildly augmented image-caption pairs, with hard negatives (a second shape of another colour;
 scattered blocks of other colours; the same colours in another shape; a ragged blob).
 
-The shipped CLIP is then fine-tuned adversarially (``--init ... --adversarial 0.03``): each
-positive is moved by a 3-step attack within +-0.03 per pixel to mismatch its caption before
-CLIP learns from it. A CLIP that such small changes cannot fool has gradients that mean
-something to the eye, so the generation loop paints flat regions of the prompted colours
-instead of textures that fool it (one-candidate right colours 75% -> 94%).
+The shipped CLIP is then fine-tuned twice: with strong per-image Gaussian noise (``--init ...
+--noise 0.3``), which keeps shape in its embedding, and adversarially (``--init ... --noise 0.3
+--adversarial 0.03``): each positive is moved by a 3-step attack within +-0.03 per pixel to
+mismatch its caption before CLIP learns from it. A CLIP that such small changes cannot fool has
+gradients that mean something to the eye, so the generation loop paints flat regions of the
+prompted colours instead of textures that fool it.
+
+The image prior is a small autoencoder with one global code (:mod:`vqclip.prior`) trained to
+redraw corrupted renderings (smoothly warped into blobs, noisy, speckled) as the clean ones.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from vqclip.models import (
     tokenize,
 )  # fmt: skip
 from vqclip.optimize import NOISE
+from vqclip.prior import Autoencoder, save_prior
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 
 __all__ = [
@@ -51,6 +57,8 @@ __all__ = [
     "adversarial_images",
     "train_vqgan",
     "train_clip",
+    "train_prior",
+    "corrupt",
     "main",
 ]
 
@@ -79,6 +87,7 @@ CLIP_SHAPE = {
 # Mild augmentations for CLIP's training: with perspective and erasing too (the generation
 # loop's defaults) it told circles from squares at chance (zero-shot shape 56%); with these, 93%.
 CLIP_AUGMENTS = ("Af", "Ji")
+PRIOR_CODE_DIM = 64  # numbers in the image prior's one global code
 
 
 def _lr(step: int, steps: int, peak: float) -> float:
@@ -283,6 +292,65 @@ def train_clip(
     return metrics
 
 
+def _warp(images: torch.Tensor, amplitude: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Bend each image by a smooth random displacement (a 4x4 field, bicubic): shapes -> blobs."""
+    n, size = len(images), images.shape[-1]
+    field = torch.randn(n, 2, 4, 4, generator=g) * amplitude.view(n, 1, 1, 1)
+    flow = F.interpolate(field, (size, size), mode="bicubic", align_corners=False)
+    identity = torch.eye(2, 3).expand(n, 2, 3)
+    grid = F.affine_grid(identity, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(
+        images, grid + flow.permute(0, 2, 3, 1), padding_mode="border", align_corners=False
+    )
+
+
+def corrupt(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """What the prior learns to undo: a smooth warp of up to ~8 px, Gaussian noise up to 0.2,
+    and low-frequency colour speckle up to 0.15."""
+    n, size = len(images), images.shape[-1]
+    warped = _warp(images, torch.rand(n, generator=g) * 0.25, g)
+    noisy = warped + torch.rand(n, 1, 1, 1, generator=g) * 0.2 * torch.randn(
+        warped.shape, generator=g
+    )
+    speckle = F.interpolate(torch.randn(n, 3, 16, 16, generator=g), (size, size), mode="bilinear")
+    return (noisy + torch.rand(n, 1, 1, 1, generator=g) * 0.15 * speckle).clamp(0, 1)
+
+
+def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[str, float]:
+    """Train and save ``shapes_prior.pt`` into ``out``: an :class:`Autoencoder` that redraws
+    corrupted renderings (:func:`corrupt`) as the clean ones."""
+    torch.manual_seed(seed)  # the layers initialise from the global RNG
+    g = torch.Generator().manual_seed(seed)
+    pool = render(sample_scenes(8000, g))  # (8000, 3, 64, 64)
+    model = Autoencoder(PRIOR_CODE_DIM).train()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, 2e-3, total_steps=steps, pct_start=0.1
+    )
+    start = time.time()
+    for step in range(steps):
+        clean = pool[torch.randint(len(pool), (batch,), generator=g)]
+        loss = F.mse_loss(model(corrupt(clean, g)), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 500 == 499:
+            log.info("prior step %d loss %.5f (%.0fs)", step + 1, loss.item(), time.time() - start)
+    model.eval()
+    held = render(sample_scenes(256, torch.Generator().manual_seed(10_000 + seed)))
+    with torch.no_grad():
+        redrawn = model(corrupt(held, torch.Generator().manual_seed(seed + 1)))
+    metrics = {
+        "corrupted_to_clean_psnr": float(10 * torch.log10(1 / (redrawn - held).pow(2).mean())),
+        "seconds": time.time() - start,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_prior(model, out / "shapes_prior.pt")
+    log.info("prior done: %s", metrics)
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m vqclip.shapes.train vqgan|clip``."""
     parser = argparse.ArgumentParser(
@@ -290,8 +358,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", choices=["vqgan", "clip"])
-    parser.add_argument("--steps", type=int, default=None, help="default: 1500 (vqgan), 600 (clip)")
+    parser.add_argument("model", choices=["vqgan", "clip", "prior"])
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default: 1500 (vqgan), 600 (clip), 4000 (prior)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
     parser.add_argument("--init", type=Path, help="clip: fine-tune from this CLIP file")
@@ -310,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True)
     if args.model == "vqgan":
         metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
+    elif args.model == "prior":
+        metrics = train_prior(args.steps or 4000, args.out, args.seed)
     else:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,

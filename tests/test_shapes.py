@@ -140,7 +140,8 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.92 (palette start, 3 latent levels, the image prior); issue 3: 0.9.
+    # Chance is 0.5. Measured 0.98 (palette start, 3 latent levels, the image prior, best of 3);
+    # issue 3: 0.9.
     assert rate >= 0.85
 
 
@@ -149,10 +150,11 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     # Chance that the two prompted colours are the two largest of six is 1/15, and of the right
-    # shape 1/3 at best. Measured with the palette start, 3 latent levels and the image prior:
-    # colours 0.81, in their roles 0.65, shapes 0.33 (0.94, 0.81, 0.15 without the prior and its
-    # CLIP). Issue 3 asks for 0.7 (met) and 0.5 for shapes (not met, reported in the README).
-    assert rates["colors"] >= 0.7 and rates["roles"] >= 0.55 and rates["shapes"] >= 0.25, rates
+    # shape 1/3 at best. Measured with the palette start, 3 latent levels, the image prior and the
+    # best of 3 candidates: colours 0.92, in their roles 0.81, shapes 0.33 (0.94, 0.81, 0.15 with
+    # the CLIP shipped before, no prior, one candidate). Issue 3 asks for 0.7 (aim 0.9: met) and
+    # 0.5 for shapes (not met, reported in the README).
+    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.7 and rates["shapes"] >= 0.25, rates
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ class Autoencoder(nn.Module):
 
     def __init__(self, code_dim: int = 64, resolution: int = 64) -> None:
         super().__init__()
-        if resolution != 16 * 4:
+        if resolution != 64:  # four halvings down to the 4x4 grid
             raise ValueError(f"Autoencoder: resolution must be 64, got {resolution}")
         self.code_dim, self.resolution = code_dim, resolution
         down: list[nn.Module] = []

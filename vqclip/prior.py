@@ -82,6 +82,7 @@ def prior_loss(image: torch.Tensor, prior: Autoencoder, weight: float) -> torch.
             f"prior: works on {prior.resolution}x{prior.resolution} images, got "
             f"{image.shape[-1]}x{image.shape[-2]}"
         )
+    image = image.float()
     with torch.no_grad():
-        redrawn = prior(image.float())
-    return F.mse_loss(image.float(), redrawn) * (weight * image.shape[0])
+        redrawn = prior(image)
+    return F.mse_loss(image, redrawn) * (weight * image.shape[0])

@@ -198,24 +198,24 @@ def resolve_vqgan(
     return yaml_path, ckpt_path
 
 
-def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
-    """A registry name (``"ViT-B/32"``, ``"shapes-clip"``) or a path to a CLIP file."""
+def _resolve_one_file(name_or_path: str, family: str, fetch: bool) -> Path:
+    """A registry name of a one-file ``family`` or a path to such a file."""
     if name_or_path not in REGISTRY and Path(name_or_path).suffix:
         if not Path(name_or_path).is_file():
-            raise ValueError(f"clip_model: file {name_or_path!r} does not exist")
+            raise ValueError(f"{_FIELDS[family]}: file {name_or_path!r} does not exist")
         return Path(name_or_path)
-    (path,) = entry_paths(_entry(name_or_path, "clip"), fetch=fetch)
+    (path,) = entry_paths(_entry(name_or_path, family), fetch=fetch)
     return path
+
+
+def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
+    """A registry name (``"ViT-B/32"``, ``"shapes-clip"``) or a path to a CLIP file."""
+    return _resolve_one_file(name_or_path, "clip", fetch)
 
 
 def resolve_prior(name_or_path: str, fetch: bool = True) -> Path:
     """A registry name (``"shapes-prior"``) or a path to a prior file."""
-    if name_or_path not in REGISTRY and Path(name_or_path).suffix:
-        if not Path(name_or_path).is_file():
-            raise ValueError(f"prior: file {name_or_path!r} does not exist")
-        return Path(name_or_path)
-    (path,) = entry_paths(_entry(name_or_path, "prior"), fetch=fetch)
-    return path
+    return _resolve_one_file(name_or_path, "prior", fetch)
 
 
 def local_image(path_or_url: str) -> Path:

@@ -1,4 +1,4 @@
-"""The image prior: saved and loaded safely and strictly, and a pull toward its redrawing."""
+"""Image priors: saved and loaded safely and strictly, and a pull toward the redrawing."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqclip.prior import Autoencoder, load_prior, prior_loss, save_prior
+from vqclip.prior import load_prior, prior_loss, save_prior
+from vqclip.shapes.data import Scene, render
+from vqclip.shapes.prior import ScenePrior, scene_targets
 
 
-def _prior(seed: int = 0) -> Autoencoder:
+def _prior(seed: int = 0) -> ScenePrior:
     torch.manual_seed(seed)
-    return Autoencoder(code_dim=8).eval()
+    return ScenePrior().eval()
 
 
 def test_save_and_load_round_trip_in_fp16(tmp_path: Path) -> None:
     model = _prior()
     save_prior(model, tmp_path / "prior.pt")
     loaded = load_prior(tmp_path / "prior.pt")
-    assert loaded.code_dim == 8 and loaded.resolution == 64
+    assert isinstance(loaded, ScenePrior) and loaded.resolution == 64
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value.half().float()), key
     assert not any(p.requires_grad for p in loaded.parameters())
@@ -27,12 +29,48 @@ def test_save_and_load_round_trip_in_fp16(tmp_path: Path) -> None:
 
 def test_a_file_that_is_not_a_prior_is_refused(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="expected a dict with 'code_dim', 'resolution'"):
+    with pytest.raises(ValueError, match="expected a dict with 'kind' and 'state_dict'"):
         load_prior(tmp_path / "other.pt")
-    saved = {"code_dim": 9, "resolution": 64, "state_dict": _prior().state_dict()}
-    torch.save(saved, tmp_path / "mismatch.pt")
+    torch.save({"kind": "unet", "state_dict": {}}, tmp_path / "unknown.pt")
+    with pytest.raises(
+        ValueError, match=r"unknown kind 'unet'; known kinds are \['shapes-scene'\]"
+    ):
+        load_prior(tmp_path / "unknown.pt")
+    state = {k: v for k, v in _prior().state_dict().items() if not k.startswith("encoder.0")}
+    torch.save({"kind": "shapes-scene", "state_dict": state}, tmp_path / "mismatch.pt")
     with pytest.raises(ValueError, match="does not match its architecture"):
         load_prior(tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="Linear is not a known prior kind"):
+        save_prior(torch.nn.Linear(2, 2), tmp_path / "linear.pt")
+
+
+def test_the_scene_prior_redraws_the_scene_it_reads() -> None:
+    scenes = [Scene("red", "blue", "square", 30.0, 34.0, 15.0), Scene("white", "black", "triangle", 20.0, 40.0, 12.0)]  # fmt: skip
+    prior = _prior()
+    with torch.no_grad():  # the last layer's bias alone decides: it reads these scenes anywhere
+        last = prior.encoder[-1]
+        last.weight.zero_()
+        colour, background, shape, geometry = scene_targets(scenes[:1])
+        last.bias.copy_(torch.cat([
+            torch.nn.functional.one_hot(colour[0], 6), torch.nn.functional.one_hot(background[0], 6),
+            torch.nn.functional.one_hot(shape[0], 3), geometry[0],
+        ]).float() * torch.tensor([10.0] * 15 + [1.0] * 3))  # fmt: skip
+    image = render(scenes)
+    read = prior.scenes(image)
+    assert [(s.color, s.background, s.shape) for s in read] == [("red", "blue", "square")] * 2
+    assert read[0].cx == pytest.approx(30.0) and read[0].radius == pytest.approx(15.0)
+    assert torch.allclose(prior(image), render(read[:1]).expand(2, -1, -1, -1))
+
+
+def test_the_background_is_never_the_shapes_colour() -> None:
+    prior = _prior()
+    with torch.no_grad():  # colour and background both say "green" loudest
+        last = prior.encoder[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[1], last.bias[6 + 1], last.bias[6 + 4] = 5.0, 5.0, 1.0
+    (scene,) = prior.scenes(torch.rand(1, 3, 64, 64))
+    assert (scene.color, scene.background) == ("green", "white")
 
 
 def test_the_pull_moves_an_image_toward_the_redrawing() -> None:
@@ -41,8 +79,7 @@ def test_the_pull_moves_an_image_toward_the_redrawing() -> None:
     image.requires_grad_(True)
     loss = prior_loss(image, prior, weight=3.0)
     (grad,) = torch.autograd.grad(loss, image)
-    with torch.no_grad():
-        redrawn = prior(image)
+    redrawn = prior(image.detach())
     # The redrawing is held fixed: the gradient is exactly that of 3 * 2 * MSE toward it.
     expected = 3.0 * 2 * 2 * (image - redrawn) / image.numel()
     assert torch.allclose(grad, expected, atol=1e-9)

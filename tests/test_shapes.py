@@ -75,18 +75,26 @@ def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> N
     assert prior.resolution == 64
 
 
-def test_shipped_prior_redraws_blobs_nearer_the_clean_shapes() -> None:
+def test_shipped_prior_reads_blobs_as_the_scenes_they_came_from() -> None:
     prior = load_prior(zoo.resolve_prior("shapes-prior"))
-    clean = render(sample_scenes(64, torch.Generator().manual_seed(2027)))
-    corrupted = corrupt(clean, torch.Generator().manual_seed(8))
-    with torch.no_grad():
-        redrawn, kept = prior(corrupted), prior(clean)
-    before, after = (corrupted - clean).pow(2).mean(), (redrawn - clean).pow(2).mean()
-    same = (kept - clean).pow(2).mean()
-    print(f"MSE to clean: corrupted {before:.4f}, redrawn {after:.4f}; clean redrawn {same:.4f}")
-    # Measured 0.024 -> 0.0098, and 0.0050 for clean images (PSNR 23 dB): the redrawing is
-    # blurred (a rounded square can read as a circle to the judge), not a perfect projection.
-    assert after < before / 2 and same < 0.01
+    scenes = sample_scenes(300, torch.Generator().manual_seed(2027))
+    clean = render(scenes)
+    blobs = corrupt(clean, torch.Generator().manual_seed(8))  # warped, noisy, speckled
+    accuracy = {}
+    for name, images in (("clean", clean), ("blobs", blobs)):
+        read = prior.scenes(images)
+        for field in ("color", "background", "shape"):
+            right = [
+                getattr(a, field) == getattr(b, field) for a, b in zip(read, scenes, strict=True)
+            ]
+            accuracy[f"{name} {field}"] = sum(right) / len(right)
+    print("the prior's reading:", accuracy)
+    # Chance is 1/6 for colours and 1/3 for shapes. Measured: every colour right; shapes 0.99 on
+    # clean images and 0.85 on blobs (some warps turn a shape into another).
+    assert min(v for k, v in accuracy.items() if "shape" not in k) >= 0.98, accuracy
+    assert accuracy["clean shape"] >= 0.95 and accuracy["blobs shape"] >= 0.75, accuracy
+    redrawn = prior(blobs)  # a clean rendering of what it read: two colours and sharp edges
+    assert torch.equal(redrawn, render(prior.scenes(blobs)))
 
 
 def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> None:

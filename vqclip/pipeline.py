@@ -27,7 +27,7 @@ from vqclip.optimize import (
     run_loop,
     start_state,
 )
-from vqclip.prior import Autoencoder, load_prior
+from vqclip.prior import load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.tuning import keep_freed_memory
 
@@ -108,7 +108,7 @@ def _load_models_cached(
 
 
 @functools.lru_cache(maxsize=4)
-def _load_prior_cached(path: Path, device: str) -> Autoencoder:
+def _load_prior_cached(path: Path, device: str) -> torch.nn.Module:
     return load_prior(path, device=device)
 
 

@@ -1,10 +1,13 @@
-"""An image prior: a small autoencoder that redraws an image as the nearest image it knows.
+"""Image priors: a model that redraws an image as the nearest image of the kind it knows.
 
 The loop can pull each generated image toward its redrawing, ``prior_weight * MSE(image,
 prior(image))`` with the redrawing held fixed. CLIP decides what the image shows; the prior only
-keeps it near images of the kind the prior was trained on. The shapes world ships one
-(``shapes-prior``, trained by ``python -m vqclip.shapes.train prior`` to turn warped, noisy and
-speckled renderings back into clean ones), which turns the loop's blobs into shapes.
+keeps it near images of the kind the prior knows. A prior is an ``nn.Module`` with a
+``resolution`` (it works on ``resolution``-square images) whose forward returns the redrawing.
+
+The shapes world ships one, ``shapes-prior`` (:class:`vqclip.shapes.prior.ScenePrior`, trained by
+``python -m vqclip.shapes.train prior``), which turns the loop's blobs into clean shapes. A prior
+file is a dict of plain data, ``{"kind", "state_dict"}`` (fp16 weights), loaded safely.
 """
 
 from __future__ import annotations
@@ -16,56 +19,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqclip.models import load_checkpoint
+from vqclip.shapes.prior import ScenePrior
 
-__all__ = ["Autoencoder", "load_prior", "save_prior", "prior_loss"]
+__all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "prior_loss"]
 
-_WIDTHS = (3, 32, 64, 128, 128)  # channels from the image down to the 4x4 bottleneck grid
-
-
-class Autoencoder(nn.Module):
-    """(B, 3, S, S) in [0, 1] -> (B, 3, S, S): four stride-2 convolutions down to a 4x4 grid, one
-    global code of ``code_dim`` numbers, and back up. S is 64 (16 times the grid)."""
-
-    def __init__(self, code_dim: int = 64, resolution: int = 64) -> None:
-        super().__init__()
-        if resolution != 64:  # four halvings down to the 4x4 grid
-            raise ValueError(f"Autoencoder: resolution must be 64, got {resolution}")
-        self.code_dim, self.resolution = code_dim, resolution
-        down: list[nn.Module] = []
-        for a, b in zip(_WIDTHS, _WIDTHS[1:], strict=False):
-            down += [nn.Conv2d(a, b, 4, 2, 1), nn.SiLU()]
-        grid = _WIDTHS[-1] * 16
-        self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(grid, code_dim))
-        self.expand = nn.Linear(code_dim, grid)
-        up: list[nn.Module] = []
-        widths = _WIDTHS[::-1]
-        for a, b in zip(widths, widths[1:], strict=False):
-            up += [nn.SiLU(), nn.ConvTranspose2d(a, b, 4, 2, 1)]
-        self.decoder = nn.Sequential(*up)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        code = self.encoder(image * 2 - 1)  # (B, code_dim)
-        grid = self.expand(code).view(-1, _WIDTHS[-1], 4, 4)
-        return torch.sigmoid(self.decoder(grid))
+PRIOR_KINDS: dict[str, type[nn.Module]] = {"shapes-scene": ScenePrior}
 
 
-def save_prior(model: Autoencoder, path: str | Path) -> None:
-    """Save the weights (fp16) and the constructor's arguments: plain tensors and numbers."""
+def save_prior(model: nn.Module, path: str | Path) -> None:
+    """Save a prior of a known kind: its kind and its weights in fp16."""
+    kinds = {cls: kind for kind, cls in PRIOR_KINDS.items()}
+    if type(model) not in kinds:
+        raise ValueError(f"save_prior: {type(model).__name__} is not a known prior kind")
     state = {k: v.half() for k, v in model.state_dict().items()}
-    torch.save(
-        {"code_dim": model.code_dim, "resolution": model.resolution, "state_dict": state}, path
-    )
+    torch.save({"kind": kinds[type(model)], "state_dict": state}, path)
 
 
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a prior saved by :func:`save_prior`, safely and strictly, fp32, eval mode, frozen."""
     saved = load_checkpoint(path)
-    if not isinstance(saved, dict) or not {"code_dim", "resolution", "state_dict"} <= set(saved):
+    if not isinstance(saved, dict) or not {"kind", "state_dict"} <= set(saved):
         raise ValueError(
-            f"prior file {path}: expected a dict with 'code_dim', 'resolution' and 'state_dict' "
-            "(as vqclip.prior.save_prior writes)"
+            f"prior file {path}: expected a dict with 'kind' and 'state_dict' (as "
+            "vqclip.prior.save_prior writes)"
         )
-    model = Autoencoder(int(saved["code_dim"]), int(saved["resolution"]))
+    if saved["kind"] not in PRIOR_KINDS:
+        raise ValueError(
+            f"prior file {path}: unknown kind {saved['kind']!r}; known kinds are {list(PRIOR_KINDS)}"
+        )
+    model = PRIOR_KINDS[saved["kind"]]()
     state = {k: v.float() for k, v in saved["state_dict"].items()}
     try:
         model.load_state_dict(state)
@@ -74,13 +56,13 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> Autoenco
     return model.eval().requires_grad_(False).to(device)
 
 
-def prior_loss(image: torch.Tensor, prior: Autoencoder, weight: float) -> torch.Tensor:
+def prior_loss(image: torch.Tensor, prior: nn.Module, weight: float) -> torch.Tensor:
     """``weight * MSE(image, prior(image))`` per image, the redrawing held fixed, so the pull
     moves the image toward it (times the batch size: each image's pull does not shrink)."""
-    if image.shape[-2:] != (prior.resolution, prior.resolution):
+    size = prior.resolution
+    if image.shape[-2:] != (size, size):
         raise ValueError(
-            f"prior: works on {prior.resolution}x{prior.resolution} images, got "
-            f"{image.shape[-1]}x{image.shape[-2]}"
+            f"prior: works on {size}x{size} images, got {image.shape[-1]}x{image.shape[-2]}"
         )
     image = image.float()
     with torch.no_grad():

@@ -18,8 +18,8 @@ mismatch its caption before CLIP learns from it. A CLIP that such small changes 
 gradients that mean something to the eye, so the generation loop paints flat regions of the
 prompted colours instead of textures that fool it.
 
-The image prior is a small autoencoder with one global code (:mod:`vqclip.prior`) trained to
-redraw corrupted renderings (smoothly warped into blobs, noisy, speckled) as the clean ones.
+The image prior (:class:`vqclip.shapes.prior.ScenePrior`) learns to read the scene of corrupted
+renderings (smoothly warped into blobs, noisy, speckled): the two colours, the shape, its place.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ from vqclip.models import (
     tokenize,
 )  # fmt: skip
 from vqclip.optimize import NOISE
-from vqclip.prior import Autoencoder, save_prior
+from vqclip.prior import load_prior, save_prior
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
+from vqclip.shapes.prior import ScenePrior, scene_targets
 
 __all__ = [
     "VQGAN_SPEC",
@@ -87,7 +88,7 @@ CLIP_SHAPE = {
 # Mild augmentations for CLIP's training: with perspective and erasing too (the generation
 # loop's defaults) it told circles from squares at chance (zero-shot shape 56%); with these, 93%.
 CLIP_AUGMENTS = ("Af", "Ji")
-PRIOR_CODE_DIM = 64  # numbers in the image prior's one global code
+PRIOR_GEOMETRY_WEIGHT = 20.0  # the prior's loss: geometry error (image sides squared) vs names
 
 
 def _lr(step: int, steps: int, peak: float) -> float:
@@ -317,36 +318,44 @@ def corrupt(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[str, float]:
-    """Train and save ``shapes_prior.pt`` into ``out``: an :class:`Autoencoder` that redraws
-    corrupted renderings (:func:`corrupt`) as the clean ones."""
+    """Train and save ``shapes_prior.pt`` into ``out``: a :class:`ScenePrior` that reads the
+    scene of corrupted renderings (:func:`corrupt`): cross-entropy on the three names, squared
+    error on the geometry."""
     torch.manual_seed(seed)  # the layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
-    pool = render(sample_scenes(8000, g))  # (8000, 3, 64, 64)
-    model = Autoencoder(PRIOR_CODE_DIM).train()
+    scenes = sample_scenes(8000, g)
+    pool, targets = render(scenes), scene_targets(scenes)  # (8000, 3, 64, 64), per-scene truths
+    model = ScenePrior().train()
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, 2e-3, total_steps=steps, pct_start=0.1
     )
     start = time.time()
     for step in range(steps):
-        clean = pool[torch.randint(len(pool), (batch,), generator=g)]
-        loss = F.mse_loss(model(corrupt(clean, g)), clean)
+        pick = torch.randint(len(pool), (batch,), generator=g)
+        *names, geometry = model.heads(corrupt(pool[pick], g))
+        loss = sum(F.cross_entropy(x, t[pick]) for x, t in zip(names, targets, strict=False))
+        loss = loss + PRIOR_GEOMETRY_WEIGHT * F.mse_loss(geometry, targets[-1][pick])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 500 == 499:
-            log.info("prior step %d loss %.5f (%.0fs)", step + 1, loss.item(), time.time() - start)
+            log.info("prior step %d loss %.4f (%.0fs)", step + 1, loss.item(), time.time() - start)
     model.eval()
-    held = render(sample_scenes(256, torch.Generator().manual_seed(10_000 + seed)))
-    with torch.no_grad():
-        redrawn = model(corrupt(held, torch.Generator().manual_seed(seed + 1)))
-    metrics = {
-        "corrupted_to_clean_psnr": float(10 * torch.log10(1 / (redrawn - held).pow(2).mean())),
-        "seconds": time.time() - start,
-    }
+    seconds = time.time() - start
     out.mkdir(parents=True, exist_ok=True)
     save_prior(model, out / "shapes_prior.pt")
+    held = sample_scenes(300, torch.Generator().manual_seed(10_000 + seed))
+    clean = render(held)
+    metrics = {"seconds": seconds}
+    for name, images in (("clean", clean), ("corrupted", corrupt(clean, torch.Generator().manual_seed(seed + 1)))):  # fmt: skip
+        read = load_prior(out / "shapes_prior.pt").scenes(images)
+        for field in ("shape", "color", "background"):
+            right = sum(
+                getattr(a, field) == getattr(b, field) for a, b in zip(read, held, strict=True)
+            )
+            metrics[f"{name}_{field}_accuracy"] = right / len(held)
     log.info("prior done: %s", metrics)
     return metrics
 
@@ -360,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("model", choices=["vqgan", "clip", "prior"])
     parser.add_argument(
-        "--steps", type=int, default=None, help="default: 1500 (vqgan), 600 (clip), 4000 (prior)"
+        "--steps", type=int, default=None, help="default: 1500 (vqgan), 600 (clip), 3000 (prior)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
@@ -381,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.model == "vqgan":
         metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
     elif args.model == "prior":
-        metrics = train_prior(args.steps or 4000, args.out, args.seed)
+        metrics = train_prior(args.steps or 3000, args.out, args.seed)
     else:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,

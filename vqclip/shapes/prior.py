@@ -1,0 +1,73 @@
+"""The shapes world's image prior: read the scene an image shows, then draw it cleanly.
+
+A small convolutional network names the shape's colour, the background's colour and the shape
+class, and places the shape (centre and radius); the redrawing is the data set's own rendering
+of that scene. Trained on corrupted renderings (:func:`vqclip.shapes.train.corrupt`: smooth warps
+into blobs, noise, speckle), it reads the loop's blobs as the scene they are closest to, and its
+redrawing has a clean outline (an autoencoder's redrawing is the average of the scenes a blob
+might be, with rounded corners that read as a circle).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vqclip.shapes.data import COLORS, SHAPES, SIZE, Scene, render
+
+__all__ = ["ScenePrior", "scene_targets"]
+
+_NAMES = list(COLORS)
+_WIDTHS = (3, 32, 64, 128, 128)  # channels from the image down to a 4x4 grid
+
+
+class ScenePrior(nn.Module):
+    """(B, 3, 64, 64) in [0, 1] -> (B, 3, 64, 64): the clean rendering of the scene it reads."""
+
+    resolution = SIZE
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for a, b in zip(_WIDTHS, _WIDTHS[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 4, 2, 1), nn.SiLU()]
+        outputs = 2 * len(_NAMES) + len(SHAPES) + 3  # colour, background, shape, (cx, cy, r)
+        self.encoder = nn.Sequential(
+            *layers, nn.Flatten(), nn.Linear(_WIDTHS[-1] * 16, 256), nn.SiLU(), nn.Linear(256, outputs)
+        )  # fmt: skip
+
+    def heads(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits of colour (B, 6), background (B, 6), shape (B, 3); geometry (B, 3) in units
+        of the image side."""
+        out = self.encoder(image * 2 - 1)
+        n = len(_NAMES)
+        return out[:, :n], out[:, n : 2 * n], out[:, 2 * n : 2 * n + len(SHAPES)], out[:, -3:]
+
+    @torch.no_grad()
+    def scenes(self, image: torch.Tensor) -> list[Scene]:
+        """The scene each image shows; the background is never the shape's colour."""
+        color, background, shape, geometry = self.heads(image)
+        color = color.argmax(1)
+        background = background.scatter(1, color[:, None], -torch.inf).argmax(1)
+        return [
+            Scene(_NAMES[c], _NAMES[b], SHAPES[s], x * SIZE, y * SIZE, r * SIZE)
+            for c, b, s, (x, y, r) in zip(
+                color.tolist(), background.tolist(), shape.argmax(1).tolist(), geometry.tolist(),
+                strict=True,
+            )
+        ]  # fmt: skip
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return render(self.scenes(image.float())).to(image)
+
+
+def scene_targets(scenes: list[Scene]) -> tuple[torch.Tensor, ...]:
+    """What :meth:`ScenePrior.heads` should say about ``scenes``: three class indices and the
+    geometry."""
+    return (
+        torch.tensor([_NAMES.index(s.color) for s in scenes]),
+        torch.tensor([_NAMES.index(s.background) for s in scenes]),
+        torch.tensor([SHAPES.index(s.shape) for s in scenes]),
+        torch.tensor([[s.cx / SIZE, s.cy / SIZE, s.radius / SIZE] for s in scenes]),
+    )

@@ -134,6 +134,29 @@ def test_adversarial_images_stay_close_and_fool_clip() -> None:
     assert worst < random - 0.02 and worst < clean - 0.02
 
 
+def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
+    from dataclasses import replace
+
+    from vqclip.optimize import best_candidates, image_losses
+    from vqclip.pipeline import prepare, resolve_device
+    from vqclip.shapes.data import Scene
+
+    config = evaluate.shapes_config("a red circle on a blue background", 0, ".")
+    loop, _ = prepare(config, resolve_device("cpu"))
+    right, wrong = Scene("red", "blue", "circle", 32, 32, 16), Scene("green", "white", "square", 32, 32, 16)  # fmt: skip
+    noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    candidates = torch.cat([(render([right]) + 0.3 * noise).clamp(0, 1), render([wrong])])
+    clip_only = image_losses(loop, candidates)
+    assert clip_only[0] < clip_only[1]  # CLIP alone prefers the noisy rendering of the prompt
+    pull = [float(loop.prior_weight * (x - loop.prior(x[None])[0]).pow(2).mean()) for x in candidates]  # fmt: skip
+    assert pull[1] < pull[0]  # the clean wrong scene is its own redrawing, the noisy one is not
+    heavy = replace(loop, prior_weight=1000.0)
+    assert torch.equal(best_candidates(replace(loop, prior=None), candidates, 2)[0], candidates[0])
+    assert torch.equal(best_candidates(heavy, candidates, 2)[0], candidates[1])
+    total = clip_only + torch.tensor(pull)
+    assert torch.equal(best_candidates(loop, candidates, 2)[0], candidates[int(total.argmin())])
+
+
 @pytest.fixture(scope="module")
 def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """12 colour pairs x 2 seeds, generated once for the steering and success checks."""
@@ -148,7 +171,7 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.98 (palette start, 3 latent levels, the image prior, best of 3);
+    # Chance is 0.5. Measured 1.0 (palette start, 3 latent levels, the scene prior, best of 3);
     # issue 3: 0.9.
     assert rate >= 0.85
 
@@ -158,11 +181,12 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     # Chance that the two prompted colours are the two largest of six is 1/15, and of the right
-    # shape 1/3 at best. Measured with the palette start, 3 latent levels, the image prior and the
-    # best of 3 candidates: colours 0.92, in their roles 0.81, shapes 0.33 (0.94, 0.81, 0.15 with
-    # the CLIP shipped before, no prior, one candidate). Issue 3 asks for 0.7 (aim 0.9: met) and
-    # 0.5 for shapes (not met, reported in the README).
-    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.7 and rates["shapes"] >= 0.25, rates
+    # shape 1/3 at best. Measured with the palette start, 3 latent levels, the scene prior and the
+    # best of 3 candidates ranked by CLIP and the prior's pull: colours 0.94, in their roles 0.81,
+    # shapes 0.50 (0.92, 0.81, 0.33 with the autoencoder prior; 0.94, 0.81, 0.15 with no prior).
+    # Issue 3 asks for 0.7 (aim 0.9: met) and 0.5 for shapes (met, at 24 of 48 runs). The shape
+    # bound is 0.4: another CPU sums floats in another order, which moves a few runs (README).
+    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.7 and rates["shapes"] >= 0.4, rates
 
 
 @pytest.mark.slow

@@ -202,10 +202,16 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
 
 
 def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.Tensor:
-    """(N * candidates, 3, H, W), grouped image-major -> (N, 3, H, W): each group's best."""
+    """(N * candidates, 3, H, W), grouped image-major -> (N, 3, H, W): each group's best, by
+    :func:`image_losses` plus the prior's pull where the loop has one (its whole objective)."""
     if candidates == 1:
         return images
-    losses = image_losses(loop, images).view(-1, candidates)  # (N, candidates)
+    losses = image_losses(loop, images)
+    if loop.prior is not None and loop.prior_weight:
+        losses = losses + torch.stack(
+            [prior_loss(x[None], loop.prior, loop.prior_weight) for x in images]
+        )
+    losses = losses.view(-1, candidates)  # (N, candidates)
     groups = images.view(-1, candidates, *images.shape[1:])
     return groups[torch.arange(len(groups), device=images.device), losses.argmin(1)]
 

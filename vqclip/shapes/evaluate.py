@@ -54,9 +54,9 @@ SHAPES_SETTINGS: dict[str, Any] = {
     "step_size": 0.2,
     "start": "palette",
     "latent_levels": 3,  # regions move together: shapes 8% -> 17% (an earlier CLIP)
-    "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes (README)
+    "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes: 17% -> 46% (README)
     "prior_weight": 2.0,
-    "best_of": 3,  # three palette candidates, CLIP keeps one: right colours 81% -> 92%
+    "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one (README)
     "display_frequency": 20,
     "device": "cpu",
 }

@@ -348,9 +348,10 @@ def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[s
     save_prior(model, out / "shapes_prior.pt")
     held = sample_scenes(300, torch.Generator().manual_seed(10_000 + seed))
     clean = render(held)
-    metrics = {"seconds": seconds}
-    for name, images in (("clean", clean), ("corrupted", corrupt(clean, torch.Generator().manual_seed(seed + 1)))):  # fmt: skip
-        read = load_prior(out / "shapes_prior.pt").scenes(images)
+    blobs = corrupt(clean, torch.Generator().manual_seed(seed + 1))
+    saved, metrics = load_prior(out / "shapes_prior.pt"), {"seconds": seconds}
+    for name, images in (("clean", clean), ("corrupted", blobs)):
+        read = saved.scenes(images)
         for field in ("shape", "color", "background"):
             right = sum(
                 getattr(a, field) == getattr(b, field) for a, b in zip(read, held, strict=True)

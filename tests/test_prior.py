@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqclip.prior import load_prior, prior_loss, save_prior
+from vqclip.prior import load_prior, prior_loss, prior_pull, save_prior
 from vqclip.shapes.data import Scene, render
 from vqclip.shapes.prior import ScenePrior, scene_targets
 
@@ -85,6 +85,15 @@ def test_the_pull_moves_an_image_toward_the_redrawing() -> None:
     assert torch.allclose(grad, expected, atol=1e-9)
     stepped = (image - 0.1 * grad.sign()).detach()
     assert (stepped - redrawn).pow(2).mean() < (image.detach() - redrawn).pow(2).mean()
+
+
+def test_the_per_image_pulls_add_up_to_the_loss() -> None:
+    prior = _prior()
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    pulls = prior_pull(images, prior, 2.0)
+    assert pulls.shape == (3,) and len(set(pulls.tolist())) == 3
+    assert torch.allclose(pulls.sum(), prior_loss(images, prior, 2.0))
+    assert torch.allclose(pulls[1], prior_loss(images[1:2], prior, 2.0))
 
 
 def test_the_pull_refuses_images_of_another_size() -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from vqclip.cutouts import augment, make_cutouts, normalize
 from vqclip.latents import decode_latent
 from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss, spherical_dist_loss
-from vqclip.prior import prior_loss
+from vqclip.prior import prior_loss, prior_pull
 
 __all__ = [
     "Loop",
@@ -208,9 +208,7 @@ def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.
         return images
     losses = image_losses(loop, images)
     if loop.prior is not None and loop.prior_weight:
-        losses = losses + torch.stack(
-            [prior_loss(x[None], loop.prior, loop.prior_weight) for x in images]
-        )
+        losses = losses + prior_pull(images, loop.prior, loop.prior_weight)
     losses = losses.view(-1, candidates)  # (N, candidates)
     groups = images.view(-1, candidates, *images.shape[1:])
     return groups[torch.arange(len(groups), device=images.device), losses.argmin(1)]

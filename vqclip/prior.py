@@ -21,7 +21,7 @@ from torch import nn
 from vqclip.models import load_checkpoint
 from vqclip.shapes.prior import ScenePrior
 
-__all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "prior_loss"]
+__all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "prior_loss", "prior_pull"]
 
 PRIOR_KINDS: dict[str, type[nn.Module]] = {"shapes-scene": ScenePrior}
 
@@ -68,3 +68,11 @@ def prior_loss(image: torch.Tensor, prior: nn.Module, weight: float) -> torch.Te
     with torch.no_grad():
         redrawn = prior(image)
     return F.mse_loss(image, redrawn) * (weight * image.shape[0])
+
+
+@torch.no_grad()
+def prior_pull(images: torch.Tensor, prior: nn.Module, weight: float) -> torch.Tensor:
+    """(B, 3, S, S) -> (B,): each image's ``weight * MSE`` to its redrawing, the terms that
+    :func:`prior_loss` adds up (what ranks candidates)."""
+    images = images.float()
+    return (images - prior(images)).pow(2).flatten(1).mean(1) * weight

@@ -334,7 +334,7 @@ def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[s
     for step in range(steps):
         pick = torch.randint(len(pool), (batch,), generator=g)
         *names, geometry = model.heads(corrupt(pool[pick], g))
-        loss = sum(F.cross_entropy(x, t[pick]) for x, t in zip(names, targets, strict=False))
+        loss = sum(F.cross_entropy(x, t[pick]) for x, t in zip(names, targets[:3], strict=True))
         loss = loss + PRIOR_GEOMETRY_WEIGHT * F.mse_loss(geometry, targets[-1][pick])
         optimizer.zero_grad()
         loss.backward()

@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: frames + MP4
 	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --start palette \
-	    --step_size 0.2 --latent_levels 3 --prior shapes-prior --prior_weight 2 \
-	    --best_of 3 --max_iterations 60 --cutn 16 --video
+	    --step_size 0.2 --latent_levels 3 --prior shapes-prior --prior_weight 12 \
+	    --prior_ramp 60 --best_of 3 --max_iterations 60 --cutn 16 --video
 
 test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only); -rP shows measured figures
 	$(BIN)/python -m pytest -q -rP

@@ -35,6 +35,8 @@ def test_lists_become_tuples_so_configs_stay_hashable() -> None:
         ({"smoothness": -1.0}, "smoothness: expected a number >= 0, got -1.0"),
         ({"prior_weight": -1.0}, "prior_weight: expected a number >= 0, got -1.0"),
         ({"prior_weight": 2.0}, "prior_weight: 2.0 needs an image prior; set prior"),
+        ({"prior_ramp": -5}, "prior_ramp: expected an integer >= 0, got -5"),
+        ({"prior_ramp": 2.5}, "prior_ramp: expected an integer >= 0, got 2.5"),
         ({"max_iterations": 0}, "max_iterations: expected a positive integer or -1"),
         ({"seed": -2}, "seed: expected an integer"),
         ({"device": "tpu"}, "device: expected"),

@@ -9,6 +9,7 @@ from vqclip.config import GenerationConfig
 from vqclip.embeddings import similarity
 from vqclip.images import load_image
 from vqclip.latents import decode_latent, encode_image
+from vqclip.optimize import Loop
 from vqclip.pipeline import generate, load_models, resolve_device
 
 
@@ -185,3 +186,11 @@ def test_palette_start_takes_clip_ranked_flat_colours(tiny_config: GenerationCon
     expected = encode_image(loop.vqgan, flats[ranked].contiguous()).repeat(2, 1, 1, 1)
     assert torch.equal(state.latent, expected)
     assert torch.equal(generate(config).image, generate(config).image)
+
+
+def test_the_priors_weight_ramps_up_then_holds() -> None:
+    fields = dict.fromkeys(("vqgan", "clip_model", "targets", "augments", "cutn", "cut_pow", "init_weight", "seed"))  # fmt: skip
+    ramped = Loop(**fields, prior_weight=6.0, prior_ramp=3)
+    assert [ramped.prior_weight_at(i) for i in range(5)] == [2.0, 4.0, 6.0, 6.0, 6.0]
+    held = Loop(**fields, prior_weight=6.0)
+    assert [held.prior_weight_at(i) for i in range(3)] == [6.0, 6.0, 6.0]

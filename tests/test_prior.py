@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vqclip.prior import load_prior, prior_loss, prior_pull, save_prior
+from vqclip.prior import load_prior, prior_loss, prior_pull, redraw, save_prior
 from vqclip.shapes.data import Scene, render
 from vqclip.shapes.prior import ScenePrior, scene_targets
 
@@ -44,22 +46,73 @@ def test_a_file_that_is_not_a_prior_is_refused(tmp_path: Path) -> None:
         save_prior(torch.nn.Linear(2, 2), tmp_path / "linear.pt")
 
 
-def test_the_scene_prior_redraws_the_scene_it_reads() -> None:
-    scenes = [Scene("red", "blue", "square", 30.0, 34.0, 15.0), Scene("white", "black", "triangle", 20.0, 40.0, 12.0)]  # fmt: skip
+def _reading(scene: Scene) -> ScenePrior:
+    """A prior whose last layer's bias alone decides: it reads ``scene`` in any image."""
     prior = _prior()
-    with torch.no_grad():  # the last layer's bias alone decides: it reads these scenes anywhere
+    with torch.no_grad():
         last = prior.encoder[-1]
         last.weight.zero_()
-        colour, background, shape, geometry = scene_targets(scenes[:1])
+        colour, background, shape, geometry = scene_targets([scene])
         last.bias.copy_(torch.cat([
-            torch.nn.functional.one_hot(colour[0], 6), torch.nn.functional.one_hot(background[0], 6),
-            torch.nn.functional.one_hot(shape[0], 3), geometry[0],
+            F.one_hot(colour[0], 6), F.one_hot(background[0], 6), F.one_hot(shape[0], 3), geometry[0],
         ]).float() * torch.tensor([10.0] * 15 + [1.0] * 3))  # fmt: skip
+    return prior
+
+
+def test_the_scene_prior_redraws_the_scene_it_reads() -> None:
+    scenes = [Scene("red", "blue", "square", 30.0, 34.0, 15.0), Scene("white", "black", "triangle", 20.0, 40.0, 12.0)]  # fmt: skip
+    prior = _reading(scenes[0])
     image = render(scenes)
     read = prior.scenes(image)
     assert [(s.color, s.background, s.shape) for s in read] == [("red", "blue", "square")] * 2
     assert read[0].cx == pytest.approx(30.0) and read[0].radius == pytest.approx(15.0)
     assert torch.allclose(prior(image), render(read[:1]).expand(2, -1, -1, -1))
+
+
+def test_the_alternatives_are_every_shape_with_the_colours_in_either_role() -> None:
+    read = Scene("red", "blue", "square", 30.0, 34.0, 15.0)
+    options = _reading(read).alternatives(torch.rand(2, 3, 64, 64))
+    assert options.shape == (2, 6, 3, 64, 64)
+    expected = render([
+        replace(read, shape=shape, color=color, background=background)
+        for color, background in (("red", "blue"), ("blue", "red"))
+        for shape in ("circle", "square", "triangle")
+    ])  # fmt: skip
+    assert torch.allclose(options[0], expected) and torch.allclose(options[1], expected)
+
+
+def test_a_score_picks_the_redrawing_among_the_alternatives() -> None:
+    prior = _reading(Scene("red", "blue", "square", 30.0, 34.0, 15.0))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    # What the image should show, by the score: a blue triangle on red for the first image, a
+    # red circle on blue for the second. The score sees the K alternatives of both images.
+    wanted = render([Scene("blue", "red", "triangle", 30.0, 34.0, 15.0), Scene("red", "blue", "circle", 30.0, 34.0, 15.0)])  # fmt: skip
+    calls = []
+
+    def score(options: torch.Tensor) -> torch.Tensor:
+        calls.append(len(options))
+        per_image = options.view(2, -1, *options.shape[1:])
+        return (per_image - wanted[:, None]).pow(2).flatten(2).mean(2).flatten()
+
+    assert torch.allclose(redraw(images, prior, score), wanted)
+    assert calls == [12]  # one batched call for all images and alternatives
+    assert torch.allclose(redraw(images, prior), prior(images))  # no score: its own reading
+    pulls = prior_pull(images, prior, 2.0, score)
+    assert torch.allclose(pulls, 2.0 * (images - wanted).pow(2).flatten(1).mean(1))
+    assert torch.allclose(pulls.sum(), prior_loss(images, prior, 2.0, score))
+
+
+def test_a_prior_without_alternatives_ignores_the_score() -> None:
+    class Grey(torch.nn.Module):
+        resolution = 64
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(image, 0.5)
+
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(
+        redraw(images, Grey(), lambda x: x.sum((1, 2, 3))), torch.full_like(images, 0.5)
+    )
 
 
 def test_the_background_is_never_the_shapes_colour() -> None:

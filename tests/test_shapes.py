@@ -136,24 +136,27 @@ def test_adversarial_images_stay_close_and_fool_clip() -> None:
 
 def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
     from dataclasses import replace
+    from functools import partial
 
     from vqclip.optimize import best_candidates, image_losses
     from vqclip.pipeline import prepare, resolve_device
+    from vqclip.prior import prior_pull
     from vqclip.shapes.data import Scene
 
     config = evaluate.shapes_config("a red circle on a blue background", 0, ".")
     loop, _ = prepare(config, resolve_device("cpu"))
-    right, wrong = Scene("red", "blue", "circle", 32, 32, 16), Scene("green", "white", "square", 32, 32, 16)  # fmt: skip
+    right, wrong = Scene("red", "blue", "circle", 32, 32, 16), Scene("red", "blue", "square", 32, 32, 16)  # fmt: skip
     noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     candidates = torch.cat([(render([right]) + 0.3 * noise).clamp(0, 1), render([wrong])])
     clip_only = image_losses(loop, candidates)
     assert clip_only[0] < clip_only[1]  # CLIP alone prefers the noisy rendering of the prompt
-    pull = [float(loop.prior_weight * (x - loop.prior(x[None])[0]).pow(2).mean()) for x in candidates]  # fmt: skip
-    assert pull[1] < pull[0]  # the clean wrong scene is its own redrawing, the noisy one is not
+    # The pull is toward the redrawing that CLIP likes best among the prior's alternatives.
+    pull = prior_pull(candidates, loop.prior, loop.prior_weight, partial(image_losses, loop))
+    assert pull[1] < pull[0]  # the clean scene is near a clean redrawing, the noisy one is not
     heavy = replace(loop, prior_weight=1000.0)
     assert torch.equal(best_candidates(replace(loop, prior=None), candidates, 2)[0], candidates[0])
     assert torch.equal(best_candidates(heavy, candidates, 2)[0], candidates[1])
-    total = clip_only + torch.tensor(pull)
+    total = clip_only + pull
     assert torch.equal(best_candidates(loop, candidates, 2)[0], candidates[int(total.argmin())])
 
 
@@ -181,12 +184,13 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     print("prompt success:", rates)
     assert rates["runs"] == 48
     # Chance that the two prompted colours are the two largest of six is 1/15, and of the right
-    # shape 1/3 at best. Measured with the palette start, 3 latent levels, the scene prior and the
-    # best of 3 candidates ranked by CLIP and the prior's pull: colours 0.94, in their roles 0.81,
-    # shapes 0.50 (0.92, 0.81, 0.33 with the autoencoder prior; 0.94, 0.81, 0.15 with no prior).
-    # Issue 3 asks for 0.7 (aim 0.9: met) and 0.5 for shapes (met, at 24 of 48 runs). The shape
-    # bound is 0.4: another CPU sums floats in another order, which moves a few runs (README).
-    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.7 and rates["shapes"] >= 0.4, rates
+    # shape 1/3 at best. Measured with the palette start, 3 latent levels, the best of 3
+    # candidates and the scene prior's pull ramping up to 12, toward the redrawing CLIP picks
+    # among the prior's alternatives: colours 0.98, in their roles 0.98, shapes 0.77 (0.94, 0.81,
+    # 0.50 with the prior's own reading at a constant weight 2; 0.94, 0.81, 0.15 with no prior).
+    # Issue 3 asks for 0.7 (aim 0.9) and 0.5 for shapes (aim 0.75): all met. The bounds leave a
+    # margin of several runs: another CPU sums floats in another order (README).
+    assert rates["colors"] >= 0.85 and rates["roles"] >= 0.8 and rates["shapes"] >= 0.6, rates
 
 
 @pytest.mark.slow

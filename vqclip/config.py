@@ -36,6 +36,7 @@ class GenerationConfig:
     smoothness: float = 0.0  # weight of the image's total variation (flat regions), 0 = off
     prior: str | None = None  # image prior: registry name (e.g. "shapes-prior") or a path
     prior_weight: float = 0.0  # pull toward the prior's redrawing of the image, 0 = off
+    prior_ramp: int = 0  # iterations over which that pull grows from 0 to prior_weight (0: none)
     target_images: str = ""  # "path | path": extra image prompts with weight 1
     width: int = 64  # output width in pixels, a multiple of the VQGAN's downsampling factor
     height: int = 64  # output height in pixels, likewise
@@ -83,6 +84,8 @@ class GenerationConfig:
         _finite_number("init_weight", self.init_weight)
         _non_negative_number("smoothness", self.smoothness)
         _non_negative_number("prior_weight", self.prior_weight)
+        if not _is_int(self.prior_ramp) or self.prior_ramp < 0:
+            raise ValueError(f"prior_ramp: expected an integer >= 0, got {self.prior_ramp!r}")
         if self.prior_weight and not self.prior:
             raise ValueError(
                 f"prior_weight: {self.prior_weight!r} needs an image prior; set prior "

@@ -80,8 +80,9 @@ def default_levels(vqgan: str, levels: int = 0) -> int:
 
 
 def default_prior(vqgan: str) -> dict[str, Any]:
-    """The image prior and its weight: the shapes world's for its models, none otherwise."""
-    return {"prior": _auto(vqgan, "prior", None), "prior_weight": _auto(vqgan, "prior_weight", 0.0)}
+    """The image prior, its weight and ramp: the shapes world's for its models, none otherwise."""
+    keys = {"prior": None, "prior_weight": 0.0, "prior_ramp": 0}
+    return {key: _auto(vqgan, key, classic) for key, classic in keys.items()}
 
 
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -60,6 +61,13 @@ class Loop:
     smoothness: float = 0.0  # weight of the image's total variation, 0 = off
     prior: nn.Module | None = None  # an image prior (vqclip.prior), used when prior_weight > 0
     prior_weight: float = 0.0
+    prior_ramp: int = 0  # iterations over which the prior's weight grows to prior_weight
+
+    def prior_weight_at(self, iteration: int) -> float:
+        """The prior's weight at step ``iteration`` (from 0): ``prior_weight / prior_ramp`` at
+        the first step, growing linearly to ``prior_weight`` at step ``prior_ramp - 1``. CLIP
+        settles the colours and the layout first; the pull makes the shape crisp at the end."""
+        return self.prior_weight * min(1.0, (iteration + 1) / max(1, self.prior_ramp))
 
 
 @dataclass
@@ -148,7 +156,8 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     if loop.smoothness:
         total = total + smoothness_loss(image, loop.smoothness)
     if loop.prior is not None and loop.prior_weight:
-        total = total + prior_loss(image, loop.prior, loop.prior_weight)
+        weight = loop.prior_weight_at(state.iteration)
+        total = total + prior_loss(image, loop.prior, weight, partial(image_losses, loop))
     # 4. Step, then keep the latent inside the codebook's range.
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -208,7 +217,9 @@ def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.
         return images
     losses = image_losses(loop, images)
     if loop.prior is not None and loop.prior_weight:
-        losses = losses + prior_pull(images, loop.prior, loop.prior_weight)
+        losses = losses + prior_pull(
+            images, loop.prior, loop.prior_weight, partial(image_losses, loop)
+        )
     losses = losses.view(-1, candidates)  # (N, candidates)
     groups = images.view(-1, candidates, *images.shape[1:])
     return groups[torch.arange(len(groups), device=images.device), losses.argmin(1)]

@@ -167,7 +167,7 @@ def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopS
         vqgan, clip_model, targets, augments, config.cutn, config.cut_pow,
         config.init_weight, config.seed, config.precision, config.smoothness,
         _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
-        config.prior_weight,
+        config.prior_weight, config.prior_ramp,
     )  # fmt: skip
     latent = _start_latent(config, loop, generator, device)
     state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)

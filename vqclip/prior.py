@@ -12,6 +12,7 @@ file is a dict of plain data, ``{"kind", "state_dict"}`` (fp16 weights), loaded 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +22,9 @@ from torch import nn
 from vqclip.models import load_checkpoint
 from vqclip.shapes.prior import ScenePrior
 
-__all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "prior_loss", "prior_pull"]
+__all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "redraw", "prior_loss", "prior_pull"]
+
+Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, S, S) -> (N,), lower is better
 
 PRIOR_KINDS: dict[str, type[nn.Module]] = {"shapes-scene": ScenePrior}
 
@@ -56,8 +59,26 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     return model.eval().requires_grad_(False).to(device)
 
 
-def prior_loss(image: torch.Tensor, prior: nn.Module, weight: float) -> torch.Tensor:
-    """``weight * MSE(image, prior(image))`` per image, the redrawing held fixed, so the pull
+@torch.no_grad()
+def redraw(images: torch.Tensor, prior: nn.Module, score: Score | None = None) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, 3, S, S): the prior's redrawing of each image.
+
+    A prior with ``alternatives(images) -> (B, K, 3, S, S)`` offers several redrawings it finds
+    plausible; given a ``score`` (the loop's prompt loss), each image gets the one it scores
+    lowest: the prior keeps images near the kind it knows, the prompt picks which.
+    """
+    images = images.float()
+    if score is None or not hasattr(prior, "alternatives"):
+        return prior(images)
+    options = prior.alternatives(images)  # (B, K, 3, S, S)
+    losses = score(options.flatten(0, 1)).view(options.shape[:2])
+    return options[torch.arange(len(options), device=options.device), losses.argmin(1)]
+
+
+def prior_loss(
+    image: torch.Tensor, prior: nn.Module, weight: float, score: Score | None = None
+) -> torch.Tensor:
+    """``weight * MSE(image, redraw(image))`` per image, the redrawing held fixed, so the pull
     moves the image toward it (times the batch size: each image's pull does not shrink)."""
     size = prior.resolution
     if image.shape[-2:] != (size, size):
@@ -65,14 +86,14 @@ def prior_loss(image: torch.Tensor, prior: nn.Module, weight: float) -> torch.Te
             f"prior: works on {size}x{size} images, got {image.shape[-1]}x{image.shape[-2]}"
         )
     image = image.float()
-    with torch.no_grad():
-        redrawn = prior(image)
-    return F.mse_loss(image, redrawn) * (weight * image.shape[0])
+    return F.mse_loss(image, redraw(image, prior, score)) * (weight * image.shape[0])
 
 
 @torch.no_grad()
-def prior_pull(images: torch.Tensor, prior: nn.Module, weight: float) -> torch.Tensor:
+def prior_pull(
+    images: torch.Tensor, prior: nn.Module, weight: float, score: Score | None = None
+) -> torch.Tensor:
     """(B, 3, S, S) -> (B,): each image's ``weight * MSE`` to its redrawing, the terms that
     :func:`prior_loss` adds up (what ranks candidates)."""
     images = images.float()
-    return (images - prior(images)).pow(2).flatten(1).mean(1) * weight
+    return (images - redraw(images, prior, score)).pow(2).flatten(1).mean(1) * weight

@@ -2,6 +2,7 @@
 
     python -m vqclip.shapes.evaluate [--seeds 2] [--prompts 24] [--precision fp32|bf16]
                                      [--latent-levels N] [--best-of N] [--prior-weight W]
+                                     [--prior-ramp N]
                                      [--jobs 2]
 
 prints every figure the README reports, as JSON.
@@ -54,8 +55,9 @@ SHAPES_SETTINGS: dict[str, Any] = {
     "step_size": 0.2,
     "start": "palette",
     "latent_levels": 3,  # regions move together: shapes 8% -> 17% (an earlier CLIP)
-    "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes: 17% -> 46% (README)
-    "prior_weight": 2.0,
+    "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes (README)
+    "prior_weight": 12.0,  # reached at the last step: CLIP sets colours early, the pull shapes late
+    "prior_ramp": 60,
     "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one (README)
     "display_frequency": 20,
     "device": "cpu",
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--prior-weight", type=float, default=SHAPES_SETTINGS["prior_weight"], help="0: no prior"
     )
+    parser.add_argument("--prior-ramp", type=int, default=SHAPES_SETTINGS["prior_ramp"])
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the runs")
     args = parser.parse_args(argv)
     changes = {
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         "latent_levels": args.latent_levels,
         "best_of": args.best_of,
         "prior_weight": args.prior_weight,
+        "prior_ramp": args.prior_ramp,
     }
     config = shapes_config("x", 0, ".")
     _, clip_model = load_models(config, resolve_device("cpu"))

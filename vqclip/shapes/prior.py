@@ -10,6 +10,8 @@ might be, with rounded corners that read as a circle).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -60,6 +62,24 @@ class ScenePrior(nn.Module):
     @torch.no_grad()
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return render(self.scenes(image.float())).to(image)
+
+    @torch.no_grad()
+    def alternatives(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 64, 64) -> (B, K, 3, 64, 64): the scene it reads, redrawn as every shape class
+        with the two colours in either role (K = 6), at the place and size it reads.
+
+        Its shape head is the least sure of its readings (a blob is often between shapes) and
+        a blob's colours can sit in either role; a caller that knows what the image should show
+        (the loop, through CLIP) picks among these.
+        """
+        scenes = self.scenes(image.float())
+        options = [
+            replace(scene, shape=shape, color=color, background=background)
+            for scene in scenes
+            for color, background in ((scene.color, scene.background), (scene.background, scene.color))
+            for shape in SHAPES
+        ]  # fmt: skip
+        return render(options).to(image).view(len(scenes), -1, *image.shape[1:])
 
 
 def scene_targets(scenes: list[Scene]) -> tuple[torch.Tensor, ...]:

@@ -69,13 +69,17 @@ def test_the_scene_prior_redraws_the_scene_it_reads() -> None:
     assert torch.allclose(prior(image), render(read[:1]).expand(2, -1, -1, -1))
 
 
-def test_the_alternatives_are_every_shape_with_the_colours_in_either_role() -> None:
+def test_the_alternatives_are_the_scenes_one_change_away() -> None:
     read = Scene("red", "blue", "square", 30.0, 34.0, 15.0)
     options = _reading(read).alternatives(torch.rand(2, 3, 64, 64))
-    assert options.shape == (2, 6, 3, 64, 64)
+    pairs = [
+        ("red", "blue"), ("green", "blue"), ("yellow", "blue"), ("white", "blue"), ("black", "blue"),
+        ("red", "green"), ("red", "yellow"), ("red", "white"), ("red", "black"), ("blue", "red"),
+    ]  # fmt: skip
+    assert options.shape == (2, 3 * len(pairs), 3, 64, 64)
     expected = render([
         replace(read, shape=shape, color=color, background=background)
-        for color, background in (("red", "blue"), ("blue", "red"))
+        for color, background in pairs
         for shape in ("circle", "square", "triangle")
     ])  # fmt: skip
     assert torch.allclose(options[0], expected) and torch.allclose(options[1], expected)
@@ -84,9 +88,9 @@ def test_the_alternatives_are_every_shape_with_the_colours_in_either_role() -> N
 def test_a_score_picks_the_redrawing_among_the_alternatives() -> None:
     prior = _reading(Scene("red", "blue", "square", 30.0, 34.0, 15.0))
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    # What the image should show, by the score: a blue triangle on red for the first image, a
-    # red circle on blue for the second. The score sees the K alternatives of both images.
-    wanted = render([Scene("blue", "red", "triangle", 30.0, 34.0, 15.0), Scene("red", "blue", "circle", 30.0, 34.0, 15.0)])  # fmt: skip
+    # What the image should show, by the score: a blue triangle on red for the first image (the
+    # roles swapped), a white circle on blue for the second (another colour). The score sees the K alternatives of both images.
+    wanted = render([Scene("blue", "red", "triangle", 30.0, 34.0, 15.0), Scene("white", "blue", "circle", 30.0, 34.0, 15.0)])  # fmt: skip
     calls = []
 
     def score(options: torch.Tensor) -> torch.Tensor:
@@ -95,7 +99,7 @@ def test_a_score_picks_the_redrawing_among_the_alternatives() -> None:
         return (per_image - wanted[:, None]).pow(2).flatten(2).mean(2).flatten()
 
     assert torch.allclose(redraw(images, prior, score), wanted)
-    assert calls == [12]  # one batched call for all images and alternatives
+    assert calls == [60]  # one batched call for all images and alternatives
     assert torch.allclose(redraw(images, prior), prior(images))  # no score: its own reading
     pulls = prior_pull(images, prior, 2.0, score)
     assert torch.allclose(pulls, 2.0 * (images - wanted).pow(2).flatten(1).mean(1))

@@ -65,21 +65,31 @@ class ScenePrior(nn.Module):
 
     @torch.no_grad()
     def alternatives(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 64, 64) -> (B, K, 3, 64, 64): the scene it reads, redrawn as every shape class
-        with the two colours in either role (K = 6), at the place and size it reads.
+        """(B, 3, 64, 64) -> (B, K, 3, 64, 64): the scenes one change away from the one it reads,
+        redrawn at the place and size it reads: every shape class with either colour replaced by
+        another, or with the two colours in swapped roles (K = 30, the reading among them).
 
-        Its shape head is the least sure of its readings (a blob is often between shapes) and
-        a blob's colours can sit in either role; a caller that knows what the image should show
-        (the loop, through CLIP) picks among these.
+        Its shape head is the least sure of its readings (a blob is often between shapes), and
+        a blob can be in the wrong colour or its colours in the wrong roles; a caller that knows
+        what the image should show (the loop, through CLIP) picks among these.
         """
         scenes = self.scenes(image.float())
         options = [
             replace(scene, shape=shape, color=color, background=background)
             for scene in scenes
-            for color, background in ((scene.color, scene.background), (scene.background, scene.color))
+            for color, background in _neighbours(scene.color, scene.background)
             for shape in SHAPES
         ]  # fmt: skip
         return render(options).to(image).view(len(scenes), -1, *image.shape[1:])
+
+
+def _neighbours(color: str, background: str) -> list[tuple[str, str]]:
+    """(colour, background) pairs one change away: either replaced, or the two swapped."""
+    return [
+        *((c, background) for c in _NAMES if c != background),
+        *((color, b) for b in _NAMES if b not in (color, background)),
+        (background, color),
+    ]
 
 
 def scene_targets(scenes: list[Scene]) -> tuple[torch.Tensor, ...]:

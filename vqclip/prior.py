@@ -1,9 +1,10 @@
 """Image priors: a model that redraws an image as the nearest image of the kind it knows.
 
 The loop can pull each generated image toward its redrawing, ``prior_weight * MSE(image,
-prior(image))`` with the redrawing held fixed. CLIP decides what the image shows; the prior only
+redraw(image))`` with the redrawing held fixed. CLIP decides what the image shows; the prior only
 keeps it near images of the kind the prior knows. A prior is an ``nn.Module`` with a
-``resolution`` (it works on ``resolution``-square images) whose forward returns the redrawing.
+``resolution`` (it works on ``resolution``-square images) whose forward returns the redrawing;
+one that also has ``alternatives(images)`` offers several, and the loop's prompt loss picks.
 
 The shapes world ships one, ``shapes-prior`` (:class:`vqclip.shapes.prior.ScenePrior`, trained by
 ``python -m vqclip.shapes.train prior``), which turns the loop's blobs into clean shapes. A prior

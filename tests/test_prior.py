@@ -82,7 +82,7 @@ def test_the_alternatives_are_the_scenes_one_change_away() -> None:
         for color, background in pairs
         for shape in ("circle", "square", "triangle")
     ])  # fmt: skip
-    assert torch.allclose(options[0], expected) and torch.allclose(options[1], expected)
+    assert torch.equal(options[0], expected) and torch.equal(options[1], expected)
 
 
 def test_a_score_picks_the_redrawing_among_the_alternatives() -> None:

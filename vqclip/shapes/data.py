@@ -14,6 +14,8 @@ __all__ = [
     "Scene",
     "sample_scenes",
     "render",
+    "rgb",
+    "coverage",
     "draw_shape",
     "caption",
     "canonical_caption",
@@ -106,17 +108,23 @@ def _mask(scene: Scene, size: int) -> torch.Tensor:
     return ((y >= top) & (y <= bottom) & (dx.abs() <= half_width)).float()
 
 
-def _rgb(name: str) -> torch.Tensor:
-    return torch.tensor(COLORS[name], dtype=torch.float32).view(3, 1, 1) / 255  # (3, 1, 1)
+def rgb(name: str) -> torch.Tensor:
+    """A colour by name -> (3, 1, 1) in [0, 1]."""
+    return torch.tensor(COLORS[name], dtype=torch.float32).view(3, 1, 1) / 255
+
+
+def coverage(scene: Scene, size: int = SIZE) -> torch.Tensor:
+    """(1, size, size): the share of each pixel that the scene's shape covers (anti-aliased)."""
+    return F.avg_pool2d(_mask(scene, size)[None, None], _SUPERSAMPLE)[0]
 
 
 def draw_shape(image: torch.Tensor, scene: Scene) -> torch.Tensor:
     """Draw the scene's shape (not its background) over ``image`` (3, S, S), anti-aliased."""
-    coverage = F.avg_pool2d(_mask(scene, image.shape[-1])[None, None], _SUPERSAMPLE)[0]  # (1, S, S)
-    return coverage * _rgb(scene.color) + (1 - coverage) * image
+    covered = coverage(scene, image.shape[-1])
+    return covered * rgb(scene.color) + (1 - covered) * image
 
 
 def render(scenes: list[Scene], size: int = SIZE) -> torch.Tensor:
     """Scenes -> (N, 3, size, size) in [0, 1]."""
-    backgrounds = [_rgb(s.background).expand(3, size, size) for s in scenes]
+    backgrounds = [rgb(s.background).expand(3, size, size) for s in scenes]
     return torch.stack([draw_shape(bg, s) for bg, s in zip(backgrounds, scenes, strict=True)])

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from vqclip.shapes.data import COLORS, SHAPES, SIZE, Scene, render
+from vqclip.shapes.data import COLORS, SHAPES, SIZE, Scene, coverage, render, rgb
 
 __all__ = ["ScenePrior", "scene_targets"]
 
@@ -73,14 +73,18 @@ class ScenePrior(nn.Module):
         a blob can be in the wrong colour or its colours in the wrong roles; a caller that knows
         what the image should show (the loop, through CLIP) picks among these.
         """
-        scenes = self.scenes(image.float())
-        options = [
-            replace(scene, shape=shape, color=color, background=background)
-            for scene in scenes
-            for color, background in _neighbours(scene.color, scene.background)
-            for shape in SHAPES
-        ]  # fmt: skip
-        return render(options).to(image).view(len(scenes), -1, *image.shape[1:])
+        drawn = []
+        for scene in self.scenes(image.float()):
+            pairs = _neighbours(scene.color, scene.background)
+            shape = torch.stack([rgb(c) for c, _ in pairs])[:, None]  # (P, 1, 3, 1, 1)
+            around = torch.stack([rgb(b) for _, b in pairs])[:, None]
+            covered = torch.stack(
+                [coverage(replace(scene, shape=s)) for s in SHAPES]
+            )  # (3, 1, S, S)
+            drawn.append(
+                (covered * shape + (1 - covered) * around).flatten(0, 1)
+            )  # (P * 3, 3, S, S)
+        return torch.stack(drawn).to(image)
 
 
 def _neighbours(color: str, background: str) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from vqclip.optimize import NOISE
 from vqclip.prior import load_prior
 from vqclip.shapes import evaluate
 from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
+from vqclip.shapes.prior import reading_accuracy
 from vqclip.shapes.train import corrupt, train_clip, train_prior, train_vqgan
 from vqclip.tuning import cpu_flags
 
@@ -82,12 +83,8 @@ def test_shipped_prior_reads_blobs_as_the_scenes_they_came_from() -> None:
     blobs = corrupt(clean, torch.Generator().manual_seed(8))  # warped, noisy, speckled
     accuracy = {}
     for name, images in (("clean", clean), ("blobs", blobs)):
-        read = prior.scenes(images)
-        for field in ("color", "background", "shape"):
-            right = [
-                getattr(a, field) == getattr(b, field) for a, b in zip(read, scenes, strict=True)
-            ]
-            accuracy[f"{name} {field}"] = sum(right) / len(right)
+        for field, share in reading_accuracy(prior, images, scenes).items():
+            accuracy[f"{name} {field}"] = share
     print("the prior's reading:", accuracy)
     # Chance is 1/6 for colours and 1/3 for shapes. Measured: every colour right; shapes 0.99 on
     # clean images and 0.85 on blobs (some warps turn a shape into another).

@@ -16,6 +16,7 @@ __all__ = [
     "render",
     "rgb",
     "coverage",
+    "blend",
     "draw_shape",
     "caption",
     "canonical_caption",
@@ -118,10 +119,14 @@ def coverage(scene: Scene, size: int = SIZE) -> torch.Tensor:
     return F.avg_pool2d(_mask(scene, size)[None, None], _SUPERSAMPLE)[0]
 
 
+def blend(covered: torch.Tensor, color: torch.Tensor, under: torch.Tensor) -> torch.Tensor:
+    """``color`` where ``covered`` is 1, ``under`` where it is 0, mixed in between."""
+    return covered * color + (1 - covered) * under
+
+
 def draw_shape(image: torch.Tensor, scene: Scene) -> torch.Tensor:
     """Draw the scene's shape (not its background) over ``image`` (3, S, S), anti-aliased."""
-    covered = coverage(scene, image.shape[-1])
-    return covered * rgb(scene.color) + (1 - covered) * image
+    return blend(coverage(scene, image.shape[-1]), rgb(scene.color), image)
 
 
 def render(scenes: list[Scene], size: int = SIZE) -> torch.Tensor:

@@ -15,9 +15,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from vqclip.shapes.data import COLORS, SHAPES, SIZE, Scene, coverage, render, rgb
+from vqclip.shapes.data import COLORS, SHAPES, SIZE, Scene, blend, coverage, render, rgb
 
-__all__ = ["ScenePrior", "scene_targets"]
+__all__ = ["ScenePrior", "scene_targets", "reading_accuracy"]
 
 _NAMES = list(COLORS)
 _WIDTHS = (3, 32, 64, 128, 128)  # channels from the image down to a 4x4 grid
@@ -76,14 +76,10 @@ class ScenePrior(nn.Module):
         drawn = []
         for scene in self.scenes(image.float()):
             pairs = _neighbours(scene.color, scene.background)
-            shape = torch.stack([rgb(c) for c, _ in pairs])[:, None]  # (P, 1, 3, 1, 1)
+            inside = torch.stack([rgb(c) for c, _ in pairs])[:, None]  # (P, 1, 3, 1, 1)
             around = torch.stack([rgb(b) for _, b in pairs])[:, None]
-            covered = torch.stack(
-                [coverage(replace(scene, shape=s)) for s in SHAPES]
-            )  # (3, 1, S, S)
-            drawn.append(
-                (covered * shape + (1 - covered) * around).flatten(0, 1)
-            )  # (P * 3, 3, S, S)
+            masks = torch.stack([coverage(replace(scene, shape=s)) for s in SHAPES])  # (3, 1, S, S)
+            drawn.append(blend(masks, inside, around).flatten(0, 1))  # (P * 3, 3, S, S)
         return torch.stack(drawn).to(image)
 
 
@@ -105,3 +101,18 @@ def scene_targets(scenes: list[Scene]) -> tuple[torch.Tensor, ...]:
         torch.tensor([SHAPES.index(s.shape) for s in scenes]),
         torch.tensor([[s.cx / SIZE, s.cy / SIZE, s.radius / SIZE] for s in scenes]),
     )
+
+
+def reading_accuracy(
+    prior: ScenePrior, images: torch.Tensor, scenes: list[Scene]
+) -> dict[str, float]:
+    """The share of ``images`` whose colour, background and shape ``prior`` reads as ``scenes``
+    (the scenes they show) has them."""
+    read = prior.scenes(images)
+    return {
+        field: sum(
+            getattr(a, field) == getattr(b, field) for a, b in zip(read, scenes, strict=True)
+        )
+        / len(scenes)
+        for field in ("color", "background", "shape")
+    }

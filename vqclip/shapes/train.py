@@ -49,7 +49,7 @@ from vqclip.models import (
 from vqclip.optimize import NOISE
 from vqclip.prior import load_prior, save_prior
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
-from vqclip.shapes.prior import ScenePrior, scene_targets
+from vqclip.shapes.prior import ScenePrior, reading_accuracy, scene_targets
 
 __all__ = [
     "VQGAN_SPEC",
@@ -351,12 +351,8 @@ def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[s
     blobs = corrupt(clean, torch.Generator().manual_seed(seed + 1))
     saved, metrics = load_prior(out / "shapes_prior.pt"), {"seconds": seconds}
     for name, images in (("clean", clean), ("corrupted", blobs)):
-        read = saved.scenes(images)
-        for field in ("shape", "color", "background"):
-            right = sum(
-                getattr(a, field) == getattr(b, field) for a, b in zip(read, held, strict=True)
-            )
-            metrics[f"{name}_{field}_accuracy"] = right / len(held)
+        for field, share in reading_accuracy(saved, images, held).items():
+            metrics[f"{name}_{field}_accuracy"] = share
     log.info("prior done: %s", metrics)
     return metrics
 

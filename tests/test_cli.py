@@ -1,8 +1,10 @@
 """The command line end to end: generate writes a run, video turns it into an MP4, bad input fails early."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,32 @@ def test_video_with_no_frames_is_a_clear_error(
         cli.main(["video", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "no frames in" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_run_and_resume_goes_on(tiny_models: dict, tmp_path: Path) -> None:
+    """A real SIGINT to a real ``vqclip generate`` process that runs until interrupted."""
+    out = tmp_path / "out"
+    flags = _flags(tiny_models, out, "--max_iterations", "-1", "--display_frequency", "5")
+    command = [sys.executable, "-m", "vqclip", "generate", "a red circle", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/state.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first display step has saved the state
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    run = _only_run(out)
+    assert "stopped; kept" in stdout and f"vqclip resume {run}" in stdout
+    assert "stopping after this step" in stderr
+    done = int(read_png_metadata(run / "final.png")["iteration"])
+    assert done >= 1 and frame_paths(run)[-1].name == f"{done:06d}.png"
+
+    total = (done // 5 + 2) * 5 + 1  # past two more display steps, and not on one
+    cli.main(["resume", str(run), "--max_iterations", str(total), "--video", "--fps", "5"])
+    frames = frame_paths(run)
+    assert [int(p.stem) for p in frames] == [*range(0, total, 5), total]
+    assert int(read_png_metadata(run / "final.png")["iteration"]) == total
+    assert count_video_frames(run / "video.mp4") == len(frames)
 
 
 @pytest.mark.parametrize(

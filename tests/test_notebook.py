@@ -7,6 +7,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from vqclip.frames import frame_paths
+from vqclip.video import count_video_frames
+
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "vqgan_clip.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
@@ -31,30 +34,40 @@ def test_committed_notebook_is_valid_and_has_no_outputs() -> None:
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+def _execute(notebook: nbformat.NotebookNode, path: Path) -> list[dict]:
+    """Run the notebook in a fresh real kernel; returns its code cells' outputs."""
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path)}}
+    ).execute()
+    return [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+
+
 def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
-    notebook = _with_parameters(
-        nbformat.read(NOTEBOOK, as_version=4),
+    settings = dict(
         vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a yellow square on a black background",
         max_iterations=4, display_frequency=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
     )  # fmt: skip
-    NotebookClient(
-        notebook,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    outputs = _execute(
+        _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings), tmp_path
+    )
     (run_dir,) = (tmp_path / "out").iterdir()
-    assert sorted(p.name for p in (run_dir / "frames").iterdir()) == [
-        "000000.png",
-        "000002.png",
-        "000004.png",
-    ]
+    assert [p.name for p in frame_paths(run_dir)] == ["000000.png", "000002.png", "000004.png"]
     assert (run_dir / "video.mp4").stat().st_size > 0
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(WIDGET in o.get("data", {}) for o in outputs), "the preview widget was not displayed"
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "seed: 0" in printed and "CPU" in printed
+
+    # Run all again with resume_run: the same run goes on to 8 iterations, and a new video.
+    settings.update(max_iterations=8, resume_run=str(run_dir))
+    outputs = _execute(
+        _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings), tmp_path
+    )
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert [int(p.stem) for p in frame_paths(run_dir)] == [0, 2, 4, 6, 8]
+    assert count_video_frames(run_dir / "video.mp4") == 5
+    aside = run_dir / "superseded-000004"
+    assert sorted(p.name for p in aside.iterdir()) == ["000004.png", "final.png", "video.mp4"]
 
 
 def test_auto_settings_follow_the_model() -> None:

@@ -9,15 +9,16 @@ __all__ = [
     "parse_prompt",
     "parse_prompts",
     "generate",
+    "resume",
     "assemble_video",
 ]
 
 
 def __getattr__(name: str):  # noqa: ANN202 -- lazy, so that importing vqclip needs no torch
-    if name == "generate":
-        from vqclip.pipeline import generate
+    if name in ("generate", "resume"):
+        from vqclip import pipeline
 
-        return generate
+        return getattr(pipeline, name)
     if name == "assemble_video":
         from vqclip.video import assemble_video
 

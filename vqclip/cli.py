@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ examples:
   vqclip generate "a red circle on a blue background" --seed 7
   vqclip generate "a lighthouse in a storm:1 | blurry:-0.5" --vqgan imagenet_f16_16384 \\
       --clip_model ViT-B/32 --width 256 --height 256 --max_iterations 300
+  vqclip resume outputs/RUN_DIR --max_iterations 500
   vqclip video outputs/RUN_DIR --fps 10
 """
 
@@ -72,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--video", action="store_true", help="also assemble the frames into video.mp4")
     gen.add_argument("--fps", type=float, default=10.0, help="frame rate of --video (default: 10)")
     _add_config_flags(gen)
+    resume = sub.add_parser(
+        "resume",
+        help="go on with a stopped run, or extend a finished one",
+        description="Go on with a run from its last saved state, in its own directory: the "
+        "step it was stopped after, or its last display step. What it made from there on moves "
+        "to RUN_DIR/superseded-NNNNNN first.",
+    )
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument(
+        "--max_iterations",
+        "--max-iterations",
+        type=int,
+        help="a new total for the run (default: its config's); -1 runs until interrupted",
+    )
+    resume.add_argument("--video", action="store_true", help="also assemble the frames")
+    resume.add_argument("--fps", type=float, default=10.0, help="frame rate of --video")
     video = sub.add_parser("video", help="assemble a run's saved frames into an MP4")
     video.add_argument("run_dir", type=Path)
     video.add_argument("--fps", type=float, default=10.0)
@@ -114,24 +132,43 @@ def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from vqclip.pipeline import generate
 
     config = _config_from_args(args)
-    total = None if config.max_iterations == -1 else config.max_iterations
+    result = _with_progress(config.max_iterations, lambda cb: generate(config, callback=cb))
+    _report(result, args)
+
+
+def _resume(args: argparse.Namespace) -> None:
+    from vqclip.pipeline import read_run_config, resume
+
+    total = args.max_iterations or read_run_config(args.run_dir).max_iterations
+    result = _with_progress(total, lambda cb: resume(args.run_dir, args.max_iterations, cb))
+    _report(result, args)
+
+
+def _with_progress(max_iterations: int, run: Callable[[Callable], Any]) -> Any:
+    """``run(callback)`` under a progress bar that shows the loss at display steps."""
+    from tqdm import tqdm
+
+    total = None if max_iterations == -1 else max_iterations
     with tqdm(total=total, unit="it", dynamic_ncols=True) as bar:
 
         def progress(info: dict) -> None:
-            bar.update(1)
+            bar.update(info["iteration"] + 1 - bar.n)  # a resumed run starts part-way
             if "image" in info:  # read the loss only at display steps: no per-step device sync
                 bar.set_postfix(loss=f"{info['loss'].item():.4f}")
 
-        result = generate(config, callback=progress)
-    state = "interrupted; kept" if result.interrupted else "done"
+        return run(progress)
+
+
+def _report(result: Any, args: argparse.Namespace) -> None:
+    state = "stopped; kept" if result.interrupted else "done"
     print(f"{state}: {len(result.frames)} frames, seed {result.config.seed}")
     print(f"run directory: {result.run_dir}")
     print(f"final image:   {result.run_dir / 'final.png'}")
+    if result.interrupted:
+        print(f"go on:         vqclip resume {result.run_dir}")
     if args.video:
         from vqclip.video import assemble_video
 
@@ -191,7 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     from vqclip.download import DownloadError
 
-    commands = {"generate": _generate, "video": _video, "models": _models, "bench": _bench}
+    commands = {
+        "generate": _generate,
+        "resume": _resume,
+        "video": _video,
+        "models": _models,
+        "bench": _bench,
+    }
     try:
         commands[args.command](args)
     except (

@@ -15,7 +15,14 @@ from PIL.PngImagePlugin import PngInfo
 
 from vqclip.config import GenerationConfig
 
-__all__ = ["create_run_dir", "save_png", "read_png_metadata", "FrameWriter", "frame_paths"]
+__all__ = [
+    "create_run_dir",
+    "save_png",
+    "read_png_metadata",
+    "FrameWriter",
+    "frame_paths",
+    "set_aside_from",
+]
 
 FRAMES = "frames"
 
@@ -72,13 +79,39 @@ def frame_paths(run_dir: str | Path) -> list[Path]:
     return sorted((Path(run_dir) / FRAMES).glob("[0-9]*.png"))
 
 
+def frame_iteration(path: Path) -> int:
+    """The iteration of a frame named ``NNNNNN.png`` or ``NNNNNN-K.png`` (batch index K)."""
+    return int(path.stem.split("-")[0])
+
+
+def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:
+    """Move what a run made from ``iteration`` on (frames, final images, video) into a new
+    ``superseded-NNNNNN`` directory of the run, so that resuming there rewrites none of it;
+    returns that directory, or None when there was nothing to move."""
+    run_dir = Path(run_dir)
+    later = [p for p in frame_paths(run_dir) if frame_iteration(p) >= iteration]
+    later += [*run_dir.glob("final*.png"), *run_dir.glob("video.mp4")]
+    if not later:
+        return None
+    for n in range(10_000):
+        aside = run_dir / f"superseded-{iteration:06d}{f'-{n}' if n else ''}"
+        try:
+            aside.mkdir()  # atomic: fails if it exists
+        except FileExistsError:
+            continue
+        for path in later:
+            os.replace(path, aside / path.name)
+        return aside
+    raise FileExistsError(f"no free name for superseded-{iteration:06d} in {run_dir}")
+
+
 class FrameWriter:
     """A loop callback that saves each displayed image as ``frames/NNNNNN.png``."""
 
     def __init__(self, run_dir: Path, config: GenerationConfig) -> None:
         self.run_dir = run_dir
         self.config = config
-        self.saved: list[Path] = []
+        self.saved: list[Path] = frame_paths(run_dir)  # a resumed run's earlier frames count
 
     def metadata(self, iteration: int, index: int) -> dict[str, Any]:
         return {

@@ -97,17 +97,23 @@ def load_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        if "Unsupported global" in str(error):
             raise UnsafeCheckpointError(
                 f"refused to load {path}: it holds a pickled object that is not plain weights "
                 f"and could run code ({_first_line(error)}); vqclip loads only tensors, "
                 f"containers and the inert stand-ins {list(STAND_INS)}"
             ) from None
+        if "Weights only" in str(error):  # garbage, or pickle opcodes the safe reader lacks
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: the weights-only unpickler cannot read it "
+                f"({_first_line(error)}); expected a file written by torch.save that holds "
+                f"only tensors, containers and the inert stand-ins {list(STAND_INS)}"
+            ) from None
         raise
 
 
 def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
+    lines = [line for line in str(error).splitlines() if "Unsupported" in line]
     return (lines or str(error).splitlines() or [type(error).__name__])[0].strip()
 
 

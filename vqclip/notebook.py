@@ -102,15 +102,17 @@ def _png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def run_with_preview(config: GenerationConfig) -> Any:
+def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = None) -> Any:
     """Generate with a live preview (image, iteration, loss, progress bar) every display step.
 
-    Interrupting the cell stops the run and keeps the frames and final image made so far.
+    Interrupting the cell stops the run after the step under way and keeps what was made; with
+    ``resume_run`` (a run directory) the run goes on from where it stopped, up to
+    ``config.max_iterations``, with its own saved settings.
     """
     import ipywidgets as widgets
     from IPython.display import display
 
-    from vqclip.pipeline import generate
+    from vqclip.pipeline import generate, resume
 
     total = config.max_iterations if config.max_iterations > 0 else 0
     image = widgets.Image(
@@ -126,8 +128,16 @@ def run_with_preview(config: GenerationConfig) -> Any:
             image.value = _png_bytes(info["image"])
             label.value = f"iteration {info['iteration']}, loss {float(info['loss']):.4f}"
 
-    result = generate(config, callback=preview)
-    label.value = f"{'interrupted' if result.interrupted else 'done'}: seed {result.config.seed}, run directory {result.run_dir}"
+    if resume_run:
+        result = resume(resume_run, config.max_iterations, callback=preview)
+    else:
+        result = generate(config, callback=preview)
+    label.value = (
+        f"stopped (to go on, set resume_run to {str(result.run_dir)!r} and run this cell "
+        f"again): seed {result.config.seed}, run directory {result.run_dir}"
+        if result.interrupted
+        else f"done: seed {result.config.seed}, run directory {result.run_dir}"
+    )
     return result
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,7 +18,7 @@ from vqclip import zoo
 from vqclip.config import GenerationConfig, resolve_seed
 from vqclip.cutouts import make_augments
 from vqclip.embeddings import build_targets
-from vqclip.frames import FrameWriter, create_run_dir
+from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, random_latent
 from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
@@ -29,10 +34,13 @@ from vqclip.optimize import (
 )
 from vqclip.prior import load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.runstate import STATE, read_state, restore_state, save_state
 from vqclip.tuning import keep_freed_memory
 
 __all__ = [
     "generate",
+    "resume",
+    "read_run_config",
     "RunResult",
     "check_inputs",
     "resolve_device",
@@ -56,7 +64,7 @@ PALETTE = {
 class RunResult:
     """What a generation produced."""
 
-    run_dir: Path  # holds config.json, frames/ and final.png
+    run_dir: Path  # holds config.json, frames/, final.png and state.pt
     image: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
     config: GenerationConfig  # the resolved config (seed filled in)
     frames: tuple[Path, ...]  # saved frames, in order
@@ -178,33 +186,121 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     """Run one generation; frames, ``config.json`` and ``final.png`` go to a new run directory.
 
     ``callback`` receives the loop's reports (see :func:`vqclip.optimize.run_loop`) after the
-    frame for that step is saved. Ctrl-C stops the run and keeps what was made.
+    frame for that step is saved. Ctrl-C stops the run after the step under way (a second one
+    at once) and keeps what was made; :func:`resume` goes on from there.
     """
     config = resolve_seed(config)
     check_inputs(config)
     device = resolve_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()
     loop, state = prepare(config, device)
-    run_dir = create_run_dir(config)
+    return _run(config, loop, state, create_run_dir(config), callback)
+
+
+def resume(
+    run_dir: str | Path, max_iterations: int | None = None, callback: Callback | None = None
+) -> RunResult:
+    """Go on with a stopped run in its own directory, from its last saved state (the step it
+    was stopped after, or its last display step); ``max_iterations`` extends a finished run.
+
+    What the run made from that step on (frames, final image, video) moves to a
+    ``superseded-NNNNNN`` directory first; on a CPU the run's frames and final image then come
+    out bit-identical to those of a run that was never stopped.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    saved = read_state(run_dir / STATE)
+    if max_iterations is not None:
+        config = config.replace(max_iterations=max_iterations)
+    if config.max_iterations != -1 and saved["iteration"] >= config.max_iterations:
+        raise ValueError(
+            f"max_iterations: the run in {run_dir} has done {saved['iteration']} of its "
+            f"{config.max_iterations} iterations; give a larger max_iterations to go on"
+        )
+    check_inputs(config)
+    loop, state = prepare(config, resolve_device(config.device))
+    restore_state(state, saved)
+    aside = set_aside_from(run_dir, state.iteration)
+    if aside:
+        log.info(
+            "resume: moved what the run made from iteration %d on to %s", state.iteration, aside
+        )
+    write_atomic(run_dir / "config.json", config.to_json().encode())
+    return _run(config, loop, state, run_dir, callback)
+
+
+def read_run_config(run_dir: Path) -> GenerationConfig:
+    """The resolved config a run directory was made with (its ``config.json``)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
+    return GenerationConfig.from_json(path.read_text())
+
+
+def _run(
+    config: GenerationConfig,
+    loop: Loop,
+    state: LoopState,
+    run_dir: Path,
+    callback: Callback | None,
+) -> RunResult:
+    """Run the loop into ``run_dir``: frames and state at display steps, then the final image."""
+    if state.start.device.type == "cpu":
+        keep_freed_memory()
     writer = FrameWriter(run_dir, config)
+    between_steps = False  # True while the loop is between two steps: its state is whole
 
     def report(info: dict) -> None:
+        nonlocal between_steps
+        between_steps = True
         if "image" in info:  # frames show each image's best candidate so far
             info = {**info, "image": best_candidates(loop, info["image"], config.best_of)}
-        writer(info)
+            writer(info)
+            save_state(state, run_dir / STATE)
         if callback:
             callback(info)
+        stop_requested()
+        between_steps = False
 
     interrupted = False
-    try:
-        image = run_loop(loop, state, config.max_iterations, config.display_frequency, report)
-    except KeyboardInterrupt:
-        interrupted = True
-        image = render(loop, state)
+    with _stop_between_steps() as stop_requested:
+        try:
+            image = run_loop(loop, state, config.max_iterations, config.display_frequency, report)
+        except KeyboardInterrupt:
+            interrupted = True
+            image = render(loop, state)
+    if between_steps or not interrupted:  # else the last display step's state stays
+        save_state(state, run_dir / STATE)
     image = best_candidates(loop, image, config.best_of)
-    final = {"iteration": state.iteration, "image": image}
-    if not writer.saved or not writer.saved[-1].stem.startswith(f"{state.iteration:06d}"):
-        writer(final)
+    if not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration:
+        writer({"iteration": state.iteration, "image": image})
     writer.save("final", [to_uint8(x) for x in image], state.iteration)
     return RunResult(run_dir, image.cpu(), config, tuple(writer.saved), interrupted)
+
+
+@contextlib.contextmanager
+def _stop_between_steps() -> Iterator[Callable[[], None]]:
+    """While the loop runs, the first Ctrl-C stops it after the step under way, so that the
+    saved state is whole; a second stops it at once. Yields the check that raises
+    ``KeyboardInterrupt`` once a stop was asked for (Ctrl-C works as usual off the main thread).
+    """
+    asked = threading.Event()
+
+    def check() -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+        log.warning("stopping after this step (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

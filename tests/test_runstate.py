@@ -1,0 +1,121 @@
+"""Stopping and resuming a run: the saved loop state, and resumed runs that match unbroken ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vqclip.optimize
+from vqclip.config import GenerationConfig
+from vqclip.frames import frame_paths
+from vqclip.pipeline import generate, resume
+from vqclip.runstate import STATE, read_state
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def _assert_same_frames(run: Path, reference: Path) -> None:
+    names = [p.name for p in frame_paths(run)]
+    assert names == [p.name for p in frame_paths(reference)]
+    for name in names:
+        assert np.array_equal(_pixels(run / "frames" / name), _pixels(reference / "frames" / name))
+    assert np.array_equal(_pixels(run / "final.png"), _pixels(reference / "final.png"))
+
+
+def _ctrl_c_during_step(monkeypatch: pytest.MonkeyPatch, iteration: int, times: int) -> None:
+    """Send ourselves ``times`` real SIGINTs in the middle of step ``iteration`` (after the
+    decode, before the cutouts), as a user's Ctrl-C would arrive."""
+    make_cutouts = vqclip.optimize.make_cutouts
+    calls = {"n": 0}
+
+    def cutouts_with_ctrl_c(*args: object, **kwargs: object) -> torch.Tensor:
+        if calls["n"] == iteration:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        calls["n"] += 1
+        return make_cutouts(*args, **kwargs)
+
+    monkeypatch.setattr(vqclip.optimize, "make_cutouts", cutouts_with_ctrl_c)
+
+
+@pytest.fixture
+def unbroken(tiny_config: GenerationConfig) -> Path:
+    """A 12-iteration run with frames every 5 steps, never stopped."""
+    return generate(tiny_config.replace(max_iterations=12, run_name="unbroken")).run_dir
+
+
+def test_ctrl_c_stops_after_the_step_and_resume_matches_an_unbroken_run(
+    tiny_config: GenerationConfig, unbroken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config.replace(max_iterations=12, run_name="stopped")
+    _ctrl_c_during_step(monkeypatch, iteration=7, times=1)
+    stopped = generate(config)
+    assert stopped.interrupted
+    assert read_state(stopped.run_dir / STATE)["iteration"] == 8  # step 7 finished first
+    assert [p.name for p in stopped.frames] == ["000000.png", "000005.png", "000008.png"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    monkeypatch.undo()
+    resumed = resume(stopped.run_dir)
+    assert not resumed.interrupted and resumed.run_dir == stopped.run_dir
+    _assert_same_frames(stopped.run_dir, unbroken)
+    aside = stopped.run_dir / "superseded-000008"
+    assert sorted(p.name for p in aside.iterdir()) == ["000008.png", "final.png"]  # kept, moved
+    assert read_state(stopped.run_dir / STATE)["iteration"] == 12
+
+
+def test_a_second_ctrl_c_stops_at_once_and_resume_goes_back_to_the_last_display_step(
+    tiny_config: GenerationConfig, unbroken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config.replace(max_iterations=12, run_name="stopped")
+    _ctrl_c_during_step(monkeypatch, iteration=7, times=2)
+    stopped = generate(config)
+    assert stopped.interrupted
+    # Step 7 was cut short, so its state is not whole: the state saved at step 5 stays.
+    assert read_state(stopped.run_dir / STATE)["iteration"] == 6
+    assert (stopped.run_dir / "final.png").exists()  # what was made is kept
+
+    monkeypatch.undo()
+    resume(stopped.run_dir)
+    _assert_same_frames(stopped.run_dir, unbroken)
+
+
+def test_resume_extends_a_finished_run(tiny_config: GenerationConfig, unbroken: Path) -> None:
+    short = generate(tiny_config.replace(max_iterations=6, run_name="short"))
+    assert read_state(short.run_dir / STATE)["iteration"] == 6
+    longer = resume(short.run_dir, max_iterations=12)
+    assert longer.config.max_iterations == 12
+    assert GenerationConfig.from_json((short.run_dir / "config.json").read_text()) == longer.config
+    assert len(longer.frames) == len(frame_paths(unbroken))
+    _assert_same_frames(short.run_dir, unbroken)
+
+
+def test_resume_refuses_a_finished_run_without_more_iterations_and_moves_nothing(
+    unbroken: Path,
+) -> None:
+    before = sorted(p.relative_to(unbroken) for p in unbroken.rglob("*"))
+    with pytest.raises(ValueError, match="has done 12 of its 12 iterations"):
+        resume(unbroken)
+    with pytest.raises(ValueError, match="larger max_iterations"):
+        resume(unbroken, max_iterations=8)
+    assert sorted(p.relative_to(unbroken) for p in unbroken.rglob("*")) == before
+
+
+def test_resume_names_what_is_missing(tmp_path: Path, unbroken: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        resume(tmp_path)
+    (unbroken / STATE).unlink()
+    with pytest.raises(FileNotFoundError, match="no saved state"):
+        resume(unbroken, max_iterations=20)
+    (unbroken / STATE).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read it"):
+        resume(unbroken, max_iterations=20)

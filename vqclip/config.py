@@ -14,12 +14,12 @@ from vqclip.prompts import parse_prompts, split_prompts
 
 __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed"]
 
-OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "RMSprop", "SGD")
+OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STARTS = ("random", "plain", "palette")
 # Augmentation names of the classic notebooks: affine, perspective, colour jitter, erasing,
 # horizontal flip, sharpness, resized crop, thin-plate spline.
-AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts")
+AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "Gn", "Gb")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -47,7 +47,7 @@ class GenerationConfig:
     cut_pow: float = 1.0  # cutout size exponent: > 1 favours small cutouts
     augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er")  # kornia augmentations of cutouts
     step_size: float = 0.1  # optimiser learning rate
-    optimizer: str = "Adam"  # one of OPTIMIZERS
+    optimizer: str = "Adam"  # Adam, AdamW, Adagrad, Adamax, NAdam, RAdam, RMSprop or SGD
     max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
     display_frequency: int = 10  # save (and show) a frame every this many steps
     seed: int = -1  # seed of every random draw; -1 picks one and records it

@@ -39,7 +39,9 @@ def make_cutouts(
 
 
 def make_augments(names: tuple[str, ...], cut_size: int) -> nn.Module:
-    """The classic notebooks' kornia augmentations, by their short names, in order."""
+    """The classic notebooks' kornia augmentations, by their short names, in order: affine,
+    perspective, colour jitter, erasing, flip, sharpness, resized crop, thin-plate spline,
+    rotation, elastic, padded crop, Gaussian noise, Gaussian blur."""
     import kornia.augmentation as K
 
     table = {
@@ -55,6 +57,11 @@ def make_augments(names: tuple[str, ...], cut_size: int) -> nn.Module:
             (cut_size, cut_size), scale=(0.1, 1.0), cropping_mode="resample", p=0.5
         ),
         "Ts": lambda: K.RandomThinPlateSpline(scale=0.8, same_on_batch=True, p=0.7),
+        "Ro": lambda: K.RandomRotation(15, p=0.7),
+        "Et": lambda: K.RandomElasticTransform(p=0.7),
+        "Cr": lambda: K.RandomCrop((cut_size, cut_size), padding=cut_size // 8, p=0.5),
+        "Gn": lambda: K.RandomGaussianNoise(std=0.1, p=0.5),
+        "Gb": lambda: K.RandomGaussianBlur((5, 5), (0.1, 2.0), p=0.5),
     }
     return nn.Sequential(*(table[name]() for name in names))
 

@@ -39,6 +39,8 @@ OPTIMIZER_CLASSES = {
     "AdamW": torch.optim.AdamW,
     "Adagrad": torch.optim.Adagrad,
     "Adamax": torch.optim.Adamax,
+    "NAdam": torch.optim.NAdam,
+    "RAdam": torch.optim.RAdam,
     "RMSprop": torch.optim.RMSprop,
     "SGD": torch.optim.SGD,
 }

@@ -1,0 +1,40 @@
+"""Cutouts in one batched resampling, and every named augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqclip.config import AUGMENTS, GenerationConfig
+from vqclip.cutouts import augment, make_augments, make_cutouts
+
+
+def test_cutouts_are_crops_of_the_image_reproducible_by_generator() -> None:
+    image = torch.rand(2, 3, 48, 40)
+    cuts = make_cutouts(image, 16, 5, 1.0, torch.Generator().manual_seed(0))
+    assert cuts.shape == (10, 3, 16, 16)  # (B * cutn, 3, S, S), image-major
+    assert cuts.min() >= 0 and cuts.max() <= 1
+    again = make_cutouts(image, 16, 5, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(cuts, again)
+    other = make_cutouts(image, 16, 5, 1.0, torch.Generator().manual_seed(1))
+    assert not torch.equal(cuts, other)
+    flat = torch.full((1, 3, 48, 40), 0.25)  # a crop of a flat image is flat
+    assert torch.allclose(make_cutouts(flat, 16, 5, 1.0, torch.Generator()), torch.tensor(0.25))
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_each_augmentation_runs_with_gradients_and_is_seeded(name: str) -> None:
+    augments = make_augments((name,), 32)
+    cutouts = torch.rand(16, 3, 32, 32, requires_grad=True)
+    out = augment(cutouts, augments, 0.0, torch.Generator(), seed=3)
+    assert out.shape == cutouts.shape
+    assert not torch.equal(out, cutouts)  # some of the 16 were changed
+    out.square().sum().backward()
+    assert cutouts.grad is not None and cutouts.grad.abs().sum() > 0
+    again = augment(cutouts.detach(), augments, 0.0, torch.Generator(), seed=3)
+    assert torch.equal(out.detach(), again)
+
+
+def test_an_unknown_augmentation_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="augments: unknown value 'Xx'.*'Gb'"):
+        GenerationConfig(augments=("Af", "Xx"))

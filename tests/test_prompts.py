@@ -54,3 +54,11 @@ def test_parse_prompts_splits_and_skips_empty_parts() -> None:
         Prompt("https://a/b.png", 0.3),
     ]
     assert parse_prompts("") == [] and parse_prompts(" | ") == []
+
+
+def test_split_phases_of_a_story() -> None:
+    from vqclip.prompts import split_phases
+
+    assert split_phases("a forest | mist:0.5 ^ a city ^ ") == ["a forest | mist:0.5", "a city"]
+    assert split_phases("no phases: https://x/y.png:0.5") == ["no phases: https://x/y.png:0.5"]
+    assert split_phases("") == [""]

@@ -22,11 +22,15 @@ prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
   stop    defaults to -inf; the prompt stops pulling once its distance is below it
   Colons inside the text and in URLs are kept: "https://host/img.png:0.5" is an image
   prompt with weight 0.5. A suffix counts as a weight only when it starts like a number.
+  "a forest ^ a city at night | neon:0.5" is a story of two phases, each a prompt list,
+  each holding for --prompt_every iterations (default: max_iterations shared out).
 
 examples:
   vqclip generate "a red circle on a blue background" --seed 7
   vqclip generate "a lighthouse in a storm:1 | blurry:-0.5" --vqgan imagenet_f16_16384 \\
       --clip_model ViT-B/32 --width 256 --height 256 --max_iterations 300
+  vqclip generate "a red circle on a blue background ^ a green square on a white background" \\
+      --zoom_every 5 --zoom_scale 1.05 --zoom_rotate 2 --display_frequency 5 --video
   vqclip resume outputs/RUN_DIR --max_iterations 500
   vqclip video outputs/RUN_DIR --fps 10
 """

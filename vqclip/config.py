@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
-from vqclip.prompts import parse_prompts, split_prompts
+from vqclip.prompts import parse_prompts, split_phases, split_prompts
 
 __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed"]
 
@@ -27,7 +27,8 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 class GenerationConfig:
     """All settings of one generation; field names are the CLI flags and the JSON keys."""
 
-    prompts: str = ""  # "text:weight:stop | text" (weight default 1, may be negative)
+    prompts: str = ""  # "text:weight:stop | text"; weight may be negative; "a ^ b": two phases
+    prompt_every: int = 0  # iterations per phase of a "^" story; 0: max_iterations shared out
     image_prompts: str = ""  # "path-or-URL:weight | ..." images whose CLIP embedding pulls
     noise_prompt_seeds: tuple[int, ...] = ()  # one random-embedding prompt per seed
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
@@ -50,6 +51,11 @@ class GenerationConfig:
     optimizer: str = "Adam"  # Adam, AdamW, Adagrad, Adamax, NAdam, RAdam, RMSprop or SGD
     max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
     display_frequency: int = 10  # save (and show) a frame every this many steps
+    zoom_every: int = 0  # zoom video: zoom the image and start afresh from it this often; 0 = off
+    zoom_scale: float = 1.05  # each zoom's factor about the centre (> 1 in, < 1 out)
+    zoom_shift_x: float = 0.0  # each zoom moves the image this many pixels right
+    zoom_shift_y: float = 0.0  # and this many pixels down
+    zoom_rotate: float = 0.0  # and turns it this many degrees anticlockwise
     seed: int = -1  # seed of every random draw; -1 picks one and records it
     batch_size: int = 1  # images optimised together as one batch (one seed for the batch)
     best_of: int = 1  # candidates per image, optimised in the same batch; CLIP keeps the best
@@ -84,8 +90,11 @@ class GenerationConfig:
         _finite_number("init_weight", self.init_weight)
         _non_negative_number("smoothness", self.smoothness)
         _non_negative_number("prior_weight", self.prior_weight)
-        if not _is_int(self.prior_ramp) or self.prior_ramp < 0:
-            raise ValueError(f"prior_ramp: expected an integer >= 0, got {self.prior_ramp!r}")
+        for name in ("prior_ramp", "prompt_every", "zoom_every"):
+            _non_negative_int(name, getattr(self, name))
+        _positive_number("zoom_scale", self.zoom_scale)
+        for name in ("zoom_shift_x", "zoom_shift_y", "zoom_rotate"):
+            _finite_number(name, getattr(self, name))
         if self.prior_weight and not self.prior:
             raise ValueError(
                 f"prior_weight: {self.prior_weight!r} needs an image prior; set prior "
@@ -112,7 +121,14 @@ class GenerationConfig:
             )
 
     def _check_prompts(self) -> None:
-        parse_prompts(self.prompts)  # raises ValueError naming a malformed prompt
+        phases = split_phases(self.prompts)
+        for phase in phases:
+            parse_prompts(phase)  # raises ValueError naming a malformed prompt
+        if len(phases) > 1 and self.max_iterations == -1 and not self.prompt_every:
+            raise ValueError(
+                f"prompt_every: the prompts have {len(phases)} phases and max_iterations is -1 "
+                "(until interrupted), so give the iterations per phase (prompt_every > 0)"
+            )
         parse_prompts(self.image_prompts)
         if len(self.noise_prompt_seeds) != len(self.noise_prompt_weights):
             raise ValueError(
@@ -175,6 +191,11 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -64,6 +64,7 @@ class Loop:
     prior: nn.Module | None = None  # an image prior (vqclip.prior), used when prior_weight > 0
     prior_weight: float = 0.0
     prior_ramp: int = 0  # iterations over which the prior's weight grows to prior_weight
+    phases: tuple[Targets, ...] = ()  # a story's prompt phases (vqclip.schedule); () for one
 
     def prior_weight_at(self, iteration: int) -> float:
         """The prior's weight at step ``iteration`` (from 0): ``prior_weight / prior_ramp`` at

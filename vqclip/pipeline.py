@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from vqclip.embeddings import build_targets
 from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, random_latent
+from vqclip.losses import Targets
 from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
 from vqclip.optimize import (
     Callback,
@@ -33,8 +34,9 @@ from vqclip.optimize import (
     start_state,
 )
 from vqclip.prior import load_prior
-from vqclip.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.prompts import Prompt, parse_prompts, split_phases, split_prompts
 from vqclip.runstate import STATE, read_state, restore_state, save_state
+from vqclip.schedule import next_change, phase_at, phase_length, zoom_due, zoom_state
 from vqclip.tuning import keep_freed_memory
 
 __all__ = [
@@ -154,28 +156,47 @@ def _start_latent(
     return random_latent(vqgan.codebook, batch, config.height // f, config.width // f, generator)
 
 
+def _build_phases(
+    config: GenerationConfig,
+    clip_model: torch.nn.Module,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[Targets, ...]:
+    """One :class:`Targets` per ``^`` phase of the prompts, each with the image and noise
+    prompts. Every phase draws the same image-prompt cutouts, and the generator moves on as
+    for one phase, so a one-phase run draws exactly what it always did."""
+    size = (config.width, config.height)
+    before = generator.get_state()
+    phases = []
+    for phase in split_phases(config.prompts):
+        generator.set_state(before)
+        phases.append(
+            build_targets(
+                clip_model,
+                parse_prompts(phase),
+                _image_prompts(config),
+                list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
+                lambda path: load_image(zoo.local_image(path), size),
+                config.cutn,
+                generator,
+                device,
+            )
+        )
+    return tuple(phases)
+
+
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
     """Models, targets and the starting state for a resolved, checked config."""
     vqgan, clip_model = load_models(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    size = (config.width, config.height)
-    targets = build_targets(
-        clip_model,
-        parse_prompts(config.prompts),
-        _image_prompts(config),
-        list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
-        lambda path: load_image(zoo.local_image(path), size),
-        config.cutn,
-        generator,
-        device,
-    )
+    phases = _build_phases(config, clip_model, generator, device)
     augments = make_augments(config.augments, clip_model.visual.input_resolution)
     loop = Loop(
-        vqgan, clip_model, targets, augments, config.cutn, config.cut_pow,
+        vqgan, clip_model, phases[0], augments, config.cutn, config.cut_pow,
         config.init_weight, config.seed, config.precision, config.smoothness,
         _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
-        config.prior_weight, config.prior_ramp,
+        config.prior_weight, config.prior_ramp, phases,
     )  # fmt: skip
     latent = _start_latent(config, loop, generator, device)
     state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
@@ -261,10 +282,19 @@ def _run(
         stop_requested()
         between_steps = False
 
+    phases = loop.phases or (loop.targets,)
+    length = phase_length(config, len(phases))
     interrupted = False
     with _stop_between_steps() as stop_requested:
         try:
-            image = run_loop(loop, state, config.max_iterations, config.display_frequency, report)
+            while True:  # one segment per prompt phase and zoom
+                loop = replace(loop, targets=phases[phase_at(state.iteration, length, len(phases))])
+                if zoom_due(state.iteration, config):
+                    zoom_state(loop, state, config)
+                end = next_change(state.iteration, config, length, len(phases))
+                image = run_loop(loop, state, end, config.display_frequency, report)
+                if end == config.max_iterations:
+                    break
         except KeyboardInterrupt:
             interrupted = True
             image = render(loop, state)

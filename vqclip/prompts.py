@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["Prompt", "parse_prompt", "parse_prompts", "split_prompts"]
+__all__ = ["Prompt", "parse_prompt", "parse_prompts", "split_prompts", "split_phases"]
 
 # A suffix that is one token starting like a number ("1", "-0.5", ".5", "+2", "-inf", "nan",
 # and the typos "1.5x", "-abc") is meant as a weight; anything else ("//host/x.png",
@@ -74,3 +74,10 @@ def split_prompts(prompts: str) -> list[str]:
 def parse_prompts(prompts: str) -> list[Prompt]:
     """Parse a ``|``-separated prompt string; empty parts are ignored."""
     return [parse_prompt(part) for part in split_prompts(prompts)]
+
+
+def split_phases(prompts: str) -> list[str]:
+    """Split a story ``a | b ^ c`` into its phases (``["a | b", "c"]``), each a prompt list;
+    empty phases are dropped, and a string without ``^`` is one phase."""
+    phases = [phase.strip() for phase in prompts.split("^") if phase.strip()]
+    return phases or [prompts]

@@ -1,0 +1,110 @@
+"""Prompt phases ("a ^ b") and the zoom-video mode: when they change, what they do, and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqclip.config import GenerationConfig
+from vqclip.frames import frame_paths
+from vqclip.images import to_uint8
+from vqclip.latents import decode_latent, encode_image
+from vqclip.pipeline import generate, load_models, resolve_device, resume
+from vqclip.schedule import next_change, phase_at, phase_length, zoom_image
+
+
+def _frames(run_dir: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in frame_paths(run_dir)]
+
+
+def test_zoom_image_scales_shifts_and_turns() -> None:
+    image = torch.rand(2, 3, 8, 12)
+    assert torch.allclose(zoom_image(image, 1.0), image, atol=1e-6)
+    square = image[..., :8]
+    assert torch.allclose(
+        zoom_image(square, 1.0, angle=90), torch.rot90(square, 1, (2, 3)), atol=1e-6
+    )
+    moved = zoom_image(image, 1.0, shift=(2, 1))  # 2 right, 1 down
+    assert torch.allclose(moved[..., 1:, 2:], image[..., :-1, :-2], atol=1e-6)
+    ramp = torch.arange(12.0).expand(1, 3, 8, 12)  # bilinear sampling is exact on a ramp
+    steps = zoom_image(ramp, 2.0).diff(dim=-1)[..., 2:-2]
+    assert torch.allclose(steps, torch.tensor(0.5), atol=1e-5)  # twice as large: half the slope
+
+
+def test_phases_and_zooms_change_at_their_iterations() -> None:
+    config = GenerationConfig(prompts="a ^ b ^ c", max_iterations=10, zoom_every=4)
+    length = phase_length(config, 3)
+    assert length == 4  # ceil(10 / 3)
+    assert [phase_at(i, length, 3) for i in (0, 3, 4, 8, 9, 50)] == [0, 0, 1, 2, 2, 2]
+    assert [next_change(i, config, length, 3) for i in (0, 4, 7, 8, 9)] == [4, 8, 8, 10, 10]
+    endless = config.replace(max_iterations=-1, prompt_every=3, zoom_every=0)
+    assert [next_change(i, endless, 3, 3) for i in (0, 3, 6, 100)] == [3, 6, -1, -1]
+    assert phase_length(config.replace(prompts="only one"), 1) == 0
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompt_every": -1}, "prompt_every: expected an integer >= 0, got -1"),
+        ({"zoom_every": 1.5}, "zoom_every: expected an integer >= 0, got 1.5"),
+        ({"zoom_scale": 0}, "zoom_scale: expected a positive number, got 0"),
+        ({"zoom_rotate": float("nan")}, "zoom_rotate: expected a finite number"),
+        ({"prompts": "a ^ b:1.5x"}, "weight '1.5x' is not a number"),
+        ({"prompts": "a ^ b", "max_iterations": -1}, "prompt_every: the prompts have 2 phases"),
+    ],
+)
+def test_bad_schedules_are_clear_errors(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig(**{"prompts": "a cat", **changes})
+
+
+def test_the_second_phase_takes_over_at_its_iteration(tiny_config: GenerationConfig) -> None:
+    def run(config: GenerationConfig) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+        losses: list[torch.Tensor] = []
+        run_dir = generate(config, callback=lambda info: losses.append(info["losses"])).run_dir
+        return _frames(run_dir), losses
+
+    base = tiny_config.replace(max_iterations=6, display_frequency=1)
+    story, story_losses = run(base.replace(prompts="a red circle ^ a blue square"))
+    red, red_losses = run(base)  # "a red circle" throughout
+    # Steps 0-2 score their images against phase one, steps 3-5 against phase two.
+    assert all(torch.equal(a, b) for a, b in zip(story_losses[:3], red_losses[:3], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(story[:4], red[:4], strict=True))
+    assert not torch.equal(story_losses[3], red_losses[3])  # the same image, another prompt
+    every, _ = run(base.replace(prompts="a red circle ^ a blue square", prompt_every=3))
+    assert all(np.array_equal(a, b) for a, b in zip(story, every, strict=True))
+
+
+def test_zoom_video_restarts_from_the_zoomed_image(tiny_config: GenerationConfig) -> None:
+    base = tiny_config.replace(display_frequency=1, zoom_scale=1.5, zoom_shift_x=2.0)
+    before = generate(base.replace(max_iterations=3)).image  # the image after 3 steps
+    zoomed = _frames(generate(base.replace(max_iterations=5, zoom_every=3)).run_dir)
+    vqgan, _ = load_models(base, resolve_device("cpu"))
+    with torch.no_grad():
+        expected = decode_latent(vqgan, encode_image(vqgan, zoom_image(before, 1.5, (2.0, 0.0))))
+    assert np.array_equal(zoomed[3], to_uint8(expected[0]))  # step 3 scores the zoomed image
+
+
+def test_a_story_with_zooms_resumes_at_a_boundary_as_if_unbroken(
+    tiny_config: GenerationConfig,
+) -> None:
+    config = tiny_config.replace(
+        prompts="a red circle ^ a blue square", max_iterations=8, display_frequency=2,
+        zoom_every=3, zoom_scale=1.2, zoom_rotate=10.0,
+    )  # fmt: skip
+    unbroken = generate(config.replace(run_name="unbroken")).run_dir
+
+    def stop_at_the_boundary(info: dict) -> None:
+        if info["iteration"] == 2:  # after step 2: the state is saved before the zoom at 3
+            raise KeyboardInterrupt
+
+    stopped = generate(config.replace(run_name="stopped"), callback=stop_at_the_boundary)
+    assert stopped.interrupted
+    resume(stopped.run_dir)
+    assert [p.name for p in frame_paths(stopped.run_dir)] == [p.name for p in frame_paths(unbroken)]
+    for a, b in zip(_frames(stopped.run_dir), _frames(unbroken), strict=True):
+        assert np.array_equal(a, b)

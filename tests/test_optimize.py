@@ -195,3 +195,21 @@ def test_the_priors_weight_ramps_up_then_holds() -> None:
     assert [ramped.prior_weight_at(i) for i in range(5)] == [2.0, 4.0, 6.0, 6.0, 6.0]
     held = Loop(**fields, prior_weight=6.0)
     assert [held.prior_weight_at(i) for i in range(3)] == [6.0, 6.0, 6.0]
+
+
+@pytest.mark.parametrize("kind", ["pixels", "gradient"])
+def test_noise_starts_encode_a_seeded_random_image(
+    tiny_config: GenerationConfig, kind: str
+) -> None:
+    from vqclip.latents import noise_image
+
+    config = tiny_config.replace(start=kind, batch_size=2)
+    loop, state = prepare(config, resolve_device("cpu"))
+    images = noise_image(kind, 2, 32, 32, torch.Generator().manual_seed(config.seed))
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    assert not torch.equal(images[0], images[1])  # each image its own draw
+    assert torch.equal(state.latent, encode_image(loop.vqgan, images))
+    if kind == "gradient":  # a gradient changes smoothly: neighbours differ little
+        assert images.diff(dim=-1).abs().max() < 0.1 and images.diff(dim=-2).abs().max() < 0.1
+    other = noise_image(kind, 2, 32, 32, torch.Generator().manual_seed(config.seed + 1))
+    assert not torch.equal(images, other)

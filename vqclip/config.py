@@ -16,7 +16,7 @@ __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS",
 
 OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD")
 PRECISIONS = ("fp32", "bf16", "fp16")
-STARTS = ("random", "plain", "palette")
+STARTS = ("random", "plain", "palette", "pixels", "gradient")
 # Augmentation names of the classic notebooks: affine, perspective, colour jitter, erasing,
 # horizontal flip, sharpness, resized crop, thin-plate spline.
 AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "Gn", "Gb")
@@ -59,8 +59,9 @@ class GenerationConfig:
     seed: int = -1  # seed of every random draw; -1 picks one and records it
     batch_size: int = 1  # images optimised together as one batch (one seed for the batch)
     best_of: int = 1  # candidates per image, optimised in the same batch; CLIP keeps the best
-    start: str = "random"  # without init_image: "random" codes, "plain" grey, or the "palette"
-    # colour that CLIP finds closest to the prompts (candidates take the next best colours)
+    start: str = "random"  # random codes, plain grey, palette colour, pixels/gradient noise
+    # (no init_image): "palette" is the flat colour CLIP finds closest to the prompts, the
+    # candidates of best_of taking the next best; "pixels" and "gradient" are random images
     latent_levels: int = 1  # optimise the latent as a pyramid of this many resolutions (1: classic)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["random_latent", "encode_image", "vector_quantize", "clamp_with_grad", "decode_latent"]
+__all__ = [
+    "random_latent",
+    "noise_image",
+    "encode_image",
+    "vector_quantize",
+    "clamp_with_grad",
+    "decode_latent",
+]
 
 
 def random_latent(
@@ -15,6 +22,28 @@ def random_latent(
         codebook.shape[0], (batch, height, width), generator=generator, device=codebook.device
     )
     return codebook[codes].permute(0, 3, 1, 2).contiguous()
+
+
+def noise_image(
+    kind: str, batch: int, height: int, width: int, generator: torch.Generator
+) -> torch.Tensor:
+    """A random starting image, (B, 3, H, W) in [0, 1]: ``"pixels"`` of uniform noise, or a
+    ``"gradient"`` between two random colours at a random angle (the classic scripts' init
+    noise), drawn from ``generator``."""
+    device = generator.device
+    if kind == "pixels":
+        return torch.rand(batch, 3, height, width, generator=generator, device=device)
+    if kind != "gradient":
+        raise ValueError(f"noise_image: unknown kind {kind!r}; expected 'pixels' or 'gradient'")
+    colours = torch.rand(2, batch, 3, 1, 1, generator=generator, device=device)
+    angle = torch.rand(batch, 1, 1, generator=generator, device=device) * (2 * torch.pi)
+    y = torch.linspace(-1, 1, height, device=device).view(1, -1, 1)
+    x = torch.linspace(-1, 1, width, device=device).view(1, 1, -1)
+    along = x * angle.cos() + y * angle.sin()  # (B, H, W)
+    t = (along - along.amin((1, 2), keepdim=True)) / (
+        along.amax((1, 2), keepdim=True) - along.amin((1, 2), keepdim=True)
+    ).clamp(min=1e-6)
+    return torch.lerp(colours[0], colours[1], t[:, None])  # (B, 3, H, W)
 
 
 def encode_image(vqgan: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:

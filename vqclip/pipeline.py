@@ -20,7 +20,7 @@ from vqclip.cutouts import make_augments
 from vqclip.embeddings import build_targets
 from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
 from vqclip.images import check_image, load_image, to_uint8
-from vqclip.latents import encode_image, random_latent
+from vqclip.latents import encode_image, noise_image, random_latent
 from vqclip.losses import Targets
 from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
 from vqclip.optimize import (
@@ -150,6 +150,9 @@ def _start_latent(
         return encode_image(vqgan, image).repeat(batch, 1, 1, 1)
     if config.start == "palette":
         return palette_start(loop, config, device)
+    if config.start in ("pixels", "gradient"):
+        noise = noise_image(config.start, batch, config.height, config.width, generator)
+        return encode_image(vqgan, noise)
     if config.start == "plain":
         grey = torch.full((batch, 3, config.height, config.width), 0.5, device=device)
         return encode_image(vqgan, grey)

@@ -31,6 +31,8 @@ examples:
       --clip_model ViT-B/32 --width 256 --height 256 --max_iterations 300
   vqclip generate "a red circle on a blue background ^ a green square on a white background" \\
       --zoom_every 5 --zoom_scale 1.05 --zoom_rotate 2 --display_frequency 5 --video
+  vqclip generate "an oil painting" --init_video in.mp4 --max_iterations 20 --init_weight 0.5 \\
+      --video
   vqclip resume outputs/RUN_DIR --max_iterations 500
   vqclip video outputs/RUN_DIR --fps 10
 """
@@ -76,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="start from a saved config.json; flags override it"
     )
     gen.add_argument("--video", action="store_true", help="also assemble the frames into video.mp4")
-    gen.add_argument("--fps", type=float, default=10.0, help="frame rate of --video (default: 10)")
+    gen.add_argument(
+        "--fps", type=float, help="frame rate of --video (default: init_video's, or 10)"
+    )
     _add_config_flags(gen)
     resume = sub.add_parser(
         "resume",
@@ -93,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a new total for the run (default: its config's); -1 runs until interrupted",
     )
     resume.add_argument("--video", action="store_true", help="also assemble the frames")
-    resume.add_argument("--fps", type=float, default=10.0, help="frame rate of --video")
+    resume.add_argument(
+        "--fps", type=float, help="frame rate of --video (default: init_video's, or 10)"
+    )
     video = sub.add_parser("video", help="assemble a run's saved frames into an MP4")
     video.add_argument("run_dir", type=Path)
     video.add_argument("--fps", type=float, default=10.0)
@@ -129,7 +135,7 @@ def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
     )
     if args.prompts or "prompts" not in values:
         values["prompts"] = args.prompts
-    for key in ("init_image", "vqgan_checkpoint", "prior", "run_name"):
+    for key in ("init_image", "init_video", "vqgan_checkpoint", "prior", "run_name"):
         if values.get(key) == "":
             values[key] = None
     return GenerationConfig.from_dict(values)
@@ -139,31 +145,48 @@ def _generate(args: argparse.Namespace) -> None:
     from vqclip.pipeline import generate
 
     config = _config_from_args(args)
-    result = _with_progress(config.max_iterations, lambda cb: generate(config, callback=cb))
+    result = _with_progress(config, None, lambda cb: generate(config, callback=cb))
     _report(result, args)
 
 
 def _resume(args: argparse.Namespace) -> None:
     from vqclip.pipeline import read_run_config, resume
 
-    total = args.max_iterations or read_run_config(args.run_dir).max_iterations
-    result = _with_progress(total, lambda cb: resume(args.run_dir, args.max_iterations, cb))
+    config = read_run_config(args.run_dir)
+    result = _with_progress(
+        config, args.max_iterations, lambda cb: resume(args.run_dir, args.max_iterations, cb)
+    )
     _report(result, args)
 
 
-def _with_progress(max_iterations: int, run: Callable[[Callable], Any]) -> Any:
-    """``run(callback)`` under a progress bar that shows the loss at display steps."""
+def _with_progress(
+    config: GenerationConfig, max_iterations: int | None, run: Callable[[Callable], Any]
+) -> Any:
+    """``run(callback)`` under a progress bar (over every frame of a restyled video) that shows
+    the loss at display steps."""
     from tqdm import tqdm
 
-    total = None if max_iterations == -1 else max_iterations
+    per_frame = max_iterations or config.max_iterations
+    total = None if per_frame == -1 else per_frame * _frames_to_restyle(config)
     with tqdm(total=total, unit="it", dynamic_ncols=True) as bar:
 
-        def progress(info: dict) -> None:
-            bar.update(info["iteration"] + 1 - bar.n)  # a resumed run starts part-way
+        def progress(info: dict) -> None:  # a resumed run starts part-way
+            bar.update(info.get("frame", 0) * per_frame + info["iteration"] + 1 - bar.n)
             if "image" in info:  # read the loss only at display steps: no per-step device sync
                 bar.set_postfix(loss=f"{info['loss'].item():.4f}")
 
         return run(progress)
+
+
+def _frames_to_restyle(config: GenerationConfig) -> int:
+    """How many video frames the run restyles (1 for a run without init_video)."""
+    if not config.init_video:
+        return 1
+    from vqclip.video import check_video, count_video_frames
+
+    check_video(config.init_video)
+    count = count_video_frames(config.init_video)
+    return min(count, config.video_frames) if config.video_frames else count
 
 
 def _report(result: Any, args: argparse.Namespace) -> None:
@@ -174,9 +197,11 @@ def _report(result: Any, args: argparse.Namespace) -> None:
     if result.interrupted:
         print(f"go on:         vqclip resume {result.run_dir}")
     if args.video:
-        from vqclip.video import assemble_video
+        from vqclip.video import assemble_video, video_fps
 
-        print(f"video:         {assemble_video(result.run_dir, fps=args.fps)}")
+        init_video = result.config.init_video  # a restyled video keeps its frame rate
+        fps = args.fps or (video_fps(init_video) if init_video else 10.0)
+        print(f"video:         {assemble_video(result.run_dir, fps=fps)}")
     else:
         print(f"make a video:  vqclip video {result.run_dir}")
 

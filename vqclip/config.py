@@ -34,6 +34,8 @@ class GenerationConfig:
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
     init_image: str | None = None  # start from this image's latent instead of random codes
     init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
+    init_video: str | None = None  # restyle a video: each frame starts a run of max_iterations
+    video_frames: int = 0  # restyle at most this many frames of init_video (0: all)
     smoothness: float = 0.0  # weight of the image's total variation (flat regions), 0 = off
     prior: str | None = None  # image prior: registry name (e.g. "shapes-prior") or a path
     prior_weight: float = 0.0  # pull toward the prior's redrawing of the image, 0 = off
@@ -77,6 +79,7 @@ class GenerationConfig:
         self._check_sizes()
         self._check_choices()
         self._check_prompts()
+        self._check_video()
 
     def _check_sizes(self) -> None:
         _positive_int("width", self.width)
@@ -91,7 +94,7 @@ class GenerationConfig:
         _finite_number("init_weight", self.init_weight)
         _non_negative_number("smoothness", self.smoothness)
         _non_negative_number("prior_weight", self.prior_weight)
-        for name in ("prior_ramp", "prompt_every", "zoom_every"):
+        for name in ("prior_ramp", "prompt_every", "zoom_every", "video_frames"):
             _non_negative_int(name, getattr(self, name))
         _positive_number("zoom_scale", self.zoom_scale)
         for name in ("zoom_shift_x", "zoom_shift_y", "zoom_rotate"):
@@ -120,6 +123,22 @@ class GenerationConfig:
             raise ValueError(
                 f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
+
+    def _check_video(self) -> None:
+        if not self.init_video:
+            return
+        clashes = {
+            "init_image": self.init_image,
+            "zoom_every": self.zoom_every,
+            "prompts": len(split_phases(self.prompts)) > 1 and "phases ('^')",
+            "max_iterations": self.max_iterations == -1 and -1,
+        }
+        for name, value in clashes.items():
+            if value:
+                raise ValueError(
+                    f"{name}: {value!r} does not combine with init_video (each frame of the "
+                    "video is restyled by its own run of max_iterations steps)"
+                )
 
     def _check_prompts(self) -> None:
         phases = split_phases(self.prompts)

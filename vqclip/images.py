@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["check_image", "load_image", "to_uint8"]
+__all__ = ["check_image", "load_image", "image_tensor", "to_uint8"]
 
 
 def check_image(path: str | Path, field: str) -> None:
@@ -28,10 +28,18 @@ def check_image(path: str | Path, field: str) -> None:
 def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """An image file as (1, 3, H, W) in [0, 1]; resized (Lanczos) to ``size=(width, height)``."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if size is not None and image.size != tuple(size):
-            image = image.resize(tuple(size), Image.Resampling.LANCZOS)
-        array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]
+        return image_tensor(image, size)
+
+
+def image_tensor(
+    image: Image.Image | np.ndarray, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """A PIL image or (H, W, 3) uint8 array as (1, 3, H, W) in [0, 1]; resized (Lanczos) to
+    ``size=(width, height)``."""
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image.convert("RGB")
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 

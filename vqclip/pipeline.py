@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import signal
-import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -35,13 +30,18 @@ from vqclip.optimize import (
 )
 from vqclip.prior import load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_phases, split_prompts
-from vqclip.runstate import STATE, read_state, restore_state, save_state
+from vqclip.restyle import last_frames, restyle_frames
+from vqclip.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
 from vqclip.schedule import next_change, phase_at, phase_length, zoom_due, zoom_state
 from vqclip.tuning import keep_freed_memory
+from vqclip.video import check_video
 
 __all__ = [
     "generate",
     "resume",
+    "restyle",
+    "prepare",
+    "prepare_loop",
     "read_run_config",
     "RunResult",
     "check_inputs",
@@ -89,6 +89,8 @@ def check_inputs(config: GenerationConfig) -> None:
     """Check what can be checked before a model is built: images, model files (fetched), sizes."""
     if config.init_image:
         check_image(config.init_image, "init_image")
+    if config.init_video:
+        check_video(config.init_video, "init_video")
     for prompt in parse_prompts(config.image_prompts):
         check_image(zoo.local_image(prompt.text), "image_prompts")
     for path in split_prompts(config.target_images):
@@ -190,6 +192,14 @@ def _build_phases(
 
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
     """Models, targets and the starting state for a resolved, checked config."""
+    loop, generator = prepare_loop(config, device)
+    latent = _start_latent(config, loop, generator, device)
+    state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
+    return loop, state
+
+
+def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, torch.Generator]:
+    """Models and targets for a resolved, checked config, and the run's generator."""
     vqgan, clip_model = load_models(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -201,9 +211,7 @@ def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopS
         _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
         config.prior_weight, config.prior_ramp, phases,
     )  # fmt: skip
-    latent = _start_latent(config, loop, generator, device)
-    state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
-    return loop, state
+    return loop, generator
 
 
 def generate(config: GenerationConfig, callback: Callback | None = None) -> RunResult:
@@ -216,6 +224,9 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     config = resolve_seed(config)
     check_inputs(config)
     device = resolve_device(config.device)
+    if config.init_video:
+        loop, generator = prepare_loop(config, device)
+        return restyle(config, loop, generator, create_run_dir(config), callback)
     loop, state = prepare(config, device)
     return _run(config, loop, state, create_run_dir(config), callback)
 
@@ -232,6 +243,8 @@ def resume(
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if config.init_video:
+        return _resume_restyle(run_dir, config, max_iterations, callback)
     saved = read_state(run_dir / STATE)
     if max_iterations is not None:
         config = config.replace(max_iterations=max_iterations)
@@ -250,6 +263,22 @@ def resume(
         )
     write_atomic(run_dir / "config.json", config.to_json().encode())
     return _run(config, loop, state, run_dir, callback)
+
+
+def _resume_restyle(
+    run_dir: Path, config: GenerationConfig, max_iterations: int | None, callback: Callback | None
+) -> RunResult:
+    """Go on restyling a video: the frames made are kept; the one under way starts again."""
+    if max_iterations is not None:
+        raise ValueError(
+            "max_iterations: a restyled video goes on with the iterations per frame it was "
+            f"started with ({config.max_iterations}); leave max_iterations out"
+        )
+    if (run_dir / "final.png").exists():
+        raise ValueError(f"resume: every frame of {config.init_video!r} is restyled in {run_dir}")
+    check_inputs(config)
+    loop, generator = prepare_loop(config, resolve_device(config.device))
+    return restyle(config, loop, generator, run_dir, callback)
 
 
 def read_run_config(run_dir: Path) -> GenerationConfig:
@@ -288,7 +317,7 @@ def _run(
     phases = loop.phases or (loop.targets,)
     length = phase_length(config, len(phases))
     interrupted = False
-    with _stop_between_steps() as stop_requested:
+    with stop_between_steps() as stop_requested:
         try:
             while True:  # one segment per prompt phase and zoom
                 loop = replace(loop, targets=phases[phase_at(state.iteration, length, len(phases))])
@@ -310,30 +339,34 @@ def _run(
     return RunResult(run_dir, image.cpu(), config, tuple(writer.saved), interrupted)
 
 
-@contextlib.contextmanager
-def _stop_between_steps() -> Iterator[Callable[[], None]]:
-    """While the loop runs, the first Ctrl-C stops it after the step under way, so that the
-    saved state is whole; a second stops it at once. Yields the check that raises
-    ``KeyboardInterrupt`` once a stop was asked for (Ctrl-C works as usual off the main thread).
-    """
-    asked = threading.Event()
+def restyle(
+    config: GenerationConfig,
+    loop: Loop,
+    generator: torch.Generator,
+    run_dir: Path,
+    callback: Callback | None = None,
+) -> RunResult:
+    """Restyle ``config.init_video`` into ``run_dir`` (see :mod:`vqclip.restyle`), keeping the
+    frames a stopped run made there; ``final.png`` is the last frame's result."""
+    if generator.device.type == "cpu":
+        keep_freed_memory()
+    writer = FrameWriter(run_dir, config)
+    set_aside_from(run_dir, len({frame_iteration(path) for path in writer.saved}))  # old video
 
-    def check() -> None:
-        if asked.is_set():
-            raise KeyboardInterrupt
+    def report(info: dict) -> None:
+        if callback:
+            callback(info)
+        stop_requested()
 
-    if threading.current_thread() is not threading.main_thread():
-        yield check
-        return
-
-    def on_interrupt(signum: int, frame: Any) -> None:
-        if asked.is_set():
-            raise KeyboardInterrupt
-        asked.set()
-        log.warning("stopping after this step (Ctrl-C again to stop at once)")
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        yield check
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    interrupted = False
+    with stop_between_steps() as stop_requested:
+        try:
+            restyle_frames(config, loop, generator, writer, report)
+        except KeyboardInterrupt:
+            interrupted = True
+    if not writer.saved:
+        raise ValueError(f"init_video: no frames could be read from {config.init_video!r}")
+    image = last_frames(writer.saved)
+    if not interrupted:
+        writer.save("final", [to_uint8(x) for x in image], config.max_iterations)
+    return RunResult(run_dir, image, config, tuple(writer.saved), interrupted)

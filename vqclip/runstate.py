@@ -6,12 +6,18 @@ tensors and numbers (read back with the weights-only unpickler, so it cannot run
 generation writes it at every display step, at the end, and when it is stopped between steps;
 the rest of the run is its ``config.json``. Resuming builds the models and a fresh state from
 the config, then puts the saved state in: on a CPU, the resumed run's frames and final image are
-bit-identical to those of a run that was never stopped.
+bit-identical to those of a run that was never stopped. So that the state is whole when a run
+stops, Ctrl-C takes effect between steps (:func:`stop_between_steps`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,9 @@ from vqclip.frames import write_atomic
 from vqclip.models import load_checkpoint
 from vqclip.optimize import LoopState
 
-__all__ = ["STATE", "save_state", "read_state", "restore_state"]
+__all__ = ["STATE", "save_state", "read_state", "restore_state", "stop_between_steps"]
+
+log = logging.getLogger(__name__)
 
 STATE = "state.pt"
 _KEYS = {"iteration", "levels", "start", "optimizer", "generator"}
@@ -71,3 +79,33 @@ def restore_state(state: LoopState, saved: dict[str, Any]) -> None:
     state.optimizer.load_state_dict(saved["optimizer"])
     state.generator.set_state(saved["generator"])
     state.iteration = saved["iteration"]
+
+
+@contextlib.contextmanager
+def stop_between_steps() -> Iterator[Callable[[], None]]:
+    """While the loop runs, the first Ctrl-C stops it after the step under way, so that the
+    saved state is whole; a second stops it at once. Yields the check (call it between steps)
+    that raises ``KeyboardInterrupt`` once a stop was asked for. Off the main thread, where no
+    signal handler can be set, Ctrl-C works as usual.
+    """
+    asked = threading.Event()
+
+    def check() -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+        log.warning("stopping after this step (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

@@ -1,16 +1,19 @@
-"""Frames -> H.264 MP4 through imageio-ffmpeg (yuv420p, even dimensions). Needs no torch."""
+"""Videos through imageio-ffmpeg: frames -> H.264 MP4 (yuv420p, even dimensions), and a video's
+frames read back (to restyle it). Needs no torch."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from vqclip.frames import frame_paths
 
-__all__ = ["assemble_video", "count_video_frames"]
+__all__ = ["assemble_video", "count_video_frames", "check_video", "video_fps", "read_video_frames"]
 
 
 def _even(pixels: np.ndarray) -> np.ndarray:
@@ -65,3 +68,47 @@ def count_video_frames(path: str | Path) -> int:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+
+
+def _open_video(path: str | Path, field: str) -> tuple[Iterator[Any], dict[str, Any]]:
+    """Start ffmpeg on a video: (its frame generator, its metadata); clear errors for bad files."""
+    import imageio_ffmpeg
+
+    if not Path(path).is_file():
+        raise ValueError(f"{field}: video file {str(path)!r} does not exist")
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as error:
+        reader.close()
+        raise ValueError(
+            f"{field}: {str(path)!r} is not a readable video (expected MP4, WebM, GIF, ...): "
+            f"{str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}"
+        ) from None
+    return reader, meta
+
+
+def check_video(path: str | Path, field: str = "init_video") -> None:
+    """Raise ``ValueError`` naming ``field`` if ``path`` is missing or not a readable video."""
+    reader, _ = _open_video(path, field)
+    reader.close()
+
+
+def video_fps(path: str | Path) -> float:
+    """A video's frame rate."""
+    reader, meta = _open_video(path, "video")
+    reader.close()
+    return float(meta["fps"])
+
+
+def read_video_frames(path: str | Path, limit: int = 0) -> Iterator[np.ndarray]:
+    """A video's frames as (H, W, 3) uint8 arrays, in order; at most ``limit`` (0: all)."""
+    reader, meta = _open_video(path, "init_video")
+    width, height = meta["size"]
+    try:
+        for index, raw in enumerate(reader):
+            if limit and index >= limit:
+                break
+            yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+    finally:
+        reader.close()

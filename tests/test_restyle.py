@@ -1,0 +1,126 @@
+"""Restyling a video: each frame a run from that frame, alike draws, stop and resume, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqclip import cli
+from vqclip.config import GenerationConfig
+from vqclip.frames import frame_paths
+from vqclip.pipeline import generate, resume
+from vqclip.video import count_video_frames, read_video_frames
+
+
+@pytest.fixture(scope="module")
+def clip_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 4-frame, 5 fps H.264 video of a square moving over a gradient, 32x32."""
+    path = tmp_path_factory.mktemp("video") / "in.mp4"
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (32, 32), fps=5, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1
+    )
+    writer.send(None)
+    for k in range(4):
+        frame = np.zeros((32, 32, 3), np.uint8)
+        frame[..., 2] = np.linspace(0, 255, 32, dtype=np.uint8)[None]
+        frame[8:20, 4 + 4 * k : 16 + 4 * k, 0] = 230
+        writer.send(frame)
+    writer.close()
+    return path
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _config(tiny_config: GenerationConfig, video: Path, **changes: object) -> GenerationConfig:
+    return tiny_config.replace(init_video=str(video), max_iterations=3, init_weight=0.5, **changes)
+
+
+def test_each_frame_is_a_run_from_that_frame(
+    tiny_config: GenerationConfig, clip_mp4: Path, tmp_path: Path
+) -> None:
+    result = generate(_config(tiny_config, clip_mp4))
+    frames = frame_paths(result.run_dir)
+    assert [p.name for p in frames] == [f"{k:06d}.png" for k in range(4)]
+    assert np.array_equal(_pixels(result.run_dir / "final.png"), _pixels(frames[-1]))
+    # Frame k is what a plain run with that (decoded) frame as init_image makes, bit for bit:
+    # every frame's run makes the same random draws.
+    for k, pixels in enumerate(read_video_frames(clip_mp4)):
+        Image.fromarray(pixels).save(tmp_path / f"in{k}.png")
+        alone = tiny_config.replace(
+            init_image=str(tmp_path / f"in{k}.png"), max_iterations=3, init_weight=0.5
+        )
+        assert np.array_equal(_pixels(frames[k]), _pixels(generate(alone).run_dir / "final.png"))
+    assert not np.array_equal(_pixels(frames[0]), _pixels(frames[3]))  # the square moved
+
+
+def test_a_stopped_restyle_keeps_its_frames_and_resumes(
+    tiny_config: GenerationConfig, clip_mp4: Path
+) -> None:
+    unbroken = generate(_config(tiny_config, clip_mp4, run_name="unbroken")).run_dir
+
+    def stop_in_frame_2(info: dict) -> None:
+        if info["frame"] == 2 and info["iteration"] == 1:
+            raise KeyboardInterrupt
+
+    stopped = generate(_config(tiny_config, clip_mp4, run_name="stopped"), stop_in_frame_2)
+    assert stopped.interrupted and not (stopped.run_dir / "final.png").exists()
+    assert [p.name for p in stopped.frames] == ["000000.png", "000001.png"]
+    resumed = resume(stopped.run_dir)
+    assert not resumed.interrupted and len(resumed.frames) == 4
+    for a, b in zip(frame_paths(stopped.run_dir), frame_paths(unbroken), strict=True):
+        assert np.array_equal(_pixels(a), _pixels(b))
+    with pytest.raises(ValueError, match="every frame of .* is restyled"):
+        resume(stopped.run_dir)
+    with pytest.raises(ValueError, match="max_iterations: a restyled video goes on"):
+        resume(stopped.run_dir, max_iterations=10)
+
+
+def test_video_frames_limits_and_the_cli_keeps_the_frame_rate(
+    tiny_models: dict, clip_mp4: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    flags = [
+        "--vqgan", str(tiny_models["yaml"]), "--clip_model", str(tiny_models["clip"]),
+        "--width", "32", "--height", "32", "--cutn", "4", "--augments", "--max_iterations", "2",
+        "--seed", "3", "--device", "cpu", "--output_dir", str(out),
+        "--init_video", str(clip_mp4), "--video_frames", "3", "--video",
+    ]  # fmt: skip
+    cli.main(["generate", "a red square", *flags])
+    (run,) = out.iterdir()
+    assert len(frame_paths(run)) == 3 and count_video_frames(run / "video.mp4") == 3
+    reader = imageio_ffmpeg.read_frames(str(run / "video.mp4"))
+    assert next(reader)["fps"] == 5  # the input's
+    reader.close()
+    assert "3 frames" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"init_video": "/nonexistent/in.mp4"},
+            "init_video: video file '/nonexistent/in.mp4' does not exist",
+        ),
+        ({"init_video": "TEXT"}, "init_video: 'TEXT' is not a readable video"),
+        ({"init_image": "x.png"}, "init_image: 'x.png' does not combine with init_video"),
+        ({"zoom_every": 2}, "zoom_every: 2 does not combine with init_video"),
+        ({"prompts": "a ^ b"}, r"prompts: .phases \('\^'\). does not combine"),
+        ({"max_iterations": -1}, "max_iterations: -1 does not combine with init_video"),
+        ({"video_frames": -1}, "video_frames: expected an integer >= 0, got -1"),
+    ],
+)
+def test_bad_video_input_is_a_clear_error_before_any_run(
+    tiny_config: GenerationConfig, clip_mp4: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, changes: dict, message: str,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    Path("TEXT").write_text("not a video")
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_config.replace(**{"init_video": str(clip_mp4), **changes}))
+    assert not Path(tiny_config.output_dir).exists()

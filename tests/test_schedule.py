@@ -40,9 +40,9 @@ def test_phases_and_zooms_change_at_their_iterations() -> None:
     length = phase_length(config, 3)
     assert length == 4  # ceil(10 / 3)
     assert [phase_at(i, length, 3) for i in (0, 3, 4, 8, 9, 50)] == [0, 0, 1, 2, 2, 2]
-    assert [next_change(i, config, length, 3) for i in (0, 4, 7, 8, 9)] == [4, 8, 8, 10, 10]
+    assert [next_change(i, config, 3) for i in (0, 4, 7, 8, 9)] == [4, 8, 8, 10, 10]
     endless = config.replace(max_iterations=-1, prompt_every=3, zoom_every=0)
-    assert [next_change(i, endless, 3, 3) for i in (0, 3, 6, 100)] == [3, 6, -1, -1]
+    assert [next_change(i, endless, 3) for i in (0, 3, 6, 100)] == [3, 6, -1, -1]
     assert phase_length(config.replace(prompts="only one"), 1) == 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,14 +25,13 @@ from vqclip.optimize import (
     best_candidates,
     image_losses,
     render,
-    run_loop,
     start_state,
 )
 from vqclip.prior import load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_phases, split_prompts
 from vqclip.restyle import last_frames, restyle_frames
 from vqclip.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
-from vqclip.schedule import next_change, phase_at, phase_length, zoom_due, zoom_state
+from vqclip.schedule import loop_at, run_schedule
 from vqclip.tuning import keep_freed_memory
 from vqclip.video import check_video
 
@@ -306,7 +305,8 @@ def _run(
         nonlocal between_steps
         between_steps = True
         if "image" in info:  # frames show each image's best candidate so far
-            info = {**info, "image": best_candidates(loop, info["image"], config.best_of)}
+            current = loop_at(loop, info["iteration"], config)
+            info = {**info, "image": best_candidates(current, info["image"], config.best_of)}
             writer(info)
             save_state(state, run_dir / STATE)
         if callback:
@@ -314,25 +314,16 @@ def _run(
         stop_requested()
         between_steps = False
 
-    phases = loop.phases or (loop.targets,)
-    length = phase_length(config, len(phases))
     interrupted = False
     with stop_between_steps() as stop_requested:
         try:
-            while True:  # one segment per prompt phase and zoom
-                loop = replace(loop, targets=phases[phase_at(state.iteration, length, len(phases))])
-                if zoom_due(state.iteration, config):
-                    zoom_state(loop, state, config)
-                end = next_change(state.iteration, config, length, len(phases))
-                image = run_loop(loop, state, end, config.display_frequency, report)
-                if end == config.max_iterations:
-                    break
+            image = run_schedule(loop, state, config, report)
         except KeyboardInterrupt:
             interrupted = True
             image = render(loop, state)
     if between_steps or not interrupted:  # else the last display step's state stays
         save_state(state, run_dir / STATE)
-    image = best_candidates(loop, image, config.best_of)
+    image = best_candidates(loop_at(loop, state.iteration, config), image, config.best_of)
     if not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration:
         writer({"iteration": state.iteration, "image": image})
     writer.save("final", [to_uint8(x) for x in image], state.iteration)

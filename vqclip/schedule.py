@@ -13,15 +13,25 @@ zooms exactly where an unbroken one does.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from vqclip.config import GenerationConfig
 from vqclip.latents import encode_image
-from vqclip.optimize import Loop, LoopState, render, start_state
+from vqclip.optimize import Callback, Loop, LoopState, render, run_loop, start_state
 
-__all__ = ["phase_length", "phase_at", "next_change", "zoom_due", "zoom_image", "zoom_state"]
+__all__ = [
+    "phase_length",
+    "phase_at",
+    "next_change",
+    "loop_at",
+    "run_schedule",
+    "zoom_due",
+    "zoom_image",
+    "zoom_state",
+]
 
 
 def phase_length(config: GenerationConfig, phases: int) -> int:
@@ -36,9 +46,10 @@ def phase_at(iteration: int, length: int, phases: int) -> int:
     return min(iteration // length, phases - 1) if length else 0
 
 
-def next_change(iteration: int, config: GenerationConfig, length: int, phases: int) -> int:
+def next_change(iteration: int, config: GenerationConfig, phases: int) -> int:
     """The first step after ``iteration`` at which the prompts change or the image is zoomed,
     or ``config.max_iterations`` (which is -1 for a run until interrupted) if none comes first."""
+    length = phase_length(config, phases)
     changes = []
     if length and iteration < length * (phases - 1):
         changes.append((iteration // length + 1) * length)
@@ -75,6 +86,29 @@ def zoom_image(
     return F.grid_sample(
         image, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
+
+
+def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
+    """``loop`` with the prompt phase in force at step ``iteration``."""
+    phases = loop.phases or (loop.targets,)
+    index = phase_at(iteration, phase_length(config, len(phases)), len(phases))
+    return replace(loop, targets=phases[index])
+
+
+def run_schedule(
+    loop: Loop, state: LoopState, config: GenerationConfig, callback: Callback | None = None
+) -> torch.Tensor:
+    """:func:`vqclip.optimize.run_loop` up to ``config.max_iterations``, segment by segment: a
+    new segment at each change of prompt phase and at each zoom. Returns the final image."""
+    phases = len(loop.phases) or 1
+    while True:
+        current = loop_at(loop, state.iteration, config)
+        if zoom_due(state.iteration, config):
+            zoom_state(current, state, config)
+        end = next_change(state.iteration, config, phases)
+        image = run_loop(current, state, end, config.display_frequency, callback)
+        if end == config.max_iterations:
+            return image
 
 
 @torch.no_grad()

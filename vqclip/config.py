@@ -17,8 +17,9 @@ __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS",
 OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STARTS = ("random", "plain", "palette", "pixels", "gradient")
-# Augmentation names of the classic notebooks: affine, perspective, colour jitter, erasing,
-# horizontal flip, sharpness, resized crop, thin-plate spline.
+# Augmentation names of the classic scripts: affine, perspective, colour jitter, erasing,
+# horizontal flip, sharpness, resized crop, thin-plate spline, rotation, elastic, padded crop,
+# Gaussian noise, Gaussian blur.
 AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "Gn", "Gb")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

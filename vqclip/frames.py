@@ -21,6 +21,7 @@ __all__ = [
     "read_png_metadata",
     "FrameWriter",
     "frame_paths",
+    "frame_iteration",
     "set_aside_from",
 ]
 

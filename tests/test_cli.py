@@ -172,3 +172,10 @@ def test_models_download_offline_names_url_and_cache(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "http://127.0.0.1:9/x.pt" in err and str(tmp_path / "test-clip" / "x.pt") in err
+
+
+def test_boolean_fields_are_on_off_flags() -> None:
+    parse = cli._parser().parse_args
+    assert cli._config_from_args(parse(["generate", "a cat", "--compile"])).compile is True
+    assert cli._config_from_args(parse(["generate", "a cat", "--no-compile"])).compile is False
+    assert cli._config_from_args(parse(["generate", "a cat"])).compile is False

@@ -37,6 +37,7 @@ def test_lists_become_tuples_so_configs_stay_hashable() -> None:
         ({"prior_weight": 2.0}, "prior_weight: 2.0 needs an image prior; set prior"),
         ({"prior_ramp": -5}, "prior_ramp: expected an integer >= 0, got -5"),
         ({"prior_ramp": 2.5}, "prior_ramp: expected an integer >= 0, got 2.5"),
+        ({"compile": "yes"}, "compile: expected true or false, got 'yes'"),
         ({"max_iterations": 0}, "max_iterations: expected a positive integer or -1"),
         ({"seed": -2}, "seed: expected an integer"),
         ({"device": "tpu"}, "device: expected"),

@@ -213,3 +213,20 @@ def test_noise_starts_encode_a_seeded_random_image(
         assert images.diff(dim=-1).abs().max() < 0.1 and images.diff(dim=-2).abs().max() < 0.1
     other = noise_image(kind, 2, 32, 32, torch.Generator().manual_seed(config.seed + 1))
     assert not torch.equal(images, other)
+
+
+@pytest.mark.slow  # about a minute of compiling on 2 CPU cores
+def test_compiled_models_score_as_the_eager_ones(tiny_config: GenerationConfig) -> None:
+    def run(config: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        losses: list[torch.Tensor] = []
+        result = generate(config, callback=lambda info: losses.append(info["loss"]))
+        return torch.stack(losses), result.image
+
+    config = tiny_config.replace(max_iterations=3, display_frequency=1)
+    eager_losses, eager_image = run(config)
+    losses, image = run(config.replace(compile=True))
+    assert torch.allclose(losses, eager_losses, atol=1e-4)
+    assert torch.allclose(image, eager_image, atol=1e-3)
+    compiled, _ = load_models(config.replace(compile=True), resolve_device("cpu"))
+    eager, _ = load_models(config, resolve_device("cpu"))
+    assert hasattr(compiled.decoder, "_orig_mod") and not hasattr(eager.decoder, "_orig_mod")

@@ -34,7 +34,15 @@ from vqclip.embeddings import embed_texts
 from vqclip.images import to_uint8
 from vqclip.latents import decode_latent, random_latent
 from vqclip.losses import Targets, prompt_losses
-from vqclip.models import VQ_TARGET, VQGAN, VQGANSpec, build_clip, build_vqgan, set_fused_swish
+from vqclip.models import (
+    VQ_TARGET,
+    VQGAN,
+    VQGANSpec,
+    build_clip,
+    build_vqgan,
+    compile_for_loop,
+    set_fused_swish,
+)
 from vqclip.optimize import Loop, start_state, step
 from vqclip.tuning import fast_precision, keep_freed_memory
 
@@ -253,9 +261,8 @@ def run_benchmark(
     ]
     if dev.type == "cpu":
         keep_freed_memory()
-    if compile_:  # the modules the loop calls: VQGAN.decode and CLIP.encode_image use these
-        vqgan.decoder = torch.compile(vqgan.decoder)
-        clip_model.visual = torch.compile(clip_model.visual)
+    if compile_:
+        compile_for_loop(vqgan, clip_model)
     for row in rows:
         row.update(_time_fast(setup, row["size"], row["cutn"], precision, batch))
         row["batch"] = batch

@@ -58,6 +58,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="*", type=args[0])
         elif hint in (int, float):
             kwargs["type"] = hint
+        elif hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
         parser.add_argument(*names, help=f"{docs.get(f.name, '')} (default: {default!r})", **kwargs)
 
 

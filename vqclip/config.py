@@ -68,6 +68,7 @@ class GenerationConfig:
     latent_levels: int = 1  # optimise the latent as a pyramid of this many resolutions (1: classic)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP
+    compile: bool = False  # torch.compile decoder and CLIP (the first step compiles, slowly)
     output_dir: str = "outputs"  # each run gets a new directory under this one
     run_name: str | None = None  # run directory name; default: time, prompt and seed
 
@@ -115,6 +116,8 @@ class GenerationConfig:
             raise ValueError(f"seed: expected an integer in [0, 2**63) or -1, got {self.seed!r}")
 
     def _check_choices(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile: expected true or false, got {self.compile!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("start", self.start, STARTS)

@@ -43,6 +43,7 @@ __all__ = [
     "load_checkpoint",
     "UnsafeCheckpointError",
     "set_fused_swish",
+    "compile_for_loop",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,14 @@ _TRAINING_ONLY_PREFIXES = ("loss.",)
 
 
 _CLASSIC_SWISH = taming_blocks.nonlinearity  # x * sigmoid(x): three kernels and three buffers
+
+
+def compile_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
+    """``torch.compile`` the parts the loop runs every step, in place: the VQGAN's decoder and
+    CLIP's image tower (``VQGAN.decode`` and ``CLIP.encode_image`` call them). The first step
+    then compiles (minutes on a CPU); later steps run the fused kernels."""
+    vqgan.decoder = torch.compile(vqgan.decoder)
+    clip_model.visual = torch.compile(clip_model.visual)
 
 
 def set_fused_swish(enabled: bool) -> None:

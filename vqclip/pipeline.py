@@ -17,7 +17,7 @@ from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_asid
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, noise_image, random_latent
 from vqclip.losses import Targets
-from vqclip.models import VQGAN, load_clip, load_vqgan, read_vqgan_spec
+from vqclip.models import VQGAN, compile_for_loop, load_clip, load_vqgan, read_vqgan_spec
 from vqclip.optimize import (
     Callback,
     Loop,
@@ -113,9 +113,12 @@ def check_inputs(config: GenerationConfig) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _load_models_cached(
-    vqgan_paths: tuple[Path, Path], clip_path: Path, device: str
+    vqgan_paths: tuple[Path, Path], clip_path: Path, device: str, compiled: bool
 ) -> tuple[VQGAN, torch.nn.Module]:
-    return load_vqgan(*vqgan_paths, device=device), load_clip(clip_path, device=device)
+    vqgan, clip_model = load_vqgan(*vqgan_paths, device=device), load_clip(clip_path, device=device)
+    if compiled:  # its own instances: the cache keeps the eager ones eager
+        compile_for_loop(vqgan, clip_model)
+    return vqgan, clip_model
 
 
 @functools.lru_cache(maxsize=4)
@@ -127,7 +130,7 @@ def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, 
     """The config's VQGAN and CLIP (fetched into the cache if needed), loaded once per process."""
     vqgan_paths = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
     clip_path = zoo.resolve_clip(config.clip_model)
-    return _load_models_cached(vqgan_paths, clip_path, str(device))
+    return _load_models_cached(vqgan_paths, clip_path, str(device), config.compile)
 
 
 def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) -> torch.Tensor:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -72,6 +76,45 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert count_video_frames(run_dir / "video.mp4") == 5
     aside = run_dir / "superseded-000004"
     assert sorted(p.name for p in aside.iterdir()) == ["000004.png", "final.png", "video.mp4"]
+
+
+def test_interrupting_the_run_cell_stops_after_a_step_and_keeps_everything(
+    tmp_path: Path,
+) -> None:
+    """The kernel interrupt a user's stop button sends (SIGINT), during a run without end."""
+    notebook = _with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4),
+        vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a red square on a white background",
+        max_iterations=-1, display_frequency=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    client = NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+
+    def interrupt_once_a_state_is_saved() -> None:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "out").glob("*/state.pt")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(client.km.provisioner.pid, signal.SIGINT)
+
+    with client.setup_kernel():
+        watcher = threading.Thread(target=interrupt_once_a_state_is_saved)
+        watcher.start()
+        for index, cell in enumerate(notebook.cells):
+            client.execute_cell(cell, index)  # raises if a cell fails
+        watcher.join()
+        client.set_widgets_metadata()  # the widgets' last state, as execute() keeps it
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "stopping after this step" in printed
+    (run_dir,) = (tmp_path / "out").iterdir()
+    frames = frame_paths(run_dir)
+    assert len(frames) >= 2 and (run_dir / "final.png").exists()
+    assert count_video_frames(run_dir / "video.mp4") == len(frames)  # the next cells ran
+    assert "stopped (to go on, set resume_run" in json.dumps(notebook.metadata.get("widgets", {}))
 
 
 def test_auto_settings_follow_the_model() -> None:

@@ -9,7 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+import imageio_ffmpeg
 import nbformat
+import numpy as np
 from nbclient import NotebookClient
 
 from vqclip.frames import frame_paths
@@ -76,6 +78,27 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert count_video_frames(run_dir / "video.mp4") == 5
     aside = run_dir / "superseded-000004"
     assert sorted(p.name for p in aside.iterdir()) == ["000004.png", "final.png", "video.mp4"]
+
+
+def test_notebook_restyles_a_video_at_its_frame_rate(tmp_path: Path) -> None:
+    source = tmp_path / "in.mp4"
+    writer = imageio_ffmpeg.write_frames(str(source), (64, 64), fps=4, macro_block_size=1)
+    writer.send(None)
+    for shade in (40, 120, 200):
+        writer.send(np.full((64, 64, 3), shade, np.uint8))
+    writer.close()
+    notebook = _with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4),
+        vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a blue circle on a yellow background",
+        init_video=str(source), max_iterations=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    outputs = _execute(notebook, tmp_path)
+    assert not [o for o in outputs if o.output_type == "error"]
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert [p.name for p in frame_paths(run_dir)] == ["000000.png", "000001.png", "000002.png"]
+    reader = imageio_ffmpeg.read_frames(str(run_dir / "video.mp4"))
+    assert next(reader)["fps"] == 4  # the input's frame rate, not the default 10
+    reader.close()
 
 
 def test_interrupting_the_run_cell_stops_after_a_step_and_keeps_everything(

@@ -182,13 +182,9 @@ def _with_progress(
 
 def _frames_to_restyle(config: GenerationConfig) -> int:
     """How many video frames the run restyles (1 for a run without init_video)."""
-    if not config.init_video:
-        return 1
-    from vqclip.video import check_video, count_video_frames
+    from vqclip.video import count_video_frames
 
-    check_video(config.init_video)
-    count = count_video_frames(config.init_video)
-    return min(count, config.video_frames) if config.video_frames else count
+    return count_video_frames(config.init_video, config.video_frames) if config.init_video else 1
 
 
 def _report(result: Any, args: argparse.Namespace) -> None:

@@ -112,9 +112,16 @@ def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = N
     import ipywidgets as widgets
     from IPython.display import display
 
-    from vqclip.pipeline import generate, resume
+    from vqclip.pipeline import generate, read_run_config, resume
+    from vqclip.video import count_video_frames
 
-    total = config.max_iterations if config.max_iterations > 0 else 0
+    if resume_run:  # the run's own settings; the form's max_iterations extends a plain run
+        saved = read_run_config(Path(resume_run))
+        more = None if saved.init_video else config.max_iterations
+        config = saved.replace(max_iterations=more) if more else saved
+    per_frame = config.max_iterations if config.max_iterations > 0 else 0
+    frames = count_video_frames(config.init_video, config.video_frames) if config.init_video else 1
+    total = per_frame * frames
     image = widgets.Image(
         format="png", width=max(256, config.width), height=max(256, config.height)
     )
@@ -123,13 +130,14 @@ def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = N
     display(widgets.VBox([label, bar, image]))
 
     def preview(info: dict) -> None:
-        bar.value = min(info["iteration"] + 1, bar.max)
+        bar.value = min(info.get("frame", 0) * per_frame + info["iteration"] + 1, bar.max)
         if "image" in info:
             image.value = _png_bytes(info["image"])
-            label.value = f"iteration {info['iteration']}, loss {float(info['loss']):.4f}"
+            frame = f"frame {info['frame']}, " if "frame" in info else ""
+            label.value = f"{frame}iteration {info['iteration']}, loss {float(info['loss']):.4f}"
 
     if resume_run:
-        result = resume(resume_run, config.max_iterations, callback=preview)
+        result = resume(resume_run, more, callback=preview)
     else:
         result = generate(config, callback=preview)
     label.value = (
@@ -141,14 +149,18 @@ def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = N
     return result
 
 
-def show_video(run_dir: Path, fps: float = 10.0) -> Path:
-    """Assemble the run's frames into an MP4, show it inline, and offer it for download in Colab."""
+def show_video(run_dir: Path, fps: float | None = None) -> Path:
+    """Assemble the run's frames into an MP4 (at a restyled video's own frame rate, else 10 fps
+    by default), show it inline, and offer it for download in Colab."""
     from IPython.display import Video, display
 
-    from vqclip.video import assemble_video
+    from vqclip.pipeline import read_run_config
+    from vqclip.video import assemble_video, video_fps
 
     path = Path(run_dir) / "video.mp4"
     if not path.exists():  # running the cell again shows the video already made
+        init_video = read_run_config(Path(run_dir)).init_video
+        fps = fps or (video_fps(init_video) if init_video else 10.0)
         assemble_video(run_dir, fps=fps, output=path)
     display(Video(str(path), embed=True, width=min(512, 4 * 128)))
     if in_colab():

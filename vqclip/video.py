@@ -63,11 +63,14 @@ def assemble_video(
     return output
 
 
-def count_video_frames(path: str | Path) -> int:
-    """Frames in a video, counted by decoding it (container metadata may say inf)."""
+def count_video_frames(path: str | Path, limit: int = 0) -> int:
+    """Frames in a video, counted by decoding it (container metadata may say inf); at most
+    ``limit`` when it is not 0."""
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+    check_video(path, "video")
+    count = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+    return min(count, limit) if limit else count
 
 
 def _open_video(path: str | Path, field: str) -> tuple[Iterator[Any], dict[str, Any]]:

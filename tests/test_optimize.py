@@ -9,7 +9,8 @@ from vqclip.config import OPTIMIZERS, GenerationConfig
 from vqclip.embeddings import similarity
 from vqclip.images import load_image
 from vqclip.latents import decode_latent, encode_image
-from vqclip.optimize import OPTIMIZER_CLASSES, Loop, step
+from vqclip.optimize import Loop, step
+from vqclip.optimizers import OPTIMIZER_CLASSES
 from vqclip.pipeline import generate, load_models, prepare, resolve_device
 
 

@@ -14,7 +14,9 @@ from vqclip.prompts import parse_prompts, split_phases, split_prompts
 
 __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed"]
 
-OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD")
+OPTIMIZERS = (
+    "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD", "DiffGrad", "AdamP",
+)  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16")
 STARTS = ("random", "plain", "palette", "pixels", "gradient")
 # Augmentation names of the classic scripts: affine, perspective, colour jitter, erasing,
@@ -51,7 +53,7 @@ class GenerationConfig:
     cut_pow: float = 1.0  # cutout size exponent: > 1 favours small cutouts
     augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er")  # kornia augmentations of cutouts
     step_size: float = 0.1  # optimiser learning rate
-    optimizer: str = "Adam"  # Adam, AdamW, Adagrad, Adamax, NAdam, RAdam, RMSprop or SGD
+    optimizer: str = "Adam"  # Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD
     max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
     display_frequency: int = 10  # save (and show) a frame every this many steps
     zoom_every: int = 0  # zoom video: zoom the image and start afresh from it this often; 0 = off

@@ -17,6 +17,7 @@ from torch import nn
 from vqclip.cutouts import augment, make_cutouts, normalize
 from vqclip.latents import decode_latent
 from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss, spherical_dist_loss
+from vqclip.optimizers import make_optimizer
 from vqclip.prior import prior_loss, prior_pull
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "clamp_to_codebook",
     "image_losses",
     "best_candidates",
-    "make_optimizer",
     "start_state",
     "step",
     "run_loop",
@@ -34,16 +34,6 @@ __all__ = [
 ]
 
 Callback = Callable[[dict[str, Any]], None]
-OPTIMIZER_CLASSES = {
-    "Adam": torch.optim.Adam,
-    "AdamW": torch.optim.AdamW,
-    "Adagrad": torch.optim.Adagrad,
-    "Adamax": torch.optim.Adamax,
-    "NAdam": torch.optim.NAdam,
-    "RAdam": torch.optim.RAdam,
-    "RMSprop": torch.optim.RMSprop,
-    "SGD": torch.optim.SGD,
-}
 NOISE = 0.1  # per-cutout Gaussian noise scale, as in the classic notebooks
 
 
@@ -102,15 +92,6 @@ def compose_latent(levels: list[torch.Tensor]) -> torch.Tensor:
         up = F.interpolate(level, latent.shape[-2:], mode="bilinear", align_corners=False)
         latent = latent + up
     return latent
-
-
-def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """An optimiser by name; raises ``ValueError`` listing the valid names."""
-    if name not in OPTIMIZER_CLASSES:
-        raise ValueError(
-            f"optimizer: unknown {name!r}; valid options are {list(OPTIMIZER_CLASSES)}"
-        )
-    return OPTIMIZER_CLASSES[name](params, lr=lr)
 
 
 def start_state(

@@ -231,3 +231,65 @@ def test_compiled_models_score_as_the_eager_ones(tiny_config: GenerationConfig) 
     compiled, _ = load_models(config.replace(compile=True), resolve_device("cpu"))
     eager, _ = load_models(config, resolve_device("cpu"))
     assert hasattr(compiled.decoder, "_orig_mod") and not hasattr(eager.decoder, "_orig_mod")
+
+
+def test_a_batch_of_prompts_steers_each_image_by_its_own(tiny_config: GenerationConfig) -> None:
+    from vqclip.frames import frame_paths, read_png_metadata
+
+    base = tiny_config.replace(start="plain", max_iterations=3)
+    red_blue = generate(base.replace(prompts="", batch_prompts=("a red circle", "a blue square")))
+    red_green = generate(base.replace(prompts="", batch_prompts=("a red circle", "a green one:2")))
+    assert red_blue.config.batch_size == 2 and red_blue.image.shape[0] == 2
+    # Both start from the same grey: the first image, steered by the same prompt, comes out the
+    # same whatever the second is steered by; the second differs.
+    assert torch.equal(red_blue.image[0], red_green.image[0])
+    assert not torch.equal(red_blue.image[1], red_green.image[1])
+    alone = generate(base.replace(prompts="a red circle", batch_size=2)).image
+    assert not torch.equal(alone[1], red_blue.image[1])  # not the shared prompt either
+    first, second = [p for p in frame_paths(red_blue.run_dir) if p.stem.startswith("000000")]
+    assert read_png_metadata(first)["prompts"] == "a red circle"
+    assert read_png_metadata(second)["prompts"] == "a blue square"
+
+
+def test_a_batch_of_prompts_ranks_candidates_and_palettes_per_image(
+    tiny_config: GenerationConfig,
+) -> None:
+    from vqclip.optimize import best_candidates, image_losses
+    from vqclip.pipeline import PALETTE, prepare
+
+    prompts = ("a red circle", "a blue square")
+    config = tiny_config.replace(prompts="", batch_prompts=prompts, best_of=2, start="palette")
+    loop, state = prepare(config, resolve_device("cpu"))
+    assert len(loop.row_targets) == 4  # (image 0, image 0, image 1, image 1)
+    flats = torch.tensor(list(PALETTE.values())).float().div(255).view(-1, 3, 1, 1)
+    flats = flats.expand(-1, 3, 32, 32).contiguous()
+    picks = []
+    for prompt in prompts:  # each image's candidates start from its own prompt's best colours
+        single, _ = prepare(tiny_config.replace(prompts=prompt), resolve_device("cpu"))
+        picks += image_losses(single, flats).argsort()[:2].tolist()
+    assert torch.equal(state.latent, encode_image(loop.vqgan, flats[picks]))
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    chosen = best_candidates(loop, images, 2)
+    for b, prompt in enumerate(prompts):
+        single, _ = prepare(tiny_config.replace(prompts=prompt), resolve_device("cpu"))
+        pair = images[2 * b : 2 * b + 2]
+        assert torch.equal(chosen[b], pair[image_losses(single, pair).argmin()])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompts": "a cat"}, "prompts: 'a cat' and batch_prompts both given"),
+        ({"batch_prompts": ("a ^ b",)}, "batch_prompts: item 0 is 'a \\^ b'"),
+        ({"batch_prompts": ("a", "")}, "batch_prompts: item 1 is empty"),
+        ({"batch_size": 3}, "batch_size: 3 does not match the 2 batch_prompts"),
+        ({"batch_prompts": ("a", "b:x1")}, None),  # "b:x1" is text: its suffix is not a number
+    ],
+)
+def test_batch_prompts_errors(changes: dict, message: str | None) -> None:
+    values = {"prompts": "", "batch_prompts": ("a cat", "a dog"), **changes}
+    if message is None:
+        assert GenerationConfig(**values).batch_size == 2
+        return
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig(**values)

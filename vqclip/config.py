@@ -32,6 +32,7 @@ class GenerationConfig:
 
     prompts: str = ""  # "text:weight:stop | text"; weight may be negative; "a ^ b": two phases
     prompt_every: int = 0  # iterations per phase of a "^" story; 0: max_iterations shared out
+    batch_prompts: tuple[str, ...] = ()  # a prompt list per image, all in one batch (no prompts)
     image_prompts: str = ""  # "path-or-URL:weight | ..." images whose CLIP embedding pulls
     noise_prompt_seeds: tuple[int, ...] = ()  # one random-embedding prompt per seed
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
@@ -75,7 +76,7 @@ class GenerationConfig:
     run_name: str | None = None  # run directory name; default: time, prompt and seed
 
     def __post_init__(self) -> None:
-        for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments"):
+        for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts"):
             value = getattr(self, name)
             if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
                 raise ValueError(f"{name}: expected a list, got {value!r}")
@@ -83,6 +84,7 @@ class GenerationConfig:
         self._check_sizes()
         self._check_choices()
         self._check_prompts()
+        self._check_batch_prompts()
         self._check_video()
 
     def _check_sizes(self) -> None:
@@ -130,6 +132,29 @@ class GenerationConfig:
                 f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
 
+    def _check_batch_prompts(self) -> None:
+        if not self.batch_prompts:
+            return
+        if self.prompts:
+            raise ValueError(
+                f"prompts: {self.prompts!r} and batch_prompts both given; batch_prompts holds "
+                "the prompts of every image of the batch, so leave prompts empty"
+            )
+        for index, prompts in enumerate(self.batch_prompts):
+            if not isinstance(prompts, str) or "^" in prompts:
+                raise ValueError(
+                    f"batch_prompts: item {index} is {prompts!r}; expected a prompt list "
+                    "('text:weight | text'), without '^' phases"
+                )
+            if not parse_prompts(prompts) and not (self.image_prompts or self.target_images):
+                raise ValueError(f"batch_prompts: item {index} is empty; nothing to steer it")
+        if self.batch_size not in (1, len(self.batch_prompts)):
+            raise ValueError(
+                f"batch_size: {self.batch_size} does not match the {len(self.batch_prompts)} "
+                "batch_prompts (leave it at 1 and it follows them)"
+            )
+        object.__setattr__(self, "batch_size", len(self.batch_prompts))
+
     def _check_video(self) -> None:
         if not self.init_video:
             return
@@ -167,6 +192,7 @@ class GenerationConfig:
         for weight in self.noise_prompt_weights:
             _finite_number("noise_prompt_weights", weight)
         steer = (self.prompts, self.image_prompts, self.noise_prompt_seeds, self.target_images)
+        steer += (self.batch_prompts,)
         if not any(split_prompts(s) if isinstance(s, str) else s for s in steer):
             raise ValueError(
                 "prompts: nothing to steer toward; give prompts, image_prompts, "

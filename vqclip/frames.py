@@ -36,7 +36,8 @@ def create_run_dir(config: GenerationConfig) -> Path:
     """Make a new, empty run directory; an existing one is never reused or overwritten."""
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    prompt = config.prompts.split("|")[0].split(":")[0] if config.prompts else "image"
+    first = config.prompts or (config.batch_prompts or ("",))[0]
+    prompt = first.split("|")[0].split(":")[0] or "image"
     base = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(prompt)}-s{config.seed}"
     for n in range(10_000):
         path = root / (base if n == 0 else f"{base}-{n}")
@@ -116,7 +117,9 @@ class FrameWriter:
 
     def metadata(self, iteration: int, index: int) -> dict[str, Any]:
         return {
-            "prompts": self.config.prompts,
+            "prompts": self.config.batch_prompts[index]
+            if self.config.batch_prompts
+            else self.config.prompts,
             "seed": str(self.config.seed),
             "iteration": str(iteration),
             "batch_index": str(index),

@@ -26,6 +26,7 @@ __all__ = [
     "compose_latent",
     "clamp_to_codebook",
     "image_losses",
+    "weighted_distances",
     "best_candidates",
     "start_state",
     "step",
@@ -55,6 +56,7 @@ class Loop:
     prior_weight: float = 0.0
     prior_ramp: int = 0  # iterations over which the prior's weight grows to prior_weight
     phases: tuple[Targets, ...] = ()  # a story's prompt phases (vqclip.schedule); () for one
+    row_targets: tuple[Targets, ...] = ()  # per latent row, for a batch of prompts; () shared
 
     def prior_weight_at(self, iteration: int) -> float:
         """The prior's weight at step ``iteration`` (from 0): ``prior_weight / prior_ramp`` at
@@ -133,8 +135,7 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     # 3. Score with CLIP and sum the losses.
     with _autocast(loop, device):
         embeds = loop.clip_model.encode_image(normalize(cutouts)).float()  # (B * cutn, E)
-    losses = prompt_losses(embeds, loop.targets)  # (P,)
-    total = losses.sum() * image.shape[0]  # per-image gradients do not shrink with the batch
+    total, losses = _batch_losses(loop, embeds, len(image))
     if loop.init_weight:
         total = total + init_loss(latent, state.start, loop.init_weight)
     if loop.smoothness:
@@ -149,6 +150,20 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     clamp_to_codebook(state.levels, loop.vqgan.codebook)
     state.iteration += 1
     return {"image": image.detach(), "loss": total.detach(), "losses": losses.detach()}
+
+
+def _batch_losses(loop: Loop, embeds: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows * cutn, E) cutout embeddings -> (the prompt part of the objective, the losses per
+    prompt (P,) for reports): each latent row's cutouts against its own targets, or all of them
+    against the shared targets (each image's gradient then does not shrink with the batch)."""
+    if not loop.row_targets:
+        losses = prompt_losses(embeds, loop.targets)  # (P,)
+        return losses.sum() * rows, losses
+    per_row = embeds.view(rows, -1, embeds.shape[-1])  # (rows, cutn, E)
+    losses = torch.cat(
+        [prompt_losses(e, t) for e, t in zip(per_row, loop.row_targets, strict=True)]
+    )
+    return losses.sum(), losses
 
 
 def _step_seed(loop: Loop, state: LoopState) -> int:
@@ -186,9 +201,18 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
     with _autocast(loop, images.device):
         embeds = loop.clip_model.encode_image(normalize(views)).float()  # (B, E)
-    targets = loop.targets
+    if not loop.row_targets:
+        return weighted_distances(embeds, loop.targets)
+    # A batch of prompts: images come grouped by latent row (one, or a row's alternatives).
+    groups = embeds.view(len(loop.row_targets), -1, embeds.shape[-1])
+    pairs = zip(groups, loop.row_targets, strict=True)
+    return torch.cat([weighted_distances(e, t) for e, t in pairs])
+
+
+def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(B, E) image embeddings -> (B,): each one's weighted distance to the targets."""
     distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
-    per_prompt = distances.new_zeros(len(images), targets.count).index_add(
+    per_prompt = distances.new_zeros(len(embeds), targets.count).index_add(
         1, targets.owner, distances
     )
     return (per_prompt / targets.rows * targets.weights).sum(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -138,8 +138,12 @@ def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) ->
     w), each image's candidates taking the best, second best, ... colour."""
     rgb = torch.tensor(list(PALETTE.values()), dtype=torch.float32, device=device) / 255
     flats = rgb.view(-1, 3, 1, 1).expand(-1, 3, config.height, config.width)  # (C, 3, H, W)
-    order = image_losses(loop, flats).argsort().tolist()
-    picks = [order[i % len(order)] for i in range(config.best_of)] * config.batch_size
+    per_image = loop.row_targets[:: config.best_of] or (loop.targets,) * config.batch_size
+    ranks = {
+        id(t): image_losses(replace(loop, targets=t, row_targets=()), flats) for t in per_image
+    }
+    orders = [ranks[id(t)].argsort().tolist() for t in per_image]  # (batch_size, C)
+    picks = [order[i % len(order)] for order in orders for i in range(config.best_of)]
     log.info("palette start: %s", [list(PALETTE)[i] for i in picks[: config.best_of]])
     return encode_image(loop.vqgan, flats[picks].contiguous())
 
@@ -163,24 +167,25 @@ def _start_latent(
     return random_latent(vqgan.codebook, batch, config.height // f, config.width // f, generator)
 
 
-def _build_phases(
+def _build_targets(
     config: GenerationConfig,
     clip_model: torch.nn.Module,
     generator: torch.Generator,
     device: torch.device,
+    prompt_lists: list[str],
 ) -> tuple[Targets, ...]:
-    """One :class:`Targets` per ``^`` phase of the prompts, each with the image and noise
-    prompts. Every phase draws the same image-prompt cutouts, and the generator moves on as
-    for one phase, so a one-phase run draws exactly what it always did."""
+    """One :class:`Targets` per prompt list (the phases of a story, or the prompts of a batch),
+    each with the image and noise prompts. Every one draws the same image-prompt cutouts, and
+    the generator moves on as for one, so a plain run draws exactly what it always did."""
     size = (config.width, config.height)
     before = generator.get_state()
-    phases = []
-    for phase in split_phases(config.prompts):
+    built = []
+    for prompts in prompt_lists:
         generator.set_state(before)
-        phases.append(
+        built.append(
             build_targets(
                 clip_model,
-                parse_prompts(phase),
+                parse_prompts(prompts),
                 _image_prompts(config),
                 list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
                 lambda path: load_image(zoo.local_image(path), size),
@@ -189,7 +194,7 @@ def _build_phases(
                 device,
             )
         )
-    return tuple(phases)
+    return tuple(built)
 
 
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
@@ -205,13 +210,16 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     vqgan, clip_model = load_models(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    phases = _build_phases(config, clip_model, generator, device)
+    lists = list(config.batch_prompts) or split_phases(config.prompts)
+    targets = _build_targets(config, clip_model, generator, device, lists)
+    per_image = config.batch_prompts and targets  # each latent row: its image's prompts
     augments = make_augments(config.augments, clip_model.visual.input_resolution)
     loop = Loop(
-        vqgan, clip_model, phases[0], augments, config.cutn, config.cut_pow,
+        vqgan, clip_model, targets[0], augments, config.cutn, config.cut_pow,
         config.init_weight, config.seed, config.precision, config.smoothness,
         _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
-        config.prior_weight, config.prior_ramp, phases,
+        config.prior_weight, config.prior_ramp, () if per_image else targets,
+        tuple(t for t in per_image for _ in range(config.best_of)) if per_image else (),
     )  # fmt: skip
     return loop, generator
 

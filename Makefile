@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
-FPS    ?= 10
+FPS    ?=
 
 .PHONY: env demo test test-fast lint format video notebook bench clean
 
@@ -34,9 +34,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix vqclip tests
 	$(BIN)/ruff format vqclip tests
 
-video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10]
+video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10] (default: a restyled video's own, else 10)
 	@test -n "$(RUN)" || (echo "usage: make video RUN=outputs/RUN_DIR [FPS=10]" >&2; exit 2)
-	$(BIN)/vqclip video "$(RUN)" --fps $(FPS)
+	$(BIN)/vqclip video "$(RUN)" $(if $(FPS),--fps $(FPS))
 
 notebook: $(STAMP)  ## the notebook in local Jupyter
 	$(BIN)/jupyter notebook notebooks/vqgan_clip.ipynb

@@ -94,9 +94,11 @@ def test_video_frames_limits_and_the_cli_keeps_the_frame_rate(
     cli.main(["generate", "a red square", *flags])
     (run,) = out.iterdir()
     assert len(frame_paths(run)) == 3 and count_video_frames(run / "video.mp4") == 3
-    reader = imageio_ffmpeg.read_frames(str(run / "video.mp4"))
-    assert next(reader)["fps"] == 5  # the input's
-    reader.close()
+    cli.main(["video", str(run), "--output", str(run / "again.mp4")])
+    for video in ("video.mp4", "again.mp4"):  # at the input's frame rate, by default
+        reader = imageio_ffmpeg.read_frames(str(run / video))
+        assert next(reader)["fps"] == 5
+        reader.close()
     assert "3 frames" in capsys.readouterr().out
 
 

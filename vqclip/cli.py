@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     video = sub.add_parser("video", help="assemble a run's saved frames into an MP4")
     video.add_argument("run_dir", type=Path)
-    video.add_argument("--fps", type=float, default=10.0)
+    video.add_argument(
+        "--fps", type=float, help="frame rate (default: a restyled video's own, else 10)"
+    )
     video.add_argument("--output", type=Path, help="default: RUN_DIR/video.mp4")
     video.add_argument("--overwrite", action="store_true", help="replace an existing video")
     models = sub.add_parser("models", help="list known models, or download one")
@@ -195,19 +197,19 @@ def _report(result: Any, args: argparse.Namespace) -> None:
     if result.interrupted:
         print(f"go on:         vqclip resume {result.run_dir}")
     if args.video:
-        from vqclip.video import assemble_video, video_fps
+        from vqclip.video import assemble_video, default_fps
 
-        init_video = result.config.init_video  # a restyled video keeps its frame rate
-        fps = args.fps or (video_fps(init_video) if init_video else 10.0)
+        fps = args.fps or default_fps(result.run_dir)
         print(f"video:         {assemble_video(result.run_dir, fps=fps)}")
     else:
         print(f"make a video:  vqclip video {result.run_dir}")
 
 
 def _video(args: argparse.Namespace) -> None:
-    from vqclip.video import assemble_video
+    from vqclip.video import assemble_video, default_fps
 
-    path = assemble_video(args.run_dir, fps=args.fps, output=args.output, overwrite=args.overwrite)
+    fps = args.fps or default_fps(args.run_dir)
+    path = assemble_video(args.run_dir, fps=fps, output=args.output, overwrite=args.overwrite)
     print(f"video: {path}")
 
 

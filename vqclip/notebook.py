@@ -154,14 +154,11 @@ def show_video(run_dir: Path, fps: float | None = None) -> Path:
     by default), show it inline, and offer it for download in Colab."""
     from IPython.display import Video, display
 
-    from vqclip.pipeline import read_run_config
-    from vqclip.video import assemble_video, video_fps
+    from vqclip.video import assemble_video, default_fps
 
     path = Path(run_dir) / "video.mp4"
     if not path.exists():  # running the cell again shows the video already made
-        init_video = read_run_config(Path(run_dir)).init_video
-        fps = fps or (video_fps(init_video) if init_video else 10.0)
-        assemble_video(run_dir, fps=fps, output=path)
+        assemble_video(run_dir, fps=fps or default_fps(run_dir), output=path)
     display(Video(str(path), embed=True, width=min(512, 4 * 128)))
     if in_colab():
         from google.colab import files  # type: ignore[import-not-found]

@@ -13,7 +13,14 @@ from PIL import Image
 
 from vqclip.frames import frame_paths
 
-__all__ = ["assemble_video", "count_video_frames", "check_video", "video_fps", "read_video_frames"]
+__all__ = [
+    "assemble_video",
+    "default_fps",
+    "count_video_frames",
+    "check_video",
+    "video_fps",
+    "read_video_frames",
+]
 
 
 def _even(pixels: np.ndarray) -> np.ndarray:
@@ -61,6 +68,15 @@ def assemble_video(
         raise
     os.replace(tmp, output)
     return output
+
+
+def default_fps(run_dir: str | Path) -> float:
+    """The frame rate for a run's video: a restyled video's own, else 10."""
+    from vqclip.config import GenerationConfig
+
+    path = Path(run_dir) / "config.json"
+    init_video = GenerationConfig.from_json(path.read_text()).init_video if path.is_file() else None
+    return video_fps(init_video) if init_video else 10.0
 
 
 def count_video_frames(path: str | Path, limit: int = 0) -> int:

@@ -14,7 +14,7 @@ from PIL import Image
 import vqclip.optimize
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
-from vqclip.pipeline import generate, resume
+from vqclip.pipeline import RunResult, generate, resume
 from vqclip.runstate import STATE, read_state
 
 
@@ -47,6 +47,17 @@ def _ctrl_c_during_step(monkeypatch: pytest.MonkeyPatch, iteration: int, times: 
     monkeypatch.setattr(vqclip.optimize, "make_cutouts", cutouts_with_ctrl_c)
 
 
+def _stopped_run(
+    config: GenerationConfig, monkeypatch: pytest.MonkeyPatch, ctrl_cs: int
+) -> RunResult:
+    """A 12-iteration run stopped by ``ctrl_cs`` SIGINTs during step 7, with Ctrl-C restored."""
+    _ctrl_c_during_step(monkeypatch, iteration=7, times=ctrl_cs)
+    stopped = generate(config.replace(max_iterations=12, run_name="stopped"))
+    monkeypatch.undo()
+    assert stopped.interrupted
+    return stopped
+
+
 @pytest.fixture
 def unbroken(tiny_config: GenerationConfig) -> Path:
     """A 12-iteration run with frames every 5 steps, never stopped."""
@@ -56,15 +67,10 @@ def unbroken(tiny_config: GenerationConfig) -> Path:
 def test_ctrl_c_stops_after_the_step_and_resume_matches_an_unbroken_run(
     tiny_config: GenerationConfig, unbroken: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tiny_config.replace(max_iterations=12, run_name="stopped")
-    _ctrl_c_during_step(monkeypatch, iteration=7, times=1)
-    stopped = generate(config)
-    assert stopped.interrupted
+    stopped = _stopped_run(tiny_config, monkeypatch, ctrl_cs=1)
     assert read_state(stopped.run_dir / STATE)["iteration"] == 8  # step 7 finished first
     assert [p.name for p in stopped.frames] == ["000000.png", "000005.png", "000008.png"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-
-    monkeypatch.undo()
     resumed = resume(stopped.run_dir)
     assert not resumed.interrupted and resumed.run_dir == stopped.run_dir
     _assert_same_frames(stopped.run_dir, unbroken)
@@ -76,15 +82,10 @@ def test_ctrl_c_stops_after_the_step_and_resume_matches_an_unbroken_run(
 def test_a_second_ctrl_c_stops_at_once_and_resume_goes_back_to_the_last_display_step(
     tiny_config: GenerationConfig, unbroken: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tiny_config.replace(max_iterations=12, run_name="stopped")
-    _ctrl_c_during_step(monkeypatch, iteration=7, times=2)
-    stopped = generate(config)
-    assert stopped.interrupted
+    stopped = _stopped_run(tiny_config, monkeypatch, ctrl_cs=2)
     # Step 7 was cut short, so its state is not whole: the state saved at step 5 stays.
     assert read_state(stopped.run_dir / STATE)["iteration"] == 6
     assert (stopped.run_dir / "final.png").exists()  # what was made is kept
-
-    monkeypatch.undo()
     resume(stopped.run_dir)
     _assert_same_frames(stopped.run_dir, unbroken)
 

@@ -15,6 +15,7 @@ Both are written here from the papers, so that vqclip needs no extra package.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -22,7 +23,8 @@ __all__ = ["DiffGrad", "AdamP", "OPTIMIZER_CLASSES", "make_optimizer"]
 
 
 class _AdamBase(torch.optim.Optimizer):
-    """Adam's moments and bias corrections; subclasses shape each step's direction."""
+    """Adam's moments, bias corrections and decoupled weight decay; a subclass reshapes each
+    step's direction in :meth:`_shape` (here it is left as it is: plain Adam)."""
 
     def __init__(
         self,
@@ -31,22 +33,28 @@ class _AdamBase(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        **extra: float,
     ) -> None:
-        super().__init__(
-            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        )
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, {**defaults, **extra})
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
         """One step for every parameter that has a gradient."""
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, param.grad, group, self.state[param])
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                direction = self._moments(param.grad, group, state)
+                direction, decay = self._shape(param, param.grad, direction, group, state)
+                if decay:
+                    param.mul_(1 - group["lr"] * decay)
+                param.add_(direction, alpha=-group["lr"])
 
     def _moments(self, grad: torch.Tensor, group: dict, state: dict) -> torch.Tensor:
         """Adam's bias-corrected direction ``m / (sqrt(v) + eps)``, moments updated."""
-        if not state:
+        if "step" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(grad)
             state["exp_avg_sq"] = torch.zeros_like(grad)
@@ -58,21 +66,25 @@ class _AdamBase(torch.optim.Optimizer):
         v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
         return m_hat / (v_hat.sqrt() + group["eps"])
 
-    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict, state: dict) -> None:
-        raise NotImplementedError
+    def _shape(
+        self, param: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, group: dict,
+        state: dict,
+    ) -> tuple[torch.Tensor, float]:  # fmt: skip
+        """(the step's direction, its weight decay)."""
+        return direction, group["weight_decay"]
 
 
 class DiffGrad(_AdamBase):
     """Adam with each element's step scaled by ``sigmoid(|previous gradient - gradient|)``."""
 
-    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict, state: dict) -> None:
+    def _shape(
+        self, param: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, group: dict,
+        state: dict,
+    ) -> tuple[torch.Tensor, float]:  # fmt: skip
         previous = state.get("previous_grad", torch.zeros_like(grad))
-        direction = self._moments(grad, group, state)
-        friction = torch.sigmoid((previous - grad).abs())  # in [0.5, 1)
         state["previous_grad"] = grad.clone()
-        if group["weight_decay"]:
-            param.mul_(1 - group["lr"] * group["weight_decay"])
-        param.add_(direction * friction, alpha=-group["lr"])
+        friction = torch.sigmoid((previous - grad).abs())  # in [0.5, 1)
+        return direction * friction, group["weight_decay"]
 
 
 class AdamP(_AdamBase):
@@ -82,26 +94,21 @@ class AdamP(_AdamBase):
         self,
         params: list[torch.Tensor],
         lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
         delta: float = 0.1,
         wd_ratio: float = 0.1,
+        **adam: Any,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
-        for group in self.param_groups:
-            group.update(delta=delta, wd_ratio=wd_ratio)
+        super().__init__(params, lr, delta=delta, wd_ratio=wd_ratio, **adam)
 
-    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict, state: dict) -> None:
-        direction = self._moments(grad, group, state)
-        decay = group["weight_decay"]
+    def _shape(
+        self, param: torch.Tensor, grad: torch.Tensor, direction: torch.Tensor, group: dict,
+        state: dict,
+    ) -> tuple[torch.Tensor, float]:  # fmt: skip
         if param.dim() > 1:
             projected = _project_if_scale_invariant(param, grad, direction, group["delta"])
             if projected is not None:
-                direction, decay = projected, decay * group["wd_ratio"]
-        if decay:
-            param.mul_(1 - group["lr"] * decay)
-        param.add_(direction, alpha=-group["lr"])
+                return projected, group["weight_decay"] * group["wd_ratio"]
+        return direction, group["weight_decay"]
 
 
 def _project_if_scale_invariant(

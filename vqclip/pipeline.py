@@ -138,11 +138,11 @@ def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) ->
     w), each image's candidates taking the best, second best, ... colour."""
     rgb = torch.tensor(list(PALETTE.values()), dtype=torch.float32, device=device) / 255
     flats = rgb.view(-1, 3, 1, 1).expand(-1, 3, config.height, config.width)  # (C, 3, H, W)
-    per_image = loop.row_targets[:: config.best_of] or (loop.targets,) * config.batch_size
-    ranks = {
-        id(t): image_losses(replace(loop, targets=t, row_targets=()), flats) for t in per_image
-    }
-    orders = [ranks[id(t)].argsort().tolist() for t in per_image]  # (batch_size, C)
+    per_image = loop.row_targets[:: config.best_of] or (loop.targets,)  # one, if shared
+    orders = [  # (batch_size, C): each image's colours, best first
+        image_losses(replace(loop, targets=t, row_targets=()), flats).argsort().tolist()
+        for t in per_image
+    ] * (1 if loop.row_targets else config.batch_size)
     picks = [order[i % len(order)] for order in orders for i in range(config.best_of)]
     log.info("palette start: %s", [list(PALETTE)[i] for i in picks[: config.best_of]])
     return encode_image(loop.vqgan, flats[picks].contiguous())

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import imageio_ffmpeg
 import pytest
 
 from vqclip import cli
@@ -49,6 +50,22 @@ def test_generate_then_video(
         cli.main(["video", str(run)])
     assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
     cli.main(["video", str(run), "--overwrite", "--fps", "2"])
+
+
+def test_a_batch_run_reports_each_final_image_and_tiles_its_video(
+    tiny_models: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    cli.main(
+        ["generate", "--batch_prompts", "a cat", "a dog", *_flags(tiny_models, out), "--video"]
+    )
+    run = _only_run(out)
+    report = capsys.readouterr().out
+    assert "done: 4 frames of 2 images" in report
+    assert f"{run / 'final-0.png'}\n" in report and f"{run / 'final-1.png'}\n" in report
+    assert (run / "final-0.png").is_file() and not (run / "final.png").exists()
+    reader = imageio_ffmpeg.read_frames(str(run / "video.mp4"))
+    assert next(reader)["size"] == (64, 32) and len(list(reader)) == 4  # side by side
 
 
 def test_video_with_no_frames_is_a_clear_error(

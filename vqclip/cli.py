@@ -35,6 +35,7 @@ examples:
       --video
   vqclip resume outputs/RUN_DIR --max_iterations 500
   vqclip video outputs/RUN_DIR --fps 10
+  vqclip video outputs/RUN_DIR --length 8 --interpolate 30 --overwrite
 """
 
 
@@ -102,10 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--fps", type=float, help="frame rate of --video (default: init_video's, or 10)"
     )
-    video = sub.add_parser("video", help="assemble a run's saved frames into an MP4")
+    video = sub.add_parser(
+        "video",
+        help="assemble a run's saved frames into an MP4",
+        description="Assemble a run's saved frames into an H.264 MP4. A batch run's images are "
+        "tiled side by side unless --image picks one.",
+    )
     video.add_argument("run_dir", type=Path)
+    rate = video.add_mutually_exclusive_group()
+    rate.add_argument("--fps", type=float, help="frame rate (default: a restyled video's, else 10)")
+    rate.add_argument("--length", type=float, help="seconds: the frame rate that fits the frames")
+    video.add_argument("--first", type=int, default=0, help="first iteration (restyle: frame) kept")
+    video.add_argument("--last", type=int, help="last iteration (restyle: frame) kept")
+    video.add_argument("--image", type=int, help="a batch run's image K alone (from 0)")
     video.add_argument(
-        "--fps", type=float, help="frame rate (default: a restyled video's own, else 10)"
+        "--interpolate", type=float, metavar="FPS", help="motion-interpolate up to FPS (e.g. 30)"
     )
     video.add_argument("--output", type=Path, help="default: RUN_DIR/video.mp4")
     video.add_argument("--overwrite", action="store_true", help="replace an existing video")
@@ -191,25 +203,29 @@ def _frames_to_restyle(config: GenerationConfig) -> int:
 
 def _report(result: Any, args: argparse.Namespace) -> None:
     state = "stopped; kept" if result.interrupted else "done"
-    print(f"{state}: {len(result.frames)} frames, seed {result.config.seed}")
+    images = result.config.batch_size
+    count = f"{len(result.frames) // images} frames" + (
+        f" of {images} images" if images > 1 else ""
+    )
+    print(f"{state}: {count}, seed {result.config.seed}")
     print(f"run directory: {result.run_dir}")
-    print(f"final image:   {result.run_dir / 'final.png'}")
+    for n, path in enumerate(result.finals):
+        print(f"{'final image:' if n == 0 else '':14} {path}")
     if result.interrupted:
         print(f"go on:         vqclip resume {result.run_dir}")
     if args.video:
-        from vqclip.video import assemble_video, default_fps
+        from vqclip.video import assemble_video
 
-        fps = args.fps or default_fps(result.run_dir)
-        print(f"video:         {assemble_video(result.run_dir, fps=fps)}")
+        print(f"video:         {assemble_video(result.run_dir, fps=args.fps)}")
     else:
         print(f"make a video:  vqclip video {result.run_dir}")
 
 
 def _video(args: argparse.Namespace) -> None:
-    from vqclip.video import assemble_video, default_fps
+    from vqclip.video import assemble_video
 
-    fps = args.fps or default_fps(args.run_dir)
-    path = assemble_video(args.run_dir, fps=fps, output=args.output, overwrite=args.overwrite)
+    options = {k: getattr(args, k) for k in ("length", "first", "last", "image", "interpolate")}
+    path = assemble_video(args.run_dir, args.fps, args.output, args.overwrite, **options)
     print(f"video: {path}")
 
 
@@ -268,8 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         commands[args.command](args)
     except (
         ValueError,
-        FileExistsError,
-        FileNotFoundError,
+        OSError,  # files that exist, are missing, or could not be written
         DownloadError,
         FloatingPointError,
     ) as error:

@@ -149,16 +149,17 @@ def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = N
     return result
 
 
-def show_video(run_dir: Path, fps: float | None = None) -> Path:
-    """Assemble the run's frames into an MP4 (at a restyled video's own frame rate, else 10 fps
-    by default), show it inline, and offer it for download in Colab."""
+def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
+    """Assemble the run's frames into ``RUN_DIR/video.mp4`` (made again from the frames each
+    time), show it inline, and offer it for download in Colab; ``fps`` and ``options`` (length,
+    first, last, image, interpolate; None for the default) as
+    :func:`vqclip.video.assemble_video` takes them."""
     from IPython.display import Video, display
 
-    from vqclip.video import assemble_video, default_fps
+    from vqclip.video import assemble_video
 
-    path = Path(run_dir) / "video.mp4"
-    if not path.exists():  # running the cell again shows the video already made
-        assemble_video(run_dir, fps=fps or default_fps(run_dir), output=path)
+    given = {name: value for name, value in options.items() if value is not None}
+    path = assemble_video(run_dir, fps, Path(run_dir) / "video.mp4", overwrite=True, **given)
     display(Video(str(path), embed=True, width=min(512, 4 * 128)))
     if in_colab():
         from google.colab import files  # type: ignore[import-not-found]

@@ -68,8 +68,9 @@ class RunResult:
     run_dir: Path  # holds config.json, frames/, final.png and state.pt
     image: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
     config: GenerationConfig  # the resolved config (seed filled in)
-    frames: tuple[Path, ...]  # saved frames, in order
+    frames: tuple[Path, ...]  # saved frames, in order (NNNNNN-K.png: image K of a batch)
     interrupted: bool  # stopped by KeyboardInterrupt; everything made so far is kept
+    finals: tuple[Path, ...] = ()  # final.png, or final-K.png per image of a batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -284,7 +285,7 @@ def _resume_restyle(
             "max_iterations: a restyled video goes on with the iterations per frame it was "
             f"started with ({config.max_iterations}); leave max_iterations out"
         )
-    if (run_dir / "final.png").exists():
+    if any(run_dir.glob("final*.png")):
         raise ValueError(f"resume: every frame of {config.init_video!r} is restyled in {run_dir}")
     check_inputs(config)
     loop, generator = prepare_loop(config, resolve_device(config.device))
@@ -337,8 +338,8 @@ def _run(
     image = best_candidates(loop_at(loop, state.iteration, config), image, config.best_of)
     if not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration:
         writer({"iteration": state.iteration, "image": image})
-    writer.save("final", [to_uint8(x) for x in image], state.iteration)
-    return RunResult(run_dir, image.cpu(), config, tuple(writer.saved), interrupted)
+    finals = writer.save("final", [to_uint8(x) for x in image], state.iteration)
+    return RunResult(run_dir, image.cpu(), config, tuple(writer.saved), interrupted, tuple(finals))
 
 
 def restyle(
@@ -369,6 +370,9 @@ def restyle(
     if not writer.saved:
         raise ValueError(f"init_video: no frames could be read from {config.init_video!r}")
     image = last_frames(writer.saved)
-    if not interrupted:
-        writer.save("final", [to_uint8(x) for x in image], config.max_iterations)
-    return RunResult(run_dir, image, config, tuple(writer.saved), interrupted)
+    finals = (
+        []
+        if interrupted
+        else writer.save("final", [to_uint8(x) for x in image], config.max_iterations)
+    )
+    return RunResult(run_dir, image, config, tuple(writer.saved), interrupted, tuple(finals))

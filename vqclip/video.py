@@ -3,6 +3,7 @@ frames read back (to restyle it). Needs no torch."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vqclip.frames import frame_paths
+from vqclip.frames import FRAMES, frame_iteration, frame_paths
 
 __all__ = [
     "assemble_video",
+    "select_frames",
     "default_fps",
     "count_video_frames",
     "check_video",
@@ -29,39 +31,136 @@ def _even(pixels: np.ndarray) -> np.ndarray:
     return np.pad(pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
+def _batch_index(path: Path) -> int:
+    """K of a frame named ``NNNNNN-K.png`` (0 for ``NNNNNN.png``)."""
+    return int(path.stem.split("-")[1]) if "-" in path.stem else 0
+
+
+def select_frames(
+    run_dir: str | Path, first: int = 0, last: int | None = None, image: int | None = None
+) -> list[list[Path]]:
+    """The run's frames from iteration ``first`` to ``last`` (inclusive), one list per saved
+    iteration holding the batch's images in order, or only image ``image`` of the batch."""
+    run_dir = Path(run_dir)
+    steps: dict[int, list[Path]] = {}
+    for path in sorted(frame_paths(run_dir), key=lambda p: (frame_iteration(p), _batch_index(p))):
+        steps.setdefault(frame_iteration(path), []).append(path)
+    if not steps:
+        raise ValueError(f"no frames in {run_dir / FRAMES}: expected PNGs saved by a run")
+    if first < 0 or (last is not None and last < first):
+        raise ValueError(f"first, last: expected 0 <= first <= last, got {first}, {last}")
+    end = max(steps) if last is None else last
+    chosen = [paths for step, paths in steps.items() if first <= step <= end]
+    if not chosen:
+        raise ValueError(
+            f"first, last: no frames from iteration {first} to {last} in {run_dir / FRAMES}; "
+            f"it holds iterations {min(steps)} to {max(steps)}"
+        )
+    if image is None:
+        return chosen
+    batch = len(chosen[0])
+    if not 0 <= image < batch:
+        raise ValueError(f"image: expected 0 to {batch - 1} (the run made {batch}), got {image}")
+    return [[paths[image]] for paths in chosen]
+
+
+def _tile(images: list[np.ndarray]) -> np.ndarray:
+    """(H, W, 3) images side by side in a grid of ceil(sqrt(n)) columns, blank cells black."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    height, width = images[0].shape[:2]
+    grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+    for n, pixels in enumerate(images):
+        row, column = divmod(n, columns)
+        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = pixels
+    return grid
+
+
+def _read_step(paths: list[Path]) -> np.ndarray:
+    """One video frame: the iteration's image, or its batch tiled; (H, W, 3) uint8, even sides."""
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    if any(pixels.shape != images[0].shape for pixels in images):
+        raise ValueError(f"frames {[p.name for p in paths]} differ in size")
+    return _even(images[0] if len(images) == 1 else _tile(images))
+
+
+def _frame_rate(run_dir: Path, steps: int, fps: float | None, length: float | None) -> float:
+    """The input frame rate: ``fps``, or ``steps`` spread over ``length`` seconds, or the run's
+    default."""
+    if fps is not None and length is not None:
+        raise ValueError(f"fps and length: give one, not both (got {fps} and {length})")
+    if length is not None:
+        if not length > 0:
+            raise ValueError(f"length: expected a positive number of seconds, got {length!r}")
+        return steps / length
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps: expected a positive number, got {fps!r}")
+    return fps or default_fps(run_dir)
+
+
+def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int]) -> list[str]:
+    """ffmpeg options that interpolate motion up to ``interpolate`` frames per second."""
+    if interpolate is None:
+        return []
+    if not interpolate > fps:
+        raise ValueError(
+            f"interpolate: expected more than the input's {fps:g} fps, got {interpolate}"
+        )
+    if min(size) < 32:  # ffmpeg's minterpolate works on blocks
+        raise ValueError(
+            f"interpolate: needs frames of at least 32x32, these are {size[0]}x{size[1]}"
+        )
+    mode = "mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"  # motion-compensated, as generate.py
+    return ["-vf", f"minterpolate=fps={interpolate:g}:{mode}"]
+
+
 def assemble_video(
     run_dir: str | Path,
-    fps: float = 10.0,
+    fps: float | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
+    *,
+    length: float | None = None,
+    first: int = 0,
+    last: int | None = None,
+    image: int | None = None,
+    interpolate: float | None = None,
 ) -> Path:
-    """Write the run's frames to ``output`` (default ``RUN_DIR/video.mp4``); returns its path."""
+    """Write the run's frames to ``output`` (default ``RUN_DIR/video.mp4``); returns its path.
+
+    ``fps`` defaults to a restyled video's own rate, else 10; ``length`` (seconds) sets it from
+    the frame count instead. ``first``/``last`` pick a range of iterations. A batch run's images
+    are tiled side by side, or ``image`` picks one. ``interpolate`` raises the frame rate to that
+    many fps by motion interpolation (ffmpeg's minterpolate), for smooth slow videos.
+    """
     import imageio_ffmpeg
 
     run_dir = Path(run_dir)
-    frames = frame_paths(run_dir)
-    if not frames:
-        raise ValueError(f"no frames in {run_dir / 'frames'}: expected PNGs saved by a run")
-    if not fps > 0:
-        raise ValueError(f"fps: expected a positive number, got {fps!r}")
+    steps = select_frames(run_dir, first, last, image)
+    rate = _frame_rate(run_dir, len(steps), fps, length)
+    first_frame = _read_step(steps[0])
+    size = (first_frame.shape[1], first_frame.shape[0])
+    options = ["-crf", "18", *_smoothing(rate, interpolate, size)]
     output = Path(output) if output else run_dir / "video.mp4"
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
-    first = _even(np.asarray(Image.open(frames[0]).convert("RGB")))
-    size = (first.shape[1], first.shape[0])
     tmp = output.with_name(f".{output.stem}.part{output.suffix}")
     writer = imageio_ffmpeg.write_frames(
-        str(tmp), size, fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=None, output_params=["-crf", "18"],
+        str(tmp), size, fps=rate, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+        macro_block_size=1, quality=None, output_params=options,
     )  # fmt: skip
     writer.send(None)  # start ffmpeg
     try:
-        for path in frames:
-            pixels = _even(np.asarray(Image.open(path).convert("RGB")))
+        for paths in steps:
+            pixels = _read_step(paths)
             if (pixels.shape[1], pixels.shape[0]) != size:
-                raise ValueError(f"frame {path} is {pixels.shape[1]}x{pixels.shape[0]}, not {size}")
+                raise ValueError(
+                    f"frame {paths[0]} is {pixels.shape[1]}x{pixels.shape[0]}, not {size}"
+                )
             writer.send(np.ascontiguousarray(pixels))
         writer.close()
+        if not tmp.is_file() or tmp.stat().st_size == 0:  # imageio-ffmpeg ignores ffmpeg's status
+            raise OSError(f"ffmpeg could not write {output}; its messages are above")
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)  # no half-written video is left behind

@@ -80,6 +80,28 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert sorted(p.name for p in aside.iterdir()) == ["000004.png", "final.png", "video.mp4"]
 
 
+def test_notebook_runs_a_batch_of_stories_into_a_smooth_tiled_video(tmp_path: Path) -> None:
+    notebook = _with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4),
+        vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="ignored: batch_prompts replace it",
+        batch_prompts=["a red circle on a blue background ^ a red square on a blue background",
+                       "a green triangle on a white background"],
+        max_iterations=4, display_frequency=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
+        video_length=1.5, video_interpolate=12,
+    )  # fmt: skip
+    outputs = _execute(notebook, tmp_path)
+    assert not [o for o in outputs if o.output_type == "error"]
+    (run_dir,) = (tmp_path / "out").iterdir()
+    names = [p.name for p in frame_paths(run_dir)]
+    assert names == [f"{i:06d}-{k}.png" for i in (0, 2, 4) for k in (0, 1)]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["prompts"] == "" and len(saved["batch_prompts"]) == 2
+    reader = imageio_ffmpeg.read_frames(str(run_dir / "video.mp4"))
+    meta = next(reader)
+    assert meta["size"] == (128, 64) and meta["fps"] == 12  # two 64x64 images side by side
+    assert len(list(reader)) > 3  # 3 frames over 1.5 s, interpolated up to 12 a second
+
+
 def test_notebook_restyles_a_video_at_its_frame_rate(tmp_path: Path) -> None:
     source = tmp_path / "in.mp4"
     writer = imageio_ffmpeg.write_frames(str(source), (64, 64), fps=4, macro_block_size=1)

@@ -280,7 +280,7 @@ def test_a_batch_of_prompts_ranks_candidates_and_palettes_per_image(
     "changes, message",
     [
         ({"prompts": "a cat"}, "prompts: 'a cat' and batch_prompts both given"),
-        ({"batch_prompts": ("a ^ b",)}, "batch_prompts: item 0 is 'a \\^ b'"),
+        ({"batch_prompts": ("a", 3)}, "batch_prompts: item 1 is 3; expected a string"),
         ({"batch_prompts": ("a", "")}, "batch_prompts: item 1 is empty"),
         ({"batch_size": 3}, "batch_size: 3 does not match the 2 batch_prompts"),
         ({"batch_prompts": ("a", "b:x1")}, None),  # "b:x1" is text: its suffix is not a number

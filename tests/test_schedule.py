@@ -46,6 +46,28 @@ def test_phases_and_zooms_change_at_their_iterations() -> None:
     assert phase_length(config.replace(prompts="only one"), 1) == 0
 
 
+def test_a_batch_of_stories_changes_each_image_at_its_phase(tiny_config: GenerationConfig) -> None:
+    def images(batch_prompts: tuple[str, ...]) -> list[list[np.ndarray]]:
+        config = tiny_config.replace(
+            prompts="", batch_prompts=batch_prompts, start="plain", max_iterations=6,
+            display_frequency=1,
+        )  # fmt: skip
+        frames = frame_paths(generate(config).run_dir)
+        return [
+            [np.asarray(Image.open(p)) for p in frames if p.stem.endswith(f"-{k}")] for k in (0, 1)
+        ]
+
+    story = images(("a red circle ^ a blue square", "a green one"))
+    plain = images(("a red circle", "a green one"))
+    # Image 0 follows its story: phase two takes over at step 3, so frame 4 (after step 3) differs.
+    assert all(np.array_equal(a, b) for a, b in zip(story[0][:4], plain[0][:4], strict=True))
+    assert not np.array_equal(story[0][4], plain[0][4])
+    # Image 1's story is one phase long: it keeps it, exactly as it does beside a plain prompt.
+    assert all(np.array_equal(a, b) for a, b in zip(story[1], plain[1], strict=True))
+    config = GenerationConfig(batch_prompts=("a ^ b ^ c", "d"), max_iterations=9)
+    assert config.phase_count() == 3 and config.stories() == [["a", "b", "c"], ["d"]]
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -55,6 +77,11 @@ def test_phases_and_zooms_change_at_their_iterations() -> None:
         ({"zoom_rotate": float("nan")}, "zoom_rotate: expected a finite number"),
         ({"prompts": "a ^ b:1.5x"}, "weight '1.5x' is not a number"),
         ({"prompts": "a ^ b", "max_iterations": -1}, "prompt_every: the prompts have 2 phases"),
+        (
+            {"prompts": "", "batch_prompts": ("a", "b ^ c"), "max_iterations": -1},
+            "prompt_every: the prompts have 2 phases",
+        ),
+        ({"prompts": "", "batch_prompts": ("a", "b ^ c:1.5x")}, "weight '1.5x' is not a number"),
     ],
 )
 def test_bad_schedules_are_clear_errors(changes: dict, message: str) -> None:

@@ -32,7 +32,7 @@ class GenerationConfig:
 
     prompts: str = ""  # "text:weight:stop | text"; weight may be negative; "a ^ b": two phases
     prompt_every: int = 0  # iterations per phase of a "^" story; 0: max_iterations shared out
-    batch_prompts: tuple[str, ...] = ()  # a prompt list per image, all in one batch (no prompts)
+    batch_prompts: tuple[str, ...] = ()  # prompts (or a "^" story) per image, in one batch
     image_prompts: str = ""  # "path-or-URL:weight | ..." images whose CLIP embedding pulls
     noise_prompt_seeds: tuple[int, ...] = ()  # one random-embedding prompt per seed
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
@@ -83,8 +83,8 @@ class GenerationConfig:
             object.__setattr__(self, name, tuple(value))
         self._check_sizes()
         self._check_choices()
-        self._check_prompts()
         self._check_batch_prompts()
+        self._check_prompts()
         self._check_video()
 
     def _check_sizes(self) -> None:
@@ -141,12 +141,12 @@ class GenerationConfig:
                 "the prompts of every image of the batch, so leave prompts empty"
             )
         for index, prompts in enumerate(self.batch_prompts):
-            if not isinstance(prompts, str) or "^" in prompts:
+            if not isinstance(prompts, str):
                 raise ValueError(
-                    f"batch_prompts: item {index} is {prompts!r}; expected a prompt list "
-                    "('text:weight | text'), without '^' phases"
+                    f"batch_prompts: item {index} is {prompts!r}; expected a string of prompts "
+                    "('text:weight | text', or a story 'a ^ b')"
                 )
-            if not parse_prompts(prompts) and not (self.image_prompts or self.target_images):
+            if not split_prompts(prompts) and not (self.image_prompts or self.target_images):
                 raise ValueError(f"batch_prompts: item {index} is empty; nothing to steer it")
         if self.batch_size not in (1, len(self.batch_prompts)):
             raise ValueError(
@@ -161,7 +161,7 @@ class GenerationConfig:
         clashes = {
             "init_image": self.init_image,
             "zoom_every": self.zoom_every,
-            "prompts": len(split_phases(self.prompts)) > 1 and "phases ('^')",
+            "prompts": self.phase_count() > 1 and "phases ('^')",
             "max_iterations": self.max_iterations == -1 and -1,
         }
         for name, value in clashes.items():
@@ -171,14 +171,23 @@ class GenerationConfig:
                     "video is restyled by its own run of max_iterations steps)"
                 )
 
+    def stories(self) -> list[list[str]]:
+        """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
+        ``batch_prompts``, or the one list of ``prompts`` that every image shares."""
+        return [split_phases(prompts) for prompts in self.batch_prompts or (self.prompts,)]
+
+    def phase_count(self) -> int:
+        """How many prompt phases the run has; an image whose story is shorter keeps its last."""
+        return max(len(phases) for phases in self.stories())
+
     def _check_prompts(self) -> None:
-        phases = split_phases(self.prompts)
-        for phase in phases:
-            parse_prompts(phase)  # raises ValueError naming a malformed prompt
-        if len(phases) > 1 and self.max_iterations == -1 and not self.prompt_every:
+        for phases in self.stories():
+            for phase in phases:
+                parse_prompts(phase)  # raises ValueError naming a malformed prompt
+        if self.phase_count() > 1 and self.max_iterations == -1 and not self.prompt_every:
             raise ValueError(
-                f"prompt_every: the prompts have {len(phases)} phases and max_iterations is -1 "
-                "(until interrupted), so give the iterations per phase (prompt_every > 0)"
+                f"prompt_every: the prompts have {self.phase_count()} phases and max_iterations "
+                "is -1 (until interrupted), so give the iterations per phase (prompt_every > 0)"
             )
         parse_prompts(self.image_prompts)
         if len(self.noise_prompt_seeds) != len(self.noise_prompt_weights):

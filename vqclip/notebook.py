@@ -22,6 +22,7 @@ __all__ = [
     "fetch_models",
     "run_with_preview",
     "show_video",
+    "prompt_settings",
 ]
 
 
@@ -85,6 +86,14 @@ def default_prior(vqgan: str) -> dict[str, Any]:
     return {key: _auto(vqgan, key, classic) for key, classic in keys.items()}
 
 
+def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The config's prompt fields from the form: ``batch_prompts``, when given, replace
+    ``prompts`` (one entry per image of the batch)."""
+    if batch_prompts:
+        return {"prompts": "", "batch_prompts": tuple(batch_prompts)}
+    return {"prompts": prompts, "batch_prompts": ()}
+
+
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
     """Download (or find in the cache) both models; returns their local files."""
     from vqclip import zoo
@@ -96,9 +105,10 @@ def _png_bytes(image: Any) -> bytes:
     from PIL import Image
 
     from vqclip.images import to_uint8
+    from vqclip.video import tile_images
 
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image[0])).save(buffer, format="PNG")
+    buffer = io.BytesIO()  # a batch's images side by side, as in its video
+    Image.fromarray(tile_images([to_uint8(x) for x in image])).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -55,8 +55,10 @@ class Loop:
     prior: nn.Module | None = None  # an image prior (vqclip.prior), used when prior_weight > 0
     prior_weight: float = 0.0
     prior_ramp: int = 0  # iterations over which the prior's weight grows to prior_weight
-    phases: tuple[Targets, ...] = ()  # a story's prompt phases (vqclip.schedule); () for one
     row_targets: tuple[Targets, ...] = ()  # per latent row, for a batch of prompts; () shared
+    # A story's prompt phases (vqclip.schedule), each (targets, row_targets) as the two fields
+    # above take them; () for a run of one phase.
+    phases: tuple[tuple[Targets, tuple[Targets, ...]], ...] = ()
 
     def prior_weight_at(self, iteration: int) -> float:
         """The prior's weight at step ``iteration`` (from 0): ``prior_weight / prior_ramp`` at

@@ -28,7 +28,7 @@ from vqclip.optimize import (
     start_state,
 )
 from vqclip.prior import load_prior
-from vqclip.prompts import Prompt, parse_prompts, split_phases, split_prompts
+from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.restyle import last_frames, restyle_frames
 from vqclip.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
 from vqclip.schedule import loop_at, run_schedule
@@ -175,7 +175,7 @@ def _build_targets(
     device: torch.device,
     prompt_lists: list[str],
 ) -> tuple[Targets, ...]:
-    """One :class:`Targets` per prompt list (the phases of a story, or the prompts of a batch),
+    """One :class:`Targets` per prompt list (each distinct phase of each image's story),
     each with the image and noise prompts. Every one draws the same image-prompt cutouts, and
     the generator moves on as for one, so a plain run draws exactly what it always did."""
     size = (config.width, config.height)
@@ -198,6 +198,28 @@ def _build_targets(
     return tuple(built)
 
 
+def _build_phases(
+    config: GenerationConfig,
+    clip_model: torch.nn.Module,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[tuple[Targets, tuple[Targets, ...]], ...]:
+    """Each prompt phase's (targets shared by the batch, targets per latent row): the rows are
+    () unless ``batch_prompts`` gives each image its own story (a shorter one keeps its last
+    phase), each image's ``best_of`` candidates in a row with it."""
+    stories = config.stories()
+    lists = list(dict.fromkeys(phase for story in stories for phase in story))
+    built = dict(
+        zip(lists, _build_targets(config, clip_model, generator, device, lists), strict=True)
+    )
+    phases = []
+    for index in range(config.phase_count()):
+        own = [built[story[min(index, len(story) - 1)]] for story in stories]
+        rows = tuple(t for t in own for _ in range(config.best_of)) if config.batch_prompts else ()
+        phases.append((own[0], rows))
+    return tuple(phases)
+
+
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
     """Models, targets and the starting state for a resolved, checked config."""
     loop, generator = prepare_loop(config, device)
@@ -211,16 +233,13 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     vqgan, clip_model = load_models(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    lists = list(config.batch_prompts) or split_phases(config.prompts)
-    targets = _build_targets(config, clip_model, generator, device, lists)
-    per_image = config.batch_prompts and targets  # each latent row: its image's prompts
+    phases = _build_phases(config, clip_model, generator, device)
     augments = make_augments(config.augments, clip_model.visual.input_resolution)
     loop = Loop(
-        vqgan, clip_model, targets[0], augments, config.cutn, config.cut_pow,
+        vqgan, clip_model, phases[0][0], augments, config.cutn, config.cut_pow,
         config.init_weight, config.seed, config.precision, config.smoothness,
         _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
-        config.prior_weight, config.prior_ramp, () if per_image else targets,
-        tuple(t for t in per_image for _ in range(config.best_of)) if per_image else (),
+        config.prior_weight, config.prior_ramp, phases[0][1], phases if len(phases) > 1 else (),
     )  # fmt: skip
     return loop, generator
 

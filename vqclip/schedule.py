@@ -90,9 +90,11 @@ def zoom_image(
 
 def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
     """``loop`` with the prompt phase in force at step ``iteration``."""
-    phases = loop.phases or (loop.targets,)
-    index = phase_at(iteration, phase_length(config, len(phases)), len(phases))
-    return replace(loop, targets=phases[index])
+    if not loop.phases:
+        return loop
+    count = len(loop.phases)
+    targets, row_targets = loop.phases[phase_at(iteration, phase_length(config, count), count)]
+    return replace(loop, targets=targets, row_targets=row_targets)
 
 
 def run_schedule(

@@ -17,6 +17,7 @@ from vqclip.frames import FRAMES, frame_iteration, frame_paths
 __all__ = [
     "assemble_video",
     "select_frames",
+    "tile_images",
     "default_fps",
     "count_video_frames",
     "check_video",
@@ -64,7 +65,7 @@ def select_frames(
     return [[paths[image]] for paths in chosen]
 
 
-def _tile(images: list[np.ndarray]) -> np.ndarray:
+def tile_images(images: list[np.ndarray]) -> np.ndarray:
     """(H, W, 3) images side by side in a grid of ceil(sqrt(n)) columns, blank cells black."""
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
@@ -81,7 +82,7 @@ def _read_step(paths: list[Path]) -> np.ndarray:
     images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     if any(pixels.shape != images[0].shape for pixels in images):
         raise ValueError(f"frames {[p.name for p in paths]} differ in size")
-    return _even(images[0] if len(images) == 1 else _tile(images))
+    return _even(images[0] if len(images) == 1 else tile_images(images))
 
 
 def _frame_rate(run_dir: Path, steps: int, fps: float | None, length: float | None) -> float:

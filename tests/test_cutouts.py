@@ -22,6 +22,20 @@ def test_cutouts_are_crops_of_the_image_reproducible_by_generator() -> None:
     assert torch.allclose(make_cutouts(flat, 16, 5, 1.0, torch.Generator()), torch.tensor(0.25))
 
 
+def test_pooling_cutouts_are_the_whole_image_pooled_and_draw_nothing() -> None:
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    image = torch.rand(2, 3, 48, 40)
+    cuts = make_cutouts(image, 16, 5, 1.0, generator, method="pooling")
+    assert cuts.shape == (10, 3, 16, 16) and torch.equal(generator.get_state(), state)
+    assert torch.equal(cuts[0], cuts[4]) and not torch.equal(cuts[4], cuts[5])  # image-major
+    square = torch.tensor([[0.0, 0.2], [0.4, 1.0]]).expand(1, 3, 2, 2)
+    one = make_cutouts(square, 1, 3, 1.0, generator, method="pooling")
+    assert torch.allclose(one, torch.tensor((0.4 + 1.0) / 2))  # (mean + max) / 2
+    with pytest.raises(ValueError, match="cut_method: unknown value 'random'.*'pooling'"):
+        GenerationConfig(cut_method="random")
+
+
 @pytest.mark.parametrize("name", AUGMENTS)
 def test_each_augmentation_runs_with_gradients_and_is_seeded(name: str) -> None:
     augments = make_augments((name,), 32)

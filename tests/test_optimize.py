@@ -28,9 +28,15 @@ def _start_image(config: GenerationConfig) -> torch.Tensor:
 
 # bf16 here runs on every CPU (emulated where there are no bf16 instructions); the full quality
 # guard on the shapes world (test_shapes) needs hardware bf16 to finish in time.
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_similarity_rises_and_loss_falls(tiny_config: GenerationConfig, precision: str) -> None:
-    config = tiny_config.replace(max_iterations=30, display_frequency=10, precision=precision)
+@pytest.mark.parametrize(
+    "precision, cut_method", [("fp32", "crops"), ("bf16", "crops"), ("fp32", "pooling")]
+)
+def test_similarity_rises_and_loss_falls(
+    tiny_config: GenerationConfig, precision: str, cut_method: str
+) -> None:
+    config = tiny_config.replace(
+        max_iterations=30, display_frequency=10, precision=precision, cut_method=cut_method
+    )
     losses = []
     result = generate(config, callback=lambda info: losses.append(float(info["loss"])))
     assert len(losses) == 30

@@ -19,6 +19,7 @@ OPTIMIZERS = (
 )  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16")
 STARTS = ("random", "plain", "palette", "pixels", "gradient")
+CUT_METHODS = ("crops", "pooling")
 # Augmentation names of the classic scripts: affine, perspective, colour jitter, erasing,
 # horizontal flip, sharpness, resized crop, thin-plate spline, rotation, elastic, padded crop,
 # Gaussian noise, Gaussian blur.
@@ -52,6 +53,7 @@ class GenerationConfig:
     clip_model: str = "shapes-clip"  # registry name (e.g. "ViT-B/32") or a path to a CLIP file
     cutn: int = 32  # cutouts scored by CLIP per step
     cut_pow: float = 1.0  # cutout size exponent: > 1 favours small cutouts
+    cut_method: str = "crops"  # random "crops", or "pooling": the whole image, as generate.py
     augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er")  # kornia augmentations of cutouts
     step_size: float = 0.1  # optimiser learning rate
     optimizer: str = "Adam"  # Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD
@@ -125,6 +127,7 @@ class GenerationConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("start", self.start, STARTS)
+        _choice("cut_method", self.cut_method, CUT_METHODS)
         for name in self.augments:
             _choice("augments", name, AUGMENTS)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):

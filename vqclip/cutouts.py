@@ -13,13 +13,24 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def make_cutouts(
-    image: torch.Tensor, cut_size: int, cutn: int, cut_pow: float, generator: torch.Generator
+    image: torch.Tensor,
+    cut_size: int,
+    cutn: int,
+    cut_pow: float,
+    generator: torch.Generator,
+    method: str = "crops",
 ) -> torch.Tensor:
-    """(B, 3, H, W) -> (B * cutn, 3, cut_size, cut_size): crops of random size and place.
+    """(B, 3, H, W) -> (B * cutn, 3, cut_size, cut_size), image-major.
 
-    Sizes are ``rand ** cut_pow`` between ``min(H, W, cut_size)`` and ``min(H, W)`` as in the
-    classic notebooks; all crops are resampled at once by one affine grid.
+    ``"crops"``: crops of random size and place, sizes ``rand ** cut_pow`` between
+    ``min(H, W, cut_size)`` and ``min(H, W)`` as in the classic notebooks, all resampled at once
+    by one affine grid. ``"pooling"``: ``cutn`` copies of the whole image pooled to
+    ``cut_size`` (the mean of average and max pooling, as ``generate.py``'s default cut
+    method), for the augments to vary; it draws nothing from ``generator``.
     """
+    if method == "pooling":
+        pooled = F.adaptive_avg_pool2d(image, cut_size) + F.adaptive_max_pool2d(image, cut_size)
+        return (pooled / 2).repeat_interleave(cutn, 0)  # (B * cutn, 3, S, S)
     batch, _, height, width = image.shape
     device = image.device
     max_size, min_size = min(height, width), min(height, width, cut_size)

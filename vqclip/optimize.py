@@ -56,8 +56,9 @@ class Loop:
     prior_weight: float = 0.0
     prior_ramp: int = 0  # iterations over which the prior's weight grows to prior_weight
     row_targets: tuple[Targets, ...] = ()  # per latent row, for a batch of prompts; () shared
-    # A story's prompt phases (vqclip.schedule), each (targets, row_targets) as the two fields
-    # above take them; () for a run of one phase.
+    cut_method: str = "crops"  # see vqclip.cutouts.make_cutouts
+    # A story's prompt phases (vqclip.schedule), each (targets, row_targets) as the fields of
+    # those names take them; () for a run of one phase.
     phases: tuple[tuple[Targets, tuple[Targets, ...]], ...] = ()
 
     def prior_weight_at(self, iteration: int) -> float:
@@ -132,7 +133,9 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     with _autocast(loop, device):
         image = decode_latent(loop.vqgan, latent)  # (B, 3, H, W) in [0, 1]
     # 2. Cut and augment: (B * cutn, 3, S, S).
-    cutouts = make_cutouts(image, cut_size, loop.cutn, loop.cut_pow, state.generator)
+    cutouts = make_cutouts(
+        image, cut_size, loop.cutn, loop.cut_pow, state.generator, loop.cut_method
+    )
     cutouts = augment(cutouts, loop.augments, NOISE, state.generator, _step_seed(loop, state))
     # 3. Score with CLIP and sum the losses.
     with _autocast(loop, device):

@@ -239,7 +239,8 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
         vqgan, clip_model, phases[0][0], augments, config.cutn, config.cut_pow,
         config.init_weight, config.seed, config.precision, config.smoothness,
         _load_prior_cached(zoo.resolve_prior(config.prior), str(device)) if config.prior else None,
-        config.prior_weight, config.prior_ramp, phases[0][1], phases if len(phases) > 1 else (),
+        config.prior_weight, config.prior_ramp, phases[0][1], config.cut_method,
+        phases if len(phases) > 1 else (),
     )  # fmt: skip
     return loop, generator
 

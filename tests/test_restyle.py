@@ -102,6 +102,22 @@ def test_video_frames_limits_and_the_cli_keeps_the_frame_rate(
     assert "3 frames" in capsys.readouterr().out
 
 
+def test_a_folder_of_frames_restyles_as_the_video_does(
+    tiny_config: GenerationConfig, clip_mp4: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "frames in"
+    folder.mkdir()
+    for k, pixels in enumerate(read_video_frames(clip_mp4)):  # 8.png ... 11.png: natural order
+        Image.fromarray(pixels).save(folder / f"{k + 8}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    assert count_video_frames(folder) == 4 and count_video_frames(folder, limit=3) == 3
+    from_video = frame_paths(generate(_config(tiny_config, clip_mp4)).run_dir)
+    from_folder = frame_paths(generate(_config(tiny_config, folder)).run_dir)
+    assert len(from_folder) == 4
+    for a, b in zip(from_video, from_folder, strict=True):  # the same pixels in, the same out
+        assert np.array_equal(_pixels(a), _pixels(b))
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -110,6 +126,8 @@ def test_video_frames_limits_and_the_cli_keeps_the_frame_rate(
             "init_video: video file '/nonexistent/in.mp4' does not exist",
         ),
         ({"init_video": "TEXT"}, "init_video: 'TEXT' is not a readable video"),
+        ({"init_video": "empty"}, "init_video: folder 'empty' holds no frames"),
+        ({"init_video": "broken"}, "init_video: frame 'broken/1.png' is not a readable image"),
         ({"init_image": "x.png"}, "init_image: 'x.png' does not combine with init_video"),
         ({"zoom_every": 2}, "zoom_every: 2 does not combine with init_video"),
         ({"prompts": "a ^ b"}, r"prompts: .phases \('\^'\). does not combine"),
@@ -123,6 +141,9 @@ def test_bad_video_input_is_a_clear_error_before_any_run(
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
     Path("TEXT").write_text("not a video")
+    Path("empty").mkdir()
+    Path("broken").mkdir()
+    Path("broken/1.png").write_text("not a PNG")
     with pytest.raises(ValueError, match=message):
         generate(tiny_config.replace(**{"init_video": str(clip_mp4), **changes}))
     assert not Path(tiny_config.output_dir).exists()

@@ -39,7 +39,7 @@ class GenerationConfig:
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
     init_image: str | None = None  # start from this image's latent instead of random codes
     init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
-    init_video: str | None = None  # restyle a video: each frame starts a run of max_iterations
+    init_video: str | None = None  # restyle a video (or folder of frames): a run per frame
     video_frames: int = 0  # restyle at most this many frames of init_video (0: all)
     smoothness: float = 0.0  # weight of the image's total variation (flat regions), 0 = off
     prior: str | None = None  # image prior: registry name (e.g. "shapes-prior") or a path

@@ -1,16 +1,17 @@
 """Videos through imageio-ffmpeg: frames -> H.264 MP4 (yuv420p, even dimensions), and a video's
-frames read back (to restyle it). Needs no torch."""
+frames (or a folder of frames) read back, to restyle it. Needs no torch."""
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vqclip.frames import FRAMES, frame_iteration, frame_paths
 
@@ -179,13 +180,39 @@ def default_fps(run_dir: str | Path) -> float:
     return video_fps(init_video) if init_video else 10.0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _frame_files(folder: Path, field: str) -> list[Path]:
+    """A folder's images in natural order (``2.png`` before ``10.png``)."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise ValueError(
+            f"{field}: folder {str(folder)!r} holds no frames (expected {', '.join(IMAGE_SUFFIXES)} files)"
+        )
+    return sorted(
+        files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+    )
+
+
+def _read_image(path: Path, field: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"{field}: frame {str(path)!r} is not a readable image: {error}") from None
+
+
 def count_video_frames(path: str | Path, limit: int = 0) -> int:
-    """Frames in a video, counted by decoding it (container metadata may say inf); at most
-    ``limit`` when it is not 0."""
+    """Frames in a video (counted by decoding it: container metadata may say inf) or a folder
+    of frames; at most ``limit`` when it is not 0."""
     import imageio_ffmpeg
 
     check_video(path, "video")
-    count = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+    if Path(path).is_dir():
+        count = len(_frame_files(Path(path), "video"))
+    else:
+        count = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
     return min(count, limit) if limit else count
 
 
@@ -208,20 +235,33 @@ def _open_video(path: str | Path, field: str) -> tuple[Iterator[Any], dict[str, 
 
 
 def check_video(path: str | Path, field: str = "init_video") -> None:
-    """Raise ``ValueError`` naming ``field`` if ``path`` is missing or not a readable video."""
+    """Raise ``ValueError`` naming ``field`` if ``path`` is neither a readable video nor a
+    folder whose first frame is a readable image."""
+    if Path(path).is_dir():
+        _read_image(_frame_files(Path(path), field)[0], field)
+        return
     reader, _ = _open_video(path, field)
     reader.close()
 
 
 def video_fps(path: str | Path) -> float:
-    """A video's frame rate."""
+    """A video's frame rate; 10 for a folder of frames, which has none."""
+    if Path(path).is_dir():
+        return 10.0
     reader, meta = _open_video(path, "video")
     reader.close()
     return float(meta["fps"])
 
 
 def read_video_frames(path: str | Path, limit: int = 0) -> Iterator[np.ndarray]:
-    """A video's frames as (H, W, 3) uint8 arrays, in order; at most ``limit`` (0: all)."""
+    """A video's frames, or a folder's images in natural order (a video's frames saved one by
+    one, as ``generate.py``'s video_style_dir takes them), as (H, W, 3) uint8 arrays; at most
+    ``limit`` (0: all)."""
+    if Path(path).is_dir():
+        files = _frame_files(Path(path), "init_video")
+        for file in files[:limit] if limit else files:
+            yield _read_image(file, "init_video")
+        return
     reader, meta = _open_video(path, "init_video")
     width, height = meta["size"]
     try:

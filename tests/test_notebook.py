@@ -53,7 +53,7 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     settings = dict(
         vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a yellow square on a black background",
         max_iterations=4, display_frequency=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
-        zoom_every=2, zoom_scale=1.1,
+        zoom_every=2, zoom_scale=1.1, zoom_start=2,
     )  # fmt: skip
     outputs = _execute(
         _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings), tmp_path
@@ -66,7 +66,8 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "seed: 0" in printed and "CPU" in printed
     saved = json.loads((run_dir / "config.json").read_text())  # the form reached the config
-    assert (saved["zoom_every"], saved["zoom_scale"], saved["seed"]) == (2, 1.1, 0)
+    assert (saved["zoom_every"], saved["zoom_scale"], saved["zoom_start"]) == (2, 1.1, 2)
+    assert saved["seed"] == 0
 
     # Run all again with resume_run: the same run goes on to 8 iterations, and a new video.
     settings.update(max_iterations=8, resume_run=str(run_dir))

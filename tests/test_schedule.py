@@ -14,7 +14,7 @@ from vqclip.frames import frame_paths
 from vqclip.images import to_uint8
 from vqclip.latents import decode_latent, encode_image
 from vqclip.pipeline import generate, load_models, resolve_device, resume
-from vqclip.schedule import next_change, phase_at, phase_length, zoom_image
+from vqclip.schedule import next_change, phase_at, phase_length, zoom_due, zoom_image
 
 
 def _frames(run_dir: Path) -> list[np.ndarray]:
@@ -46,6 +46,19 @@ def test_phases_and_zooms_change_at_their_iterations() -> None:
     assert phase_length(config.replace(prompts="only one"), 1) == 0
 
 
+def test_zooms_begin_at_zoom_start(tiny_config: GenerationConfig) -> None:
+    config = GenerationConfig(prompts="a", max_iterations=20, zoom_every=3, zoom_start=7)
+    assert [i for i in range(20) if zoom_due(i, config)] == [7, 10, 13, 16, 19]
+    assert [next_change(i, config, 1) for i in (0, 6, 7, 9, 19)] == [7, 7, 10, 10, 20]
+    every = config.replace(zoom_start=0)  # the default: the first zoom after zoom_every steps
+    assert [i for i in range(10) if zoom_due(i, every)] == [3, 6, 9]
+    base = tiny_config.replace(max_iterations=6, display_frequency=1)
+    late = _frames(generate(base.replace(zoom_every=2, zoom_start=4, zoom_scale=1.5)).run_dir)
+    plain = _frames(generate(base).run_dir)
+    assert all(np.array_equal(a, b) for a, b in zip(late[:4], plain[:4], strict=True))
+    assert not np.array_equal(late[5], plain[5])
+
+
 def test_a_batch_of_stories_changes_each_image_at_its_phase(tiny_config: GenerationConfig) -> None:
     def images(batch_prompts: tuple[str, ...]) -> list[list[np.ndarray]]:
         config = tiny_config.replace(
@@ -74,6 +87,7 @@ def test_a_batch_of_stories_changes_each_image_at_its_phase(tiny_config: Generat
         ({"prompt_every": -1}, "prompt_every: expected an integer >= 0, got -1"),
         ({"zoom_every": 1.5}, "zoom_every: expected an integer >= 0, got 1.5"),
         ({"zoom_scale": 0}, "zoom_scale: expected a positive number, got 0"),
+        ({"zoom_start": 5}, "zoom_start: 5 needs zoom_every > 0"),
         ({"zoom_rotate": float("nan")}, "zoom_rotate: expected a finite number"),
         ({"prompts": "a ^ b:1.5x"}, "weight '1.5x' is not a number"),
         ({"prompts": "a ^ b", "max_iterations": -1}, "prompt_every: the prompts have 2 phases"),

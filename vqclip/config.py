@@ -60,6 +60,9 @@ class GenerationConfig:
     max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
     display_frequency: int = 10  # save (and show) a frame every this many steps
     zoom_every: int = 0  # zoom video: zoom the image and start afresh from it this often; 0 = off
+    zoom_start: int = (
+        0  # the iteration of the first zoom (0: zoom_every), later ones every zoom_every
+    )
     zoom_scale: float = 1.05  # each zoom's factor about the centre (> 1 in, < 1 out)
     zoom_shift_x: float = 0.0  # each zoom moves the image this many pixels right
     zoom_shift_y: float = 0.0  # and this many pixels down
@@ -102,8 +105,12 @@ class GenerationConfig:
         _finite_number("init_weight", self.init_weight)
         _non_negative_number("smoothness", self.smoothness)
         _non_negative_number("prior_weight", self.prior_weight)
-        for name in ("prior_ramp", "prompt_every", "zoom_every", "video_frames"):
+        for name in ("prior_ramp", "prompt_every", "zoom_every", "zoom_start", "video_frames"):
             _non_negative_int(name, getattr(self, name))
+        if self.zoom_start and not self.zoom_every:
+            raise ValueError(
+                f"zoom_start: {self.zoom_start} needs zoom_every > 0 (how often to zoom after it)"
+            )
         _positive_number("zoom_scale", self.zoom_scale)
         for name in ("zoom_shift_x", "zoom_shift_y", "zoom_rotate"):
             _finite_number(name, getattr(self, name))

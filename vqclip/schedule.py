@@ -54,15 +54,28 @@ def next_change(iteration: int, config: GenerationConfig, phases: int) -> int:
     if length and iteration < length * (phases - 1):
         changes.append((iteration // length + 1) * length)
     if config.zoom_every:
-        changes.append((iteration // config.zoom_every + 1) * config.zoom_every)
+        first, every = _first_zoom(config), config.zoom_every
+        changes.append(
+            first if iteration < first else first + ((iteration - first) // every + 1) * every
+        )
     if config.max_iterations != -1:
         changes.append(config.max_iterations)
     return min(changes) if changes else -1
 
 
+def _first_zoom(config: GenerationConfig) -> int:
+    return config.zoom_start or config.zoom_every
+
+
 def zoom_due(iteration: int, config: GenerationConfig) -> bool:
-    """Whether the image is zoomed before step ``iteration``."""
-    return bool(config.zoom_every) and iteration > 0 and iteration % config.zoom_every == 0
+    """Whether the image is zoomed before step ``iteration``: at ``zoom_start`` (default
+    ``zoom_every``) and every ``zoom_every`` steps after it."""
+    first = _first_zoom(config)
+    return (
+        bool(config.zoom_every)
+        and iteration >= first
+        and (iteration - first) % config.zoom_every == 0
+    )
 
 
 def zoom_image(

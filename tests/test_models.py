@@ -18,6 +18,7 @@ from vqclip.models import (
     load_vqgan,
     read_vqgan_spec,
     save_vqgan,
+    use_channels_last,
 )
 
 
@@ -28,6 +29,22 @@ def test_vqgan_round_trip_is_exact(tiny_models: dict[str, Path]) -> None:
     x = torch.rand(1, 3, 32, 32)
     assert model.decode(model.encode(x * 2 - 1)).shape == (1, 3, 32, 32)
     assert model.spec.factor == 2
+
+
+def test_channels_last_decodes_the_same_and_the_loop_gets_it(
+    tiny_models: dict[str, Path], tiny_config
+) -> None:
+    from vqclip.latents import decode_latent
+    from vqclip.pipeline import load_models, resolve_device
+
+    model = load_vqgan(tiny_models["yaml"], tiny_models["ckpt"])
+    latent = torch.randn(2, model.spec.embed_dim, 4, 4, generator=torch.Generator().manual_seed(0))
+    before = decode_latent(model, latent)
+    use_channels_last(model)
+    assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(decode_latent(model, latent), before, atol=1e-5)
+    loaded, _ = load_models(tiny_config, resolve_device("cpu"))
+    assert loaded.decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_gumbel_vqgan_loads(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from vqclip.models import (
     build_vqgan,
     compile_for_loop,
     set_fused_swish,
+    use_channels_last,
 )
 from vqclip.optimize import Loop, start_state, step
 from vqclip.tuning import fast_precision, keep_freed_memory
@@ -261,6 +262,7 @@ def run_benchmark(
     ]
     if dev.type == "cpu":
         keep_freed_memory()
+    use_channels_last(vqgan)
     if compile_:
         compile_for_loop(vqgan, clip_model)
     for row in rows:

@@ -67,6 +67,15 @@ def compile_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
     clip_model.visual = torch.compile(clip_model.visual)
 
 
+def use_channels_last(vqgan: nn.Module) -> None:
+    """Store the VQGAN's convolution weights channels-last (NHWC), in place, so that its
+    activations follow: oneDNN's (and cuDNN's) fast convolution and group-norm kernels work in
+    that layout, and NCHW layers convert their inputs and outputs at every call. Measured here
+    on the f16-16384 decoder at 256², forward and backward: bf16 (AMX) 1.03 s -> 0.66 s, fp32
+    1.71 s -> 1.63 s; the tiny shapes VQGAN is unchanged."""
+    vqgan.to(memory_format=torch.channels_last)
+
+
 def set_fused_swish(enabled: bool) -> None:
     """Run taming's swish as ``F.silu`` (the same function in one fused kernel, forward and
     backward) or as taming wrote it. vqclip enables it on import; the benchmark's classic loop

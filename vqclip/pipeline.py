@@ -17,7 +17,14 @@ from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_asid
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, noise_image, random_latent
 from vqclip.losses import Targets
-from vqclip.models import VQGAN, compile_for_loop, load_clip, load_vqgan, read_vqgan_spec
+from vqclip.models import (
+    VQGAN,
+    compile_for_loop,
+    load_clip,
+    load_vqgan,
+    read_vqgan_spec,
+    use_channels_last,
+)
 from vqclip.optimize import (
     Callback,
     Loop,
@@ -117,6 +124,7 @@ def _load_models_cached(
     vqgan_paths: tuple[Path, Path], clip_path: Path, device: str, compiled: bool
 ) -> tuple[VQGAN, torch.nn.Module]:
     vqgan, clip_model = load_vqgan(*vqgan_paths, device=device), load_clip(clip_path, device=device)
+    use_channels_last(vqgan)
     if compiled:  # its own instances: the cache keeps the eager ones eager
         compile_for_loop(vqgan, clip_model)
     return vqgan, clip_model

@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 FPS    ?=
+ARGS   ?=
 
 .PHONY: env demo test test-fast lint format video notebook bench clean
 
@@ -34,9 +35,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix vqclip tests
 	$(BIN)/ruff format vqclip tests
 
-video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10] (default: a restyled video's own, else 10)
-	@test -n "$(RUN)" || (echo "usage: make video RUN=outputs/RUN_DIR [FPS=10]" >&2; exit 2)
-	$(BIN)/vqclip video "$(RUN)" $(if $(FPS),--fps $(FPS))
+video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10] [ARGS="--length 8 --interpolate 30 --overwrite"]
+	@test -n "$(RUN)" || (echo "usage: make video RUN=outputs/RUN_DIR [FPS=10] [ARGS=...]" >&2; exit 2)
+	$(BIN)/vqclip video "$(RUN)" $(if $(FPS),--fps $(FPS)) $(ARGS)
 
 notebook: $(STAMP)  ## the notebook in local Jupyter
 	$(BIN)/jupyter notebook notebooks/vqgan_clip.ipynb

@@ -76,11 +76,15 @@ def test_length_sets_the_frame_rate(tmp_path: Path) -> None:
     assert count_video_frames(path) == 4 and video_fps(path) == pytest.approx(2.0)
 
 
-def test_interpolation_adds_frames_at_the_asked_rate(tmp_path: Path) -> None:
+def test_interpolation_adds_frames_at_the_asked_rate_and_ends_on_the_last(tmp_path: Path) -> None:
     run = _save_run(tmp_path / "run", batch=3)  # tiled 64x48: minterpolate needs 32 and more
+    for path in (run / "frames").glob("000015-*.png"):  # the last step: white
+        Image.fromarray(np.full((H, W, 3), 255, np.uint8)).save(path)
     path = assemble_video(run, fps=2, interpolate=30)
     assert video_fps(path) == pytest.approx(30.0)
-    assert 30 <= count_video_frames(path) <= 62  # 1 to 2 seconds at 30 fps where 4 frames were
+    frames = _read_frames(path)
+    assert 58 <= len(frames) <= 62  # 2 seconds at 30 fps, as 4 frames at 2 fps last
+    assert frames[-1][4:20, 4:28].min() > 240  # the last step (white) is in it, not cut off
 
 
 @pytest.mark.parametrize(

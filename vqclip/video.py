@@ -113,7 +113,9 @@ def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int]) -> 
             f"interpolate: needs frames of at least 32x32, these are {size[0]}x{size[1]}"
         )
     mode = "mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"  # motion-compensated, as generate.py
-    return ["-vf", f"minterpolate=fps={interpolate:g}:{mode}"]
+    # minterpolate ends at the last frame but one: two clones of the last frame keep it, and
+    # the video as long as it is without interpolation.
+    return ["-vf", f"tpad=stop_mode=clone:stop=2,minterpolate=fps={interpolate:g}:{mode}"]
 
 
 def assemble_video(

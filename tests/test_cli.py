@@ -196,3 +196,13 @@ def test_boolean_fields_are_on_off_flags() -> None:
     assert cli._config_from_args(parse(["generate", "a cat", "--compile"])).compile is True
     assert cli._config_from_args(parse(["generate", "a cat", "--no-compile"])).compile is False
     assert cli._config_from_args(parse(["generate", "a cat"])).compile is False
+
+
+def test_every_config_field_has_its_comment_as_flag_help() -> None:
+    from dataclasses import fields
+
+    from vqclip.config import GenerationConfig
+
+    docs = cli._field_help()
+    undocumented = [f.name for f in fields(GenerationConfig) if not docs.get(f.name)]
+    assert undocumented == [], "one comment per field, on its line, is the flag's --help"

@@ -60,9 +60,7 @@ class GenerationConfig:
     max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
     display_frequency: int = 10  # save (and show) a frame every this many steps
     zoom_every: int = 0  # zoom video: zoom the image and start afresh from it this often; 0 = off
-    zoom_start: int = (
-        0  # the iteration of the first zoom (0: zoom_every), later ones every zoom_every
-    )
+    zoom_start: int = 0  # iteration of the first zoom (0: zoom_every), then every zoom_every
     zoom_scale: float = 1.05  # each zoom's factor about the centre (> 1 in, < 1 out)
     zoom_shift_x: float = 0.0  # each zoom moves the image this many pixels right
     zoom_shift_y: float = 0.0  # and this many pixels down

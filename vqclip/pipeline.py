@@ -77,7 +77,7 @@ class RunResult:
     config: GenerationConfig  # the resolved config (seed filled in)
     frames: tuple[Path, ...]  # saved frames, in order (NNNNNN-K.png: image K of a batch)
     interrupted: bool  # stopped by KeyboardInterrupt; everything made so far is kept
-    finals: tuple[Path, ...] = ()  # final.png, or final-K.png per image of a batch
+    finals: tuple[Path, ...]  # final.png, or final-K.png per image of a batch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -398,9 +398,6 @@ def restyle(
     if not writer.saved:
         raise ValueError(f"init_video: no frames could be read from {config.init_video!r}")
     image = last_frames(writer.saved)
-    finals = (
-        []
-        if interrupted
-        else writer.save("final", [to_uint8(x) for x in image], config.max_iterations)
-    )
+    pixels = [to_uint8(x) for x in image]
+    finals = [] if interrupted else writer.save("final", pixels, config.max_iterations)
     return RunResult(run_dir, image, config, tuple(writer.saved), interrupted, tuple(finals))

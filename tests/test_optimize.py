@@ -1,5 +1,7 @@
 """The loop on tiny random models: it steers, it is reproducible, init and negative weights act."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -299,3 +301,14 @@ def test_batch_prompts_errors(changes: dict, message: str | None) -> None:
         return
     with pytest.raises(ValueError, match=message):
         GenerationConfig(**values)
+
+
+def test_auto_precision_picks_this_devices_fastest_and_records_it(
+    tiny_config: GenerationConfig,
+) -> None:
+    from vqclip.tuning import fast_precision
+
+    result = generate(tiny_config.replace(precision="auto", max_iterations=2))
+    picked = fast_precision(torch.device("cpu"))  # bf16 with AMX, else fp32
+    assert result.config.precision == picked
+    assert json.loads((result.run_dir / "config.json").read_text())["precision"] == picked

@@ -17,7 +17,7 @@ __all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS",
 OPTIMIZERS = (
     "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD", "DiffGrad", "AdamP",
 )  # fmt: skip
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STARTS = ("random", "plain", "palette", "pixels", "gradient")
 CUT_METHODS = ("crops", "pooling")
 # Augmentation names of the classic scripts: affine, perspective, colour jitter, erasing,
@@ -73,7 +73,7 @@ class GenerationConfig:
     # candidates of best_of taking the next best; "pixels" and "gradient" are random images
     latent_levels: int = 1  # optimise the latent as a pyramid of this many resolutions (1: classic)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
-    precision: str = "fp32"  # "fp32", or autocast "bf16"/"fp16" for decoder and CLIP
+    precision: str = "fp32"  # "fp32"; autocast "bf16"/"fp16"; "auto": the fastest here, recorded
     compile: bool = False  # torch.compile decoder and CLIP (the first step compiles, slowly)
     output_dir: str = "outputs"  # each run gets a new directory under this one
     run_name: str | None = None  # run directory name; default: time, prompt and seed

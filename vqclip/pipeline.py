@@ -39,7 +39,7 @@ from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.restyle import last_frames, restyle_frames
 from vqclip.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
 from vqclip.schedule import loop_at, run_schedule
-from vqclip.tuning import keep_freed_memory
+from vqclip.tuning import fast_precision, keep_freed_memory
 from vqclip.video import check_video
 
 __all__ = [
@@ -261,8 +261,10 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     at once) and keeps what was made; :func:`resume` goes on from there.
     """
     config = resolve_seed(config)
-    check_inputs(config)
     device = resolve_device(config.device)
+    if config.precision == "auto":  # recorded as what it picks, so that a rerun repeats it
+        config = config.replace(precision=fast_precision(device))
+    check_inputs(config)
     if config.init_video:
         loop, generator = prepare_loop(config, device)
         return restyle(config, loop, generator, create_run_dir(config), callback)

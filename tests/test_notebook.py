@@ -53,7 +53,7 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     settings = dict(
         vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a yellow square on a black background",
         max_iterations=4, display_frequency=2, cutn=8, seed=0, output_dir=str(tmp_path / "out"),
-        zoom_every=2, zoom_scale=1.1, zoom_start=2,
+        zoom_every=2, zoom_scale=1.1, zoom_start=2, precision="auto",
     )  # fmt: skip
     outputs = _execute(
         _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings), tmp_path
@@ -67,7 +67,7 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert "seed: 0" in printed and "CPU" in printed
     saved = json.loads((run_dir / "config.json").read_text())  # the form reached the config
     assert (saved["zoom_every"], saved["zoom_scale"], saved["zoom_start"]) == (2, 1.1, 2)
-    assert saved["seed"] == 0
+    assert saved["seed"] == 0 and saved["precision"] in ("fp32", "bf16")  # "auto", resolved
 
     # Run all again with resume_run: the same run goes on to 8 iterations, and a new video.
     settings.update(max_iterations=8, resume_run=str(run_dir))

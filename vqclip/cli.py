@@ -182,8 +182,10 @@ def _with_progress(
     the loss at display steps."""
     from tqdm import tqdm
 
+    from vqclip.restyle import frames_to_restyle
+
     per_frame = max_iterations or config.max_iterations
-    total = None if per_frame == -1 else per_frame * _frames_to_restyle(config)
+    total = None if per_frame == -1 else per_frame * frames_to_restyle(config)
     with tqdm(total=total, unit="it", dynamic_ncols=True) as bar:
 
         def progress(info: dict) -> None:  # a resumed run starts part-way
@@ -192,13 +194,6 @@ def _with_progress(
                 bar.set_postfix(loss=f"{info['loss'].item():.4f}")
 
         return run(progress)
-
-
-def _frames_to_restyle(config: GenerationConfig) -> int:
-    """How many video frames the run restyles (1 for a run without init_video)."""
-    from vqclip.video import count_video_frames
-
-    return count_video_frames(config.init_video, config.video_frames) if config.init_video else 1
 
 
 def _report(result: Any, args: argparse.Namespace) -> None:

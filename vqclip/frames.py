@@ -77,13 +77,19 @@ def read_png_metadata(path: str | Path) -> dict[str, str]:
 
 
 def frame_paths(run_dir: str | Path) -> list[Path]:
-    """The saved frames of a run, in order."""
-    return sorted((Path(run_dir) / FRAMES).glob("[0-9]*.png"))
+    """The saved frames of a run, in order: by iteration, then by batch index (``-10`` after
+    ``-9``, where names alone would put it after ``-1``)."""
+    return sorted((Path(run_dir) / FRAMES).glob("[0-9]*.png"), key=_frame_key)
 
 
 def frame_iteration(path: Path) -> int:
     """The iteration of a frame named ``NNNNNN.png`` or ``NNNNNN-K.png`` (batch index K)."""
     return int(path.stem.split("-")[0])
+
+
+def _frame_key(path: Path) -> tuple[int, int]:
+    iteration, _, index = path.stem.partition("-")
+    return int(iteration), int(index or 0)
 
 
 def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:

@@ -123,14 +123,14 @@ def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = N
     from IPython.display import display
 
     from vqclip.pipeline import generate, read_run_config, resume
-    from vqclip.video import count_video_frames
+    from vqclip.restyle import frames_to_restyle
 
     if resume_run:  # the run's own settings; the form's max_iterations extends a plain run
         saved = read_run_config(Path(resume_run))
         more = None if saved.init_video else config.max_iterations
         config = saved.replace(max_iterations=more) if more else saved
     per_frame = config.max_iterations if config.max_iterations > 0 else 0
-    frames = count_video_frames(config.init_video, config.video_frames) if config.init_video else 1
+    frames = frames_to_restyle(config)
     total = per_frame * frames
     image = widgets.Image(
         format="png", width=max(256, config.width), height=max(256, config.height)

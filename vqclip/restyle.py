@@ -19,9 +19,15 @@ from vqclip.frames import FrameWriter, frame_iteration
 from vqclip.images import image_tensor, load_image, to_uint8
 from vqclip.latents import encode_image
 from vqclip.optimize import Callback, Loop, best_candidates, run_loop, start_state
-from vqclip.video import read_video_frames
+from vqclip.video import count_video_frames, read_video_frames
 
-__all__ = ["restyle_frames", "restyle_frame", "last_frames"]
+__all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames"]
+
+
+def frames_to_restyle(config: GenerationConfig) -> int:
+    """How many frames a run makes one after another: those of ``init_video`` that it restyles
+    (at most ``video_frames``), or 1 for a run without one."""
+    return count_video_frames(config.init_video, config.video_frames) if config.init_video else 1
 
 
 def restyle_frames(

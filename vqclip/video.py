@@ -33,11 +33,6 @@ def _even(pixels: np.ndarray) -> np.ndarray:
     return np.pad(pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
-def _batch_index(path: Path) -> int:
-    """K of a frame named ``NNNNNN-K.png`` (0 for ``NNNNNN.png``)."""
-    return int(path.stem.split("-")[1]) if "-" in path.stem else 0
-
-
 def select_frames(
     run_dir: str | Path, first: int = 0, last: int | None = None, image: int | None = None
 ) -> list[list[Path]]:
@@ -45,7 +40,7 @@ def select_frames(
     iteration holding the batch's images in order, or only image ``image`` of the batch."""
     run_dir = Path(run_dir)
     steps: dict[int, list[Path]] = {}
-    for path in sorted(frame_paths(run_dir), key=lambda p: (frame_iteration(p), _batch_index(p))):
+    for path in frame_paths(run_dir):
         steps.setdefault(frame_iteration(path), []).append(path)
     if not steps:
         raise ValueError(f"no frames in {run_dir / FRAMES}: expected PNGs saved by a run")
@@ -80,7 +75,7 @@ def tile_images(images: list[np.ndarray]) -> np.ndarray:
 
 def _read_step(paths: list[Path]) -> np.ndarray:
     """One video frame: the iteration's image, or its batch tiled; (H, W, 3) uint8, even sides."""
-    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    images = [_read_image(path, "frames") for path in paths]
     if any(pixels.shape != images[0].shape for pixels in images):
         raise ValueError(f"frames {[p.name for p in paths]} differ in size")
     return _even(images[0] if len(images) == 1 else tile_images(images))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from vqclip.config import AUGMENTS, GenerationConfig
-from vqclip.cutouts import augment, make_augments, make_cutouts
+from vqclip.cutouts import augment, make_augments, make_cutouts, shift_hue
 
 
 def test_cutouts_are_crops_of_the_image_reproducible_by_generator() -> None:
@@ -47,6 +49,36 @@ def test_each_augmentation_runs_with_gradients_and_is_seeded(name: str) -> None:
     assert cutouts.grad is not None and cutouts.grad.abs().sum() > 0
     again = augment(cutouts.detach(), augments, 0.0, torch.Generator(), seed=3)
     assert torch.equal(out.detach(), again)
+
+
+def test_shift_hue_is_kornias_hue_with_its_gradient() -> None:
+    import kornia.enhance
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(6, 3, 16, 16, generator=g)
+    radians = torch.tensor([-math.pi, -2.0, -0.3, 0.0, 0.7, 3.0])
+    ours, theirs = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+    shifted = shift_hue(ours, radians)
+    expected = kornia.enhance.adjust_hue(theirs, radians)
+    assert torch.allclose(shifted, expected, atol=1e-5)
+    assert not torch.allclose(shifted[2], image[2], atol=0.01)  # it did turn the hue
+    weights = torch.rand(shifted.shape, generator=g)
+    (shifted * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-4)
+    grey = torch.full((1, 3, 4, 4), 0.3)  # no chroma: no hue to turn, and no division by it
+    assert torch.equal(shift_hue(grey, torch.tensor([1.0])), grey)
+
+
+def test_fast_colour_jitter_draws_and_computes_as_kornias() -> None:
+    image = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    fast, stock = make_augments(("Ji",), 24), make_augments(("Ji",), 24, fast=False)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = fast(image)
+        torch.manual_seed(seed)
+        assert torch.allclose(ours, stock(image), atol=1e-5)
+        assert not torch.allclose(ours, image, atol=0.01)
 
 
 def test_an_unknown_augmentation_names_the_valid_ones() -> None:

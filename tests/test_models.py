@@ -18,7 +18,6 @@ from vqclip.models import (
     load_vqgan,
     read_vqgan_spec,
     save_vqgan,
-    use_channels_last,
 )
 
 
@@ -31,20 +30,36 @@ def test_vqgan_round_trip_is_exact(tiny_models: dict[str, Path]) -> None:
     assert model.spec.factor == 2
 
 
-def test_channels_last_decodes_the_same_and_the_loop_gets_it(
+def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
     tiny_models: dict[str, Path], tiny_config
 ) -> None:
     from vqclip.latents import decode_latent
+    from vqclip.models import prepare_for_loop, tokenize
     from vqclip.pipeline import load_models, resolve_device
 
-    model = load_vqgan(tiny_models["yaml"], tiny_models["ckpt"])
-    latent = torch.randn(2, model.spec.embed_dim, 4, 4, generator=torch.Generator().manual_seed(0))
-    before = decode_latent(model, latent)
-    use_channels_last(model)
-    assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(decode_latent(model, latent), before, atol=1e-5)
-    loaded, _ = load_models(tiny_config, resolve_device("cpu"))
-    assert loaded.decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    vqgan = load_vqgan(tiny_models["yaml"], tiny_models["ckpt"])
+    clip_model = load_clip(tiny_models["clip"])
+    latent = torch.randn(2, vqgan.spec.embed_dim, 4, 4, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tokens = tokenize(clip_model, ["a red circle", "a blue square"])
+
+    def run() -> tuple[torch.Tensor, ...]:
+        pixels = image.clone().requires_grad_(True)
+        embeds = clip_model.encode_image(pixels)
+        embeds.square().sum().backward()
+        return decode_latent(vqgan, latent), embeds, pixels.grad, clip_model.encode_text(tokens)
+
+    before = run()
+    prepare_for_loop(vqgan, clip_model)
+    prepare_for_loop(vqgan, clip_model)  # a second call changes nothing more
+    assert vqgan.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in clip_model.visual.modules())
+    assert sum(isinstance(m, torch.nn.SiLU) for m in clip_model.modules()) == 2  # image + text
+    for old, new in zip(before, run(), strict=True):
+        assert torch.allclose(new, old, rtol=1e-4, atol=1e-5), (new - old).abs().max()
+    loaded_vqgan, loaded_clip = load_models(tiny_config, resolve_device("cpu"))
+    assert loaded_vqgan.decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in loaded_clip.visual.modules())
 
 
 def test_gumbel_vqgan_loads(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ the median of several is reported with peak memory.
 The classic loop is the one of the original notebooks: a Python loop over cutouts, each cropped
 at an integer offset and resampled with its own Lanczos kernel then bicubic interpolation; fp32
 throughout; the loss read back to the host and a PNG frame written every step; taming's swish
-as taming wrote it and glibc's default allocator (vqclip's process settings are applied only
-after every classic case has been timed).
+as taming wrote it, CLIP as published, kornia's stock colour jitter and glibc's default
+allocator (vqclip's process settings and :func:`~vqclip.models.prepare_for_loop` are applied
+only after every classic case has been timed).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from vqclip.models import (
     build_clip,
     build_vqgan,
     compile_for_loop,
+    prepare_for_loop,
     set_fused_swish,
-    use_channels_last,
 )
 from vqclip.optimize import Loop, start_state, step
 from vqclip.tuning import fast_precision, keep_freed_memory
@@ -190,10 +191,11 @@ def _start(setup: _Setup, size: int, batch: int = 1) -> torch.Tensor:
 
 
 def _time_classic(setup: _Setup, size: int, cutn: int) -> dict[str, float | None]:
-    """The classic loop, as its users run it: taming's own swish, glibc's default allocator."""
+    """The classic loop, as its users run it: taming's own swish, CLIP as published, kornia's
+    stock colour jitter, glibc's default allocator."""
     latent = _start(setup, size).requires_grad_(True)
     optimizer = torch.optim.Adam([latent], lr=0.1)
-    augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution)
+    augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution, fast=False)
     set_fused_swish(False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -262,7 +264,7 @@ def run_benchmark(
     ]
     if dev.type == "cpu":
         keep_freed_memory()
-    use_channels_last(vqgan)
+    prepare_for_loop(vqgan, clip_model)
     if compile_:
         compile_for_loop(vqgan, clip_model)
     for row in rows:

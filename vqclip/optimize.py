@@ -6,6 +6,7 @@ No printing and no files: progress and frames leave through ``callback({...})``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vqclip.cutouts import augment, make_cutouts, normalize
 from vqclip.latents import decode_latent
@@ -119,9 +121,19 @@ def start_state(
     )
 
 
-def _autocast(loop: Loop, device: torch.device) -> Any:
+@contextmanager
+def _fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
+    """The loop's autocast and, on a CPU, attention by its plain matrix-product kernel: for
+    CLIP's short sequences (50 tokens for ViT-B/32) torch's fused CPU attention is the slower
+    one in bf16, backward above all (ViT-B/32 on 32 cutouts, forward and backward: 1.22 s ->
+    0.95 s; fp32 unchanged)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(loop.precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    attention = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
+    with (
+        torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        attention,
+    ):
+        yield
 
 
 def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
@@ -130,7 +142,7 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     device = latent.device
     cut_size = loop.clip_model.visual.input_resolution
     # 1. Decode the (straight-through quantised) latent to pixels.
-    with _autocast(loop, device):
+    with _fast_math(loop, device):
         image = decode_latent(loop.vqgan, latent)  # (B, 3, H, W) in [0, 1]
     # 2. Cut and augment: (B * cutn, 3, S, S).
     cutouts = make_cutouts(
@@ -138,7 +150,7 @@ def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
     )
     cutouts = augment(cutouts, loop.augments, NOISE, state.generator, _step_seed(loop, state))
     # 3. Score with CLIP and sum the losses.
-    with _autocast(loop, device):
+    with _fast_math(loop, device):
         embeds = loop.clip_model.encode_image(normalize(cutouts)).float()  # (B * cutn, E)
     total, losses = _batch_losses(loop, embeds, len(image))
     if loop.init_weight:
@@ -191,7 +203,7 @@ def clamp_to_codebook(levels: list[torch.Tensor], codebook: torch.Tensor) -> Non
 @torch.no_grad()
 def render(loop: Loop, state: LoopState) -> torch.Tensor:
     """The current image, (B, 3, H, W) in [0, 1]."""
-    with _autocast(loop, state.latent.device):
+    with _fast_math(loop, state.latent.device):
         return decode_latent(loop.vqgan, state.latent).float()
 
 
@@ -204,7 +216,7 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     """
     size = loop.clip_model.visual.input_resolution
     views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
-    with _autocast(loop, images.device):
+    with _fast_math(loop, images.device):
         embeds = loop.clip_model.encode_image(normalize(views)).float()  # (B, E)
     if not loop.row_targets:
         return weighted_distances(embeds, loop.targets)

@@ -22,8 +22,8 @@ from vqclip.models import (
     compile_for_loop,
     load_clip,
     load_vqgan,
+    prepare_for_loop,
     read_vqgan_spec,
-    use_channels_last,
 )
 from vqclip.optimize import (
     Callback,
@@ -124,7 +124,7 @@ def _load_models_cached(
     vqgan_paths: tuple[Path, Path], clip_path: Path, device: str, compiled: bool
 ) -> tuple[VQGAN, torch.nn.Module]:
     vqgan, clip_model = load_vqgan(*vqgan_paths, device=device), load_clip(clip_path, device=device)
-    use_channels_last(vqgan)
+    prepare_for_loop(vqgan, clip_model)
     if compiled:  # its own instances: the cache keeps the eager ones eager
         compile_for_loop(vqgan, clip_model)
     return vqgan, clip_model

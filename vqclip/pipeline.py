@@ -136,7 +136,9 @@ def _load_prior_cached(path: Path, device: str) -> torch.nn.Module:
 
 
 def load_models(config: GenerationConfig, device: torch.device) -> tuple[VQGAN, torch.nn.Module]:
-    """The config's VQGAN and CLIP (fetched into the cache if needed), loaded once per process."""
+    """The config's VQGAN and CLIP (fetched into the cache if needed), loaded once per process
+    and rearranged for the loop's speed (:func:`~vqclip.models.prepare_for_loop`: the same
+    functions, but not weights to save)."""
     vqgan_paths = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
     clip_path = zoo.resolve_clip(config.clip_model)
     return _load_models_cached(vqgan_paths, clip_path, str(device), config.compile)

@@ -65,7 +65,7 @@ def make_augments(names: tuple[str, ...], cut_size: int, fast: bool = True) -> n
     """The classic notebooks' kornia augmentations, by their short names, in order: affine,
     perspective, colour jitter, erasing, flip, sharpness, resized crop, thin-plate spline,
     rotation, elastic, padded crop, Gaussian noise, Gaussian blur. ``fast`` runs the colour
-    jitter's hue step by :func:`shift_hue` (the same function, a quarter of the time);
+    jitter's hue step by :func:`shift_hue` (the same function in half the time);
     ``fast=False`` is kornia's stock module, as the classic loop has it."""
     jitter = _FastColorJitter if fast else K.ColorJitter
     table = {

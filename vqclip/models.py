@@ -80,9 +80,9 @@ def prepare_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
     CLIP weights are not the file's, so a prepared CLIP must not be saved.
     """
     vqgan.to(memory_format=torch.channels_last)
-    if isinstance(clip_model.visual, clip.model.VisionTransformer):
-        if isinstance(clip_model.visual.conv1, nn.Conv2d):
-            clip_model.visual.conv1 = _PatchEmbedding(clip_model.visual.conv1)
+    visual = clip_model.visual
+    if isinstance(visual, clip.model.VisionTransformer) and isinstance(visual.conv1, nn.Conv2d):
+        visual.conv1 = _PatchEmbedding(visual.conv1)  # once: a second call finds it replaced
     for block in clip_model.modules():
         if isinstance(block, clip.model.ResidualAttentionBlock):
             _fuse_quick_gelu(block.mlp)

@@ -11,7 +11,7 @@ from vqclip.config import OPTIMIZERS, GenerationConfig
 from vqclip.embeddings import similarity
 from vqclip.images import load_image
 from vqclip.latents import decode_latent, encode_image
-from vqclip.optimize import Loop, step
+from vqclip.optimize import Loop, run_loop, step
 from vqclip.optimizers import OPTIMIZER_CLASSES
 from vqclip.pipeline import generate, load_models, prepare, resolve_device
 
@@ -59,6 +59,20 @@ def test_same_seed_same_bits_other_seed_differs(tiny_config: GenerationConfig) -
     assert first.run_dir != second.run_dir  # a second run never reuses the first's directory
     other = generate(config.replace(seed=2))
     assert not torch.equal(first.image, other.image)
+
+
+@pytest.mark.parametrize("precision, hint", [("fp32", "step_size"), ("fp16", "bf16")])
+def test_a_loss_that_is_not_a_number_stops_the_loop_and_says_what_to_try(
+    tiny_config: GenerationConfig, precision: str, hint: str
+) -> None:
+    loop, state = prepare(tiny_config.replace(precision=precision), resolve_device("cpu"))
+    with torch.no_grad():
+        state.levels[-1][0, 0, 0, 0] = float("nan")  # one cell poisons the image and the loss
+    with pytest.raises(FloatingPointError) as error:
+        run_loop(loop, state, max_iterations=5, display_frequency=1)
+    message = str(error.value)
+    assert "nan at iteration 0" in message and f"precision {precision}" in message
+    assert hint in message
 
 
 def test_seed_minus_one_is_recorded(tiny_config: GenerationConfig) -> None:

@@ -41,7 +41,10 @@ def test_keep_freed_memory_applies_on_glibc() -> None:
 
 
 def test_fast_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4
     assert tuning.fast_precision(torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100
+    assert tuning.fast_precision(torch.device("cuda:0")) == "bf16"
     monkeypatch.setattr(tuning, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert tuning.fast_precision(torch.device("cpu")) == "fp32"
     monkeypatch.setattr(tuning, "cpu_flags", lambda: frozenset({"amx_bf16", "amx_tile"}))

@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16"],
-        help="fast path autocast; default fp16 on a GPU, on a CPU bf16 with AMX, else fp32",
+        help="fast path autocast; default bf16 on a GPU from compute capability 8.0 (fp16 before)"
+        " and on a CPU with AMX, else fp32",
     )
     bench.add_argument(
         "--compile",

@@ -276,8 +276,20 @@ def run_loop(
         info = {"iteration": i, "loss": out["loss"], "losses": out["losses"]}
         if i % display_frequency == 0:
             if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(f"loss became {out['loss'].item()} at iteration {i}")
+                raise FloatingPointError(_not_finite(loop, float(out["loss"]), i))
             info["image"] = out["image"]
         if callback:
             callback(info)
     return render(loop, state)
+
+
+def _not_finite(loop: Loop, loss: float, iteration: int) -> str:
+    """The error for a loss that is no longer a number, with what to try."""
+    hint = {
+        "fp16": "fp16 autocast overflows more easily than bf16 (same speed on recent GPUs) or fp32",
+        "bf16": "rerun with precision fp32 to see whether autocast caused it",
+    }.get(loop.precision, "check the inputs, or try a smaller step_size")
+    return (
+        f"loss became {loss} at iteration {iteration} (precision {loop.precision}); the frames "
+        f"saved so far are kept. Expected a finite loss: {hint}."
+    )

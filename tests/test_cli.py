@@ -137,6 +137,11 @@ def test_ctrl_c_keeps_the_run_and_resume_goes_on(tiny_models: dict, tmp_path: Pa
             ["--optimizer", "Adadelta"],
             "optimizer: unknown value 'Adadelta'; valid options are",
         ),
+        (
+            "a cat",
+            ["--device", "cuda:15"],
+            r"device: 'cuda:15', but torch sees \d+ CUDA device\(s\) on this machine; expected 'auto', 'cpu'",
+        ),
     ],
 )
 def test_bad_input_fails_before_any_model_is_built(
@@ -153,7 +158,9 @@ def test_bad_input_fails_before_any_model_is_built(
     assert exit_info.value.code == 2
     import re
 
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(message, err)
+    assert "it/s" not in err  # no progress bar: nothing ran
     assert built == [] and not (tmp_path / "out").exists()
 
 

@@ -46,6 +46,7 @@ from vqclip.models import (
     set_fused_swish,
 )
 from vqclip.optimize import Loop, start_state, step
+from vqclip.pipeline import resolve_device
 from vqclip.tuning import fast_precision, keep_freed_memory
 
 __all__ = ["run_benchmark", "format_table", "F16_16384", "VIT_B_32"]
@@ -240,7 +241,7 @@ def run_benchmark(
     Every classic case runs first, in the process as a classic user has it; then vqclip's
     process settings (:mod:`vqclip.tuning`) are applied and vqclip's loop is timed.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device or "auto")
     precision = precision or fast_precision(dev)
     torch.manual_seed(0)
     if quick:

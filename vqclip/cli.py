@@ -187,14 +187,21 @@ def _with_progress(
 
     per_frame = max_iterations or config.max_iterations
     total = None if per_frame == -1 else per_frame * frames_to_restyle(config)
-    with tqdm(total=total, unit="it", dynamic_ncols=True) as bar:
+    bar = None  # drawn at the first step, so that an input error comes with no empty bar
 
-        def progress(info: dict) -> None:  # a resumed run starts part-way
-            bar.update(info.get("frame", 0) * per_frame + info["iteration"] + 1 - bar.n)
-            if "image" in info:  # read the loss only at display steps: no per-step device sync
-                bar.set_postfix(loss=f"{info['loss'].item():.4f}")
+    def progress(info: dict) -> None:  # a resumed run starts part-way
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="it", dynamic_ncols=True)
+        bar.update(info.get("frame", 0) * per_frame + info["iteration"] + 1 - bar.n)
+        if "image" in info:  # read the loss only at display steps: no per-step device sync
+            bar.set_postfix(loss=f"{info['loss'].item():.4f}")
 
+    try:
         return run(progress)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _report(result: Any, args: argparse.Namespace) -> None:

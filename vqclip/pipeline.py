@@ -81,10 +81,23 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA if present, else CPU; other names as given."""
+    """``"auto"`` -> CUDA if present, else CPU; other names as given, if this machine has them."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            gpus = f", 'cuda' or 'cuda:0' to 'cuda:{count - 1}'" if count else ""
+            raise ValueError(
+                f"device: {name!r}, but torch sees {count} CUDA device(s) on this machine; "
+                f"expected 'auto', 'cpu'{gpus}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            "device: 'mps', but torch has no MPS on this machine; expected 'auto' or 'cpu'"
+        )
+    return device
 
 
 def _image_prompts(config: GenerationConfig) -> list[Prompt]:

@@ -139,6 +139,11 @@ def test_ctrl_c_keeps_the_run_and_resume_goes_on(tiny_models: dict, tmp_path: Pa
         ),
         (
             "a cat",
+            ["--output_dir", "NOT_AN_IMAGE/runs"],
+            r"output_dir: .*NOT_AN_IMAGE is a file; expected a directory for 'NOT_AN_IMAGE/runs'",
+        ),
+        (
+            "a cat",
             ["--device", "cuda:15"],
             r"device: 'cuda:15', but torch sees \d+ CUDA device\(s\) on this machine; expected 'auto', 'cpu'",
         ),

@@ -16,6 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from vqclip.config import GenerationConfig
 
 __all__ = [
+    "check_output_dir",
     "create_run_dir",
     "save_png",
     "read_png_metadata",
@@ -32,10 +33,25 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "run"
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Refuse an output directory that cannot be made or written, without making it."""
+    path = Path(output_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(
+            f"output_dir: {existing} is a file; expected a directory for {output_dir!r}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"output_dir: {existing} is not writable; expected a directory of yours")
+
+
 def create_run_dir(config: GenerationConfig) -> Path:
     """Make a new, empty run directory; an existing one is never reused or overwritten."""
     root = Path(config.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"output_dir: cannot make {root}: {error.strerror or error}") from error
     first = config.prompts or (config.batch_prompts or ("",))[0]
     prompt = first.split("|")[0].split(":")[0] or "image"
     base = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(prompt)}-s{config.seed}"

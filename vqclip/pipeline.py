@@ -13,7 +13,14 @@ from vqclip import zoo
 from vqclip.config import GenerationConfig, resolve_seed
 from vqclip.cutouts import make_augments
 from vqclip.embeddings import build_targets
-from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
+from vqclip.frames import (
+    FrameWriter,
+    check_output_dir,
+    create_run_dir,
+    frame_iteration,
+    set_aside_from,
+    write_atomic,
+)
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, noise_image, random_latent
 from vqclip.losses import Targets
@@ -106,7 +113,9 @@ def _image_prompts(config: GenerationConfig) -> list[Prompt]:
 
 
 def check_inputs(config: GenerationConfig) -> None:
-    """Check what can be checked before a model is built: images, model files (fetched), sizes."""
+    """Check what can be checked before a model is built: images, model files (fetched), sizes,
+    the output directory."""
+    check_output_dir(config.output_dir)
     if config.init_image:
         check_image(config.init_image, "init_image")
     if config.init_video:

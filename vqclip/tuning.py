@@ -57,7 +57,8 @@ def fast_precision(device: torch.device) -> str:
     On a GPU, bf16 where its tensor cores have it (compute capability 8.0 and later: A100, H100,
     RTX 30xx on), as fast as fp16 there and with fp32's range; fp16 on older GPUs (T4, V100),
     whose bf16 is emulated. fp16's range (65504) is what decoders of taming's design are known to
-    overflow: taming's attention scales its query-key products only after the product. On a
+    overflow (Stable Diffusion's autoencoder, built from taming's blocks, makes NaNs in fp16),
+    and taming's attention scales its query-key products only after the product. On a
     CPU, bf16 only with AMX tiles: without them (AVX-512 BF16 alone, as on an earlier machine of
     this project) oneDNN's bf16 matrix products ran at 0.6x the fp32 speed.
     """

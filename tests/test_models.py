@@ -5,6 +5,7 @@ from pathlib import Path
 
 import clip
 import pytest
+import taming.modules.diffusionmodules.model as taming_blocks
 import torch
 import yaml
 
@@ -55,11 +56,39 @@ def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
     assert vqgan.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.Conv2d) for m in clip_model.visual.modules())
     assert sum(isinstance(m, torch.nn.SiLU) for m in clip_model.modules()) == 2  # image + text
+    assert not any(isinstance(m, taming_blocks.AttnBlock) for m in vqgan.modules())
+    assert set(vqgan.state_dict()) == set(
+        load_vqgan(tiny_models["yaml"], tiny_models["ckpt"]).state_dict()
+    )
     for old, new in zip(before, run(), strict=True):
         assert torch.allclose(new, old, rtol=1e-4, atol=1e-5), (new - old).abs().max()
     loaded_vqgan, loaded_clip = load_models(tiny_config, resolve_device("cpu"))
     assert loaded_vqgan.decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.Conv2d) for m in loaded_clip.visual.modules())
+
+
+def test_prepared_vqgan_attention_does_not_overflow_fp16(tiny_models: dict[str, Path]) -> None:
+    from vqclip.latents import decode_latent
+    from vqclip.models import prepare_for_loop
+
+    vqgan = load_vqgan(tiny_models["yaml"], tiny_models["ckpt"])
+    attention = vqgan.decoder.mid.attn_1
+    with torch.no_grad():  # large query and key weights: products past fp16's 65504
+        attention.q.weight.mul_(300)
+        attention.k.weight.mul_(300)
+    latent = torch.randn(1, vqgan.spec.embed_dim, 4, 4, generator=torch.Generator().manual_seed(0))
+    exact = decode_latent(vqgan, latent)
+
+    def in_fp16() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.float16):
+            return decode_latent(vqgan, latent)
+
+    assert not torch.isfinite(in_fp16()).all()  # taming's own block: inf, then NaN
+    prepare_for_loop(vqgan, load_clip(tiny_models["clip"]))
+    fast = in_fp16()
+    assert torch.isfinite(fast).all()
+    assert (fast - exact).abs().max() < 0.05
+    assert torch.allclose(decode_latent(vqgan, latent), exact, atol=1e-5)  # and fp32 unchanged
 
 
 def test_gumbel_vqgan_loads(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
     warnings.simplefilter("ignore", UserWarning)
@@ -77,15 +78,47 @@ def prepare_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
     fp32 1.71 s -> 1.63 s). CLIP's patch embedding runs as one matrix product, and its
     QuickGELU as a fused SiLU (see :func:`_fuse_quick_gelu`): ViT-B/32 on 32 cutouts, forward
     and backward, bf16 0.92 s -> 0.73 s, fp32 2.28 s -> 1.95 s. Only for the loop: the folded
-    CLIP weights are not the file's, so a prepared CLIP must not be saved.
+    CLIP weights are not the file's, so a prepared CLIP must not be saved. The VQGAN's
+    attention runs as :func:`F.scaled_dot_product_attention` (see :class:`_Attention`).
     """
     vqgan.to(memory_format=torch.channels_last)
+    for parent in list(vqgan.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, taming_blocks.AttnBlock):
+                setattr(parent, name, _Attention(child))
     visual = clip_model.visual
     if isinstance(visual, clip.model.VisionTransformer) and isinstance(visual.conv1, nn.Conv2d):
         visual.conv1 = _PatchEmbedding(visual.conv1)  # once: a second call finds it replaced
     for block in clip_model.modules():
         if isinstance(block, clip.model.ResidualAttentionBlock):
             _fuse_quick_gelu(block.mlp)
+
+
+class _Attention(nn.Module):
+    """taming's AttnBlock (one head over the latent's cells, with a residual) by
+    :func:`F.scaled_dot_product_attention`: the same function, with its parameters under the
+    same names. taming multiplies queries by keys and scales the product afterwards, which
+    overflows fp16 (65504) once the products grow: a block whose query and key weights were
+    scaled by 60 gave inf and NaN under fp16 autocast, and finite values, 0.08 from fp32's,
+    this way. On a GPU it is also the fused attention kernel."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.q, self.k, self.v = block.norm, block.q, block.k, block.v
+        self.proj_out = block.proj_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape  # (B, C, h, w), channels-last in the loop: the views are free
+        normed = self.norm(x)
+        q, k, v = (
+            t.permute(0, 2, 3, 1).reshape(b, 1, h * w, c)
+            for t in (self.q(normed), self.k(normed), self.v(normed))
+        )  # (B, 1 head, cells, C)
+        # One kernel on a CPU whatever the caller's context, so that the same latent decodes
+        # to the same bits inside and outside the loop; a GPU picks its fused kernel.
+        with sdpa_kernel(SDPBackend.MATH) if x.is_cpu else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj_out(out.reshape(b, h, w, c).permute(0, 3, 1, 2))
 
 
 class _PatchEmbedding(nn.Module):

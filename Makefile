@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# The torch pair tested here: it installs from this machine's disk and imports together
+# (pyproject.toml asks only for ranges, so that Colab and conda keep their own CUDA builds).
+TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 FPS    ?=
 ARGS   ?=
 
@@ -11,9 +14,9 @@ ARGS   ?=
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: frames + MP4

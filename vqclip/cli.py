@@ -191,9 +191,10 @@ def _with_progress(
 
     def progress(info: dict) -> None:  # a resumed run starts part-way
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, unit="it", dynamic_ncols=True)
-        bar.update(info.get("frame", 0) * per_frame + info["iteration"] + 1 - bar.n)
+        done = info.get("frame", 0) * per_frame + info["iteration"] + 1
+        if bar is None:  # from the first step on: its rate counts from there
+            bar = tqdm(total=total, initial=done, unit="it", dynamic_ncols=True)
+        bar.update(done - bar.n)
         if "image" in info:  # read the loss only at display steps: no per-step device sync
             bar.set_postfix(loss=f"{info['loss'].item():.4f}")
 

@@ -1,6 +1,7 @@
 """The command line end to end: generate writes a run, video turns it into an MP4, bad input fails early."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -8,7 +9,9 @@ import time
 from pathlib import Path
 
 import imageio_ffmpeg
+import numpy as np
 import pytest
+from PIL import Image
 
 from vqclip import cli
 from vqclip.frames import frame_paths, read_png_metadata
@@ -27,6 +30,11 @@ def _flags(tiny_models: dict, out: Path, *extra: str) -> list[str]:
 def _only_run(out: Path) -> Path:
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     return run
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
 
 
 def test_generate_then_video(
@@ -50,6 +58,62 @@ def test_generate_then_video(
         cli.main(["video", str(run)])
     assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
     cli.main(["video", str(run), "--overwrite", "--fps", "2"])
+
+
+def test_config_from_a_png_or_config_json_makes_the_same_image(
+    tiny_models: dict, tmp_path: Path
+) -> None:
+    cli.main(["generate", "a red circle", *_flags(tiny_models, tmp_path / "a")])
+    first = _only_run(tmp_path / "a")
+    cli.main(
+        ["generate", "--config", str(first / "final.png"), "--output_dir", str(tmp_path / "b")]
+    )
+    cli.main(
+        ["generate", "--config", str(first / "config.json"), "--output_dir", str(tmp_path / "c")]
+    )
+    for out in ("b", "c"):
+        again = _only_run(tmp_path / out)
+        assert json.loads((again / "config.json").read_text())["prompts"] == "a red circle"
+        assert np.array_equal(_pixels(again / "final.png"), _pixels(first / "final.png"))
+    cli.main(["generate", "a blue square", "--config", str(first / "config.json"),
+              "--output_dir", str(tmp_path / "d")])  # fmt: skip
+    assert (
+        json.loads((_only_run(tmp_path / "d") / "config.json").read_text())["prompts"]
+        == "a blue square"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.json", None, r"--config: cannot read .*missing.json"),
+        (
+            "bad.json",
+            b"{prompts",
+            r"--config: .*bad.json is not JSON .*expected a run's config.json",
+        ),
+        ("text.png", b"hello", r"--config: cannot read .*text.png"),
+        ("list.json", b"[1, 2]", r"--config: .*list.json holds list, expected an object"),
+        ("plain.png", "png", r"--config: .*plain.png carries no vqclip config"),
+    ],
+)
+def test_a_config_file_that_is_not_one_is_a_clear_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    name: str,
+    content: bytes | str | None,
+    message: str,
+) -> None:
+    path = tmp_path / name
+    if content == "png":
+        Image.new("RGB", (4, 4)).save(path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--config", str(path), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_batch_run_reports_each_final_image_and_tiles_its_video(
@@ -161,8 +225,6 @@ def test_bad_input_fails_before_any_model_is_built(
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", prompt, *_flags(tiny_models, tmp_path / "out"), *extra])
     assert exit_info.value.code == 2
-    import re
-
     err = capsys.readouterr().err
     assert re.search(message, err)
     assert "it/s" not in err  # no progress bar: nothing ran

@@ -78,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompts", nargs="?", default="", help='e.g. "a red circle:1 | blurry:-0.5"')
     gen.add_argument(
-        "--config", type=Path, help="start from a saved config.json; flags override it"
+        "--config",
+        type=Path,
+        help="start from a run's config.json, or from a PNG it wrote (its settings are in the "
+        "PNG's text: the same seed makes the same image); flags and a prompt override it",
     )
     gen.add_argument("--video", action="store_true", help="also assemble the frames into video.mp4")
     gen.add_argument(
@@ -145,10 +148,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_file(path: Path) -> dict[str, Any]:
+    """The settings saved in a run's ``config.json``, or in the text of a PNG that vqclip wrote
+    (every frame and final image carries its run's whole config)."""
+    try:
+        if path.suffix.lower() == ".png":
+            from vqclip.frames import read_png_metadata
+
+            text = read_png_metadata(path).get("config")
+            if text is None:
+                raise ValueError(
+                    f"--config: {path} carries no vqclip config; expected a frame or final image "
+                    "that vqclip wrote, or a run's config.json"
+                )
+        else:
+            text = path.read_text()
+        values = json.loads(text)
+    except OSError as error:  # missing, unreadable, or not a PNG at all
+        raise ValueError(f"--config: cannot read {path}: {error}") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"--config: {path} is not JSON ({error}); expected a run's config.json or a PNG "
+            "that vqclip wrote"
+        ) from error
+    if not isinstance(values, dict):
+        raise ValueError(f"--config: {path} holds {type(values).__name__}, expected an object")
+    return values
+
+
 def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    values = json.loads(args.config.read_text()) if args.config else {}
+    values = _config_file(args.config) if args.config else {}
     values.update(
-        {f.name: getattr(args, f.name) for f in fields(GenerationConfig) if hasattr(args, f.name)}
+        {
+            f.name: getattr(args, f.name)
+            for f in fields(GenerationConfig)
+            if f.name != "prompts" and hasattr(args, f.name)
+        }
     )
     if args.prompts or "prompts" not in values:
         values["prompts"] = args.prompts

@@ -33,7 +33,7 @@ examples:
       --zoom_every 5 --zoom_scale 1.05 --zoom_rotate 2 --display_frequency 5 --video
   vqclip generate "an oil painting" --init_video in.mp4 --max_iterations 20 --init_weight 0.5 \\
       --video
-  vqclip generate --config outputs/RUN_DIR/final.png --max_iterations 200   # that run, longer
+  vqclip generate --config outputs/RUN_DIR/final.png --seed 8   # its settings, another seed
   vqclip resume outputs/RUN_DIR --max_iterations 500
   vqclip video outputs/RUN_DIR --fps 10
   vqclip video outputs/RUN_DIR --length 8 --interpolate 30 --overwrite

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from vqclip.config import GenerationConfig
 
@@ -18,6 +20,12 @@ TINY_CLIP = {
     "vision_patch_size": 8, "context_length": 16, "vocab_size": 49408,
     "transformer_width": 64, "transformer_heads": 1, "transformer_layers": 1,
 }  # fmt: skip
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    """A saved image's pixels, as written."""
+    with Image.open(path) as image:
+        return np.asarray(image)
 
 
 def tiny_vqgan_spec(target: str = "taming.models.vqgan.VQModel"):

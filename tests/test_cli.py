@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import png_pixels
 from vqclip import cli
 from vqclip.frames import frame_paths, read_png_metadata
 from vqclip.video import count_video_frames
@@ -30,11 +31,6 @@ def _flags(tiny_models: dict, out: Path, *extra: str) -> list[str]:
 def _only_run(out: Path) -> Path:
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     return run
-
-
-def _pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image)
 
 
 def test_generate_then_video(
@@ -74,7 +70,7 @@ def test_config_from_a_png_or_config_json_makes_the_same_image(
     for out in ("b", "c"):
         again = _only_run(tmp_path / out)
         assert json.loads((again / "config.json").read_text())["prompts"] == "a red circle"
-        assert np.array_equal(_pixels(again / "final.png"), _pixels(first / "final.png"))
+        assert np.array_equal(png_pixels(again / "final.png"), png_pixels(first / "final.png"))
     cli.main(["generate", "a blue square", "--config", str(first / "config.json"),
               "--output_dir", str(tmp_path / "d")])  # fmt: skip
     assert (

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import png_pixels
 from vqclip import cli
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
@@ -33,10 +34,6 @@ def clip_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path))
-
-
 def _config(tiny_config: GenerationConfig, video: Path, **changes: object) -> GenerationConfig:
     return tiny_config.replace(init_video=str(video), max_iterations=3, init_weight=0.5, **changes)
 
@@ -47,7 +44,7 @@ def test_each_frame_is_a_run_from_that_frame(
     result = generate(_config(tiny_config, clip_mp4))
     frames = frame_paths(result.run_dir)
     assert [p.name for p in frames] == [f"{k:06d}.png" for k in range(4)]
-    assert np.array_equal(_pixels(result.run_dir / "final.png"), _pixels(frames[-1]))
+    assert np.array_equal(png_pixels(result.run_dir / "final.png"), png_pixels(frames[-1]))
     # Frame k is what a plain run with that (decoded) frame as init_image makes, bit for bit:
     # every frame's run makes the same random draws.
     for k, pixels in enumerate(read_video_frames(clip_mp4)):
@@ -55,8 +52,10 @@ def test_each_frame_is_a_run_from_that_frame(
         alone = tiny_config.replace(
             init_image=str(tmp_path / f"in{k}.png"), max_iterations=3, init_weight=0.5
         )
-        assert np.array_equal(_pixels(frames[k]), _pixels(generate(alone).run_dir / "final.png"))
-    assert not np.array_equal(_pixels(frames[0]), _pixels(frames[3]))  # the square moved
+        assert np.array_equal(
+            png_pixels(frames[k]), png_pixels(generate(alone).run_dir / "final.png")
+        )
+    assert not np.array_equal(png_pixels(frames[0]), png_pixels(frames[3]))  # the square moved
 
 
 def test_a_stopped_restyle_keeps_its_frames_and_resumes(
@@ -74,7 +73,7 @@ def test_a_stopped_restyle_keeps_its_frames_and_resumes(
     resumed = resume(stopped.run_dir)
     assert not resumed.interrupted and len(resumed.frames) == 4
     for a, b in zip(frame_paths(stopped.run_dir), frame_paths(unbroken), strict=True):
-        assert np.array_equal(_pixels(a), _pixels(b))
+        assert np.array_equal(png_pixels(a), png_pixels(b))
     with pytest.raises(ValueError, match="every frame of .* is restyled"):
         resume(stopped.run_dir)
     with pytest.raises(ValueError, match="max_iterations: a restyled video goes on"):
@@ -115,7 +114,7 @@ def test_a_folder_of_frames_restyles_as_the_video_does(
     from_folder = frame_paths(generate(_config(tiny_config, folder)).run_dir)
     assert len(from_folder) == 4
     for a, b in zip(from_video, from_folder, strict=True):  # the same pixels in, the same out
-        assert np.array_equal(_pixels(a), _pixels(b))
+        assert np.array_equal(png_pixels(a), png_pixels(b))
 
 
 @pytest.mark.parametrize(

@@ -9,26 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import vqclip.optimize
+from tests.conftest import png_pixels
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
 from vqclip.pipeline import RunResult, generate, resume
 from vqclip.runstate import STATE, read_state
 
 
-def _pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image)
-
-
 def _assert_same_frames(run: Path, reference: Path) -> None:
     names = [p.name for p in frame_paths(run)]
     assert names == [p.name for p in frame_paths(reference)]
     for name in names:
-        assert np.array_equal(_pixels(run / "frames" / name), _pixels(reference / "frames" / name))
-    assert np.array_equal(_pixels(run / "final.png"), _pixels(reference / "final.png"))
+        assert np.array_equal(
+            png_pixels(run / "frames" / name), png_pixels(reference / "frames" / name)
+        )
+    assert np.array_equal(png_pixels(run / "final.png"), png_pixels(reference / "final.png"))
 
 
 def _ctrl_c_during_step(monkeypatch: pytest.MonkeyPatch, iteration: int, times: int) -> None:

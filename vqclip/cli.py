@@ -152,10 +152,10 @@ def _parser() -> argparse.ArgumentParser:
 def _config_file(path: Path) -> dict[str, Any]:
     """The settings saved in a run's ``config.json``, or in the text of a PNG that vqclip wrote
     (every frame and final image carries its run's whole config)."""
+    from vqclip.frames import read_png_metadata
+
     try:
         if path.suffix.lower() == ".png":
-            from vqclip.frames import read_png_metadata
-
             text = read_png_metadata(path).get("config")
             if text is None:
                 raise ValueError(
@@ -230,7 +230,8 @@ def _with_progress(
         done = info.get("frame", 0) * per_frame + info["iteration"] + 1
         if bar is None:  # from the first step on: its rate counts from there
             bar = tqdm(total=total, initial=done, unit="it", dynamic_ncols=True)
-        bar.update(done - bar.n)
+        else:
+            bar.update(done - bar.n)
         if "image" in info:  # read the loss only at display steps: no per-step device sync
             bar.set_postfix(loss=f"{info['loss'].item():.4f}")
 

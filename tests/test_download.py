@@ -189,3 +189,40 @@ def test_registry_covers_the_known_models() -> None:
         entry = zoo.REGISTRY[name]
         assert entry.family == "vqgan" and all(f.urls for f in entry.files)
     assert len(zoo.REGISTRY["imagenet_f16_16384"].files[1].urls) == 2  # source and mirror
+
+
+def test_images_by_url_are_fetched_once_and_match_local_files(
+    server: str, home: Path, tiny_config, tmp_path: Path
+) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vqclip.pipeline import generate
+
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[8:24, 8:24] = (220, 30, 30)
+    local = tmp_path / "init.png"
+    Image.fromarray(pixels).save(local)
+    _Handler.files["init.png"] = local.read_bytes()
+    url = f"{server}/ok/init.png"
+    by_url = tiny_config.replace(
+        init_image=url, init_weight=0.5, image_prompts=f"{url}:0.5", target_images=url
+    )
+    fetched = generate(by_url)
+    assert [path for path, _ in _Handler.log] == ["/ok/init.png"]  # one download, then cached
+    by_path = by_url.replace(
+        init_image=str(local), image_prompts=f"{local}:0.5", target_images=str(local)
+    )
+    assert torch.equal(fetched.image, generate(by_path).image)
+
+
+def test_an_html_page_as_init_image_is_refused_before_any_run(
+    server: str, home: Path, tiny_config
+) -> None:
+    from vqclip.pipeline import generate
+
+    with pytest.raises(DownloadError, match="^init_image: .*HTML"):
+        generate(tiny_config.replace(init_image=f"{server}/html/init.png"))
+    assert not Path(tiny_config.output_dir).exists()
+    assert not list((home / "images").glob("*.png"))

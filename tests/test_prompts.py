@@ -20,6 +20,8 @@ from vqclip.prompts import Prompt, parse_prompt, parse_prompts
         ("https://x/y.png", Prompt("https://x/y.png", 1.0, -math.inf)),
         ("https://x/y.png:0.5", Prompt("https://x/y.png", 0.5, -math.inf)),
         ("http://host:8080/img.png:2:0.1", Prompt("http://host:8080/img.png", 2.0, 0.1)),
+        ("http://host:8080/img.png:0.5", Prompt("http://host:8080/img.png", 0.5, -math.inf)),
+        ("http://127.0.0.1:8080/img.png", Prompt("http://127.0.0.1:8080/img.png", 1.0, -math.inf)),
         ("C:/images/cat.png:.5", Prompt("C:/images/cat.png", 0.5, -math.inf)),
         ("x:1e-1", Prompt("x", 0.1, -math.inf)),
     ],

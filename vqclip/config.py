@@ -37,7 +37,7 @@ class GenerationConfig:
     image_prompts: str = ""  # "path-or-URL:weight | ..." images whose CLIP embedding pulls
     noise_prompt_seeds: tuple[int, ...] = ()  # one random-embedding prompt per seed
     noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
-    init_image: str | None = None  # start from this image's latent instead of random codes
+    init_image: str | None = None  # path or URL: start from its latent, not random codes
     init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
     init_video: str | None = None  # restyle a video (or folder of frames): a run per frame
     video_frames: int = 0  # restyle at most this many frames of init_video (0: all)

@@ -12,6 +12,7 @@ import torch
 from vqclip import zoo
 from vqclip.config import GenerationConfig, resolve_seed
 from vqclip.cutouts import make_augments
+from vqclip.download import DownloadError
 from vqclip.embeddings import build_targets
 from vqclip.frames import (
     FrameWriter,
@@ -112,18 +113,26 @@ def _image_prompts(config: GenerationConfig) -> list[Prompt]:
     return parse_prompts(config.image_prompts) + targets
 
 
+def _check_image_source(path_or_url: str, field: str) -> None:
+    """A readable image at a path, or fetched (once, into the cache) from a URL."""
+    try:
+        check_image(zoo.local_image(path_or_url), field)
+    except DownloadError as error:
+        raise DownloadError(f"{field}: {error}") from None
+
+
 def check_inputs(config: GenerationConfig) -> None:
     """Check what can be checked before a model is built: images, model files (fetched), sizes,
     the output directory."""
     check_output_dir(config.output_dir)
     if config.init_image:
-        check_image(config.init_image, "init_image")
+        _check_image_source(config.init_image, "init_image")
     if config.init_video:
         check_video(config.init_video, "init_video")
     for prompt in parse_prompts(config.image_prompts):
-        check_image(zoo.local_image(prompt.text), "image_prompts")
+        _check_image_source(prompt.text, "image_prompts")
     for path in split_prompts(config.target_images):
-        check_image(zoo.local_image(path), "target_images")
+        _check_image_source(path, "target_images")
     yaml_path, _ = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
     factor = read_vqgan_spec(yaml_path).factor
     for name in ("width", "height"):
@@ -187,7 +196,8 @@ def _start_latent(
     vqgan = loop.vqgan
     f, batch = vqgan.spec.factor, config.batch_size * config.best_of
     if config.init_image:
-        image = load_image(config.init_image, (config.width, config.height)).to(device)
+        size = (config.width, config.height)
+        image = load_image(zoo.local_image(config.init_image), size).to(device)
         return encode_image(vqgan, image).repeat(batch, 1, 1, 1)
     if config.start == "palette":
         return palette_start(loop, config, device)

@@ -1,7 +1,8 @@
 """Prompt strings: ``text:weight:stop | text:weight | text`` (the classic notebooks' syntax).
 
 Parsed from the right, so colons inside the text and in URLs survive: a suffix counts as a
-weight (or a stop) only when it starts like a number. Standard library only.
+weight (or a stop) only when it starts like a number and is not a URL's port. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ __all__ = ["Prompt", "parse_prompt", "parse_prompts", "split_prompts", "split_ph
 # and the typos "1.5x", "-abc") is meant as a weight; anything else ("//host/x.png",
 # " sunset", "9 poster") is part of the text.
 _NUMBERISH = re.compile(r"^\s*([-+]|\d|\.\d|inf|nan)\S*\s*$", re.IGNORECASE)
+# Text ending in "scheme://host": the colon after it starts a port ("http://host:8080/x.png").
+_URL_HOST = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def _peel_numbers(prompt: str) -> tuple[str, list[str]]:
     text, suffixes = prompt, []
     while len(suffixes) < 2 and ":" in text:
         head, tail = text.rsplit(":", 1)
-        if not _NUMBERISH.match(tail):
+        if not _NUMBERISH.match(tail) or _URL_HOST.search(head):
             break
         text, suffixes = head, [tail, *suffixes]
     return text, suffixes

@@ -52,7 +52,7 @@ def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
     print("zero-shot accuracy:", accuracy)
     assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
     # Chance: 1/3. Measured 0.97: fine-tuned with strong noise before the adversarial fine-tuning,
-    # CLIP keeps its shape accuracy (0.72 when attacked without the noise; README, the shapes world).
+    # CLIP keeps its shape accuracy (0.72 when attacked without the noise; vqclip/shapes/NOTES.md).
     assert accuracy["shape"] >= 0.9, accuracy
 
 
@@ -61,7 +61,7 @@ def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
     preference = evaluate.shape_preference(clip_model)
     print("shape preference:", preference)
     # Chance: 1/3. Measured 0.98 with a median margin of 0.13 in cosine similarity (0.57 and
-    # 0.003 for the CLIP attacked without the noise fine-tuning first; README, the shapes world).
+    # 0.003 for the CLIP attacked without the noise fine-tuning first; vqclip/shapes/NOTES.md).
     assert preference["prefers_prompted"] >= 0.9 and preference["median_margin"] > 0.05, preference
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png_pixels
-from vqclip import cli
+from vqclip import cli, zoo
 from vqclip.frames import frame_paths, read_png_metadata
 from vqclip.video import count_video_frames
 
@@ -276,3 +276,27 @@ def test_every_config_field_has_its_comment_as_flag_help() -> None:
     docs = cli._field_help()
     undocumented = [f.name for f in fields(GenerationConfig) if not docs.get(f.name)]
     assert undocumented == [], "one comment per field, on its line, is the flag's --help"
+
+
+def test_models_lists_the_registry_with_real_sizes_once_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("VQCLIP_HOME", str(tmp_path))
+    (tmp_path / "RN50").mkdir()
+    (tmp_path / "RN50" / "RN50.pt").write_bytes(b"\0" * 3_000_000)
+    cli.main(["models"])
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["RN50"] == ["clip", "3.0MB", "yes"]  # measured on disk, not the registry's 244
+    assert rows["ViT-B/32"] == ["clip", "338.0MB", "no"]
+    clip_mb = (zoo.SHAPES_DIR / "shapes_clip.pt").stat().st_size / 1e6
+    assert rows["shapes-clip"] == ["clip", f"{clip_mb:.1f}MB", "bundled"]
+    assert set(rows) == set(zoo.REGISTRY)
+
+
+def test_a_closed_pipe_ends_the_listing_quietly() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vqclip", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # as `vqclip models | head -0` does, before anything is written
+    assert process.wait(timeout=120) == 1
+    assert process.stderr.read() == b""  # no "error: [Errno 32] Broken pipe", no traceback

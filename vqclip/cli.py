@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
 import sys
 import typing
@@ -280,8 +281,10 @@ def _models(args: argparse.Namespace) -> None:
         return
     print(f"{'name':22} {'family':6} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
     for name, entry in zoo.REGISTRY.items():
-        cached = "bundled" if entry.bundled else ("yes" if zoo.is_cached(entry) else "no")
-        print(f"{name:22} {entry.family:6} {entry.size_mb:>7.0f}MB  {cached}")
+        local = zoo.local_size_mb(entry)  # the real size once present; else the registry's
+        cached = "bundled" if entry.bundled else ("yes" if local is not None else "no")
+        size = f"{entry.size_mb if local is None else local:.1f}MB"
+        print(f"{name:22} {entry.family:6} {size:>9}  {cached}")
 
 
 def _download(name: str) -> tuple[Path, ...]:
@@ -323,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     try:
         commands[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe (`vqclip models | head -3`) is caught
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(1)
     except (
         ValueError,
         OSError,  # files that exist, are missing, or could not be written

@@ -41,7 +41,7 @@ class ModelEntry:
     name: str
     family: str  # "vqgan", "clip" or "prior"
     files: tuple[ModelFile, ...]
-    size_mb: float  # approximate download size
+    size_mb: float  # approximate download size (`vqclip models` shows the real one once cached)
     bundled: bool = False  # shipped inside the package (the shapes world)
 
 
@@ -93,13 +93,13 @@ REGISTRY: dict[str, ModelEntry] = {
             "shapes-vqgan",
             "vqgan",
             (ModelFile("shapes_vqgan.yaml", kind="yaml"), ModelFile("shapes_vqgan.ckpt")),
-            1,
+            4.2,
             bundled=True,
         ),
         ModelEntry(
-            "shapes-clip", "clip", (ModelFile("shapes_clip.pt", kind="clip"),), 7, bundled=True
+            "shapes-clip", "clip", (ModelFile("shapes_clip.pt", kind="clip"),), 17.1, bundled=True
         ),
-        ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 2, bundled=True),
+        ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 1.9, bundled=True),
         _vqgan(
             "imagenet_f16_16384",
             (_f16_16384[0][0], _MEHDIDC + "vqgan_imagenet_f16_16384.yaml"),
@@ -181,6 +181,13 @@ def entry_paths(entry: ModelEntry, fetch: bool = True, progress=None) -> tuple[P
 def is_cached(entry: ModelEntry) -> bool:
     """Whether all of an entry's files are present locally."""
     return all((entry_dir(entry) / f.name).is_file() for f in entry.files)
+
+
+def local_size_mb(entry: ModelEntry) -> float | None:
+    """The size on disk, in MB, of an entry whose files are all present; else ``None``."""
+    if not is_cached(entry):
+        return None
+    return sum((entry_dir(entry) / f.name).stat().st_size for f in entry.files) / 1e6
 
 
 def resolve_vqgan(

@@ -19,10 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
-demo: $(STAMP)  ## a real generation with the bundled shapes models, offline: frames + MP4
-	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --start palette \
-	    --step_size 0.2 --latent_levels 3 --prior shapes-prior --prior_weight 12 \
-	    --prior_ramp 60 --best_of 3 --max_iterations 60 --cutn 16 --video
+demo: $(STAMP)  ## a real generation with the bundled shapes models (their settings), offline: frames + MP4
+	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --video
 
 test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only); -rP shows measured figures
 	$(BIN)/python -m pytest -q -rP

@@ -263,9 +263,29 @@ def test_models_download_offline_names_url_and_cache(capsys: pytest.CaptureFixtu
 
 def test_boolean_fields_are_on_off_flags() -> None:
     parse = cli._parser().parse_args
-    assert cli._config_from_args(parse(["generate", "a cat", "--compile"])).compile is True
-    assert cli._config_from_args(parse(["generate", "a cat", "--no-compile"])).compile is False
-    assert cli._config_from_args(parse(["generate", "a cat"])).compile is False
+    assert cli._config_from_args(parse(["generate", "a cat", "--compile"]))[0].compile is True
+    assert cli._config_from_args(parse(["generate", "a cat", "--no-compile"]))[0].compile is False
+    assert cli._config_from_args(parse(["generate", "a cat"]))[0].compile is False
+
+
+def test_the_shapes_vqgan_gets_the_shapes_worlds_settings_where_no_flag_is_given(
+    tmp_path: Path,
+) -> None:
+    from vqclip.shapes import SHAPES_SETTINGS
+
+    parse = cli._parser().parse_args
+    config, filled = cli._config_from_args(parse(["generate", "a red circle", "--cutn", "8"]))
+    assert config.cutn == 8 and "cutn" not in filled  # a flag given is kept
+    for key in ("start", "best_of", "prior", "prior_weight", "prior_ramp", "latent_levels"):
+        assert getattr(config, key) == SHAPES_SETTINGS[key] == filled[key]
+    assert config.max_iterations == 60 and config.width == config.height == 64
+    assert config.display_frequency == 10 and config.device == "auto"  # not the evaluation's
+    other, filled = cli._config_from_args(parse(["generate", "a cat", "--vqgan", "x/model.yaml"]))
+    assert filled == {} and other.start == "random" and other.prior is None and other.best_of == 1
+    saved = tmp_path / "config.json"  # a saved config is repeated as it is: nothing filled in
+    saved.write_text(config.replace(start="random", best_of=1).to_json())
+    again, filled = cli._config_from_args(parse(["generate", "--config", str(saved)]))
+    assert filled == {} and again.start == "random" and again.best_of == 1
 
 
 def test_every_config_field_has_its_comment_as_flag_help() -> None:

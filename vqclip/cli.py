@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vqclip.config import GenerationConfig
+from vqclip.shapes import shapes_defaults
 
 PROMPT_HELP = """\
 prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
@@ -25,6 +26,12 @@ prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
   prompt with weight 0.5. A suffix counts as a weight only when it starts like a number.
   "a forest ^ a city at night | neon:0.5" is a story of two phases, each a prompt list,
   each holding for --prompt_every iterations (default: max_iterations shared out).
+
+the bundled shapes models (the default --vqgan shapes-vqgan):
+  flags left out take the shapes world's measured settings instead of the defaults below
+  (--width 64 --height 64 --cutn 16 --max_iterations 60 --step_size 0.2 --start palette
+  --latent_levels 3 --prior shapes-prior --prior_weight 12 --prior_ramp 60 --best_of 3),
+  which make its tiny models draw the prompt's shape; each flag given overrides its own.
 
 examples:
   vqclip generate "a red circle on a blue background" --seed 7
@@ -178,7 +185,10 @@ def _config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
+def _config_from_args(args: argparse.Namespace) -> tuple[GenerationConfig, dict[str, Any]]:
+    """The config the flags (over ``--config``) describe, and the settings filled in for them:
+    a run on the shapes VQGAN takes the shapes world's measured settings for the flags left
+    out (with these tiny models the classic defaults draw blobs), a ``--config`` nothing."""
     values = _config_file(args.config) if args.config else {}
     values.update(
         {
@@ -192,13 +202,20 @@ def _config_from_args(args: argparse.Namespace) -> GenerationConfig:
     for key in ("init_image", "init_video", "vqgan_checkpoint", "prior", "run_name"):
         if values.get(key) == "":
             values[key] = None
-    return GenerationConfig.from_dict(values)
+    filled = {}
+    if not args.config:
+        vqgan = values.get("vqgan", GenerationConfig.vqgan)
+        filled = {k: v for k, v in shapes_defaults(vqgan).items() if k not in values}
+    return GenerationConfig.from_dict({**values, **filled}), filled
 
 
 def _generate(args: argparse.Namespace) -> None:
     from vqclip.pipeline import generate
 
-    config = _config_from_args(args)
+    config, filled = _config_from_args(args)
+    if filled:
+        flags = " ".join(f"--{key} {value}" for key, value in filled.items())
+        print(f"the shapes world's settings (a flag overrides each): {flags}", file=sys.stderr)
     result = _with_progress(config, None, lambda cb: generate(config, callback=cb))
     _report(result, args)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vqclip.config import GenerationConfig
+from vqclip.shapes import shapes_defaults
 
 __all__ = [
     "in_colab",
@@ -56,12 +57,8 @@ def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, s
 
 
 def _auto(vqgan: str, key: str, classic: Any) -> Any:
-    """The shapes world's measured setting ``key`` for its models, ``classic`` for the others."""
-    if not vqgan.startswith("shapes"):
-        return classic
-    from vqclip.shapes.evaluate import SHAPES_SETTINGS
-
-    return SHAPES_SETTINGS[key]
+    """The shapes world's measured setting ``key`` for its VQGAN, ``classic`` for the others."""
+    return shapes_defaults(vqgan).get(key, classic)
 
 
 def default_size(vqgan: str) -> int:

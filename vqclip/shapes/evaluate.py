@@ -27,6 +27,7 @@ from vqclip.config import GenerationConfig
 from vqclip.cutouts import normalize
 from vqclip.embeddings import embed_texts, similarity
 from vqclip.images import to_uint8
+from vqclip.shapes import SHAPES_SETTINGS
 from vqclip.shapes.data import COLORS, SHAPES, Scene, canonical_caption, render, sample_scenes
 from vqclip.shapes.judge import judge
 
@@ -43,25 +44,6 @@ __all__ = [
     "split_pairs",
     "prompt_pairs",
 ]
-
-# Settings of the shapes world's generations (also the defaults of `make demo`).
-SHAPES_SETTINGS: dict[str, Any] = {
-    "vqgan": "shapes-vqgan",
-    "clip_model": "shapes-clip",
-    "width": 64,
-    "height": 64,
-    "cutn": 16,
-    "max_iterations": 60,
-    "step_size": 0.2,
-    "start": "palette",
-    "latent_levels": 3,  # regions move together: shapes 8% -> 17% (an earlier CLIP)
-    "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes (README)
-    "prior_weight": 12.0,  # reached at the last step: CLIP sets colours early, the pull shapes late
-    "prior_ramp": 60,
-    "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one (README)
-    "display_frequency": 20,
-    "device": "cpu",
-}
 
 
 def judge_accuracy(count: int = 200, seed: int = 7) -> dict[str, float]:

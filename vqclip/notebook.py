@@ -17,9 +17,7 @@ __all__ = [
     "in_colab",
     "describe_device",
     "choose_models",
-    "default_size",
-    "default_start",
-    "default_levels",
+    "model_settings",
     "fetch_models",
     "run_with_preview",
     "show_video",
@@ -56,31 +54,33 @@ def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, s
     return vqgan, clip_model
 
 
-def _auto(vqgan: str, key: str, classic: Any) -> Any:
-    """The shapes world's measured setting ``key`` for its VQGAN, ``classic`` for the others."""
-    return shapes_defaults(vqgan).get(key, classic)
+# What the form's "auto" values (0, or "auto") become for any VQGAN but the shapes one: the
+# classic notebooks' settings.
+CLASSIC_SETTINGS: dict[str, Any] = {
+    "width": 256,
+    "height": 256,
+    "cutn": 32,
+    "max_iterations": 100,
+    "step_size": 0.1,
+    "start": "random",
+    "latent_levels": 1,
+    "best_of": 1,
+    "prior": None,
+    "prior_weight": 0.0,
+    "prior_ramp": 0,
+}
 
 
-def default_size(vqgan: str) -> int:
-    """A sensible image side for a model: 64 for the shapes world, 256 otherwise."""
-    return _auto(vqgan, "width", 256)
-
-
-def default_start(vqgan: str, start: str = "auto") -> str:
-    """Resolve "auto": the palette start for the shapes world, the classic random codes otherwise."""
-    return start if start != "auto" else _auto(vqgan, "start", "random")
-
-
-def default_levels(vqgan: str, levels: int = 0) -> int:
-    """Resolve 0 ("auto"): three latent levels for the shapes world (its measured best), the
-    classic single level otherwise."""
-    return levels or _auto(vqgan, "latent_levels", 1)
-
-
-def default_prior(vqgan: str) -> dict[str, Any]:
-    """The image prior, its weight and ramp: the shapes world's for its models, none otherwise."""
-    keys = {"prior": None, "prior_weight": 0.0, "prior_ramp": 0}
-    return {key: _auto(vqgan, key, classic) for key, classic in keys.items()}
+def model_settings(vqgan: str, **form: Any) -> dict[str, Any]:
+    """The form's settings with their "auto" values (0, or "auto") resolved for ``vqgan``: the
+    shapes world's measured settings for its VQGAN, the classic ones for the others. The image
+    prior follows the model (the shapes prior for the shapes VQGAN, none otherwise)."""
+    tuned = {**CLASSIC_SETTINGS, **shapes_defaults(vqgan)}
+    unknown = sorted(set(form) - set(tuned))
+    if unknown:
+        raise ValueError(f"model_settings: no auto value for {unknown}; known: {sorted(tuned)}")
+    settings = {key: tuned[key] if value in (0, "auto") else value for key, value in form.items()}
+    return {**settings, **{key: tuned[key] for key in ("prior", "prior_weight", "prior_ramp")}}
 
 
 def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) -> dict[str, Any]:

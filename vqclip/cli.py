@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, fields
@@ -28,10 +29,9 @@ prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
   each holding for --prompt_every iterations (default: max_iterations shared out).
 
 the bundled shapes models (the default --vqgan shapes-vqgan):
-  flags left out take the shapes world's measured settings instead of the defaults below
-  (--width 64 --height 64 --cutn 16 --max_iterations 60 --step_size 0.2 --start palette
-  --latent_levels 3 --prior shapes-prior --prior_weight 12 --prior_ramp 60 --best_of 3),
-  which make its tiny models draw the prompt's shape; each flag given overrides its own.
+  flags left out take the shapes world's measured settings instead of the defaults below,
+  which make its tiny models draw the prompt's shape; each flag given overrides its own:
+{shapes_flags}
 
 examples:
   vqclip generate "a red circle on a blue background" --seed 7
@@ -82,7 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         "generate",
         help="generate an image (and frames) from prompts",
         description="Optimise a VQGAN latent so that CLIP sees the prompts in its image.",
-        epilog=PROMPT_HELP,
+        epilog=PROMPT_HELP.replace(
+            "{shapes_flags}",
+            textwrap.fill(
+                _as_flags(shapes_defaults("shapes-vqgan")),
+                90,
+                initial_indent="  ",
+                subsequent_indent="  ",
+            ),
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument("prompts", nargs="?", default="", help='e.g. "a red circle:1 | blurry:-0.5"')
@@ -157,6 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _as_flags(settings: dict[str, Any]) -> str:
+    """Settings as the command line gives them: ``--cutn 16 --start palette``."""
+    return " ".join(f"--{key} {value}" for key, value in settings.items())
+
+
 def _config_file(path: Path) -> dict[str, Any]:
     """The settings saved in a run's ``config.json``, or in the text of a PNG that vqclip wrote
     (every frame and final image carries its run's whole config)."""
@@ -214,8 +227,10 @@ def _generate(args: argparse.Namespace) -> None:
 
     config, filled = _config_from_args(args)
     if filled:
-        flags = " ".join(f"--{key} {value}" for key, value in filled.items())
-        print(f"the shapes world's settings (a flag overrides each): {flags}", file=sys.stderr)
+        print(
+            f"the shapes world's settings (a flag overrides each): {_as_flags(filled)}",
+            file=sys.stderr,
+        )
     result = _with_progress(config, None, lambda cb: generate(config, callback=cb))
     _report(result, args)
 

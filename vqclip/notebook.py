@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,13 @@ def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, s
 
 
 # What the form's "auto" values (0, or "auto") become for any VQGAN but the shapes one: the
-# classic notebooks' settings.
+# config's own (classic) defaults, at the classic notebooks' 256x256.
+_AUTO_FIELDS = ("cutn", "max_iterations", "step_size", "start", "latent_levels", "best_of",
+                "prior", "prior_weight", "prior_ramp")  # fmt: skip
 CLASSIC_SETTINGS: dict[str, Any] = {
     "width": 256,
     "height": 256,
-    "cutn": 32,
-    "max_iterations": 100,
-    "step_size": 0.1,
-    "start": "random",
-    "latent_levels": 1,
-    "best_of": 1,
-    "prior": None,
-    "prior_weight": 0.0,
-    "prior_ramp": 0,
+    **{f.name: f.default for f in fields(GenerationConfig) if f.name in _AUTO_FIELDS},
 }
 
 

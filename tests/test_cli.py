@@ -189,8 +189,8 @@ def test_ctrl_c_keeps_the_run_and_resume_goes_on(tiny_models: dict, tmp_path: Pa
         ),
         (
             "a cat",
-            ["--prior", "shapes-prior", "--prior_weight", "1"],
-            "prior: 'shapes-prior' works on 64x64 images; got width 32 and height 32",
+            ["--init_image", "."],
+            "init_image: '.' is a directory; expected an image file",
         ),
         (
             "a cat",

@@ -110,8 +110,8 @@ def test_a_prior_without_alternatives_ignores_the_score() -> None:
     class Grey(torch.nn.Module):
         resolution = 64
 
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return torch.full_like(image, 0.5)
+        def forward(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+            return torch.full((len(image), 3, *size), 0.5)
 
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(
@@ -153,6 +153,19 @@ def test_the_per_image_pulls_add_up_to_the_loss() -> None:
     assert torch.allclose(pulls[1], prior_loss(images[1:2], prior, 2.0))
 
 
-def test_the_pull_refuses_images_of_another_size() -> None:
-    with pytest.raises(ValueError, match="prior: works on 64x64 images, got 32x48"):
-        prior_loss(torch.rand(1, 3, 48, 32), _prior(), 1.0)
+def test_images_of_another_size_are_read_at_its_own_and_redrawn_at_theirs() -> None:
+    prior = _prior()
+    for height, width in ((128, 128), (48, 96)):
+        images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(4))
+        read = F.interpolate(images, (64, 64), mode="bilinear", antialias=True)
+        expected = render(prior.scenes(read), (height, width))
+        assert torch.equal(redraw(images, prior), expected)
+        options = prior.alternatives(read, (height, width))
+        assert options.shape == (2, 30, 3, height, width)
+        # The score sees the alternatives at the image's size and picks among them.
+        middle = images.mean()
+        picked = redraw(images, prior, lambda x, m=middle: (x - m).abs().flatten(1).mean(1))
+        assert any(torch.equal(picked[0], option) for option in options[0])
+        assert prior_loss(images, prior, 2.0).item() == pytest.approx(
+            2.0 * 2 * (images - expected).pow(2).mean().item(), rel=1e-5
+        )

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vqclip import zoo
+from vqclip.images import to_uint8
 from vqclip.models import load_clip, load_vqgan
 from vqclip.optimize import NOISE
-from vqclip.prior import load_prior
+from vqclip.prior import load_prior, redraw
 from vqclip.shapes import evaluate
-from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
+from vqclip.shapes.data import COLORS, SHAPES, caption, coverage, render, sample_scenes
+from vqclip.shapes.judge import judge
 from vqclip.shapes.prior import reading_accuracy
 from vqclip.shapes.train import corrupt, train_clip, train_prior, train_vqgan
 from vqclip.tuning import cpu_flags
@@ -92,6 +96,53 @@ def test_shipped_prior_reads_blobs_as_the_scenes_they_came_from() -> None:
     assert accuracy["clean shape"] >= 0.95 and accuracy["blobs shape"] >= 0.75, accuracy
     redrawn = prior(blobs)  # a clean rendering of what it read: two colours and sharp edges
     assert torch.equal(redrawn, render(prior.scenes(blobs)))
+
+
+def test_scenes_render_at_any_size_and_the_prior_redraws_them_there() -> None:
+    prior = load_prior(zoo.resolve_prior("shapes-prior"))
+    scenes = sample_scenes(60, torch.Generator().manual_seed(2028))
+    small = render(scenes)
+    # The scene's 64-pixel canvas drawn at twice the size, averaged back down: the same image
+    # up to the anti-aliasing of the edges.
+    big = render(scenes, 128)
+    assert (F.avg_pool2d(big, 2) - small).abs().max() < 0.25
+    assert (F.avg_pool2d(big, 2) - small).abs().mean() < 0.002
+    # Stretched over a wide image, each shape keeps its share of the image.
+    wide = render(scenes, (64, 160))
+    for scene in scenes:
+        stretched, own = coverage(scene, (64, 160)).mean().item(), coverage(scene).mean().item()
+        assert stretched == pytest.approx(own, abs=0.005)
+    # The prior reads an image of another size at its own 64x64 and redraws it at the image's,
+    # close to the truth. The judge checks the colours, and the shapes where they are not
+    # stretched (it takes a stretched shape for none).
+    for images, judge_shapes in ((big, True), (wide, False)):
+        redrawn = redraw(images, prior)
+        assert redrawn.shape == images.shape
+        assert (redrawn - images).abs().mean() < 0.02
+        seen = [judge(to_uint8(image)) for image in redrawn]
+        right = [
+            (j.color, j.background, j.shape if judge_shapes else s.shape)
+            == (s.color, s.background, s.shape)
+            for j, s in zip(seen, scenes, strict=True)
+        ]
+        assert sum(right) / len(scenes) >= 0.95, sum(right)
+
+
+def test_the_shapes_world_draws_at_other_sizes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vqclip import cli
+
+    # The shapes models were trained at 64x64; the prior reads the image at that size and
+    # redraws it at the image's (measured at 128x128, 24 prompts: colours 100%, shapes 83%).
+    prompt, size = "a red circle on a blue background", ["--width", "128", "--height", "96"]
+    cli.main(["generate", prompt, *size, "--seed", "0", "--device", "cpu", "--output_dir", str(tmp_path)])  # fmt: skip
+    (run,) = tmp_path.iterdir()
+    with Image.open(run / "final.png") as image:
+        seen = judge(np.asarray(image.convert("RGB")))
+        assert image.size == (128, 96)
+    print("the shapes world at 128x96:", seen)
+    assert (seen.color, seen.background) == ("red", "blue"), seen
 
 
 def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ __all__ = ["check_image", "load_image", "image_tensor", "to_uint8"]
 def check_image(path: str | Path, field: str) -> None:
     """Raise ``ValueError`` naming ``field`` if ``path`` is missing or not a readable image."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{field}: {str(path)!r} is a directory; expected an image file")
     if not path.is_file():
         raise ValueError(f"{field}: image file {str(path)!r} does not exist")
     try:

@@ -3,8 +3,10 @@
 The loop can pull each generated image toward its redrawing, ``prior_weight * MSE(image,
 redraw(image))`` with the redrawing held fixed. CLIP decides what the image shows; the prior only
 keeps it near images of the kind the prior knows. A prior is an ``nn.Module`` with a
-``resolution`` (it works on ``resolution``-square images) whose forward returns the redrawing;
-one that also has ``alternatives(images)`` offers several, and the loop's prompt loss picks.
+``resolution``, whose ``forward(images, size)`` reads ``resolution``-square images and returns
+their redrawing at ``size`` (height, width); one that also has ``alternatives(images, size)``
+offers several, and the loop's prompt loss picks. Images of another size are read resized to
+the prior's resolution and redrawn at their own, so a prior works at any image size.
 
 The shapes world ships one, ``shapes-prior`` (:class:`vqclip.shapes.prior.ScenePrior`, trained by
 ``python -m vqclip.shapes.train prior``), which turns the loop's blobs into clean shapes. A prior
@@ -60,18 +62,26 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     return model.eval().requires_grad_(False).to(device)
 
 
+def _as_read(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The images as the prior reads them: at its ``resolution``, resized (antialiased) if not."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    return F.interpolate(images, (resolution, resolution), mode="bilinear", antialias=True)
+
+
 @torch.no_grad()
 def redraw(images: torch.Tensor, prior: nn.Module, score: Score | None = None) -> torch.Tensor:
-    """(B, 3, S, S) -> (B, 3, S, S): the prior's redrawing of each image.
+    """(B, 3, H, W) -> (B, 3, H, W): the prior's redrawing of each image.
 
-    A prior with ``alternatives(images) -> (B, K, 3, S, S)`` offers several redrawings it finds
-    plausible; given a ``score`` (the loop's prompt loss), each image gets the one it scores
-    lowest: the prior keeps images near the kind it knows, the prompt picks which.
+    A prior with ``alternatives(images, size) -> (B, K, 3, H, W)`` offers several redrawings it
+    finds plausible; given a ``score`` (the loop's prompt loss), each image gets the one it
+    scores lowest: the prior keeps images near the kind it knows, the prompt picks which.
     """
     images = images.float()
+    read, size = _as_read(images, prior.resolution), tuple(images.shape[-2:])
     if score is None or not hasattr(prior, "alternatives"):
-        return prior(images)
-    options = prior.alternatives(images)  # (B, K, 3, S, S)
+        return prior(read, size)
+    options = prior.alternatives(read, size)  # (B, K, 3, H, W)
     losses = score(options.flatten(0, 1)).view(options.shape[:2])
     return options[torch.arange(len(options), device=options.device), losses.argmin(1)]
 
@@ -81,11 +91,6 @@ def prior_loss(
 ) -> torch.Tensor:
     """``weight * MSE(image, redraw(image))`` per image, the redrawing held fixed, so the pull
     moves the image toward it (times the batch size: each image's pull does not shrink)."""
-    size = prior.resolution
-    if image.shape[-2:] != (size, size):
-        raise ValueError(
-            f"prior: works on {size}x{size} images, got {image.shape[-1]}x{image.shape[-2]}"
-        )
     image = image.float()
     return F.mse_loss(image, redraw(image, prior, score)) * (weight * image.shape[0])
 

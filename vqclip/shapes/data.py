@@ -91,11 +91,14 @@ def sample_scenes(count: int, generator: torch.Generator) -> list[Scene]:
     return scenes
 
 
-def _mask(scene: Scene, size: int) -> torch.Tensor:
-    """(size*ss, size*ss) coverage in {0, 1} at the supersampled resolution."""
-    n = size * _SUPERSAMPLE
-    coords = (torch.arange(n, dtype=torch.float32) + 0.5) / _SUPERSAMPLE
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
+def _mask(scene: Scene, height: int, width: int) -> torch.Tensor:
+    """(height*ss, width*ss) coverage in {0, 1} at the supersampled resolution: the scene's
+    SIZE-square canvas stretched over height x width pixels."""
+    ys, xs = (
+        (torch.arange(n * _SUPERSAMPLE, dtype=torch.float32) + 0.5) / _SUPERSAMPLE * (SIZE / n)
+        for n in (height, width)
+    )
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
     dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
     if scene.shape == "circle":
         return (dx**2 + dy**2 <= r**2).float()
@@ -114,9 +117,14 @@ def rgb(name: str) -> torch.Tensor:
     return torch.tensor(COLORS[name], dtype=torch.float32).view(3, 1, 1) / 255
 
 
-def coverage(scene: Scene, size: int = SIZE) -> torch.Tensor:
-    """(1, size, size): the share of each pixel that the scene's shape covers (anti-aliased)."""
-    return F.avg_pool2d(_mask(scene, size)[None, None], _SUPERSAMPLE)[0]
+def _size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def coverage(scene: Scene, size: int | tuple[int, int] = SIZE) -> torch.Tensor:
+    """(1, H, W): the share of each pixel that the scene's shape covers (anti-aliased), with the
+    scene's SIZE-square canvas drawn at ``size`` (a side, or (height, width))."""
+    return F.avg_pool2d(_mask(scene, *_size(size))[None, None], _SUPERSAMPLE)[0]
 
 
 def blend(covered: torch.Tensor, color: torch.Tensor, under: torch.Tensor) -> torch.Tensor:
@@ -125,11 +133,11 @@ def blend(covered: torch.Tensor, color: torch.Tensor, under: torch.Tensor) -> to
 
 
 def draw_shape(image: torch.Tensor, scene: Scene) -> torch.Tensor:
-    """Draw the scene's shape (not its background) over ``image`` (3, S, S), anti-aliased."""
-    return blend(coverage(scene, image.shape[-1]), rgb(scene.color), image)
+    """Draw the scene's shape (not its background) over ``image`` (3, H, W), anti-aliased."""
+    return blend(coverage(scene, tuple(image.shape[-2:])), rgb(scene.color), image)
 
 
-def render(scenes: list[Scene], size: int = SIZE) -> torch.Tensor:
-    """Scenes -> (N, 3, size, size) in [0, 1]."""
-    backgrounds = [rgb(s.background).expand(3, size, size) for s in scenes]
+def render(scenes: list[Scene], size: int | tuple[int, int] = SIZE) -> torch.Tensor:
+    """Scenes -> (N, 3, H, W) in [0, 1], at ``size`` (a side, or (height, width))."""
+    backgrounds = [rgb(s.background).expand(3, *_size(size)) for s in scenes]
     return torch.stack([draw_shape(bg, s) for bg, s in zip(backgrounds, scenes, strict=True)])

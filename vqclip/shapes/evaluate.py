@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument(
+        "--size", type=int, default=SHAPES_SETTINGS["width"], help="image side in pixels"
+    )
     parser.add_argument("--latent-levels", type=int, default=SHAPES_SETTINGS["latent_levels"])
     parser.add_argument("--best-of", type=int, default=SHAPES_SETTINGS["best_of"])
     parser.add_argument(
@@ -267,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     changes = {
         "precision": args.precision,
+        "width": args.size,
+        "height": args.size,
         "latent_levels": args.latent_levels,
         "best_of": args.best_of,
         "prior_weight": args.prior_weight,

@@ -24,7 +24,9 @@ _WIDTHS = (3, 32, 64, 128, 128)  # channels from the image down to a 4x4 grid
 
 
 class ScenePrior(nn.Module):
-    """(B, 3, 64, 64) in [0, 1] -> (B, 3, 64, 64): the clean rendering of the scene it reads."""
+    """(B, 3, 64, 64) in [0, 1] -> (B, 3, H, W): the clean rendering of the scene it reads, drawn
+    at ``size`` (H, W), by default its own 64x64 (:func:`vqclip.prior.redraw` reads images of any
+    size at 64x64 and asks for the redrawing at theirs)."""
 
     resolution = SIZE
 
@@ -60,12 +62,14 @@ class ScenePrior(nn.Module):
         ]  # fmt: skip
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return render(self.scenes(image.float())).to(image)
+    def forward(self, image: torch.Tensor, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
+        return render(self.scenes(image.float()), size).to(image)
 
     @torch.no_grad()
-    def alternatives(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 64, 64) -> (B, K, 3, 64, 64): the scenes one change away from the one it reads,
+    def alternatives(
+        self, image: torch.Tensor, size: tuple[int, int] = (SIZE, SIZE)
+    ) -> torch.Tensor:
+        """(B, 3, 64, 64) -> (B, K, 3, H, W): the scenes one change away from the one it reads,
         redrawn at the place and size it reads: every shape class with either colour replaced by
         another, or with the two colours in swapped roles (K = 30, the reading among them).
 
@@ -78,8 +82,8 @@ class ScenePrior(nn.Module):
             pairs = _neighbours(scene.color, scene.background)
             inside = torch.stack([rgb(c) for c, _ in pairs])[:, None]  # (P, 1, 3, 1, 1)
             around = torch.stack([rgb(b) for _, b in pairs])[:, None]
-            masks = torch.stack([coverage(replace(scene, shape=s)) for s in SHAPES])  # (3, 1, S, S)
-            drawn.append(blend(masks, inside, around).flatten(0, 1))  # (P * 3, 3, S, S)
+            masks = torch.stack([coverage(replace(scene, shape=s), size) for s in SHAPES])
+            drawn.append(blend(masks, inside, around).flatten(0, 1))  # (P * 3, 3, H, W)
         return torch.stack(drawn).to(image)
 
 

@@ -320,3 +320,63 @@ def test_a_closed_pipe_ends_the_listing_quietly() -> None:
     process.stdout.close()  # as `vqclip models | head -0` does, before anything is written
     assert process.wait(timeout=120) == 1
     assert process.stderr.read() == b""  # no "error: [Errno 32] Broken pipe", no traceback
+
+
+def test_the_loop_reads_nothing_back_between_display_steps(
+    tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 6: no host synchronisation in the hot loop except at display steps.
+
+    Every read of a tensor's value into Python (``item``, ``tolist``, ``bool``, ...) is recorded
+    with the iteration under way and the code that asked for it, through the CLI (its progress
+    bar included). Between display steps vqclip's own code reads nothing; what is read comes
+    from torch.optim (Adam's step count, a host tensor unless ``capturable``) and kornia (its
+    sampled parameters, on the host: vqclip leaves the augmentation modules there). The shapes
+    prior is not in this path: it reads its scene into Python at each step, which costs nothing
+    in that tiny CPU world.
+    """
+    import sys
+    from collections import defaultdict
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+    import torch
+
+    import vqclip
+    from vqclip import optimize
+
+    package = str(Path(vqclip.__file__).parent)
+    sources = {package: "vqclip", "/torch/optim/": "torch.optim", "/kornia/": "kornia"}
+    reads: dict[int, set[str]] = defaultdict(set)
+    current: list[int] = []
+
+    def recording(original: Callable) -> Callable:
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if current:
+                caller = sys._getframe(1).f_code.co_filename
+                where = [label for part, label in sources.items() if part in caller]
+                reads[current[-1]].add(where[0] if where else caller)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, recording(getattr(torch.Tensor, name)))
+    real_iterations = optimize.iterations
+
+    def tracked(*args: int) -> Iterator[int]:
+        for i in real_iterations(*args):
+            current.append(i)
+            yield i
+        current.clear()
+
+    monkeypatch.setattr(optimize, "iterations", tracked)
+    extra = ["--augments", "Af", "Pe", "Ji", "Er", "--latent_levels", "2", "--best_of", "2", "--smoothness", "0.1"]  # fmt: skip
+    flags = [f for f in _flags(tiny_models, tmp_path) if f != "--augments"]
+    cli.main(["generate", "a red circle:1 | blue:-0.5:0.1", *flags, *extra, "--max_iterations", "9", "--display_frequency", "4"])  # fmt: skip
+    assert sorted(reads) == list(range(9))
+    for i, where in sorted(reads.items()):
+        if i % 4:
+            assert where <= {"torch.optim", "kornia"}, (i, where)
+        else:  # the finite check, the progress bar's loss, the frame: proof that reads are seen
+            assert "vqclip" in where, (i, where)

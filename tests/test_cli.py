@@ -331,9 +331,8 @@ def test_the_loop_reads_nothing_back_between_display_steps(
     with the iteration under way and the code that asked for it, through the CLI (its progress
     bar included). Between display steps vqclip's own code reads nothing; what is read comes
     from torch.optim (Adam's step count, a host tensor unless ``capturable``) and kornia (its
-    sampled parameters, on the host: vqclip leaves the augmentation modules there). The shapes
-    prior is not in this path: it reads its scene into Python at each step, which costs nothing
-    in that tiny CPU world.
+    sampled parameters, on the host: vqclip leaves the augmentation modules there). The image
+    prior's pull is on: it reads its scene and draws the alternatives on the device.
     """
     import sys
     from collections import defaultdict
@@ -371,7 +370,7 @@ def test_the_loop_reads_nothing_back_between_display_steps(
         current.clear()
 
     monkeypatch.setattr(optimize, "iterations", tracked)
-    extra = ["--augments", "Af", "Pe", "Ji", "Er", "--latent_levels", "2", "--best_of", "2", "--smoothness", "0.1"]  # fmt: skip
+    extra = ["--augments", "Af", "Pe", "Ji", "Er", "--latent_levels", "2", "--best_of", "2", "--smoothness", "0.1", "--prior", "shapes-prior", "--prior_weight", "2"]  # fmt: skip
     flags = [f for f in _flags(tiny_models, tmp_path) if f != "--augments"]
     cli.main(["generate", "a red circle:1 | blue:-0.5:0.1", *flags, *extra, "--max_iterations", "9", "--display_frequency", "4"])  # fmt: skip
     assert sorted(reads) == list(range(9))

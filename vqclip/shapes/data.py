@@ -16,6 +16,8 @@ __all__ = [
     "render",
     "rgb",
     "coverage",
+    "shape_coverage",
+    "PALETTE",
     "blend",
     "draw_shape",
     "caption",
@@ -30,6 +32,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
+PALETTE = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255  # (6, 3) in [0, 1]
 SHAPES = ("circle", "square", "triangle")
 SIZE = 64  # image side in pixels
 _SYNONYMS = {
@@ -91,30 +94,49 @@ def sample_scenes(count: int, generator: torch.Generator) -> list[Scene]:
     return scenes
 
 
-def _mask(scene: Scene, height: int, width: int) -> torch.Tensor:
-    """(height*ss, width*ss) coverage in {0, 1} at the supersampled resolution: the scene's
-    SIZE-square canvas stretched over height x width pixels."""
-    ys, xs = (
-        (torch.arange(n * _SUPERSAMPLE, dtype=torch.float32) + 0.5) / _SUPERSAMPLE * (SIZE / n)
-        for n in (height, width)
-    )
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
-    if scene.shape == "circle":
-        return (dx**2 + dy**2 <= r**2).float()
-    if scene.shape == "square":
-        half = r * math.sqrt(math.pi) / 2  # same area as the circle
-        return ((dx.abs() <= half) & (dy.abs() <= half)).float()
+def _inside(shape: str, x: torch.Tensor, y: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Which supersamples ``shape`` covers: ``x`` (1, 1, W) and ``y`` (1, H, 1) in float32
+    canvas pixels, centres and radii (N, 1, 1) in float64 -> (N, H, W) booleans. Each float64
+    expression is rounded to float32 where it meets the grid, as Python floats are, so that a
+    batch of scenes gets the same bits as one scene at a time."""
+    dx, dy = x - cx.float(), y - cy.float()
+    if shape == "circle":
+        return dx**2 + dy**2 <= (r**2).float()
+    if shape == "square":
+        half = (r * math.sqrt(math.pi) / 2).float()  # same area as the circle
+        return (dx.abs() <= half) & (dy.abs() <= half)
     # An upright equilateral triangle inscribed in the circle of radius r.
-    h = 1.5 * r
-    top, bottom = scene.cy - r, scene.cy + 0.5 * r
-    half_width = (y - top) / h * r * math.sqrt(3) / 2
-    return ((y >= top) & (y <= bottom) & (dx.abs() <= half_width)).float()
+    top, bottom, h = (cy - r).float(), (cy + 0.5 * r).float(), (1.5 * r).float()
+    half_width = (y - top) / h * r.float() * math.sqrt(3) / 2
+    return (y >= top) & (y <= bottom) & (dx.abs() <= half_width)
+
+
+def shape_coverage(
+    geometry: torch.Tensor,
+    size: int | tuple[int, int] = SIZE,
+    shapes: tuple[str, ...] = SHAPES,
+) -> torch.Tensor:
+    """(N, 3) centres and radii (cx, cy, r) in pixels of the SIZE-square canvas -> (N, S, H, W):
+    the share of each pixel that each of ``shapes`` covers there (anti-aliased: the mean of
+    4x4 samples), with the canvas drawn at ``size`` (a side, or (height, width)), on
+    ``geometry``'s device. Computed in one go for a batch (the image prior's redrawings)."""
+    height, width = _size(size)
+    device = geometry.device
+    y, x = (
+        (torch.arange(n * _SUPERSAMPLE, dtype=torch.float32, device=device) + 0.5)
+        / _SUPERSAMPLE * (SIZE / n)
+        for n in (height, width)
+    )  # fmt: skip
+    cx, cy, r = geometry.double().view(-1, 3, 1, 1).unbind(1)  # (N, 1, 1) each
+    masks = torch.stack(
+        [_inside(shape, x.view(1, 1, -1), y.view(1, -1, 1), cx, cy, r) for shape in shapes], 1
+    )  # (N, S, H * ss, W * ss)
+    return F.avg_pool2d(masks.float(), _SUPERSAMPLE)
 
 
 def rgb(name: str) -> torch.Tensor:
     """A colour by name -> (3, 1, 1) in [0, 1]."""
-    return torch.tensor(COLORS[name], dtype=torch.float32).view(3, 1, 1) / 255
+    return PALETTE[list(COLORS).index(name)].view(3, 1, 1)
 
 
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -124,7 +146,8 @@ def _size(size: int | tuple[int, int]) -> tuple[int, int]:
 def coverage(scene: Scene, size: int | tuple[int, int] = SIZE) -> torch.Tensor:
     """(1, H, W): the share of each pixel that the scene's shape covers (anti-aliased), with the
     scene's SIZE-square canvas drawn at ``size`` (a side, or (height, width))."""
-    return F.avg_pool2d(_mask(scene, *_size(size))[None, None], _SUPERSAMPLE)[0]
+    geometry = torch.tensor([[scene.cx, scene.cy, scene.radius]], dtype=torch.float64)
+    return shape_coverage(geometry, size, (scene.shape,))[0]
 
 
 def blend(covered: torch.Tensor, color: torch.Tensor, under: torch.Tensor) -> torch.Tensor:

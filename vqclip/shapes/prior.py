@@ -10,12 +10,10 @@ might be, with rounded corners that read as a circle).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 
-from vqclip.shapes.data import COLORS, SHAPES, SIZE, Scene, blend, coverage, render, rgb
+from vqclip.shapes.data import COLORS, PALETTE, SHAPES, SIZE, Scene, blend, shape_coverage
 
 __all__ = ["ScenePrior", "scene_targets", "reading_accuracy"]
 
@@ -48,22 +46,31 @@ class ScenePrior(nn.Module):
         return out[:, :n], out[:, n : 2 * n], out[:, 2 * n : 2 * n + len(SHAPES)], out[:, -3:]
 
     @torch.no_grad()
-    def scenes(self, image: torch.Tensor) -> list[Scene]:
-        """The scene each image shows; the background is never the shape's colour."""
+    def read(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The scene each image shows, as tensors on its device: colour, background and shape
+        indices (B,) (the background is never the shape's colour), and (cx, cy, r) (B, 3) in
+        pixels of the 64x64 canvas."""
         color, background, shape, geometry = self.heads(image)
         color = color.argmax(1)
         background = background.scatter(1, color[:, None], -torch.inf).argmax(1)
+        return color, background, shape.argmax(1), geometry * SIZE
+
+    @torch.no_grad()
+    def scenes(self, image: torch.Tensor) -> list[Scene]:
+        """The scene each image shows, as :class:`Scene` objects."""
+        color, background, shape, geometry = (t.tolist() for t in self.read(image))
         return [
-            Scene(_NAMES[c], _NAMES[b], SHAPES[s], x * SIZE, y * SIZE, r * SIZE)
-            for c, b, s, (x, y, r) in zip(
-                color.tolist(), background.tolist(), shape.argmax(1).tolist(), geometry.tolist(),
-                strict=True,
-            )
-        ]  # fmt: skip
+            Scene(_NAMES[c], _NAMES[b], SHAPES[s], x, y, r)
+            for c, b, s, (x, y, r) in zip(color, background, shape, geometry, strict=True)
+        ]
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
-        return render(self.scenes(image.float()), size).to(image)
+        color, background, shape, geometry = self.read(image.float())
+        masks = shape_coverage(geometry, size)  # (B, 3, H, W)
+        covered = masks[torch.arange(len(masks), device=masks.device), shape][:, None]
+        palette = PALETTE.to(image.device)
+        return blend(covered, palette[color, :, None, None], palette[background, :, None, None])
 
     @torch.no_grad()
     def alternatives(
@@ -75,16 +82,15 @@ class ScenePrior(nn.Module):
 
         Its shape head is the least sure of its readings (a blob is often between shapes), and
         a blob can be in the wrong colour or its colours in the wrong roles; a caller that knows
-        what the image should show (the loop, through CLIP) picks among these.
+        what the image should show (the loop, through CLIP) picks among these. All on the
+        image's device, with no read back to the host.
         """
-        drawn = []
-        for scene in self.scenes(image.float()):
-            pairs = _neighbours(scene.color, scene.background)
-            inside = torch.stack([rgb(c) for c, _ in pairs])[:, None]  # (P, 1, 3, 1, 1)
-            around = torch.stack([rgb(b) for _, b in pairs])[:, None]
-            masks = torch.stack([coverage(replace(scene, shape=s), size) for s in SHAPES])
-            drawn.append(blend(masks, inside, around).flatten(0, 1))  # (P * 3, 3, H, W)
-        return torch.stack(drawn).to(image)
+        color, background, _, geometry = self.read(image.float())
+        pairs = _PAIRS.to(image.device)[color, background]  # (B, P, 2) colour indices
+        palette = PALETTE.to(image.device)[..., None, None]  # (6, 3, 1, 1)
+        inside, around = palette[pairs[..., :1]], palette[pairs[..., 1:]]  # (B, P, 1, 3, 1, 1)
+        masks = shape_coverage(geometry, size)[:, None, :, None]  # (B, 1, 3, 1, H, W)
+        return blend(masks, inside, around).flatten(1, 2).to(image.dtype)  # (B, P * 3, 3, H, W)
 
 
 def _neighbours(color: str, background: str) -> list[tuple[str, str]]:
@@ -94,6 +100,15 @@ def _neighbours(color: str, background: str) -> list[tuple[str, str]]:
         *((color, b) for b in _NAMES if b not in (color, background)),
         (background, color),
     ]
+
+
+# _neighbours as colour indices for every reading (colour, background): (6, 6, 10, 2); a
+# reading never has both the same, and those rows are left at 0.
+_PAIRS = torch.tensor([
+    [[[_NAMES.index(a), _NAMES.index(b)] for a, b in _neighbours(c, bg)] if c != bg else [[0, 0]] * 10
+     for bg in _NAMES]
+    for c in _NAMES
+])  # fmt: skip
 
 
 def scene_targets(scenes: list[Scene]) -> tuple[torch.Tensor, ...]:

@@ -96,7 +96,7 @@ def sample_scenes(count: int, generator: torch.Generator) -> list[Scene]:
 
 def _inside(shape: str, x: torch.Tensor, y: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Which supersamples ``shape`` covers: ``x`` (1, 1, W) and ``y`` (1, H, 1) in float32
-    canvas pixels, centres and radii (N, 1, 1) in float64 -> (N, H, W) booleans. Each float64
+    canvas pixels, centres and radii (N, 1, 1) in float64 (float32 on MPS) -> (N, H, W) booleans. Each float64
     expression is rounded to float32 where it meets the grid, as Python floats are, so that a
     batch of scenes gets the same bits as one scene at a time."""
     dx, dy = x - cx.float(), y - cy.float()
@@ -127,7 +127,8 @@ def shape_coverage(
         / _SUPERSAMPLE * (SIZE / n)
         for n in (height, width)
     )  # fmt: skip
-    cx, cy, r = geometry.double().view(-1, 3, 1, 1).unbind(1)  # (N, 1, 1) each
+    exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    cx, cy, r = geometry.to(exact).view(-1, 3, 1, 1).unbind(1)  # (N, 1, 1) each
     masks = torch.stack(
         [_inside(shape, x.view(1, 1, -1), y.view(1, -1, 1), cx, cy, r) for shape in shapes], 1
     )  # (N, S, H * ss, W * ss)

@@ -70,7 +70,8 @@ class ScenePrior(nn.Module):
         masks = shape_coverage(geometry, size)  # (B, 3, H, W)
         covered = masks[torch.arange(len(masks), device=masks.device), shape][:, None]
         palette = PALETTE.to(image.device)
-        return blend(covered, palette[color, :, None, None], palette[background, :, None, None])
+        drawn = blend(covered, palette[color, :, None, None], palette[background, :, None, None])
+        return drawn.to(image.dtype)
 
     @torch.no_grad()
     def alternatives(

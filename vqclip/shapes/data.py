@@ -96,9 +96,9 @@ def sample_scenes(count: int, generator: torch.Generator) -> list[Scene]:
 
 def _inside(shape: str, x: torch.Tensor, y: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Which supersamples ``shape`` covers: ``x`` (1, 1, W) and ``y`` (1, H, 1) in float32
-    canvas pixels, centres and radii (N, 1, 1) in float64 (float32 on MPS) -> (N, H, W) booleans. Each float64
-    expression is rounded to float32 where it meets the grid, as Python floats are, so that a
-    batch of scenes gets the same bits as one scene at a time."""
+    canvas pixels, centres and radii (N, 1, 1) in float64 (float32 on MPS) -> (N, H, W)
+    booleans. Each float64 expression is rounded to float32 where it meets the grid, as Python
+    floats are, so that a batch of scenes gets the same bits as one scene at a time."""
     dx, dy = x - cx.float(), y - cy.float()
     if shape == "circle":
         return dx**2 + dy**2 <= (r**2).float()

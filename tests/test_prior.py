@@ -110,8 +110,8 @@ def test_a_prior_without_alternatives_ignores_the_score() -> None:
     class Grey(torch.nn.Module):
         resolution = 64
 
-        def forward(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-            return torch.full((len(image), 3, *size), 0.5)
+        def forward(self, image: torch.Tensor, size: int) -> torch.Tensor:
+            return torch.full((len(image), 3, size, size), 0.5)
 
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(
@@ -155,12 +155,18 @@ def test_the_per_image_pulls_add_up_to_the_loss() -> None:
 
 def test_images_of_another_size_are_read_at_its_own_and_redrawn_at_theirs() -> None:
     prior = _prior()
-    for height, width in ((128, 128), (48, 96)):
+    for height, width, top, left in ((128, 128, 0, 0), (48, 96, 24, 0), (96, 32, 0, 32)):
         images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(4))
-        read = F.interpolate(images, (64, 64), mode="bilinear", antialias=True)
-        expected = render(prior.scenes(read), (height, width))
+        # A wide or tall image is read letterboxed into a square of its border's median colour.
+        side = max(height, width)
+        edges = (images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1])
+        square = torch.cat(edges, -1).median(-1).values[..., None, None].repeat(1, 1, side, side)
+        square[..., top : top + height, left : left + width] = images
+        read = F.interpolate(square, (64, 64), mode="bilinear", antialias=True)
+        rows, cols = slice(top, top + height), slice(left, left + width)
+        expected = render(prior.scenes(read), side)[..., rows, cols]
         assert torch.equal(redraw(images, prior), expected)
-        options = prior.alternatives(read, (height, width))
+        options = prior.alternatives(read, side)[..., rows, cols]
         assert options.shape == (2, 30, 3, height, width)
         # The score sees the alternatives at the image's size and picks among them.
         middle = images.mean()

@@ -4,9 +4,11 @@ The loop can pull each generated image toward its redrawing, ``prior_weight * MS
 redraw(image))`` with the redrawing held fixed. CLIP decides what the image shows; the prior only
 keeps it near images of the kind the prior knows. A prior is an ``nn.Module`` with a
 ``resolution``, whose ``forward(images, size)`` reads ``resolution``-square images and returns
-their redrawing at ``size`` (height, width); one that also has ``alternatives(images, size)``
-offers several, and the loop's prompt loss picks. Images of another size are read resized to
-the prior's resolution and redrawn at their own, so a prior works at any image size.
+their redrawing ``size`` pixels square; one that also has ``alternatives(images, size)`` offers
+several, and the loop's prompt loss picks. A prior works at any image size: the image is read
+letterboxed into a square (padded with the median colour of its border) and resized to the
+prior's resolution, and the redrawing is made at the square's size and cropped back, so that
+shapes keep their proportions on a wide or tall image.
 
 The shapes world ships one, ``shapes-prior`` (:class:`vqclip.shapes.prior.ScenePrior`, trained by
 ``python -m vqclip.shapes.train prior``), which turns the loop's blobs into clean shapes. A prior
@@ -62,9 +64,26 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     return model.eval().requires_grad_(False).to(device)
 
 
+def _letterbox(images: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """(B, 3, H, W) -> (B, 3, S, S) with S = max(H, W): the images centred in a square filled
+    with the median colour of each one's border (its background, for the kind of image a prior
+    knows), and the rows and columns where each image lies in it."""
+    height, width = images.shape[-2:]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    where = (slice(top, top + height), slice(left, left + width))
+    if height == width:
+        return images, where
+    edges = (images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1])
+    fill = torch.cat(edges, -1).median(-1).values  # (B, 3)
+    square = fill[..., None, None].expand(*images.shape[:2], side, side).clone()
+    square[..., where[0], where[1]] = images
+    return square, where
+
+
 def _as_read(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The images as the prior reads them: at its ``resolution``, resized (antialiased) if not."""
-    if images.shape[-2:] == (resolution, resolution):
+    """Square images as the prior reads them: at its ``resolution``, resized (antialiased)."""
+    if images.shape[-1] == resolution:
         return images
     return F.interpolate(images, (resolution, resolution), mode="bilinear", antialias=True)
 
@@ -73,15 +92,16 @@ def _as_read(images: torch.Tensor, resolution: int) -> torch.Tensor:
 def redraw(images: torch.Tensor, prior: nn.Module, score: Score | None = None) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 3, H, W): the prior's redrawing of each image.
 
-    A prior with ``alternatives(images, size) -> (B, K, 3, H, W)`` offers several redrawings it
-    finds plausible; given a ``score`` (the loop's prompt loss), each image gets the one it
-    scores lowest: the prior keeps images near the kind it knows, the prompt picks which.
+    A prior with ``alternatives(images, size) -> (B, K, 3, size, size)`` offers several
+    redrawings it finds plausible; given a ``score`` (the loop's prompt loss), each image gets
+    the one it scores lowest: the prior keeps images near the kind it knows, the prompt picks
+    which.
     """
-    images = images.float()
-    read, size = _as_read(images, prior.resolution), tuple(images.shape[-2:])
+    square, (rows, cols) = _letterbox(images.float())
+    read, side = _as_read(square, prior.resolution), square.shape[-1]
     if score is None or not hasattr(prior, "alternatives"):
-        return prior(read, size)
-    options = prior.alternatives(read, size)  # (B, K, 3, H, W)
+        return prior(read, side)[..., rows, cols]
+    options = prior.alternatives(read, side)[..., rows, cols]  # (B, K, 3, H, W)
     losses = score(options.flatten(0, 1)).view(options.shape[:2])
     return options[torch.arange(len(options), device=options.device), losses.argmin(1)]
 

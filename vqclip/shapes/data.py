@@ -112,27 +112,20 @@ def _inside(shape: str, x: torch.Tensor, y: torch.Tensor, cx: torch.Tensor, cy: 
 
 
 def shape_coverage(
-    geometry: torch.Tensor,
-    size: int | tuple[int, int] = SIZE,
-    shapes: tuple[str, ...] = SHAPES,
+    geometry: torch.Tensor, size: int = SIZE, shapes: tuple[str, ...] = SHAPES
 ) -> torch.Tensor:
-    """(N, 3) centres and radii (cx, cy, r) in pixels of the SIZE-square canvas -> (N, S, H, W):
-    the share of each pixel that each of ``shapes`` covers there (anti-aliased: the mean of
-    4x4 samples), with the canvas drawn at ``size`` (a side, or (height, width)), on
-    ``geometry``'s device. Computed in one go for a batch (the image prior's redrawings)."""
-    height, width = _size(size)
+    """(N, 3) centres and radii (cx, cy, r) in pixels of the SIZE-square canvas -> (N, S, size,
+    size): the share of each pixel that each of ``shapes`` covers there (anti-aliased: the mean
+    of 4x4 samples), with the canvas drawn ``size`` pixels square, on ``geometry``'s device.
+    Computed in one go for a batch (the image prior's redrawings)."""
     device = geometry.device
-    y, x = (
-        (torch.arange(n * _SUPERSAMPLE, dtype=torch.float32, device=device) + 0.5)
-        / _SUPERSAMPLE * (SIZE / n)
-        for n in (height, width)
-    )  # fmt: skip
+    grid = torch.arange(size * _SUPERSAMPLE, dtype=torch.float32, device=device) + 0.5
+    grid = grid / _SUPERSAMPLE * (SIZE / size)
     exact = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     cx, cy, r = geometry.to(exact).view(-1, 3, 1, 1).unbind(1)  # (N, 1, 1) each
-    masks = torch.stack(
-        [_inside(shape, x.view(1, 1, -1), y.view(1, -1, 1), cx, cy, r) for shape in shapes], 1
-    )  # (N, S, H * ss, W * ss)
-    return F.avg_pool2d(masks.float(), _SUPERSAMPLE)
+    x, y = grid.view(1, 1, -1), grid.view(1, -1, 1)
+    masks = torch.stack([_inside(shape, x, y, cx, cy, r) for shape in shapes], 1)
+    return F.avg_pool2d(masks.float(), _SUPERSAMPLE)  # (N, S, size, size)
 
 
 def rgb(name: str) -> torch.Tensor:
@@ -140,13 +133,9 @@ def rgb(name: str) -> torch.Tensor:
     return PALETTE[list(COLORS).index(name)].view(3, 1, 1)
 
 
-def _size(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def coverage(scene: Scene, size: int | tuple[int, int] = SIZE) -> torch.Tensor:
-    """(1, H, W): the share of each pixel that the scene's shape covers (anti-aliased), with the
-    scene's SIZE-square canvas drawn at ``size`` (a side, or (height, width))."""
+def coverage(scene: Scene, size: int = SIZE) -> torch.Tensor:
+    """(1, size, size): the share of each pixel that the scene's shape covers (anti-aliased),
+    with the scene's SIZE-square canvas drawn ``size`` pixels square."""
     geometry = torch.tensor([[scene.cx, scene.cy, scene.radius]], dtype=torch.float64)
     return shape_coverage(geometry, size, (scene.shape,))[0]
 
@@ -157,11 +146,11 @@ def blend(covered: torch.Tensor, color: torch.Tensor, under: torch.Tensor) -> to
 
 
 def draw_shape(image: torch.Tensor, scene: Scene) -> torch.Tensor:
-    """Draw the scene's shape (not its background) over ``image`` (3, H, W), anti-aliased."""
-    return blend(coverage(scene, tuple(image.shape[-2:])), rgb(scene.color), image)
+    """Draw the scene's shape (not its background) over ``image`` (3, S, S), anti-aliased."""
+    return blend(coverage(scene, image.shape[-1]), rgb(scene.color), image)
 
 
-def render(scenes: list[Scene], size: int | tuple[int, int] = SIZE) -> torch.Tensor:
-    """Scenes -> (N, 3, H, W) in [0, 1], at ``size`` (a side, or (height, width))."""
-    backgrounds = [rgb(s.background).expand(3, *_size(size)) for s in scenes]
+def render(scenes: list[Scene], size: int = SIZE) -> torch.Tensor:
+    """Scenes -> (N, 3, size, size) in [0, 1]."""
+    backgrounds = [rgb(s.background).expand(3, size, size) for s in scenes]
     return torch.stack([draw_shape(bg, s) for bg, s in zip(backgrounds, scenes, strict=True)])

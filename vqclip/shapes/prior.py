@@ -22,9 +22,9 @@ _WIDTHS = (3, 32, 64, 128, 128)  # channels from the image down to a 4x4 grid
 
 
 class ScenePrior(nn.Module):
-    """(B, 3, 64, 64) in [0, 1] -> (B, 3, H, W): the clean rendering of the scene it reads, drawn
-    at ``size`` (H, W), by default its own 64x64 (:func:`vqclip.prior.redraw` reads images of any
-    size at 64x64 and asks for the redrawing at theirs)."""
+    """(B, 3, 64, 64) in [0, 1] -> (B, 3, size, size): the clean rendering of the scene it
+    reads, drawn ``size`` pixels square, by default its own 64 (:func:`vqclip.prior.redraw`
+    reads images of any size at 64x64 and asks for the redrawing at theirs)."""
 
     resolution = SIZE
 
@@ -65,19 +65,17 @@ class ScenePrior(nn.Module):
         ]
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, size: tuple[int, int] = (SIZE, SIZE)) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, size: int = SIZE) -> torch.Tensor:
         color, background, shape, geometry = self.read(image.float())
-        masks = shape_coverage(geometry, size)  # (B, 3, H, W)
+        masks = shape_coverage(geometry, size)  # (B, 3, size, size)
         covered = masks[torch.arange(len(masks), device=masks.device), shape][:, None]
         palette = PALETTE.to(image.device)
         drawn = blend(covered, palette[color, :, None, None], palette[background, :, None, None])
         return drawn.to(image.dtype)
 
     @torch.no_grad()
-    def alternatives(
-        self, image: torch.Tensor, size: tuple[int, int] = (SIZE, SIZE)
-    ) -> torch.Tensor:
-        """(B, 3, 64, 64) -> (B, K, 3, H, W): the scenes one change away from the one it reads,
+    def alternatives(self, image: torch.Tensor, size: int = SIZE) -> torch.Tensor:
+        """(B, 3, 64, 64) -> (B, K, 3, size, size): the scenes one change away from the one it reads,
         redrawn at the place and size it reads: every shape class with either colour replaced by
         another, or with the two colours in swapped roles (K = 30, the reading among them).
 
@@ -90,8 +88,8 @@ class ScenePrior(nn.Module):
         pairs = _PAIRS.to(image.device)[color, background]  # (B, P, 2) colour indices
         palette = PALETTE.to(image.device)[..., None, None]  # (6, 3, 1, 1)
         inside, around = palette[pairs[..., :1]], palette[pairs[..., 1:]]  # (B, P, 1, 3, 1, 1)
-        masks = shape_coverage(geometry, size)[:, None, :, None]  # (B, 1, 3, 1, H, W)
-        return blend(masks, inside, around).flatten(1, 2).to(image.dtype)  # (B, P * 3, 3, H, W)
+        masks = shape_coverage(geometry, size)[:, None, :, None]  # (B, 1, 3, 1, S, S)
+        return blend(masks, inside, around).flatten(1, 2).to(image.dtype)  # (B, P * 3, 3, S, S)
 
 
 def _neighbours(color: str, background: str) -> list[tuple[str, str]]:

@@ -119,7 +119,7 @@ def prior_loss(
 def prior_pull(
     images: torch.Tensor, prior: nn.Module, weight: float, score: Score | None = None
 ) -> torch.Tensor:
-    """(B, 3, S, S) -> (B,): each image's ``weight * MSE`` to its redrawing, the terms that
+    """(B, 3, H, W) -> (B,): each image's ``weight * MSE`` to its redrawing, the terms that
     :func:`prior_loss` adds up (what ranks candidates)."""
     images = images.float()
     return (images - redraw(images, prior, score)).pow(2).flatten(1).mean(1) * weight

@@ -145,6 +145,16 @@ def test_the_shapes_world_draws_at_other_sizes(tmp_path: Path) -> None:
     assert seen.top_two() == {"red", "blue"}, seen  # the prompt's two colours cover the most
 
 
+def test_evaluate_takes_a_side_or_width_and_height() -> None:
+    import argparse
+
+    assert evaluate.image_size("128") == (128, 128)
+    assert evaluate.image_size("128x96") == (128, 96)
+    for bad in ("128x", "0x64", "a", "64x64x64"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected W or WxH"):
+            evaluate.image_size(bad)
+
+
 def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> None:
     weights = {}
     for name, noise in (("a", NOISE), ("b", NOISE), ("quiet", 0.0)):

@@ -247,6 +247,16 @@ def steering_rate(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) ->
     return sum(wins) / len(wins)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """``"128"`` or ``"128x96"`` -> (width, height)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected W or WxH in pixels, such as 128x96; got {text!r}"
+        )
+    return int(parts[0]), int(parts[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the shapes world's figures as JSON."""
     import tempfile
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
-        "--size", type=int, default=SHAPES_SETTINGS["width"], help="image side in pixels"
+        "--size", type=image_size, default=(64, 64), help='"W" or "WxH" in pixels (default 64)'
     )
     parser.add_argument("--latent-levels", type=int, default=SHAPES_SETTINGS["latent_levels"])
     parser.add_argument("--best-of", type=int, default=SHAPES_SETTINGS["best_of"])
@@ -270,8 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     changes = {
         "precision": args.precision,
-        "width": args.size,
-        "height": args.size,
+        "width": args.size[0],
+        "height": args.size[1],
         "latent_levels": args.latent_levels,
         "best_of": args.best_of,
         "prior_weight": args.prior_weight,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["check_image", "load_image", "image_tensor", "to_uint8"]
 
@@ -28,9 +28,10 @@ def check_image(path: str | Path, field: str) -> None:
 
 
 def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """An image file as (1, 3, H, W) in [0, 1]; resized (Lanczos) to ``size=(width, height)``."""
+    """An image file as (1, 3, H, W) in [0, 1], upright as a viewer shows it (a camera's EXIF
+    orientation applied); resized (Lanczos) to ``size=(width, height)``."""
     with Image.open(path) as image:
-        return image_tensor(image, size)
+        return image_tensor(ImageOps.exif_transpose(image), size)
 
 
 def image_tensor(

@@ -48,6 +48,19 @@ def test_save_png_carries_metadata_and_refuses_to_overwrite(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temporary file left
 
 
+def test_save_png_keeps_a_file_that_appeared_after_its_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "x.png"
+    save_png(path, _pixels(10), {})
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # another writer, after the check
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_png(path, _pixels(200), {})
+    monkeypatch.undo()
+    assert (png_pixels(path) == 10).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
 def test_frame_writer_names_frames_by_iteration_and_batch_index(
     config: GenerationConfig,
 ) -> None:

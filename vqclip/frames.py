@@ -83,7 +83,14 @@ def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, Any]) -> None:
         info.add_text(key, value if isinstance(value, str) else json.dumps(value))
     tmp = path.with_name(f".{path.name}.part")
     Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # atomic, and fails if another writer got there since the check
+    except FileExistsError:
+        raise FileExistsError(f"refusing to overwrite {path}") from None
+    except OSError:  # a file system without hard links (some network mounts): rename
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_png_metadata(path: str | Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vqclip.embeddings import build_targets, embed_noise, embed_texts
+from vqclip.losses import Targets
 from vqclip.models import load_clip
 from vqclip.prompts import Prompt
 
@@ -24,7 +25,7 @@ def _image(path: str) -> torch.Tensor:
     return ramp.expand(1, 3, 64, 64) * torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)
 
 
-def _build(clip_model: torch.nn.Module, seed: int = 0):
+def _build(clip_model: torch.nn.Module, seed: int = 0) -> Targets:
     return build_targets(
         clip_model,
         [Prompt("a red circle", 2.0), Prompt("blurry", -0.5, 0.3)],

@@ -38,27 +38,20 @@ def test_run_directories_are_new_each_time_and_hold_the_config(config: Generatio
     assert slugged.name.endswith("-a-red-circle-s5")  # the first prompt's text, no weight
 
 
-def test_save_png_carries_metadata_and_refuses_to_overwrite(tmp_path: Path) -> None:
-    path = tmp_path / "x.png"
-    save_png(path, _pixels(10), {"prompts": "a", "config": {"seed": 1}})
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
-        save_png(path, _pixels(200), {})
-    assert (png_pixels(path) == 10).all()  # the first image is kept
-    assert read_png_metadata(path) == {"prompts": "a", "config": json.dumps({"seed": 1})}
-    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temporary file left
-
-
-def test_save_png_keeps_a_file_that_appeared_after_its_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("raced", [False, True])
+def test_save_png_carries_metadata_and_refuses_to_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raced: bool
 ) -> None:
     path = tmp_path / "x.png"
-    save_png(path, _pixels(10), {})
-    monkeypatch.setattr(Path, "exists", lambda self: False)  # another writer, after the check
+    save_png(path, _pixels(10), {"prompts": "a", "config": {"seed": 1}})
+    if raced:  # another writer made the file after save_png's check
+        monkeypatch.setattr(Path, "exists", lambda self: False)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         save_png(path, _pixels(200), {})
     monkeypatch.undo()
-    assert (png_pixels(path) == 10).all()
-    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+    assert (png_pixels(path) == 10).all()  # the first image is kept
+    assert read_png_metadata(path) == {"prompts": "a", "config": json.dumps({"seed": 1})}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temporary file left
 
 
 def test_frame_writer_names_frames_by_iteration_and_batch_index(

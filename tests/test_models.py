@@ -10,11 +10,10 @@ import torch
 import yaml
 
 from tests.conftest import TINY_CLIP, tiny_vqgan_spec
+from vqclip.checkpoints import UnsafeCheckpointError, load_checkpoint
 from vqclip.models import (
-    UnsafeCheckpointError,
     build_clip,
     build_vqgan,
-    load_checkpoint,
     load_clip,
     load_vqgan,
     read_vqgan_spec,

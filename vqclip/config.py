@@ -24,6 +24,12 @@ CUT_METHODS = ("crops", "pooling")
 # horizontal flip, sharpness, resized crop, thin-plate spline, rotation, elastic, padded crop,
 # Gaussian noise, Gaussian blur.
 AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "Gn", "Gb")
+_TEXT_FIELDS = (
+    "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
+    "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
+    "output_dir", "run_name",
+)  # fmt: skip
+_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -84,11 +90,26 @@ class GenerationConfig:
             if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
                 raise ValueError(f"{name}: expected a list, got {value!r}")
             object.__setattr__(self, name, tuple(value))
+        self._check_types()
         self._check_sizes()
         self._check_choices()
         self._check_batch_prompts()
         self._check_prompts()
         self._check_video()
+
+    def _check_types(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (value is None and name in _OPTIONAL):
+                raise ValueError(f"{name}: expected a string, got {value!r}")
+            if isinstance(value, str) and "\0" in value:
+                raise ValueError(f"{name}: expected text without NUL characters, got {value!r}")
+        name = self.run_name
+        if name is not None and (name in ("", ".", "..") or re.search(r"[/\\]", name)):
+            raise ValueError(
+                f"run_name: expected a plain folder name inside output_dir (no '/', '\\', "
+                f"'.' or '..'), got {name!r}"
+            )
 
     def _check_sizes(self) -> None:
         _positive_int("width", self.width)

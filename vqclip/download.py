@@ -4,11 +4,13 @@ A file arrives in ``NAME.part`` and is renamed to ``NAME`` only when it is compl
 matches Content-Length), of the right kind (a checkpoint, YAML or image, not an HTML error page)
 and matches its SHA-256: the published one, or the one recorded at its first good download
 (``NAME.sha256``). A broken connection resumes with an HTTP Range request; mirrors are tried in
-turn; retries are bounded.
+turn; retries, sizes and the whole download's time are bounded. The ``.part`` file is never
+written through a symlink, and processes fetching into one folder take turns (a lock on the folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -17,19 +19,27 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from vqclip.frames import write_atomic
 from vqclip.zoo import ModelFile
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent fetches there are not guarded
+    fcntl = None
 
 __all__ = ["DownloadError", "ensure_file", "download", "fetch_url", "sha256_file"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 20
-_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked
+# (path, size, mtime, inode, ctime) -> the SHA-256 already checked; ctime changes with any write
+_verified: dict[tuple[str, int, int, int, int], str] = {}
 
 
 class DownloadError(RuntimeError):
@@ -64,7 +74,7 @@ def _verify_cached(path: Path, expected: str | None) -> None:
     if want is None:
         return
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
     actual = _verified.get(key) or sha256_file(path)
     if actual != want:
         raise DownloadError(
@@ -75,16 +85,21 @@ def _verify_cached(path: Path, expected: str | None) -> None:
 
 
 def ensure_file(
-    file: ModelFile, directory: Path, fetch: bool = True, progress: Progress | None = None
+    file: ModelFile,
+    directory: Path,
+    fetch: bool = True,
+    progress: Progress | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
-    """The local path of ``file`` in ``directory``, verified; downloaded first if missing."""
+    """The local path of ``file`` in ``directory``, verified; downloaded first (at most
+    ``max_bytes``) if missing."""
     path = directory / file.name
     if path.is_file():
         _verify_cached(path, file.sha256)
         return path
     if not fetch or not file.urls:
         raise DownloadError(_by_hand(path, file.urls, ["not in the cache and not fetched"]))
-    return download(file.urls, path, file.sha256, file.kind, progress)
+    return download(file.urls, path, file.sha256, file.kind, progress, max_bytes=max_bytes)
 
 
 def _by_hand(path: Path, urls: tuple[str, ...], errors: list[str]) -> str:
@@ -106,15 +121,39 @@ def download(
     progress: Progress | None = None,
     retries: int = 3,
     timeout: float = 30.0,
+    max_bytes: int | None = None,
+    deadline: float | None = None,
 ) -> Path:
-    """Fetch the first URL that gives a complete, valid file into ``path``; see module doc."""
+    """Fetch the first URL that gives a complete, valid file into ``path``; see module doc.
+
+    ``max_bytes`` caps the file (default :func:`max_download_bytes`), ``deadline`` the seconds
+    the whole download may take (default ``$VQCLIP_DOWNLOAD_DEADLINE`` or 6 hours), ``timeout``
+    each read. Processes fetching into the same folder take turns: the second to ask for a
+    file finds the first one's and verifies it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    limits = _Limits(max_bytes or max_download_bytes(), _deadline(deadline), timeout)
+    with _locked(path):
+        if path.is_file() and not path.is_symlink():  # another process fetched it meanwhile
+            _verify_cached(path, sha256)
+            return path
+        return _download_locked(urls, path, sha256, kind, progress, retries, limits)
+
+
+def _download_locked(
+    urls: tuple[str, ...],
+    path: Path,
+    sha256: str | None,
+    kind: str,
+    progress: Progress | None,
+    retries: int,
+    limits: _Limits,
+) -> Path:
     part = path.with_name(path.name + ".part")
     errors: list[str] = []
     for url in urls:
         for attempt in range(retries):
             try:
-                _fetch(url, part, timeout, progress)
+                _fetch(url, part, limits, kind, progress)
                 _check_kind(part, kind)
                 _check_hash(part, sha256)
             except _Retry as error:
@@ -129,11 +168,46 @@ def download(
     raise DownloadError(_by_hand(path, urls, errors))
 
 
+@dataclass(frozen=True)
+class _Limits:
+    max_bytes: int  # the file may not be larger
+    until: float  # time.monotonic() by which the download must be done
+    timeout: float  # seconds each connection or read may wait
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.until:
+            raise _BadFile("took longer than the download deadline ($VQCLIP_DOWNLOAD_DEADLINE)")
+
+
+def max_download_bytes() -> int:
+    """The cap on a download whose size the registry does not give: ``$VQCLIP_MAX_DOWNLOAD_MB``
+    (default 100 MB, room for any image)."""
+    return int(float(os.environ.get("VQCLIP_MAX_DOWNLOAD_MB") or 100) * 1e6)
+
+
+def _deadline(seconds: float | None) -> float:
+    seconds = seconds or float(os.environ.get("VQCLIP_DOWNLOAD_DEADLINE") or 6 * 3600)
+    return time.monotonic() + seconds
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold a lock on ``path``'s folder while fetching into it: the folder itself, so that no
+    lock file is left behind (the kernel releases it when its holder ends, even if killed)."""
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _accept(part: Path, path: Path, sha256: str | None) -> Path:
     digest = sha256 or sha256_file(part)
+    if sha256 is None:  # nothing published: record the first good download's hash, first
+        write_atomic(_sidecar(path), (digest + "\n").encode())
     os.replace(part, path)
-    if sha256 is None:  # nothing published: record the first good download's hash
-        _sidecar(path).write_text(digest + "\n")
     log.info("downloaded %s (sha256 %s)", path, digest)
     return path
 
@@ -145,8 +219,8 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
     try:
         return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # the .part is not a prefix we can extend: restart
-            raise _Retry("range not satisfiable, restarting") from None
+        if error.code == 416 and offset:  # the .part is complete, or not a prefix we can extend
+            raise _RangeRefused(error.headers.get("Content-Range", "")) from None
         if error.code in (408, 429, 503):  # busy: worth asking the same URL again
             raise _Retry(f"HTTP {error.code}") from None
         raise _BadFile(f"HTTP {error.code}") from None  # 404, 500, ...: try the next mirror
@@ -154,30 +228,59 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
         raise _BadFile(f"unreachable ({getattr(error, 'reason', error)})") from None
 
 
-def _fetch(url: str, part: Path, timeout: float, progress: Progress | None) -> None:
+class _RangeRefused(Exception):
+    """HTTP 416 to a Range request; the argument is the answer's Content-Range (``bytes */N``)."""
+
+
+def _fetch(url: str, part: Path, limits: _Limits, kind: str, progress: Progress | None) -> None:
     """Download into ``part``, resuming from its length; raise ``_Retry`` if cut short."""
-    offset = part.stat().st_size if part.exists() else 0
-    if offset == 0 and part.exists():
+    if part.is_symlink():  # planted: never written through
         part.unlink()
-    with _open(url, offset, timeout) as response:
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open(url, offset, limits.timeout)
+    except _RangeRefused as refused:
+        total = refused.args[0].rpartition("/")[2]
+        if total.isdigit() and int(total) == offset:  # complete already (stopped while hashing)
+            return
+        part.unlink()  # not a prefix of this file: start again
+        raise _Retry("range not satisfiable, restarting") from None
+    with response:
         if response.status != 206:  # a full body: start the file again
             offset = 0
         if "text/html" in response.headers.get("Content-Type", ""):
             raise _BadFile("got an HTML page, not the file")
         length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
-        done = _copy(response, part, offset, total, progress)
+        total = offset + int(length) if length is not None and length.isdigit() else None
+        if total is not None and total > limits.max_bytes:
+            raise _BadFile(f"the file's {total} bytes exceed the cap of {limits.max_bytes}")
+        done = _copy(response, part, offset, total, limits, kind, progress)
     if total is not None and done != total:
         raise _Retry(f"connection closed after {done} of {total} bytes")
 
 
-def _copy(response, part: Path, offset: int, total: int | None, progress: Progress | None) -> int:  # noqa: ANN001
+def _copy(
+    response: http.client.HTTPResponse,
+    part: Path,
+    offset: int,
+    total: int | None,
+    limits: _Limits,
+    kind: str,
+    progress: Progress | None,
+) -> int:
     done = offset
-    with open(part, "ab" if offset else "wb") as out:
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    flags |= os.O_APPEND if offset else os.O_TRUNC
+    with os.fdopen(os.open(part, flags, 0o644), "wb") as out:
         try:
-            while block := response.read(CHUNK):
+            while block := response.read(min(CHUNK, (total or limits.max_bytes + 1) - done)):
                 out.write(block)
+                if done == 0 and kind == "image":
+                    _check_image_start(block)  # refused at its first bytes, not at its end
                 done += len(block)
+                if done > limits.max_bytes:
+                    raise _BadFile(f"the file exceeds the cap of {limits.max_bytes} bytes")
+                limits.check_time()
                 if progress:
                     progress(done, total)
         except (http.client.IncompleteRead, ConnectionError, TimeoutError, OSError) as error:
@@ -186,6 +289,15 @@ def _copy(response, part: Path, offset: int, total: int | None, progress: Progre
                 done += len(error.partial)
             raise _Retry(f"connection broken after {done} bytes ({type(error).__name__})") from None
     return done
+
+
+# The first bytes of the image formats PIL reads for vqclip (PNG, JPEG, GIF, WebP, BMP, TIFF).
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _check_image_start(block: bytes) -> None:
+    if not block.startswith(_IMAGE_MAGIC):
+        raise _BadFile("not an image (expected PNG, JPEG, GIF, WebP, BMP or TIFF)")
 
 
 def _check_kind(part: Path, kind: str) -> None:
@@ -223,6 +335,8 @@ def fetch_url(url: str, directory: Path, progress: Progress | None = None) -> Pa
     """An image from a URL, cached under ``directory`` by the URL's hash."""
     suffix = Path(url.split("?")[0]).suffix[:5] or ".img"
     path = directory / (hashlib.sha256(url.encode()).hexdigest()[:24] + suffix)
-    if path.is_file():
+    if path.is_file() and _sidecar(path).is_file():
+        _verify_cached(path, None)  # checked on every use against the hash recorded at fetch
         return path
+    path.unlink(missing_ok=True)  # no recorded hash (stopped before it was written): again
     return download((url,), path, None, "image", progress)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ __all__ = [
     "check_output_dir",
     "create_run_dir",
     "save_png",
+    "temp_beside",
+    "write_atomic",
     "read_png_metadata",
     "FrameWriter",
     "frame_paths",
@@ -55,6 +59,8 @@ def create_run_dir(config: GenerationConfig) -> Path:
     first = config.prompts or (config.batch_prompts or ("",))[0]
     prompt = first.split("|")[0].split(":")[0] or "image"
     base = config.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(prompt)}-s{config.seed}"
+    if Path(base).name != base or base in (".", ".."):  # GenerationConfig checks it too
+        raise ValueError(f"run_name: {base!r} is not a plain folder name inside {root}")
     for n in range(10_000):
         path = root / (base if n == 0 else f"{base}-{n}")
         try:
@@ -67,28 +73,42 @@ def create_run_dir(config: GenerationConfig) -> Path:
     raise FileExistsError(f"no free run directory name under {root} for {base!r}")
 
 
+def temp_beside(path: Path, suffix: str = ".part") -> Path:
+    """A new, empty temporary file in ``path``'s folder: created exclusively (``O_EXCL``) under a
+    unique name, so that no file or symlink planted there is written through."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write ``data`` to a new temporary file beside ``path``, then rename it into place (a
+    symlink at ``path`` is replaced, not followed)."""
+    tmp = temp_beside(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, Any]) -> None:
     """Save (H, W, 3) uint8 as a PNG with text metadata, atomically; never overwrites."""
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise FileExistsError(f"refusing to overwrite {path}")
     info = PngInfo()
     for key, value in metadata.items():
         info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    tmp = path.with_name(f".{path.name}.part")
-    Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
+    tmp = temp_beside(path)
     try:
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
         os.link(tmp, path)  # atomic, and fails if another writer got there since the check
     except FileExistsError:
         raise FileExistsError(f"refusing to overwrite {path}") from None
-    except OSError:  # a file system without hard links (some network mounts): rename
-        os.replace(tmp, path)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        os.replace(tmp, path)  # a file system without hard links (some network mounts)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -99,20 +119,31 @@ def read_png_metadata(path: str | Path) -> dict[str, str]:
         return dict(image.text)
 
 
+_FRAME_NAME = re.compile(r"^(\d+)(?:-(\d+))?\.png$")  # NNNNNN.png, or NNNNNN-K.png in a batch
+
+
 def frame_paths(run_dir: str | Path) -> list[Path]:
     """The saved frames of a run, in order: by iteration, then by batch index (``-10`` after
     ``-9``, where names alone would put it after ``-1``)."""
-    return sorted((Path(run_dir) / FRAMES).glob("[0-9]*.png"), key=_frame_key)
+    frames = Path(run_dir) / FRAMES
+    if frames.is_symlink():
+        raise ValueError(f"{frames} is a symlink; expected the run's own frames directory")
+    return sorted(frames.glob("[0-9]*.png"), key=_frame_key)
 
 
 def frame_iteration(path: Path) -> int:
     """The iteration of a frame named ``NNNNNN.png`` or ``NNNNNN-K.png`` (batch index K)."""
-    return int(path.stem.split("-")[0])
+    return _frame_key(path)[0]
 
 
 def _frame_key(path: Path) -> tuple[int, int]:
-    iteration, _, index = path.stem.partition("-")
-    return int(iteration), int(index or 0)
+    match = _FRAME_NAME.match(path.name)
+    if match is None:
+        raise ValueError(
+            f"{path} is not a frame's name; expected NNNNNN.png or NNNNNN-K.png (iteration, "
+            "batch index) in a run's frames directory: move it out"
+        )
+    return int(match[1]), int(match[2] or 0)
 
 
 def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:

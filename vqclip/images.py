@@ -2,35 +2,69 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["check_image", "load_image", "image_tensor", "to_uint8"]
+__all__ = ["MAX_IMAGE_PIXELS", "check_image", "load_image", "image_tensor", "to_uint8"]
+
+
+# The most pixels vqclip decodes from one image (a 108-megapixel phone photo fits): a small
+# file can claim a huge size (a decompression bomb), so the header is checked before decoding.
+MAX_IMAGE_PIXELS = 120_000_000
 
 
 def check_image(path: str | Path, field: str) -> None:
-    """Raise ``ValueError`` naming ``field`` if ``path`` is missing or not a readable image."""
+    """Raise ``ValueError`` naming ``field`` if ``path`` is missing, not a readable image, or
+    larger than :data:`MAX_IMAGE_PIXELS`."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{field}: {str(path)!r} is a directory; expected an image file")
     if not path.is_file():
         raise ValueError(f"{field}: image file {str(path)!r} does not exist")
+    with _open_image(path, field) as image:
+        _decode(image, path, field)
+
+
+@contextlib.contextmanager
+def _open_image(path: Path, field: str) -> Iterator[Image.Image]:
+    """An image whose header is read and whose size is within the cap, not yet decoded."""
     try:
-        with Image.open(path) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        image = Image.open(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"{field}: {str(path)!r} is not a readable image (expected PNG, JPEG, ... of at most "
+            f"{MAX_IMAGE_PIXELS} pixels): {error}"
+        ) from None
+    with image:
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{field}: {str(path)!r} is {image.width}x{image.height} pixels; expected at most "
+                f"{MAX_IMAGE_PIXELS} pixels"
+            )
+        yield image
+
+
+def _decode(image: Image.Image, path: Path, field: str) -> None:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(
             f"{field}: {str(path)!r} is not a readable image (expected PNG, JPEG, ...): {error}"
         ) from None
 
 
-def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+def load_image(
+    path: str | Path, size: tuple[int, int] | None = None, field: str = "image"
+) -> torch.Tensor:
     """An image file as (1, 3, H, W) in [0, 1], upright as a viewer shows it (a camera's EXIF
     orientation applied); resized (Lanczos) to ``size=(width, height)``."""
-    with Image.open(path) as image:
+    with _open_image(Path(path), field) as image:
+        _decode(image, Path(path), field)
         return image_tensor(ImageOps.exif_transpose(image), size)
 
 

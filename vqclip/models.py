@@ -2,7 +2,8 @@
 
 A VQGAN is built from taming's own building blocks (Encoder, Decoder, quantisers) without
 pytorch_lightning, and its weights are loaded strictly. Checkpoints are read with torch's
-weights-only unpickler, so no checkpoint can run code.
+weights-only unpickler, and TorchScript archives by an inert reader (:mod:`vqclip.checkpoints`),
+so no checkpoint can run code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import io
 import logging
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from vqclip.checkpoints import is_torchscript, load_checkpoint, read_torchscript_state
 
 with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
     warnings.simplefilter("ignore", UserWarning)
@@ -41,8 +43,6 @@ __all__ = [
     "load_clip",
     "save_clip",
     "tokenize",
-    "load_checkpoint",
-    "UnsafeCheckpointError",
     "set_fused_swish",
     "compile_for_loop",
     "prepare_for_loop",
@@ -168,55 +168,6 @@ def set_fused_swish(enabled: bool) -> None:
 set_fused_swish(True)
 
 
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds a pickled object that could run code when loaded."""
-
-
-class _InertStandIn:
-    """Stands in for harmless non-tensor objects of old Lightning checkpoints; holds no code."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-# Objects that old Lightning checkpoints pickle beside the weights, allowed only as stand-ins.
-STAND_INS = (
-    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
-    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
-    "argparse.Namespace",
-)
-
-
-def load_checkpoint(path: str | Path) -> Any:
-    """Read a checkpoint with the weights-only unpickler; raise if it asks to run code."""
-    stand_ins = [(type(n.rsplit(".", 1)[1], (_InertStandIn,), {}), n) for n in STAND_INS]
-    try:
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        if "Unsupported global" in str(error):
-            raise UnsafeCheckpointError(
-                f"refused to load {path}: it holds a pickled object that is not plain weights "
-                f"and could run code ({_first_line(error)}); vqclip loads only tensors, "
-                f"containers and the inert stand-ins {list(STAND_INS)}"
-            ) from None
-        if "Weights only" in str(error):  # garbage, or pickle opcodes the safe reader lacks
-            raise UnsafeCheckpointError(
-                f"refused to load {path}: the weights-only unpickler cannot read it "
-                f"({_first_line(error)}); expected a file written by torch.save that holds "
-                f"only tensors, containers and the inert stand-ins {list(STAND_INS)}"
-            ) from None
-        raise
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if "Unsupported" in line]
-    return (lines or str(error).splitlines() or [type(error).__name__])[0].strip()
-
-
 # --------------------------------------------------------------------------------------------
 # VQGAN
 
@@ -241,8 +192,8 @@ class VQGANSpec:
 def read_vqgan_spec(config_path: str | Path) -> VQGANSpec:
     """Parse a taming YAML (VQModel, GumbelVQ, or a Net2Net's first stage) without building it."""
     try:
-        config = yaml.safe_load(Path(config_path).read_text())
-    except yaml.YAMLError as error:
+        config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ValueError(f"VQGAN config {config_path} is not valid YAML: {error}") from None
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or "target" not in model:
@@ -250,23 +201,65 @@ def read_vqgan_spec(config_path: str | Path) -> VQGANSpec:
     target, params, prefix = model["target"], model.get("params", {}), ""
     _check_target(target, config_path)
     if target == NET2NET_TARGET:
-        stage = params.get("first_stage_config", {})
+        stage = params.get("first_stage_config") if isinstance(params, dict) else None
+        stage = stage if isinstance(stage, dict) else {}
         target, params, prefix = stage.get("target"), stage.get("params", {}), "first_stage_model."
         _check_target(target, config_path)
         if target == NET2NET_TARGET:
             raise ValueError(f"VQGAN config {config_path}: a Net2Net first stage must be a VQGAN")
+    if not isinstance(params, dict):
+        raise ValueError(f"VQGAN config {config_path}: expected 'params' to be a mapping")
     return VQGANSpec(
         target=target,
-        ddconfig=dict(params["ddconfig"]),
-        n_embed=int(params["n_embed"]),
-        embed_dim=int(params["embed_dim"]),
+        ddconfig=_checked_ddconfig(params.get("ddconfig"), config_path),
+        n_embed=_yaml_int(params, "n_embed", config_path),
+        embed_dim=_yaml_int(params, "embed_dim", config_path),
         gumbel=target == GUMBEL_TARGET,
         prefix=prefix,
     )
 
 
+_DDCONFIG_INTS = ("ch", "out_ch", "num_res_blocks", "in_channels", "resolution", "z_channels")
+
+
+def _checked_ddconfig(ddconfig: Any, config_path: str | Path) -> dict[str, Any]:
+    """The autoencoder's arguments, checked to be what taming's Encoder and Decoder take."""
+    if not isinstance(ddconfig, dict):
+        raise ValueError(
+            f"VQGAN config {config_path}: expected params.ddconfig, a mapping of the "
+            f"autoencoder's shape ({', '.join(_DDCONFIG_INTS)}, ch_mult, attn_resolutions), "
+            f"got {ddconfig!r}"
+        )
+    for key in _DDCONFIG_INTS:
+        _yaml_int(ddconfig, key, config_path, "ddconfig.")
+    for key in ("ch_mult", "attn_resolutions"):
+        value = ddconfig.get(key)
+        if not isinstance(value, list) or not all(_is_count(v) for v in value):
+            raise ValueError(
+                f"VQGAN config {config_path}: expected params.ddconfig.{key} to be a list of "
+                f"positive integers, got {value!r}"
+            )
+    if not ddconfig["ch_mult"]:
+        raise ValueError(f"VQGAN config {config_path}: params.ddconfig.ch_mult is empty")
+    return dict(ddconfig)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 20
+
+
+def _yaml_int(params: dict, key: str, config_path: str | Path, where: str = "") -> int:
+    value = params.get(key)
+    if not _is_count(value):
+        raise ValueError(
+            f"VQGAN config {config_path}: expected params.{where}{key} to be a positive "
+            f"integer, got {value!r}"
+        )
+    return value
+
+
 def _check_target(target: Any, config_path: str | Path) -> None:
-    if target not in KNOWN_TARGETS:
+    if not isinstance(target, str) or target not in KNOWN_TARGETS:
         raise ValueError(
             f"VQGAN config {config_path}: refused target {target!r}; "
             f"only the known VQGAN classes may be named: {list(KNOWN_TARGETS)}"
@@ -386,20 +379,15 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> clip.mode
 
 
 def _read_clip_state(path: Path) -> dict[str, torch.Tensor]:
-    if zipfile.is_zipfile(path) and _is_torchscript(path):
-        # OpenAI's files are TorchScript archives: torch.jit.load runs no Python pickles.
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    state = load_checkpoint(path)
+    if is_torchscript(path):  # OpenAI's published files: their tensors, none of their code
+        state = read_torchscript_state(path)
+    else:
+        state = load_checkpoint(path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or "visual.conv1.weight" not in state:
         raise ValueError(f"CLIP file {path}: expected a CLIP state dict with 'visual.conv1.weight'")
     return state
-
-
-def _is_torchscript(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
 def save_clip(model: clip.model.CLIP, path: str | Path, fp16: bool = True) -> None:

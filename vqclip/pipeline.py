@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -356,7 +357,18 @@ def read_run_config(run_dir: Path) -> GenerationConfig:
     path = run_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
-    return GenerationConfig.from_json(path.read_text())
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"resume: {path} is not valid JSON ({error}); expected a run's config"
+        ) from None
+    if not isinstance(values, dict):
+        raise ValueError(f"resume: {path} holds {type(values).__name__}, expected an object")
+    try:
+        return GenerationConfig.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"resume: {path}: {error}") from None
 
 
 def _run(

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.models import load_checkpoint
+from vqclip.checkpoints import load_checkpoint
 from vqclip.shapes.prior import ScenePrior
 
 __all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "redraw", "prior_loss", "prior_pull"]

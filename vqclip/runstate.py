@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from vqclip.checkpoints import load_checkpoint
 from vqclip.frames import write_atomic
-from vqclip.models import load_checkpoint
 from vqclip.optimize import LoopState
 
 __all__ = ["STATE", "save_state", "read_state", "restore_state", "stop_between_steps"]

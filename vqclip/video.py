@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vqclip.frames import FRAMES, frame_iteration, frame_paths
+from vqclip.frames import FRAMES, frame_iteration, frame_paths, temp_beside
 
 __all__ = [
     "assemble_video",
@@ -143,7 +143,7 @@ def assemble_video(
     output = Path(output) if output else run_dir / "video.mp4"
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = output.with_name(f".{output.stem}.part{output.suffix}")
+    tmp = temp_beside(output, f".part{output.suffix}")  # ffmpeg picks the format by suffix
     writer = imageio_ffmpeg.write_frames(
         str(tmp), size, fps=rate, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
         macro_block_size=1, quality=None, output_params=options,

@@ -175,7 +175,16 @@ def entry_paths(entry: ModelEntry, fetch: bool = True, progress=None) -> tuple[P
     from vqclip import download
 
     directory = entry_dir(entry)
-    return tuple(download.ensure_file(f, directory, fetch, progress) for f in entry.files)
+    return tuple(
+        download.ensure_file(f, directory, fetch, progress, max_file_bytes(entry, f))
+        for f in entry.files
+    )
+
+
+def max_file_bytes(entry: ModelEntry, file: ModelFile) -> int:
+    """The most a download of ``file`` may be: a YAML 1 MB, a model file its entry's size with
+    a margin (the registry's sizes are approximate)."""
+    return 1 << 20 if file.kind == "yaml" else int(entry.size_mb * 1.25e6) + (32 << 20)
 
 
 def is_cached(entry: ModelEntry) -> bool:

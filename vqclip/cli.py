@@ -293,6 +293,9 @@ def _report(result: Any, args: argparse.Namespace) -> None:
         print(f"video:         {assemble_video(result.run_dir, fps=args.fps)}")
     else:
         print(f"make a video:  vqclip video {result.run_dir}")
+    if result.interrupted:  # everything is kept; the status tells a shell it was interrupted
+        sys.stdout.flush()
+        sys.exit(130)
 
 
 def _video(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from vqclip.frames import (
 from vqclip.images import check_image, load_image, to_uint8
 from vqclip.latents import encode_image, noise_image, random_latent
 from vqclip.losses import Targets
+from vqclip.memory import check_memory
 from vqclip.models import (
     VQGAN,
     compile_for_loop,
@@ -122,9 +123,9 @@ def _check_image_source(path_or_url: str, field: str) -> None:
         raise DownloadError(f"{field}: {error}") from None
 
 
-def check_inputs(config: GenerationConfig) -> None:
-    """Check what can be checked before a model is built: images, model files (fetched), sizes,
-    the output directory."""
+def check_inputs(config: GenerationConfig, device: torch.device | None = None) -> None:
+    """Check what can be checked before a model is built: images, model files (fetched), sizes
+    (against ``device``'s memory), the output directory."""
     check_output_dir(config.output_dir)
     if config.init_image:
         _check_image_source(config.init_image, "init_image")
@@ -135,13 +136,17 @@ def check_inputs(config: GenerationConfig) -> None:
     for path in split_prompts(config.target_images):
         _check_image_source(path, "target_images")
     yaml_path, _ = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
-    factor = read_vqgan_spec(yaml_path).factor
+    spec = read_vqgan_spec(yaml_path)
+    factor = spec.factor
     for name in ("width", "height"):
         if getattr(config, name) % factor:
             raise ValueError(
                 f"{name}: {getattr(config, name)} is not a multiple of the VQGAN's factor "
                 f"{factor} (model {config.vqgan!r}); try {getattr(config, name) // factor * factor or factor}"
             )
+    images = config.batch_size * config.best_of
+    device = device or resolve_device(config.device)
+    check_memory(spec.ddconfig, config.width, config.height, images, device)
     if config.prior:
         _load_prior_cached(zoo.resolve_prior(config.prior), "cpu")  # a valid prior file
 
@@ -294,7 +299,7 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     device = resolve_device(config.device)
     if config.precision == "auto":  # recorded as what it picks, so that a rerun repeats it
         config = config.replace(precision=fast_precision(device))
-    check_inputs(config)
+    check_inputs(config, device)
     if config.init_video:
         loop, generator = prepare_loop(config, device)
         return restyle(config, loop, generator, create_run_dir(config), callback)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from vqclip import zoo
-from vqclip.download import DownloadError, download, ensure_file
+from vqclip.download import CHUNK, DownloadError, download, ensure_file, fetch_url
 from vqclip.models import load_vqgan
 
 
@@ -32,6 +36,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
+    def _stream(self, block: bytes, pause: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for _ in range(100_000):
+                self.wfile.write(block[:1] if pause else block)
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading: what the test wants
+
+    def _send_slowly(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for start in range(0, len(data), len(data) // 20 + 1):
+            self.wfile.write(data[start : start + len(data) // 20 + 1])
+            self.wfile.flush()
+            time.sleep(0.05)
+
     def do_GET(self) -> None:  # noqa: N802
         route, _, name = self.path.strip("/").partition("/")
         self.log.append((self.path, self.headers.get("Range")))
@@ -48,6 +73,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, data[: len(data) // 2], length=len(data))
             self.close_connection = True
             return None
+        if route == "no-range" and self.headers.get("Range"):  # 416 to any Range, as some CDNs
+            return self._send(416, b"", extra={"Content-Range": f"bytes */{len(data)}"})
+        if route in ("endless", "drip"):  # no Content-Length; never ends, or one byte at a time
+            return self._stream(data or b"\0" * CHUNK, 0.05 if route == "drip" else 0.0)
+        if route == "slow":  # the whole file, slowly, so that two fetches overlap
+            return self._send_slowly(data)
         offset = (
             int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
         )
@@ -226,3 +257,108 @@ def test_an_html_page_as_init_image_is_refused_before_any_run(
         generate(tiny_config.replace(init_image=f"{server}/html/init.png"))
     assert not Path(tiny_config.output_dir).exists()
     assert not list((home / "images").glob("*.png"))
+
+
+def test_two_processes_fetching_one_file_end_with_one_intact_file(
+    server: str, tmp_path: Path, tiny_models: dict
+) -> None:
+    """Before the folder lock, both appended to one .part: a file of the wrong length, and a
+    raw FileNotFoundError in the process whose .part was renamed away."""
+    target = tmp_path / "cache" / "m.ckpt"
+    code = (
+        "import sys; from pathlib import Path; from vqclip.download import download; "
+        "download((sys.argv[1],), Path(sys.argv[2]))"
+    )
+    command = [sys.executable, "-c", code, f"{server}/slow/model.ckpt", str(target)]
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert target.read_bytes() == tiny_models["ckpt"].read_bytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.ckpt", "m.ckpt.sha256"]
+
+
+def test_a_complete_part_against_a_server_that_answers_416(
+    server: str, tmp_path: Path, tiny_models: dict
+) -> None:
+    """Killed while hashing, before the rename: the .part is whole, and a Range gets 416."""
+    data = tiny_models["ckpt"].read_bytes()
+    (tmp_path / "m.ckpt.part").write_bytes(data)
+    assert download((f"{server}/no-range/model.ckpt",), tmp_path / "m.ckpt").read_bytes() == data
+    (tmp_path / "n.ckpt.part").write_bytes(b"not a prefix of the file")  # 416 too: start again
+    assert download((f"{server}/no-range/model.ckpt",), tmp_path / "n.ckpt").read_bytes() == data
+
+
+def test_downloads_are_capped_in_bytes_and_time(server: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="exceeds the cap of 3145728 bytes"):
+        download((f"{server}/endless/x",), tmp_path / "a.ckpt", max_bytes=3 << 20)
+    with pytest.raises(DownloadError, match="exceed the cap of 1000 bytes"):  # Content-Length
+        download((f"{server}/ok/model.ckpt",), tmp_path / "b.ckpt", max_bytes=1000)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="download deadline"):
+        download((f"{server}/drip/x",), tmp_path / "c.ckpt", deadline=1.0)
+    assert time.monotonic() - started < 30  # one deadline, not one per retry of a slow read
+    assert list(tmp_path.iterdir()) == []  # nothing half-fetched is kept
+
+
+def test_an_image_url_is_refused_at_its_first_bytes(server: str, tmp_path: Path) -> None:
+    """An endless stream that is no image: refused as one, not read up to the cap first."""
+    with pytest.raises(DownloadError, match="not an image"):
+        fetch_url(f"{server}/endless/huge.png", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG header claiming ``width`` x ``height`` pixels, in a few dozen bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [12_000, 40_000])  # over vqclip's cap; over PIL's bomb limit
+def test_a_decompression_bomb_is_a_clear_error_and_leaves_nothing(
+    server: str, home: Path, tiny_config, side: int
+) -> None:
+    from vqclip.pipeline import generate
+
+    _Handler.files["bomb.png"] = _bomb_png(side, side)
+    with pytest.raises(DownloadError, match=f"init_image: .*(pixels|{side})"):
+        generate(tiny_config.replace(init_image=f"{server}/ok/bomb.png"))
+    assert list((home / "images").iterdir()) == []
+    local = home.parent / "bomb.png"
+    local.write_bytes(_bomb_png(side, side))
+    with pytest.raises(ValueError, match="init_image: .*pixels"):
+        generate(tiny_config.replace(init_image=str(local)))
+
+
+def test_a_cached_url_image_is_checked_on_every_use(
+    server: str, home: Path, tiny_models: dict, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "red.png")
+    _Handler.files["red.png"] = (tmp_path / "red.png").read_bytes()
+    url = f"{server}/ok/red.png"
+    path = fetch_url(url, home / "images")
+    assert fetch_url(url, home / "images") == path and len(_Handler.log) == 1
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(path)  # the cached copy changed under us
+    os.utime(path, ns=(0, 0))
+    with pytest.raises(DownloadError, match="does not match its SHA-256"):
+        fetch_url(url, home / "images")
+
+
+def test_a_planted_part_symlink_is_not_written_through(server: str, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "m.ckpt.part").symlink_to(victim)
+    download((f"{server}/ok/model.ckpt",), tmp_path / "cache" / "m.ckpt")
+    assert victim.read_bytes() == b"keep me"

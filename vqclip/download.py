@@ -253,7 +253,7 @@ def _fetch(url: str, part: Path, limits: _Limits, kind: str, progress: Progress 
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None and length.isdigit() else None
         if total is not None and total > limits.max_bytes:
-            raise _BadFile(f"the file's {total} bytes exceed the cap of {limits.max_bytes}")
+            raise _BadFile(f"the file's {total} bytes exceed the cap of {limits.max_bytes} bytes")
         done = _copy(response, part, offset, total, limits, kind, progress)
     if total is not None and done != total:
         raise _Retry(f"connection closed after {done} of {total} bytes")
@@ -268,15 +268,17 @@ def _copy(
     kind: str,
     progress: Progress | None,
 ) -> int:
-    done = offset
+    done, head = offset, b""
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     flags |= os.O_APPEND if offset else os.O_TRUNC
     with os.fdopen(os.open(part, flags, 0o644), "wb") as out:
         try:
-            while block := response.read(min(CHUNK, (total or limits.max_bytes + 1) - done)):
+            while block := response.read1(min(CHUNK, (total or limits.max_bytes + 1) - done)):
                 out.write(block)
-                if done == 0 and kind == "image":
-                    _check_image_start(block)  # refused at its first bytes, not at its end
+                if kind == "image" and offset == 0 and done < 16:  # refused at its first bytes
+                    head = (head + block)[:16]
+                    if len(head) == 16 or done + len(block) == total:
+                        _check_image_start(head)
                 done += len(block)
                 if done > limits.max_bytes:
                     raise _BadFile(f"the file exceeds the cap of {limits.max_bytes} bytes")

@@ -89,3 +89,29 @@ def test_an_output_dir_that_cannot_be_one_is_named(tmp_path: Path) -> None:
         check_output_dir(str(blocker / "runs"))
     check_output_dir(str(tmp_path / "new" / "runs"))  # may be made: no error, nothing made
     assert not (tmp_path / "new").exists()
+
+
+def test_save_png_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "frame.png").symlink_to(tmp_path / "absent.png")  # dangling: exists() is False
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_png(tmp_path / "frame.png", _pixels(1), {})
+    assert not (tmp_path / "absent.png").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["frame.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", ".", "", "a\\b"])
+def test_run_name_stays_inside_output_dir(name: str) -> None:
+    with pytest.raises(ValueError, match="run_name: expected a plain folder name"):
+        GenerationConfig(prompts="a", run_name=name)
+
+
+def test_run_name_from_a_crafted_png_is_refused(tmp_path: Path) -> None:
+    from vqclip import cli
+
+    crafted = GenerationConfig(prompts="a", output_dir=str(tmp_path / "out")).to_dict()
+    crafted["run_name"] = "../../escaped"
+    save_png(tmp_path / "crafted.png", _pixels(1), {"config": json.dumps(crafted)})
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--config", str(tmp_path / "crafted.png")])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()

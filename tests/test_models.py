@@ -208,3 +208,27 @@ def test_lightning_checkpoint_with_model_checkpoint_entry_loads(
     assert loaded["epoch"] == 3
     model = load_vqgan(tiny_models["yaml"], tmp_path / "last.ckpt")
     assert torch.equal(model.codebook, state["quantize.embedding.weight"])
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (None, r"expected params.ddconfig, a mapping"),  # was KeyError: 'ddconfig'
+        ({"n_embed": "abc"}, r"expected params.n_embed to be a positive integer, got 'abc'"),
+        ({"ddconfig": {"ch": 32}}, r"expected params.ddconfig.out_ch to be a positive integer"),
+        ({"ddconfig_ch_mult": "12"}, r"expected params.ddconfig.ch_mult to be a list of pos"),
+    ],
+)
+def test_a_malformed_vqgan_yaml_is_named(tmp_path: Path, params: dict | None, message: str) -> None:
+    from tests.conftest import TINY_VQGAN
+
+    full = {"embed_dim": 16, "n_embed": 64, "ddconfig": dict(TINY_VQGAN)}
+    if params is None:
+        model = {"target": "taming.models.vqgan.VQModel"}
+    else:
+        if "ddconfig_ch_mult" in params:
+            full["ddconfig"]["ch_mult"] = params.pop("ddconfig_ch_mult")
+        model = {"target": "taming.models.vqgan.VQModel", "params": {**full, **params}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model": model}))
+    with pytest.raises(ValueError, match=f"VQGAN config {tmp_path / 'bad.yaml'}: {message}"):
+        read_vqgan_spec(tmp_path / "bad.yaml")

@@ -117,3 +117,50 @@ def test_resume_names_what_is_missing(tmp_path: Path, unbroken: Path) -> None:
     (unbroken / STATE).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read it"):
         resume(unbroken, max_iterations=20)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is not a readable checkpoint"),  # was "[Errno 22] Invalid argument" or EOFError
+        (None, "is not a readable checkpoint"),  # the first half of a real one
+    ],
+)
+def test_a_broken_state_is_named_on_resume(
+    unbroken: Path, content: bytes | None, message: str
+) -> None:
+    state = (unbroken / STATE).read_bytes()
+    (unbroken / STATE).write_bytes(state[: len(state) // 2] if content is None else content)
+    with pytest.raises(ValueError, match=f"{unbroken / STATE} {message}"):
+        resume(unbroken, max_iterations=20)
+
+
+def test_a_config_json_that_is_not_json_is_named(unbroken: Path) -> None:
+    (unbroken / "config.json").write_text('{"prompts": "a red circle",')
+    with pytest.raises(ValueError, match=f"resume: {unbroken / 'config.json'} is not valid JSON"):
+        resume(unbroken, max_iterations=20)
+    (unbroken / "config.json").write_text('{"width": "abc"}')
+    with pytest.raises(ValueError, match="config.json: width: expected a positive integer"):
+        resume(unbroken, max_iterations=20)
+
+
+def test_resume_writes_through_no_planted_symlink(unbroken: Path, tmp_path: Path) -> None:
+    """The fixed temp names of before (``.state.pt.part``, ``frames/.NNNNNN.png.part``) were
+    written through: a crafted run directory could overwrite any file of the user's."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    for name in (".state.pt.part", ".config.json.part", "frames/.000015.png.part"):
+        (unbroken / name).symlink_to(victim)
+    resume(unbroken, max_iterations=20)
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_a_frames_symlink_or_a_stray_frame_name_is_named(unbroken: Path, tmp_path: Path) -> None:
+    (unbroken / "frames" / "0abc.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="0abc.png is not a frame's name; expected NNNNNN.png"):
+        resume(unbroken, max_iterations=20)
+    elsewhere = tmp_path / "elsewhere"
+    (unbroken / "frames").rename(elsewhere)
+    (unbroken / "frames").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="frames is a symlink"):
+        resume(unbroken, max_iterations=20)

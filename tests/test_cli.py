@@ -6,15 +6,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import png_pixels
 from vqclip import cli, zoo
+from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths, read_png_metadata
 from vqclip.video import count_video_frames
 
@@ -379,3 +383,56 @@ def test_the_loop_reads_nothing_back_between_display_steps(
             assert where <= {"torch.optim", "kornia"}, (i, where)
         else:  # the finite check, the progress bar's loss, the frame: proof that reads are seen
             assert "vqclip" in where, (i, where)
+
+
+class _Reached(Exception):
+    """Raised where the models would be built: the input got through every check."""
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=6,
+)
+_FIELDS = sorted(f.name for f in fields(GenerationConfig))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    prompt=st.text(max_size=60),
+    values=st.dictionaries(
+        st.sampled_from(_FIELDS) | st.text(max_size=8), _JSON_VALUES, max_size=4
+    ),
+)
+def test_any_prompt_or_config_value_is_a_clear_error_or_gets_through(
+    tiny_models: dict,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    prompt: str,
+    values: dict,
+) -> None:
+    """No traceback reaches the user: each input ends in one line on stderr and exit code 2,
+    or it reaches model building."""
+    from vqclip import pipeline
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise _Reached
+
+    monkeypatch.setattr(pipeline, "prepare", reached)
+    monkeypatch.setattr(pipeline, "prepare_loop", reached)
+    root = tmp_path_factory.mktemp("hyp")
+    base = {"vqgan": str(tiny_models["yaml"]), "clip_model": str(tiny_models["clip"])}
+    base |= {"width": 32, "height": 32, "device": "cpu", "output_dir": str(root / "out")}
+    (root / "config.json").write_text(json.dumps({**base, **values}))
+    capsys.readouterr()
+    try:
+        cli.main(["generate", prompt, "--config", str(root / "config.json")])
+    except _Reached:
+        return
+    except SystemExit as exit_info:
+        assert exit_info.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and re.match(r"vqclip( generate)?: error: ", lines[0]), lines
+        return
+    pytest.fail("generate neither failed nor reached the models")

@@ -73,11 +73,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*names, help=f"{docs.get(f.name, '')} (default: {default!r})", **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as one line (and where to read more), not the usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vqclip", description="VQGAN+CLIP: prompts to images and videos."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="vqclip", description="VQGAN+CLIP: prompts to images and videos.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     gen = sub.add_parser(
         "generate",
         help="generate an image (and frames) from prompts",

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from tests.conftest import TINY_CLIP, tiny_vqgan_spec
-from vqclip.checkpoints import UnsafeCheckpointError, load_checkpoint
+from vqclip.checkpoints import UnsafeCheckpointError, load_checkpoint, read_torchscript_state
 from vqclip.models import (
     build_clip,
     build_vqgan,
@@ -158,6 +158,9 @@ def test_clip_torchscript_archive_loads(tmp_path: Path) -> None:
     traced.save(str(tmp_path / "clip_jit.pt"))
     loaded = load_clip(tmp_path / "clip_jit.pt")
     assert torch.allclose(loaded.encode_text(tokens), model.encode_text(tokens), atol=1e-5)
+    ours = read_torchscript_state(tmp_path / "clip_jit.pt")  # inert: the tensors, not the code
+    theirs = torch.jit.load(str(tmp_path / "clip_jit.pt")).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 class _Boom:

@@ -7,6 +7,7 @@ import clip
 import pytest
 import taming.modules.diffusionmodules.model as taming_blocks
 import torch
+import torch.nn.functional as F
 import yaml
 
 from tests.conftest import TINY_CLIP, tiny_vqgan_spec
@@ -44,10 +45,13 @@ def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
     tokens = tokenize(clip_model, ["a red circle", "a blue square"])
 
     def run() -> tuple[torch.Tensor, ...]:
-        pixels = image.clone().requires_grad_(True)
+        pixels, codes = image.clone().requires_grad_(True), latent.clone().requires_grad_(True)
         embeds = clip_model.encode_image(pixels)
         embeds.square().sum().backward()
-        return decode_latent(vqgan, latent), embeds, pixels.grad, clip_model.encode_text(tokens)
+        decoded = decode_latent(vqgan, codes)
+        decoded.square().sum().backward()
+        text = clip_model.encode_text(tokens)
+        return decoded, codes.grad, embeds, pixels.grad, text, vqgan.encode(image * 2 - 1)
 
     before = run()
     prepare_for_loop(vqgan, clip_model)
@@ -56,6 +60,11 @@ def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
     assert not any(isinstance(m, torch.nn.Conv2d) for m in clip_model.visual.modules())
     assert sum(isinstance(m, torch.nn.SiLU) for m in clip_model.modules()) == 2  # image + text
     assert not any(isinstance(m, taming_blocks.AttnBlock) for m in vqgan.modules())
+    # taming's swish runs as F.silu in this instance's blocks only, not in taming's module.
+    blocks = [m for m in vqgan.modules() if isinstance(m, taming_blocks.ResnetBlock)]
+    assert blocks and all(b.forward.__func__.__globals__["nonlinearity"] is F.silu for b in blocks)
+    assert taming_blocks.nonlinearity is not F.silu
+    assert "forward" not in load_vqgan(tiny_models["yaml"], tiny_models["ckpt"]).decoder.__dict__
     assert set(vqgan.state_dict()) == set(
         load_vqgan(tiny_models["yaml"], tiny_models["ckpt"]).state_dict()
     )

@@ -43,7 +43,6 @@ from vqclip.models import (
     build_vqgan,
     compile_for_loop,
     prepare_for_loop,
-    set_fused_swish,
 )
 from vqclip.optimize import Loop, start_state, step
 from vqclip.pipeline import resolve_device
@@ -197,18 +196,14 @@ def _time_classic(setup: _Setup, size: int, cutn: int) -> dict[str, float | None
     latent = _start(setup, size).requires_grad_(True)
     optimizer = torch.optim.Adam([latent], lr=0.1)
     augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution, fast=False)
-    set_fused_swish(False)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            run = functools.partial(
-                _classic_step, setup.vqgan, setup.clip_model, setup.targets, latent,
-                optimizer, augments, cutn, Path(tmp) / "progress.png",
-            )  # fmt: skip
-            _reset_peak(setup.device)
-            seconds = _time(run, setup.device, setup.warmup, setup.repeats)
-            return {"classic_s": seconds, "classic_peak_mb": _peak_memory_mb(setup.device)}
-    finally:
-        set_fused_swish(True)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = functools.partial(
+            _classic_step, setup.vqgan, setup.clip_model, setup.targets, latent,
+            optimizer, augments, cutn, Path(tmp) / "progress.png",
+        )  # fmt: skip
+        _reset_peak(setup.device)
+        seconds = _time(run, setup.device, setup.warmup, setup.repeats)
+        return {"classic_s": seconds, "classic_peak_mb": _peak_memory_mb(setup.device)}
 
 
 def _time_fast(

@@ -6,7 +6,7 @@ import pytest
 import taming.modules.diffusionmodules.model as taming_blocks
 import torch
 
-from vqclip import bench
+from vqclip.bench import loops as bench
 from vqclip.cli import main
 
 

@@ -220,8 +220,8 @@ def test_bad_input_fails_before_any_model_is_built(
     (tmp_path / "NOT_AN_IMAGE").write_text("hello")
     monkeypatch.chdir(tmp_path)
     built = []
-    monkeypatch.setattr("vqclip.pipeline.load_vqgan", lambda *a, **k: built.append(a))
-    monkeypatch.setattr("vqclip.pipeline.load_clip", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("vqclip.prepare.load_vqgan", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("vqclip.prepare.load_clip", lambda *a, **k: built.append(a))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", prompt, *_flags(tiny_models, tmp_path / "out"), *extra])
     assert exit_info.value.code == 2
@@ -346,7 +346,7 @@ def test_the_loop_reads_nothing_back_between_display_steps(
     import torch
 
     import vqclip
-    from vqclip import optimize
+    from vqclip import loop as optimize
 
     package = str(Path(vqclip.__file__).parent)
     sources = {package: "vqclip", "/torch/optim/": "torch.optim", "/kornia/": "kornia"}

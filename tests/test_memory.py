@@ -8,7 +8,7 @@ import torch
 from tests.conftest import TINY_VQGAN
 from vqclip import memory
 from vqclip.config import GenerationConfig
-from vqclip.pipeline import check_inputs
+from vqclip.prepare import check_inputs
 
 
 def test_the_estimate_grows_with_pixels_and_images() -> None:

@@ -36,7 +36,7 @@ def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
 ) -> None:
     from vqclip.latents import decode_latent
     from vqclip.models import prepare_for_loop, tokenize
-    from vqclip.pipeline import load_models, resolve_device
+    from vqclip.prepare import load_models, resolve_device
 
     vqgan = load_vqgan(tiny_models["yaml"], tiny_models["ckpt"])
     clip_model = load_clip(tiny_models["clip"])

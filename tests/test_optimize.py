@@ -11,9 +11,10 @@ from vqclip.config import OPTIMIZERS, GenerationConfig
 from vqclip.embeddings import similarity
 from vqclip.images import load_image
 from vqclip.latents import decode_latent, encode_image
-from vqclip.optimize import Loop, run_loop, step
+from vqclip.loop import Loop, run_loop, step
 from vqclip.optimizers import OPTIMIZER_CLASSES
-from vqclip.pipeline import generate, load_models, prepare, resolve_device
+from vqclip.pipeline import generate
+from vqclip.prepare import load_models, prepare, resolve_device
 
 
 def _sim(config: GenerationConfig, image: torch.Tensor, text: str) -> float:
@@ -127,7 +128,7 @@ def test_every_optimizer_moves_the_latent(tiny_config: GenerationConfig, optimiz
 
 
 def test_latent_pyramid_moves_regions_and_stays_in_the_codebook_range() -> None:
-    from vqclip.optimize import compose_latent, start_state
+    from vqclip.loop import compose_latent, start_state
 
     g = torch.Generator().manual_seed(0)
     start = torch.randn(1, 4, 16, 16, generator=g)
@@ -144,7 +145,7 @@ def test_latent_pyramid_moves_regions_and_stays_in_the_codebook_range() -> None:
     coarse_moves = [level.detach().abs().max().item() for level in state.levels[:-1]]
     assert min(coarse_moves) > 0.5, coarse_moves
     # The clamp keeps the composed latent inside the codebook's per-channel range.
-    from vqclip.optimize import clamp_to_codebook
+    from vqclip.loop import clamp_to_codebook
 
     codebook = torch.rand(8, 4) - 0.5  # range within [-0.5, 0.5]
     clamp_to_codebook(state.levels, codebook)
@@ -161,8 +162,8 @@ def test_latent_levels_generate_reproducibly(tiny_config: GenerationConfig) -> N
 
 
 def test_best_of_keeps_the_candidate_clip_scores_best(tiny_config: GenerationConfig) -> None:
-    from vqclip.optimize import image_losses
-    from vqclip.pipeline import prepare
+    from vqclip.loop import image_losses
+    from vqclip.prepare import prepare
 
     config = tiny_config.replace(best_of=3, max_iterations=4, display_frequency=2)
     result = generate(config)
@@ -196,8 +197,8 @@ def test_smoothness_flattens_the_image(tiny_config: GenerationConfig) -> None:
 
 
 def test_palette_start_takes_clip_ranked_flat_colours(tiny_config: GenerationConfig) -> None:
-    from vqclip.optimize import image_losses
-    from vqclip.pipeline import PALETTE, prepare
+    from vqclip.loop import image_losses
+    from vqclip.prepare import PALETTE, prepare
 
     config = tiny_config.replace(start="palette", best_of=3, batch_size=2)
     loop, state = prepare(config, resolve_device("cpu"))
@@ -276,8 +277,8 @@ def test_a_batch_of_prompts_steers_each_image_by_its_own(tiny_config: Generation
 def test_a_batch_of_prompts_ranks_candidates_and_palettes_per_image(
     tiny_config: GenerationConfig,
 ) -> None:
-    from vqclip.optimize import best_candidates, image_losses
-    from vqclip.pipeline import PALETTE, prepare
+    from vqclip.loop import best_candidates, image_losses
+    from vqclip.prepare import PALETTE, prepare
 
     prompts = ("a red circle", "a blue square")
     config = tiny_config.replace(prompts="", batch_prompts=prompts, best_of=2, start="palette")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import vqclip.optimize
+import vqclip.loop
 from tests.conftest import png_pixels
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
@@ -31,7 +31,7 @@ def _assert_same_frames(run: Path, reference: Path) -> None:
 def _ctrl_c_during_step(monkeypatch: pytest.MonkeyPatch, iteration: int, times: int) -> None:
     """Send ourselves ``times`` real SIGINTs in the middle of step ``iteration`` (after the
     decode, before the cutouts), as a user's Ctrl-C would arrive."""
-    make_cutouts = vqclip.optimize.make_cutouts
+    make_cutouts = vqclip.loop.make_cutouts
     calls = {"n": 0}
 
     def cutouts_with_ctrl_c(*args: object, **kwargs: object) -> torch.Tensor:
@@ -41,7 +41,7 @@ def _ctrl_c_during_step(monkeypatch: pytest.MonkeyPatch, iteration: int, times: 
         calls["n"] += 1
         return make_cutouts(*args, **kwargs)
 
-    monkeypatch.setattr(vqclip.optimize, "make_cutouts", cutouts_with_ctrl_c)
+    monkeypatch.setattr(vqclip.loop, "make_cutouts", cutouts_with_ctrl_c)
 
 
 def _stopped_run(

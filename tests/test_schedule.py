@@ -13,7 +13,8 @@ from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
 from vqclip.images import to_uint8
 from vqclip.latents import decode_latent, encode_image
-from vqclip.pipeline import generate, load_models, resolve_device, resume
+from vqclip.pipeline import generate, resume
+from vqclip.prepare import load_models, resolve_device
 from vqclip.schedule import next_change, phase_at, phase_length, zoom_due, zoom_image
 
 

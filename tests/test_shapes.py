@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from vqclip import zoo
 from vqclip.images import to_uint8
+from vqclip.loop import NOISE
 from vqclip.models import load_clip, load_vqgan
-from vqclip.optimize import NOISE
 from vqclip.prior import load_prior, redraw
 from vqclip.shapes import evaluate
 from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
@@ -196,8 +196,8 @@ def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
     from dataclasses import replace
     from functools import partial
 
-    from vqclip.optimize import best_candidates, image_losses
-    from vqclip.pipeline import prepare, resolve_device
+    from vqclip.loop import best_candidates, image_losses
+    from vqclip.prepare import prepare, resolve_device
     from vqclip.prior import prior_pull
     from vqclip.shapes.data import Scene
 

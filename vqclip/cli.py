@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
-import re
 import sys
 import textwrap
+import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from vqclip.config import GenerationConfig
-from vqclip.shapes import shapes_defaults
+from vqclip.plugins import commands
 
 PROMPT_HELP = """\
 prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
@@ -28,10 +27,9 @@ prompt syntax (as in the classic VQGAN+CLIP notebooks, parsed from the right):
   "a forest ^ a city at night | neon:0.5" is a story of two phases, each a prompt list,
   each holding for --prompt_every iterations (default: max_iterations shared out).
 
-the bundled shapes models (the default --vqgan shapes-vqgan):
-  flags left out take the shapes world's measured settings instead of the defaults below,
-  which make its tiny models draw the prompt's shape; each flag given overrides its own:
-{shapes_flags}
+model presets: the flags marked "the model's preset" take the values of the preset that
+  matches the run's generator and models (each flag given overrides its own):
+{presets}
 
 examples:
   vqclip generate "a red circle on a blue background" --seed 7
@@ -48,29 +46,46 @@ examples:
 """
 
 
-def _field_help() -> dict[str, str]:
-    """The comment on each config field, which is its documentation."""
-    source = inspect.getsource(GenerationConfig)
-    return dict(re.findall(r"^\s+(\w+): [^\n]*?  # ([^\n]*)$", source, flags=re.M))
-
-
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    docs = _field_help()
+    """A flag per config field, in an argument group per section, with the field's help."""
     hints = typing.get_type_hints(GenerationConfig)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(GenerationConfig):
         if f.name == "prompts":
             continue
-        hint, default = hints[f.name], f.default if f.default is not MISSING else None
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        hint = _without_none(hints[f.name])
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        args = typing.get_args(hint)
         if typing.get_origin(hint) is tuple:
-            kwargs.update(nargs="*", type=args[0])
+            kwargs.update(nargs="*", type=typing.get_args(hint)[0])
         elif hint in (int, float):
             kwargs["type"] = hint
         elif hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        parser.add_argument(*names, help=f"{docs.get(f.name, '')} (default: {default!r})", **kwargs)
+        unset = f.default in (None, "auto") and "preset" in f.metadata["help"]
+        shown = "" if unset else f" (default: {f.default!r})"
+        groups[group].add_argument(*names, help=f.metadata["help"] + shown, **kwargs)
+
+
+def _without_none(hint: Any) -> Any:
+    """``int | None`` -> ``int``; other hints as they are."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+
+
+def _presets_text() -> str:
+    from vqclip.presets import presets
+
+    lines = []
+    for preset in presets():
+        match = ", ".join(f"--{k} {v}" for k, v in preset.match.items()) or "any other run"
+        flags = textwrap.fill(_as_flags(preset.settings), 88, initial_indent="    ",
+                              subsequent_indent="    ")  # fmt: skip
+        lines.append(f"  {preset.name} ({match}):\n{flags}")
+    return "\n".join(lines)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,15 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "generate",
         help="generate an image (and frames) from prompts",
         description="Optimise a VQGAN latent so that CLIP sees the prompts in its image.",
-        epilog=PROMPT_HELP.replace(
-            "{shapes_flags}",
-            textwrap.fill(
-                _as_flags(shapes_defaults("shapes-vqgan")),
-                90,
-                initial_indent="  ",
-                subsequent_indent="  ",
-            ),
-        ),
+        epilog=PROMPT_HELP.replace("{presets}", _presets_text()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument("prompts", nargs="?", default="", help='e.g. "a red circle:1 | blurry:-0.5"')
@@ -149,30 +156,16 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list known models, or download one")
     models.add_argument("action", nargs="?", choices=["list", "download"], default="list")
     models.add_argument("name", nargs="?", help="registry name to download")
-    bench = sub.add_parser("bench", help="time the loop against the classic one")
-    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bench.add_argument("--quick", action="store_true", help="tiny models, one repeat (smoke test)")
-    bench.add_argument("--device", help="default: cuda if available, else cpu")
-    bench.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        help="fast path autocast; default bf16 on a GPU from compute capability 8.0 (fp16 before)"
-        " and on a CPU with AMX, else fp32",
-    )
-    bench.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the VQGAN decoder and CLIP image tower (fast path)",
-    )
-    bench.add_argument(
-        "--case", action="append", metavar="SIZExCUTN", help="e.g. 256x32 (repeatable)"
-    )
+    for command in commands().values():  # the plugins' (the benchmark's among them)
+        command.configure(sub.add_parser(command.name, help=command.help))
     return parser
 
 
 def _as_flags(settings: dict[str, Any]) -> str:
     """Settings as the command line gives them: ``--cutn 16 --start palette``."""
-    return " ".join(f"--{key} {value}" for key, value in settings.items())
+    return " ".join(
+        f"--{key} {'none' if value is None else value}" for key, value in settings.items()
+    )
 
 
 def _config_file(path: Path) -> dict[str, Any]:
@@ -204,9 +197,10 @@ def _config_file(path: Path) -> dict[str, Any]:
 
 
 def _config_from_args(args: argparse.Namespace) -> tuple[GenerationConfig, dict[str, Any]]:
-    """The config the flags (over ``--config``) describe, and the settings filled in for them:
-    a run on the shapes VQGAN takes the shapes world's measured settings for the flags left
-    out (with these tiny models the classic defaults draw blobs), a ``--config`` nothing."""
+    """The config the flags (over ``--config``) describe, and what its preset fills in for the
+    fields left out (a ``--config`` file's config is complete: nothing)."""
+    from vqclip import presets
+
     values = _config_file(args.config) if args.config else {}
     values.update(
         {
@@ -220,20 +214,19 @@ def _config_from_args(args: argparse.Namespace) -> tuple[GenerationConfig, dict[
     for key in ("init_image", "init_video", "vqgan_checkpoint", "prior", "run_name"):
         if values.get(key) == "":
             values[key] = None
-    filled = {}
-    if not args.config:
-        vqgan = values.get("vqgan", GenerationConfig.vqgan)
-        filled = {k: v for k, v in shapes_defaults(vqgan).items() if k not in values}
-    return GenerationConfig.from_dict({**values, **filled}), filled
+    config = GenerationConfig.from_dict(values)
+    resolved = presets.apply(config)
+    return resolved, {name: getattr(resolved, name) for name in presets.unset_fields(config)}
 
 
 def _generate(args: argparse.Namespace) -> None:
     from vqclip.pipeline import generate
+    from vqclip.presets import preset_for
 
     config, filled = _config_from_args(args)
     if filled:
         print(
-            f"the shapes world's settings (a flag overrides each): {_as_flags(filled)}",
+            f"preset {preset_for(config).name!r} (a flag overrides each): {_as_flags(filled)}",
             file=sys.stderr,
         )
     result = _with_progress(config, None, lambda cb: generate(config, callback=cb))
@@ -320,7 +313,7 @@ def _models(args: argparse.Namespace) -> None:
         print("\n".join(str(p) for p in _download(args.name)))
         return
     print(f"{'name':22} {'family':6} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
-    for name, entry in zoo.REGISTRY.items():
+    for name, entry in zoo.registry().items():
         local = zoo.local_size_mb(entry)  # the real size once present; else the registry's
         cached = "bundled" if entry.bundled else ("yes" if local is not None else "no")
         size = f"{entry.size_mb if local is None else local:.1f}MB"
@@ -332,7 +325,7 @@ def _download(name: str) -> tuple[Path, ...]:
 
     from vqclip import zoo
 
-    entry = zoo.REGISTRY.get(name)
+    entry = zoo.registry().get(name)
     if entry is None:
         raise ValueError(f"unknown model {name!r}; known models: {zoo.model_names()}")
     with tqdm(unit="B", unit_scale=True, dynamic_ncols=True) as bar:
@@ -344,28 +337,20 @@ def _download(name: str) -> tuple[Path, ...]:
         return zoo.entry_paths(entry, progress=progress)
 
 
-def _bench(args: argparse.Namespace) -> None:
-    from vqclip.bench import format_table, run_benchmark
-
-    cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.case] if args.case else None
-    results = run_benchmark(args.quick, args.device, args.precision, args.compile, cases)
-    print(json.dumps(results, indent=2) if args.json else format_table(results))
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vqclip`` command."""
     args = _parser().parse_args(argv)
     from vqclip.download import DownloadError
 
-    commands = {
+    handlers = {
         "generate": _generate,
         "resume": _resume,
         "video": _video,
         "models": _models,
-        "bench": _bench,
+        **{name: command.run for name, command in commands().items()},
     }
     try:
-        commands[args.command](args)
+        handlers[args.command](args)
         sys.stdout.flush()  # here, so that a closed pipe (`vqclip models | head -3`) is caught
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit

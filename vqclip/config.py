@@ -27,62 +27,86 @@ AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "G
 _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
-    "output_dir", "run_name",
+    "output_dir", "run_name", "generator",
 )  # fmt: skip
-_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name")
+_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _field(default: Any, help: str, group: str) -> Any:  # noqa: A002 -- argparse's name
+    """A config field with its ``--help`` text and its section (an argument group there)."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+
+
+PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, RUN = (
+    "prompts", "model and generator", "image size and output", "optimisation", "start and pulls",
+    "stories, zoom and video", "device and run",
+)  # fmt: skip
+GENERATORS = ("vqgan", "pixels")
+_PRESET = "default: the model's preset"
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """All settings of one generation; field names are the CLI flags and the JSON keys."""
+    """All settings of one generation; field names are the CLI flags and the JSON keys.
 
-    prompts: str = ""  # "text:weight:stop | text"; weight may be negative; "a ^ b": two phases
-    prompt_every: int = 0  # iterations per phase of a "^" story; 0: max_iterations shared out
-    batch_prompts: tuple[str, ...] = ()  # prompts (or a "^" story) per image, in one batch
-    image_prompts: str = ""  # "path-or-URL:weight | ..." images whose CLIP embedding pulls
-    noise_prompt_seeds: tuple[int, ...] = ()  # one random-embedding prompt per seed
-    noise_prompt_weights: tuple[float, ...] = ()  # their weights, same length as the seeds
-    init_image: str | None = None  # path or URL: start from its latent, not random codes
-    init_weight: float = 0.0  # pull toward the starting latent (MSE), 0 = off
-    init_video: str | None = None  # restyle a video (or folder of frames): a run per frame
-    video_frames: int = 0  # restyle at most this many frames of init_video (0: all)
-    smoothness: float = 0.0  # weight of the image's total variation (flat regions), 0 = off
-    prior: str | None = None  # image prior: registry name (e.g. "shapes-prior") or a path
-    prior_weight: float = 0.0  # pull toward the prior's redrawing of the image, 0 = off
-    prior_ramp: int = 0  # iterations over which that pull grows from 0 to prior_weight (0: none)
-    target_images: str = ""  # "path | path": extra image prompts with weight 1
-    width: int = 64  # output width in pixels, a multiple of the VQGAN's downsampling factor
-    height: int = 64  # output height in pixels, likewise
-    vqgan: str = "shapes-vqgan"  # registry name, or a path to a VQGAN YAML config
-    vqgan_checkpoint: str | None = None  # checkpoint for a YAML path; default: YAML with .ckpt
-    clip_model: str = "shapes-clip"  # registry name (e.g. "ViT-B/32") or a path to a CLIP file
-    cutn: int = 32  # cutouts scored by CLIP per step
-    cut_pow: float = 1.0  # cutout size exponent: > 1 favours small cutouts
-    cut_method: str = "crops"  # random "crops", or "pooling": the whole image, as generate.py
-    augments: tuple[str, ...] = ("Af", "Pe", "Ji", "Er")  # kornia augmentations of cutouts
-    step_size: float = 0.1  # optimiser learning rate
-    optimizer: str = "Adam"  # Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD
-    max_iterations: int = 100  # optimisation steps; -1 runs until interrupted
-    display_frequency: int = 10  # save (and show) a frame every this many steps
-    zoom_every: int = 0  # zoom video: zoom the image and start afresh from it this often; 0 = off
-    zoom_start: int = 0  # iteration of the first zoom (0: zoom_every), then every zoom_every
-    zoom_scale: float = 1.05  # each zoom's factor about the centre (> 1 in, < 1 out)
-    zoom_shift_x: float = 0.0  # each zoom moves the image this many pixels right
-    zoom_shift_y: float = 0.0  # and this many pixels down
-    zoom_rotate: float = 0.0  # and turns it this many degrees anticlockwise
-    seed: int = -1  # seed of every random draw; -1 picks one and records it
-    batch_size: int = 1  # images optimised together as one batch (one seed for the batch)
-    best_of: int = 1  # candidates per image, optimised in the same batch; CLIP keeps the best
-    start: str = "random"  # random codes, plain grey, palette colour, pixels/gradient noise
-    # (no init_image): "palette" is the flat colour CLIP finds closest to the prompts, the
-    # candidates of best_of taking the next best; "pixels" and "gradient" are random images
-    latent_levels: int = 1  # optimise the latent as a pyramid of this many resolutions (1: classic)
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
-    precision: str = "fp32"  # "fp32"; autocast "bf16"/"fp16"; "auto": the fastest here, recorded
-    compile: bool = False  # torch.compile decoder and CLIP (the first step compiles, slowly)
-    output_dir: str = "outputs"  # each run gets a new directory under this one
-    run_name: str | None = None  # run directory name; default: time, prompt and seed
+    A field left at ``None`` (``"auto"`` for ``prior``) takes the model's preset
+    (:mod:`vqclip.presets`) when the run starts; ``config.json`` records what it took.
+    """
+
+    # -- prompts
+    prompts: str = _field("", '"text:weight:stop | text"; weight may be negative; "a ^ b": two phases', PROMPTS)  # fmt: skip
+    batch_prompts: tuple[str, ...] = _field((), 'prompts (or a "^" story) per image, in one batch', PROMPTS)  # fmt: skip
+    image_prompts: str = _field("", '"path-or-URL:weight | ..." images whose CLIP embedding pulls', PROMPTS)  # fmt: skip
+    noise_prompt_seeds: tuple[int, ...] = _field((), "one random-embedding prompt per seed", PROMPTS)  # fmt: skip
+    noise_prompt_weights: tuple[float, ...] = _field((), "their weights, same length as the seeds", PROMPTS)  # fmt: skip
+    target_images: str = _field("", '"path | path": extra image prompts with weight 1', PROMPTS)
+    # -- model and generator
+    generator: str = _field("vqgan", "what is optimised: a VQGAN latent, or the image's pixels", MODEL)  # fmt: skip
+    pixel_scale: int = _field(1, "pixels generator: image pixels per optimised pixel, each way", MODEL)  # fmt: skip
+    vqgan: str = _field("shapes-vqgan", "registry name, or a path to a VQGAN YAML config", MODEL)
+    vqgan_checkpoint: str | None = _field(None, "checkpoint for a YAML path; default: YAML with .ckpt", MODEL)  # fmt: skip
+    clip_model: str = _field("shapes-clip", 'registry name (e.g. "ViT-B/32") or a path to a CLIP file', MODEL)  # fmt: skip
+    # -- image size and output
+    width: int | None = _field(None, f"output width in pixels, a multiple of the generator's factor ({_PRESET})", OUTPUT)  # fmt: skip
+    height: int | None = _field(None, f"output height in pixels, likewise ({_PRESET})", OUTPUT)
+    display_frequency: int = _field(10, "save (and show) a frame every this many steps", OUTPUT)
+    output_dir: str = _field("outputs", "each run gets a new directory under this one", OUTPUT)
+    run_name: str | None = _field(None, "run directory name; default: time, prompt and seed", OUTPUT)  # fmt: skip
+    # -- optimisation
+    max_iterations: int | None = _field(None, f"optimisation steps; -1 runs until interrupted ({_PRESET})", STEPS)  # fmt: skip
+    step_size: float | None = _field(None, f"optimiser learning rate ({_PRESET})", STEPS)
+    optimizer: str = _field("Adam", "Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD", STEPS)  # fmt: skip
+    cutn: int | None = _field(None, f"cutouts scored by CLIP per step ({_PRESET})", STEPS)
+    cut_pow: float = _field(1.0, "cutout size exponent: > 1 favours small cutouts", STEPS)
+    cut_method: str = _field("crops", 'random "crops", or "pooling": the whole image, as generate.py', STEPS)  # fmt: skip
+    augments: tuple[str, ...] = _field(("Af", "Pe", "Ji", "Er"), "kornia augmentations of cutouts", STEPS)  # fmt: skip
+    latent_levels: int | None = _field(None, f"optimise as a pyramid of this many resolutions, 1: classic ({_PRESET})", STEPS)  # fmt: skip
+    batch_size: int = _field(1, "images optimised together as one batch (one seed for the batch)", STEPS)  # fmt: skip
+    best_of: int | None = _field(None, f"candidates per image, in the same batch; CLIP keeps the best ({_PRESET})", STEPS)  # fmt: skip
+    seed: int = _field(-1, "seed of every random draw; -1 picks one and records it", STEPS)
+    # -- start and pulls
+    start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient noise; without init_image" + f" ({_PRESET})", START)  # fmt: skip
+    init_image: str | None = _field(None, "path or URL: start from its latent, not random codes", START)  # fmt: skip
+    init_weight: float = _field(0.0, "pull toward the starting latent (MSE), 0 = off", START)
+    smoothness: float = _field(0.0, "weight of the image's total variation (flat regions), 0 = off", START)  # fmt: skip
+    prior: str | None = _field("auto", f'image prior: registry name (e.g. "shapes-prior"), a path, or none ({_PRESET})', START)  # fmt: skip
+    prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
+    prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
+    # -- stories, zoom and video
+    prompt_every: int = _field(0, 'iterations per phase of a "^" story; 0: max_iterations shared out', VIDEO)  # fmt: skip
+    zoom_every: int = _field(0, "zoom video: zoom the image and start afresh from it this often; 0 = off", VIDEO)  # fmt: skip
+    zoom_start: int = _field(0, "iteration of the first zoom (0: zoom_every), then every zoom_every", VIDEO)  # fmt: skip
+    zoom_scale: float = _field(1.05, "each zoom's factor about the centre (> 1 in, < 1 out)", VIDEO)
+    zoom_shift_x: float = _field(0.0, "each zoom moves the image this many pixels right", VIDEO)
+    zoom_shift_y: float = _field(0.0, "and this many pixels down", VIDEO)
+    zoom_rotate: float = _field(0.0, "and turns it this many degrees anticlockwise", VIDEO)
+    init_video: str | None = _field(None, "restyle a video (or folder of frames): a run per frame", VIDEO)  # fmt: skip
+    video_frames: int = _field(0, "restyle at most this many frames of init_video (0: all)", VIDEO)
+    # -- device and run
+    device: str = _field("auto", '"auto", "cpu", "cuda", "cuda:N" or "mps"', RUN)
+    precision: str = _field("fp32", '"fp32"; autocast "bf16"/"fp16"; "auto": the fastest here, recorded', RUN)  # fmt: skip
+    compile: bool = _field(False, "torch.compile decoder and CLIP (the first step compiles, slowly)", RUN)  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts"):
@@ -90,6 +114,8 @@ class GenerationConfig:
             if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
                 raise ValueError(f"{name}: expected a list, got {value!r}")
             object.__setattr__(self, name, tuple(value))
+        if self.prior in ("", "none"):  # the CLI's way to say no prior
+            object.__setattr__(self, "prior", None)
         self._check_types()
         self._check_sizes()
         self._check_choices()
@@ -112,34 +138,31 @@ class GenerationConfig:
             )
 
     def _check_sizes(self) -> None:
-        _positive_int("width", self.width)
-        _positive_int("height", self.height)
-        _positive_int("cutn", self.cutn)
-        _positive_int("display_frequency", self.display_frequency)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("latent_levels", self.latent_levels)
-        _positive_int("best_of", self.best_of)
-        _positive_number("cut_pow", self.cut_pow)
-        _positive_number("step_size", self.step_size)
-        _finite_number("init_weight", self.init_weight)
-        _non_negative_number("smoothness", self.smoothness)
-        _non_negative_number("prior_weight", self.prior_weight)
-        for name in ("prior_ramp", "prompt_every", "zoom_every", "zoom_start", "video_frames"):
-            _non_negative_int(name, getattr(self, name))
+        checks = {
+            _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
+                            "latent_levels", "best_of", "pixel_scale"),
+            _positive_number: ("cut_pow", "step_size", "zoom_scale"),
+            _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
+            _non_negative_number: ("smoothness", "prior_weight"),
+            _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
+                                "video_frames"),
+        }  # fmt: skip
+        for check, names in checks.items():
+            for name in names:
+                if getattr(self, name) is not None:  # None: left to the preset
+                    check(name, getattr(self, name))
         if self.zoom_start and not self.zoom_every:
             raise ValueError(
                 f"zoom_start: {self.zoom_start} needs zoom_every > 0 (how often to zoom after it)"
             )
-        _positive_number("zoom_scale", self.zoom_scale)
-        for name in ("zoom_shift_x", "zoom_shift_y", "zoom_rotate"):
-            _finite_number(name, getattr(self, name))
         if self.prior_weight and not self.prior:
             raise ValueError(
                 f"prior_weight: {self.prior_weight!r} needs an image prior; set prior "
                 "(a registry name such as 'shapes-prior', or a path), or prior_weight 0"
             )
-        if not _is_int(self.max_iterations) or not (
-            self.max_iterations >= 1 or self.max_iterations == -1
+        if self.max_iterations is not None and (
+            not _is_int(self.max_iterations)
+            or not (self.max_iterations >= 1 or self.max_iterations == -1)
         ):
             raise ValueError(
                 f"max_iterations: expected a positive integer or -1, got {self.max_iterations!r}"
@@ -152,7 +175,9 @@ class GenerationConfig:
             raise ValueError(f"compile: expected true or false, got {self.compile!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
-        _choice("start", self.start, STARTS)
+        if self.start is not None:
+            _choice("start", self.start, STARTS)
+        _choice("generator", self.generator, GENERATORS)
         _choice("cut_method", self.cut_method, CUT_METHODS)
         for name in self.augments:
             _choice("augments", name, AUGMENTS)

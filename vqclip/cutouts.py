@@ -15,13 +15,7 @@ __all__ = [
     "make_augments",
     "augment",
     "shift_hue",
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "normalize",
 ]
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def make_cutouts(
@@ -143,10 +137,3 @@ def augment(
         jitter = torch.randn(cutouts.shape, generator=generator, device=cutouts.device)
         cutouts = cutouts + scale * jitter.to(cutouts.dtype)
     return cutouts
-
-
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """[0, 1] RGB -> CLIP's input normalisation."""
-    mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    return (image - mean) / std

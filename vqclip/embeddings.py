@@ -1,4 +1,4 @@
-"""Prompts -> target embeddings: text through CLIP's text tower, images through cutouts, noise."""
+"""Prompts -> target embeddings: texts and images through the perceptor, and noise."""
 
 from __future__ import annotations
 
@@ -7,31 +7,27 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from vqclip.cutouts import make_cutouts, normalize
+from vqclip.cutouts import make_cutouts
 from vqclip.losses import Targets
-from vqclip.models import tokenize
+from vqclip.perceptors import Perceptor
 from vqclip.prompts import Prompt
 
 __all__ = ["embed_texts", "embed_image", "embed_noise", "build_targets", "similarity"]
 
 
 @torch.no_grad()
-def embed_texts(
-    clip_model: torch.nn.Module, texts: list[str], device: torch.device
-) -> torch.Tensor:
+def embed_texts(perceptor: Perceptor, texts: list[str]) -> torch.Tensor:
     """Texts -> (N, D) unit embeddings."""
-    tokens = tokenize(clip_model, texts).to(device)
-    return F.normalize(clip_model.encode_text(tokens).float(), dim=-1)
+    return F.normalize(perceptor.encode_text(texts), dim=-1)
 
 
 @torch.no_grad()
 def embed_image(
-    clip_model: torch.nn.Module, image: torch.Tensor, cutn: int, generator: torch.Generator
+    perceptor: Perceptor, image: torch.Tensor, cutn: int, generator: torch.Generator
 ) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1] -> (cutn, D) unit embeddings of its cutouts, as the loop sees it."""
-    size = clip_model.visual.input_resolution
-    cutouts = make_cutouts(image, size, cutn, 1.0, generator)
-    return F.normalize(clip_model.encode_image(normalize(cutouts)).float(), dim=-1)
+    cutouts = make_cutouts(image, perceptor.input_resolution, cutn, 1.0, generator)
+    return F.normalize(perceptor.encode_image(cutouts), dim=-1)
 
 
 def embed_noise(seed: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -41,7 +37,7 @@ def embed_noise(seed: int, dim: int, device: torch.device) -> torch.Tensor:
 
 
 def build_targets(
-    clip_model: torch.nn.Module,
+    perceptor: Perceptor,
     text_prompts: list[Prompt],
     image_prompts: list[Prompt],
     noise_prompts: list[tuple[int, float]],
@@ -53,15 +49,14 @@ def build_targets(
     """Embed every prompt into one :class:`Targets`; ``load`` reads an image prompt's file."""
     blocks, weights, stops, names = [], [], [], []
     if text_prompts:
-        texts = embed_texts(clip_model, [p.text for p in text_prompts], device)  # (P, D)
+        texts = embed_texts(perceptor, [p.text for p in text_prompts])  # (P, D)
         blocks += list(texts.split(1))
     for prompt in image_prompts:
-        blocks.append(embed_image(clip_model, load(prompt.text).to(device), cutn, generator))
+        blocks.append(embed_image(perceptor, load(prompt.text).to(device), cutn, generator))
     for prompt in [*text_prompts, *image_prompts]:
         weights.append(prompt.weight), stops.append(prompt.stop), names.append(prompt.text)
-    dim = clip_model.text_projection.shape[1]
     for seed, weight in noise_prompts:
-        blocks.append(embed_noise(seed, dim, device))
+        blocks.append(embed_noise(seed, perceptor.embed_dim, device))
         weights.append(weight), stops.append(float("-inf")), names.append(f"noise:{seed}")
     owner = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(blocks)])
     return Targets(
@@ -74,10 +69,11 @@ def build_targets(
 
 
 @torch.no_grad()
-def similarity(clip_model: torch.nn.Module, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+def similarity(perceptor: Perceptor, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
     """Cosine similarity of whole images (B, 3, H, W) in [0, 1] to texts: (B, T)."""
-    size = clip_model.visual.input_resolution
-    device = next(clip_model.parameters()).device
-    resized = F.interpolate(images.to(device), size=(size, size), mode="bilinear", antialias=True)
-    image_embeds = F.normalize(clip_model.encode_image(normalize(resized)).float(), dim=-1)
-    return image_embeds @ embed_texts(clip_model, texts, device).T
+    size = perceptor.input_resolution
+    resized = F.interpolate(
+        images.to(perceptor.device), size=(size, size), mode="bilinear", antialias=True
+    )
+    image_embeds = F.normalize(perceptor.encode_image(resized), dim=-1)
+    return image_embeds @ embed_texts(perceptor, texts).T

@@ -20,8 +20,12 @@ _FLOAT = 4  # bytes: fp32 activations (autocast keeps some in fp32 too)
 _SAVED_PER_RESBLOCK = 6  # tensors a ResnetBlock keeps for backward: norm, swish, conv, twice
 
 
-def estimate_bytes(ddconfig: dict[str, Any], width: int, height: int, images: int) -> int:
-    """Bytes the decoder holds for one step on ``images`` images of ``width`` x ``height``."""
+def estimate_bytes(ddconfig: dict[str, Any] | None, width: int, height: int, images: int) -> int:
+    """Bytes the decoder holds for one step on ``images`` images of ``width`` x ``height``;
+    with no decoder (``None``: the pixels generator), the image, its gradient and Adam's two
+    moments, with room for the upsampled copy."""
+    if ddconfig is None:
+        return width * height * 3 * 8 * _FLOAT * images
     levels = len(ddconfig["ch_mult"])
     factor = 2 ** (levels - 1)
     h, w = height // factor, width // factor  # the latent's cells
@@ -60,7 +64,7 @@ def _cgroup_limit() -> int | None:
 
 
 def check_memory(
-    ddconfig: dict[str, Any], width: int, height: int, images: int, device: torch.device
+    ddconfig: dict[str, Any] | None, width: int, height: int, images: int, device: torch.device
 ) -> None:
     """Raise ``ValueError`` naming the size, the estimate and the memory if it cannot fit."""
     need, have = estimate_bytes(ddconfig, width, height, images), device_memory(device)

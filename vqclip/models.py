@@ -59,16 +59,19 @@ KNOWN_TARGETS = (VQ_TARGET, GUMBEL_TARGET, NET2NET_TARGET)
 _TRAINING_ONLY_PREFIXES = ("loss.",)
 
 
-def compile_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
+def compile_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> None:
     """``torch.compile`` the parts the loop runs every step, in place: the VQGAN's decoder and
     CLIP's image tower (``VQGAN.decode`` and ``CLIP.encode_image`` call them). The first step
     then compiles (minutes on a CPU); later steps run the fused kernels."""
-    vqgan.decoder = torch.compile(vqgan.decoder)
-    clip_model.visual = torch.compile(clip_model.visual)
+    if vqgan is not None:
+        vqgan.decoder = torch.compile(vqgan.decoder)
+    if clip_model is not None:
+        clip_model.visual = torch.compile(clip_model.visual)
 
 
-def prepare_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
-    """Rearrange both models, in place, for the loop's speed; each computes the same function.
+def prepare_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> None:
+    """Rearrange the models given (either may be None), in place, for the loop's speed; each
+    computes the same function.
 
     The VQGAN's weights go channels-last (NHWC): oneDNN's (and cuDNN's) fast convolution and
     group-norm kernels work in that layout, and NCHW layers convert their inputs and outputs at
@@ -79,12 +82,22 @@ def prepare_for_loop(vqgan: nn.Module, clip_model: nn.Module) -> None:
     CLIP weights are not the file's, so a prepared CLIP must not be saved. The VQGAN's
     attention runs as :func:`F.scaled_dot_product_attention` (see :class:`_Attention`).
     """
+    if vqgan is not None:
+        _prepare_vqgan(vqgan)
+    if clip_model is not None:
+        _prepare_clip(clip_model)
+
+
+def _prepare_vqgan(vqgan: nn.Module) -> None:
     vqgan.to(memory_format=torch.channels_last)
     _fuse_swish(vqgan)
     for parent in list(vqgan.modules()):
         for name, child in parent.named_children():
             if isinstance(child, taming_blocks.AttnBlock):
                 setattr(parent, name, _Attention(child))
+
+
+def _prepare_clip(clip_model: nn.Module) -> None:
     visual = clip_model.visual
     if isinstance(visual, clip.model.VisionTransformer) and isinstance(visual.conv1, nn.Conv2d):
         visual.conv1 = _PatchEmbedding(visual.conv1)  # once: a second call finds it replaced

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import io
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from vqclip.config import GenerationConfig
-from vqclip.shapes import shapes_defaults
 
 __all__ = [
     "in_colab",
     "describe_device",
     "choose_models",
-    "model_settings",
+    "preset_settings",
+    "resolve",
     "fetch_models",
     "run_with_preview",
     "show_video",
@@ -55,27 +54,20 @@ def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, s
     return vqgan, clip_model
 
 
-# What the form's "auto" values (0, or "auto") become for any VQGAN but the shapes one: the
-# config's own (classic) defaults, at the classic notebooks' 256x256.
-_AUTO_FIELDS = ("cutn", "max_iterations", "step_size", "start", "latent_levels", "best_of",
-                "prior", "prior_weight", "prior_ramp")  # fmt: skip
-CLASSIC_SETTINGS: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    **{f.name: f.default for f in fields(GenerationConfig) if f.name in _AUTO_FIELDS},
-}
+def preset_settings(**form: Any) -> dict[str, Any]:
+    """The form's settings, its "auto" values (0, or "auto") left to the model's preset
+    (:mod:`vqclip.presets`): the shapes world's measured settings for its models, the classic
+    ones for the others, as the CLI and the Python API take them."""
+    return {key: None if value in (0, "auto") else value for key, value in form.items()}
 
 
-def model_settings(vqgan: str, **form: Any) -> dict[str, Any]:
-    """The form's settings with their "auto" values (0, or "auto") resolved for ``vqgan``: the
-    shapes world's measured settings for its VQGAN, the classic ones for the others. The image
-    prior follows the model (the shapes prior for the shapes VQGAN, none otherwise)."""
-    tuned = {**CLASSIC_SETTINGS, **shapes_defaults(vqgan)}
-    unknown = sorted(set(form) - set(tuned))
-    if unknown:
-        raise ValueError(f"model_settings: no auto value for {unknown}; known: {sorted(tuned)}")
-    settings = {key: tuned[key] if value in (0, "auto") else value for key, value in form.items()}
-    return {**settings, **{key: tuned[key] for key in ("prior", "prior_weight", "prior_ramp")}}
+def resolve(config: GenerationConfig) -> GenerationConfig:
+    """The form's config with its seed picked and its preset applied, as the run will record it
+    (so that the cell can print the seed and size the preview)."""
+    from vqclip import presets
+    from vqclip.config import resolve_seed
+
+    return presets.apply(resolve_seed(config))
 
 
 def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ letterboxed into a square (padded with the median colour of its border) and resi
 prior's resolution, and the redrawing is made at the square's size and cropped back, so that
 shapes keep their proportions on a wide or tall image.
 
-The shapes world ships one, ``shapes-prior`` (:class:`vqclip.shapes.prior.ScenePrior`, trained by
-``python -m vqclip.shapes.train prior``), which turns the loop's blobs into clean shapes. A prior
-file is a dict of plain data, ``{"kind", "state_dict"}`` (fp16 weights), loaded safely.
+A plugin registers its kinds of prior (:func:`register_prior_kind`): the shapes world's
+``shapes-prior`` turns the loop's blobs into clean shapes. A prior file is a dict of plain data,
+``{"kind", "state_dict"}`` (fp16 weights), loaded safely; its kind names the class to build.
 """
 
 from __future__ import annotations
@@ -25,18 +25,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqclip.checkpoints import load_checkpoint
-from vqclip.shapes.prior import ScenePrior
+from vqclip.plugins import load_plugins
 
-__all__ = ["PRIOR_KINDS", "load_prior", "save_prior", "redraw", "prior_loss", "prior_pull"]
+__all__ = [
+    "register_prior_kind", "prior_kinds", "load_prior", "save_prior", "redraw", "prior_loss",
+    "prior_pull",
+]  # fmt: skip
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, S, S) -> (N,), lower is better
 
-PRIOR_KINDS: dict[str, type[nn.Module]] = {"shapes-scene": ScenePrior}
+_KINDS: dict[str, type[nn.Module]] = {}
+
+
+def register_prior_kind(kind: str, cls: type[nn.Module]) -> None:
+    """Name a prior class (a plugin's) so that its files can be saved and loaded."""
+    _KINDS[kind] = cls
+
+
+def prior_kinds() -> dict[str, type[nn.Module]]:
+    """The known prior classes, by the kind their files name."""
+    load_plugins()
+    return dict(_KINDS)
 
 
 def save_prior(model: nn.Module, path: str | Path) -> None:
     """Save a prior of a known kind: its kind and its weights in fp16."""
-    kinds = {cls: kind for kind, cls in PRIOR_KINDS.items()}
+    kinds = {cls: kind for kind, cls in prior_kinds().items()}
     if type(model) not in kinds:
         raise ValueError(f"save_prior: {type(model).__name__} is not a known prior kind")
     state = {k: v.half() for k, v in model.state_dict().items()}
@@ -51,11 +65,12 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
             f"prior file {path}: expected a dict with 'kind' and 'state_dict' (as "
             "vqclip.prior.save_prior writes)"
         )
-    if saved["kind"] not in PRIOR_KINDS:
+    kinds = prior_kinds()
+    if saved["kind"] not in kinds:
         raise ValueError(
-            f"prior file {path}: unknown kind {saved['kind']!r}; known kinds are {list(PRIOR_KINDS)}"
+            f"prior file {path}: unknown kind {saved['kind']!r}; known kinds are {list(kinds)}"
         )
-    model = PRIOR_KINDS[saved["kind"]]()
+    model = kinds[saved["kind"]]()
     state = {k: v.float() for k, v in saved["state_dict"].items()}
     try:
         model.load_state_dict(state)

@@ -17,8 +17,7 @@ import torch
 from vqclip.config import GenerationConfig
 from vqclip.frames import FrameWriter, frame_iteration
 from vqclip.images import image_tensor, load_image, to_uint8
-from vqclip.latents import encode_image
-from vqclip.optimize import Callback, Loop, best_candidates, run_loop, start_state
+from vqclip.loop import Callback, Loop, best_candidates, run_loop, start_state
 from vqclip.video import count_video_frames, read_video_frames
 
 __all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames"]
@@ -69,7 +68,7 @@ def restyle_frame(
     """One video frame, (H, W, 3) uint8 -> its restyled image (B, 3, H, W) in [0, 1]."""
     frame = image_tensor(pixels, (config.width, config.height)).to(generator.device)
     count = config.batch_size * config.best_of
-    latent = encode_image(loop.vqgan, frame).repeat(count, 1, 1, 1)
+    latent = loop.generator.encode(frame).repeat(count, 1, 1, 1)
     state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
     image = run_loop(loop, state, config.max_iterations, config.display_frequency, callback)
     return best_candidates(loop, image, config.best_of)

@@ -1,6 +1,6 @@
 """A run's loop state on disk, so that a stopped run goes on exactly where it stopped.
 
-``RUN_DIR/state.pt`` holds what :class:`vqclip.optimize.LoopState` holds: the latent's levels,
+``RUN_DIR/state.pt`` holds what :class:`vqclip.loop.LoopState` holds: the latent's levels,
 the starting latent, the optimiser's state, the generator's state and the iteration, as plain
 tensors and numbers (read back with the weights-only unpickler, so it cannot run code). The
 generation writes it at every display step, at the end, and when it is stopped between steps;
@@ -25,7 +25,7 @@ import torch
 
 from vqclip.checkpoints import load_checkpoint
 from vqclip.frames import write_atomic
-from vqclip.optimize import LoopState
+from vqclip.loop import LoopState
 
 __all__ = ["STATE", "save_state", "read_state", "restore_state", "stop_between_steps"]
 

@@ -13,14 +13,12 @@ zooms exactly where an unbroken one does.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from vqclip.config import GenerationConfig
-from vqclip.latents import encode_image
-from vqclip.optimize import Callback, Loop, LoopState, render, run_loop, start_state
+from vqclip.loop import Callback, Loop, LoopState, render, run_loop, start_state
 
 __all__ = [
     "phase_length",
@@ -103,19 +101,18 @@ def zoom_image(
 
 def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
     """``loop`` with the prompt phase in force at step ``iteration``."""
-    if not loop.phases:
+    if not loop.objective.prompts.phases:
         return loop
-    count = len(loop.phases)
-    targets, row_targets = loop.phases[phase_at(iteration, phase_length(config, count), count)]
-    return replace(loop, targets=targets, row_targets=row_targets)
+    count = len(loop.objective.prompts.phases)
+    return loop.at_phase(phase_at(iteration, phase_length(config, count), count))
 
 
 def run_schedule(
     loop: Loop, state: LoopState, config: GenerationConfig, callback: Callback | None = None
 ) -> torch.Tensor:
-    """:func:`vqclip.optimize.run_loop` up to ``config.max_iterations``, segment by segment: a
+    """:func:`vqclip.loop.run_loop` up to ``config.max_iterations``, segment by segment: a
     new segment at each change of prompt phase and at each zoom. Returns the final image."""
-    phases = len(loop.phases) or 1
+    phases = len(loop.objective.prompts.phases) or 1
     while True:
         current = loop_at(loop, state.iteration, config)
         if zoom_due(state.iteration, config):
@@ -128,12 +125,12 @@ def run_schedule(
 
 @torch.no_grad()
 def zoom_state(loop: Loop, state: LoopState, config: GenerationConfig) -> None:
-    """Zoom the current image and start the optimisation afresh from its latent (in place:
+    """Zoom the current image and start the optimisation afresh from its parameters (in place:
     the generator and the iteration go on)."""
     shift = (config.zoom_shift_x, config.zoom_shift_y)
     image = zoom_image(render(loop, state), config.zoom_scale, shift, config.zoom_rotate)
     fresh = start_state(
-        encode_image(loop.vqgan, image),
+        loop.generator.encode(image),
         config.optimizer,
         config.step_size,
         state.generator,

@@ -10,6 +10,8 @@ __all__ = [
     "ModelFile",
     "ModelEntry",
     "REGISTRY",
+    "register_model",
+    "registry",
     "cache_dir",
     "resolve_vqgan",
     "resolve_clip",
@@ -20,7 +22,6 @@ __all__ = [
     "is_cached",
 ]
 
-SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
 _HEIBOX = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2F{}&dl=1"
 
 
@@ -42,7 +43,12 @@ class ModelEntry:
     family: str  # "vqgan", "clip" or "prior"
     files: tuple[ModelFile, ...]
     size_mb: float  # approximate download size (`vqclip models` shows the real one once cached)
-    bundled: bool = False  # shipped inside the package (the shapes world)
+    directory: Path | None = None  # where a plugin ships the files; None: the cache
+
+    @property
+    def bundled(self) -> bool:
+        """Whether the files ship with a package (a plugin's), not through the cache."""
+        return self.directory is not None
 
 
 def _vqgan(
@@ -89,17 +95,6 @@ def _clip(name: str, path: str) -> ModelEntry:
 REGISTRY: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
-        ModelEntry(
-            "shapes-vqgan",
-            "vqgan",
-            (ModelFile("shapes_vqgan.yaml", kind="yaml"), ModelFile("shapes_vqgan.ckpt")),
-            4.2,
-            bundled=True,
-        ),
-        ModelEntry(
-            "shapes-clip", "clip", (ModelFile("shapes_clip.pt", kind="clip"),), 17.1, bundled=True
-        ),
-        ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 1.9, bundled=True),
         _vqgan(
             "imagenet_f16_16384",
             (_f16_16384[0][0], _MEHDIDC + "vqgan_imagenet_f16_16384.yaml"),
@@ -142,9 +137,22 @@ REGISTRY: dict[str, ModelEntry] = {
 }
 
 
+def register_model(entry: ModelEntry) -> None:
+    """Add a named model (a plugin's); a later entry of the same name replaces it."""
+    REGISTRY[entry.name] = entry
+
+
+def registry() -> dict[str, ModelEntry]:
+    """Every named model: the core's and the plugins'."""
+    from vqclip.plugins import load_plugins
+
+    load_plugins()
+    return REGISTRY
+
+
 def model_names(family: str | None = None) -> list[str]:
     """Registry names, optionally of one family ("vqgan", "clip" or "prior")."""
-    return [n for n, e in REGISTRY.items() if family in (None, e.family)]
+    return [n for n, e in registry().items() if family in (None, e.family)]
 
 
 def cache_dir() -> Path:
@@ -154,14 +162,14 @@ def cache_dir() -> Path:
 
 def entry_dir(entry: ModelEntry) -> Path:
     """Where an entry's files live: inside the package if bundled, else in the cache."""
-    return SHAPES_DIR if entry.bundled else cache_dir() / entry.name.replace("/", "-")
+    return entry.directory or cache_dir() / entry.name.replace("/", "-")
 
 
 _FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior"}  # config field per family
 
 
 def _entry(name: str, family: str) -> ModelEntry:
-    entry = REGISTRY.get(name)
+    entry = registry().get(name)
     if entry is None or entry.family != family:
         raise ValueError(
             f"{_FIELDS[family]}: unknown model {name!r}; "
@@ -216,7 +224,7 @@ def resolve_vqgan(
 
 def _resolve_one_file(name_or_path: str, family: str, fetch: bool) -> Path:
     """A registry name of a one-file ``family`` or a path to such a file."""
-    if name_or_path not in REGISTRY and Path(name_or_path).suffix:
+    if name_or_path not in registry() and Path(name_or_path).suffix:
         if not Path(name_or_path).is_file():
             raise ValueError(f"{_FIELDS[family]}: file {name_or_path!r} does not exist")
         return Path(name_or_path)

@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 
+from vqclip import presets
 from vqclip.config import GenerationConfig
-from vqclip.cutouts import normalize
 from vqclip.embeddings import embed_texts, similarity
 from vqclip.images import to_uint8
-from vqclip.shapes import SHAPES_SETTINGS
+from vqclip.perceptors import Perceptor
 from vqclip.shapes.data import COLORS, SHAPES, Scene, canonical_caption, render, sample_scenes
 from vqclip.shapes.judge import judge
+from vqclip.shapes.plugin import SETTINGS
 
 __all__ = [
     "judge_accuracy",
@@ -63,14 +64,12 @@ def zero_shot_accuracy(
     clip_model: torch.nn.Module, count: int = 300, seed: int = 11
 ) -> dict[str, float]:
     """Pick the best canonical caption for held-out images; accuracy of each attribute."""
+    perceptor = Perceptor(clip_model)
     grid = [(c, s, b) for c, s, b in itertools.product(COLORS, SHAPES, COLORS) if c != b]
-    device = next(clip_model.parameters()).device
-    texts = embed_texts(clip_model, [canonical_caption(*g) for g in grid], device)  # (T, D)
+    texts = embed_texts(perceptor, [canonical_caption(*g) for g in grid])  # (T, D)
     scenes = sample_scenes(count, torch.Generator().manual_seed(10_000 + seed))
-    images = render(scenes).to(device)
-    embeds = torch.nn.functional.normalize(
-        clip_model.encode_image(normalize(images)).float(), dim=-1
-    )
+    images = render(scenes).to(perceptor.device)
+    embeds = torch.nn.functional.normalize(perceptor.encode_image(images), dim=-1)
     best = (embeds @ texts.T).argmax(1).tolist()
     picks = [grid[i] for i in best]
     n = len(scenes)
@@ -99,7 +98,9 @@ def shape_preference(clip_model: torch.nn.Module, count: int = 24) -> dict[str, 
             for radius, cx, cy in placements
             for shape in SHAPES
         ]
-        scores = similarity(clip_model, render(scenes), [case.prompt]).view(-1, len(SHAPES))
+        scores = similarity(Perceptor(clip_model), render(scenes), [case.prompt]).view(
+            -1, len(SHAPES)
+        )
         right = SHAPES.index(case.shape)
         others = [i for i in range(len(SHAPES)) if i != right]
         margins.append(scores[:, right] - scores[:, others].max(1).values)
@@ -152,15 +153,11 @@ def prompt_cases(count: int = 24) -> list[PromptCase]:
 def shapes_config(
     prompt: str, seed: int, output_dir: str | Path, **changes: Any
 ) -> GenerationConfig:
-    """The config the shapes-world measurements use for one generation."""
-    values = {
-        **SHAPES_SETTINGS,
-        "prompts": prompt,
-        "seed": seed,
-        "output_dir": str(output_dir),
-        **changes,
-    }
-    return GenerationConfig(**values)
+    """The config the shapes-world measurements use for one generation: the shapes preset
+    (for the generator in ``changes``, default the VQGAN), on the CPU."""
+    values = {"prompts": prompt, "seed": seed, "output_dir": str(output_dir), "device": "cpu",
+              "display_frequency": 20, **changes}  # fmt: skip
+    return presets.apply(GenerationConfig(**values))
 
 
 def run_cases(
@@ -261,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print the shapes world's figures as JSON."""
     import tempfile
 
-    from vqclip.pipeline import load_models, resolve_device
+    from vqclip.prepare import load_models, resolve_device
 
     parser = argparse.ArgumentParser(prog="python -m vqclip.shapes.evaluate", description=__doc__)
     parser.add_argument("--seeds", type=int, default=2)
@@ -270,12 +267,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size", type=image_size, default=(64, 64), help='"W" or "WxH" in pixels (default 64)'
     )
-    parser.add_argument("--latent-levels", type=int, default=SHAPES_SETTINGS["latent_levels"])
-    parser.add_argument("--best-of", type=int, default=SHAPES_SETTINGS["best_of"])
+    parser.add_argument("--latent-levels", type=int, default=SETTINGS["latent_levels"])
+    parser.add_argument("--best-of", type=int, default=SETTINGS["best_of"])
     parser.add_argument(
-        "--prior-weight", type=float, default=SHAPES_SETTINGS["prior_weight"], help="0: no prior"
+        "--prior-weight", type=float, default=SETTINGS["prior_weight"], help="0: no prior"
     )
-    parser.add_argument("--prior-ramp", type=int, default=SHAPES_SETTINGS["prior_ramp"])
+    parser.add_argument("--prior-ramp", type=int, default=SETTINGS["prior_ramp"])
+    parser.add_argument("--generator", default="vqgan", choices=["vqgan", "pixels"])
+    parser.add_argument("--step-size", type=float, help="default: the generator's preset")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the runs")
     args = parser.parse_args(argv)
     changes = {
@@ -286,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         "best_of": args.best_of,
         "prior_weight": args.prior_weight,
         "prior_ramp": args.prior_ramp,
+        "generator": args.generator,
+        "step_size": args.step_size,
     }
     config = shapes_config("x", 0, ".")
     _, clip_model = load_models(config, resolve_device("cpu"))

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.cutouts import augment, make_augments, normalize
+from vqclip.cutouts import augment, make_augments
+from vqclip.loop import NOISE
 from vqclip.models import (
     VQ_TARGET,
     VQGANSpec,
@@ -46,7 +47,7 @@ from vqclip.models import (
     save_vqgan,
     tokenize,
 )  # fmt: skip
-from vqclip.optimize import NOISE
+from vqclip.perceptors import normalize
 from vqclip.prior import load_prior, save_prior
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 from vqclip.shapes.prior import ScenePrior, reading_accuracy, scene_targets

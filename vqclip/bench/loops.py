@@ -30,10 +30,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vqclip.cutouts import make_augments, normalize
+from vqclip.cutouts import make_augments
 from vqclip.embeddings import embed_texts
+from vqclip.generators import VQGANGenerator
 from vqclip.images import to_uint8
 from vqclip.latents import decode_latent, random_latent
+from vqclip.loop import Cuts, Loop, start_state, step
 from vqclip.losses import Targets, prompt_losses
 from vqclip.models import (
     VQ_TARGET,
@@ -44,8 +46,9 @@ from vqclip.models import (
     compile_for_loop,
     prepare_for_loop,
 )
-from vqclip.optimize import Loop, start_state, step
-from vqclip.pipeline import resolve_device
+from vqclip.objective import Objective, PromptTerm
+from vqclip.perceptors import Perceptor, normalize
+from vqclip.prepare import resolve_device
 from vqclip.tuning import fast_precision, keep_freed_memory
 
 __all__ = ["run_benchmark", "format_table", "F16_16384", "VIT_B_32"]
@@ -214,7 +217,10 @@ def _time_fast(
     augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution)
     row: dict[str, float | None] = {}
     for name, batch_size in (("fast", 1), ("fast_batch", batch)):
-        loop = Loop(vqgan, setup.clip_model, setup.targets, augments, cutn, 1.0, 0.0, 0, precision)
+        objective = Objective(PromptTerm(targets=setup.targets))
+        perceptor = Perceptor(setup.clip_model)
+        cuts = Cuts(augments, cutn)
+        loop = Loop(VQGANGenerator(vqgan), perceptor, objective, cuts, 0, precision)
         g = torch.Generator(device=setup.device).manual_seed(0)
         state = start_state(_start(setup, size, batch_size), "Adam", 0.1, g)
         _reset_peak(setup.device)
@@ -250,7 +256,7 @@ def run_benchmark(
         cases = cases or default
     vqgan = vqgan.eval().requires_grad_(False).to(dev)
     clip_model = clip_model.eval().requires_grad_(False).to(dev)
-    text = embed_texts(clip_model, [PROMPT], dev)
+    text = embed_texts(Perceptor(clip_model), [PROMPT])
     targets = Targets(text, torch.zeros(1, dtype=torch.long, device=dev), torch.ones(1, device=dev),
                       torch.full((1,), -math.inf, device=dev), (PROMPT,))  # fmt: skip
     warmup, repeats, batch = (1, 1, 2) if quick else (1, 3, 4)

@@ -1,13 +1,15 @@
-"""The optimisation loop: latent -> image -> cutouts -> CLIP -> losses -> optimiser step.
+"""The loop: generator -> image -> cutouts -> perceptor -> objective -> optimiser step.
 
-No printing and no files: progress and frames leave through ``callback({...})``.
+No printing and no files: progress and frames leave through ``callback({...})``. The loop knows
+its parts only by their interfaces (:mod:`vqclip.generators`, :mod:`vqclip.perceptors`,
+:mod:`vqclip.objective`), so that another generator or perceptor plugs in unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -16,22 +18,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vqclip.cutouts import augment, make_cutouts, normalize
-from vqclip.latents import decode_latent
-from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss, spherical_dist_loss
+from vqclip.cutouts import augment, make_cutouts
+from vqclip.generators import Generator, compose_latent
+from vqclip.losses import Targets, spherical_dist_loss
+from vqclip.objective import Objective, View
 from vqclip.optimizers import make_optimizer
-from vqclip.prior import prior_loss, prior_pull
+from vqclip.perceptors import Perceptor
 
 __all__ = [
+    "Cuts",
     "Loop",
     "LoopState",
     "compose_latent",
-    "clamp_to_codebook",
     "image_losses",
     "weighted_distances",
     "best_candidates",
     "start_state",
     "step",
+    "render",
     "run_loop",
     "Callback",
 ]
@@ -41,33 +45,33 @@ NOISE = 0.1  # per-cutout Gaussian noise scale, as in the classic notebooks
 
 
 @dataclass(frozen=True)
-class Loop:
-    """What stays fixed during a run: models, targets and step settings."""
+class Cuts:
+    """How each step cuts the image for the perceptor (:mod:`vqclip.cutouts`)."""
 
-    vqgan: nn.Module
-    clip_model: nn.Module
-    targets: Targets
     augments: nn.Module
-    cutn: int
-    cut_pow: float
-    init_weight: float
-    seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
-    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for decoder and CLIP
-    smoothness: float = 0.0  # weight of the image's total variation, 0 = off
-    prior: nn.Module | None = None  # an image prior (vqclip.prior), used when prior_weight > 0
-    prior_weight: float = 0.0
-    prior_ramp: int = 0  # iterations over which the prior's weight grows to prior_weight
-    row_targets: tuple[Targets, ...] = ()  # per latent row, for a batch of prompts; () shared
-    cut_method: str = "crops"  # see vqclip.cutouts.make_cutouts
-    # A story's prompt phases (vqclip.schedule), each (targets, row_targets) as the fields of
-    # those names take them; () for a run of one phase.
-    phases: tuple[tuple[Targets, tuple[Targets, ...]], ...] = ()
+    cutn: int  # cutouts per image per step
+    cut_pow: float = 1.0
+    method: str = "crops"
 
-    def prior_weight_at(self, iteration: int) -> float:
-        """The prior's weight at step ``iteration`` (from 0): ``prior_weight / prior_ramp`` at
-        the first step, growing linearly to ``prior_weight`` at step ``prior_ramp - 1``. CLIP
-        settles the colours and the layout first; the pull makes the shape crisp at the end."""
-        return self.prior_weight * min(1.0, (iteration + 1) / max(1, self.prior_ramp))
+
+@dataclass(frozen=True)
+class Loop:
+    """What stays fixed during a run: its parts and settings."""
+
+    generator: Generator  # what is optimised, and how it becomes pixels
+    perceptor: Perceptor  # CLIP, as the loop sees it
+    objective: Objective  # the prompts and the pulls
+    cuts: Cuts
+    seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for generator and perceptor
+
+    def at_phase(self, index: int) -> Loop:
+        """The loop with the prompts of phase ``index`` of a story."""
+        return replace(self, objective=self.objective.at_phase(index))
+
+    def with_targets(self, targets: Targets, row_targets: tuple[Targets, ...] = ()) -> Loop:
+        """The loop with other prompt targets."""
+        return replace(self, objective=self.objective.with_targets(targets, row_targets))
 
 
 @dataclass
@@ -90,15 +94,6 @@ class LoopState:
     def latent(self) -> torch.Tensor:
         """The composed latent (B, D, h, w), differentiable in every level."""
         return compose_latent(self.levels)
-
-
-def compose_latent(levels: list[torch.Tensor]) -> torch.Tensor:
-    """The finest level plus every coarser one, bilinearly upsampled to its size."""
-    *coarse, latent = levels
-    for level in coarse:
-        up = F.interpolate(level, latent.shape[-2:], mode="bilinear", align_corners=False)
-        latent = latent + up
-    return latent
 
 
 def start_state(
@@ -136,51 +131,36 @@ def _fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
         yield
 
 
-def step(loop: Loop, state: LoopState) -> dict[str, torch.Tensor]:
+def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
     latent = state.latent
     device = latent.device
-    cut_size = loop.clip_model.visual.input_resolution
-    # 1. Decode the (straight-through quantised) latent to pixels.
+    # 1. The generator renders its parameters: (B, 3, H, W) in [0, 1].
     with _fast_math(loop, device):
-        image = decode_latent(loop.vqgan, latent)  # (B, 3, H, W) in [0, 1]
+        image = loop.generator.decode(latent)
     # 2. Cut and augment: (B * cutn, 3, S, S).
-    cutouts = make_cutouts(
-        image, cut_size, loop.cutn, loop.cut_pow, state.generator, loop.cut_method
-    )
-    cutouts = augment(cutouts, loop.augments, NOISE, state.generator, _step_seed(loop, state))
-    # 3. Score with CLIP and sum the losses.
+    cuts = loop.cuts
+    size = loop.perceptor.input_resolution
+    cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method)
+    cutouts = augment(cutouts, cuts.augments, NOISE, state.generator, _step_seed(loop, state))
+    # 3. The perceptor embeds them: (B * cutn, E).
     with _fast_math(loop, device):
-        embeds = loop.clip_model.encode_image(normalize(cutouts)).float()  # (B * cutn, E)
-    total, losses = _batch_losses(loop, embeds, len(image))
-    if loop.init_weight:
-        total = total + init_loss(latent, state.start, loop.init_weight)
-    if loop.smoothness:
-        total = total + smoothness_loss(image, loop.smoothness)
-    if loop.prior is not None and loop.prior_weight:
-        weight = loop.prior_weight_at(state.iteration)
-        total = total + prior_loss(image, loop.prior, weight, partial(image_losses, loop))
-    # 4. Step, then keep the latent inside the codebook's range.
+        embeds = loop.perceptor.encode_image(cutouts)
+    # 4. The objective's terms, summed.
+    view = View(image, latent, state.start, embeds, state.iteration, partial(image_losses, loop))
+    total, terms, losses = loop.objective(view)
+    # 5. Step, then keep the parameters in the generator's range.
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     state.optimizer.step()
-    clamp_to_codebook(state.levels, loop.vqgan.codebook)
+    loop.generator.clamp(state.levels)
     state.iteration += 1
-    return {"image": image.detach(), "loss": total.detach(), "losses": losses.detach()}
-
-
-def _batch_losses(loop: Loop, embeds: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows * cutn, E) cutout embeddings -> (the prompt part of the objective, the losses per
-    prompt (P,) for reports): each latent row's cutouts against its own targets, or all of them
-    against the shared targets (each image's gradient then does not shrink with the batch)."""
-    if not loop.row_targets:
-        losses = prompt_losses(embeds, loop.targets)  # (P,)
-        return losses.sum() * rows, losses
-    per_row = embeds.view(rows, -1, embeds.shape[-1])  # (rows, cutn, E)
-    losses = torch.cat(
-        [prompt_losses(e, t) for e, t in zip(per_row, loop.row_targets, strict=True)]
-    )
-    return losses.sum(), losses
+    return {
+        "image": image.detach(),
+        "loss": total.detach(),
+        "losses": losses.detach(),
+        "terms": {name: loss.detach() for name, loss in terms.items()},
+    }
 
 
 def _step_seed(loop: Loop, state: LoopState) -> int:
@@ -188,23 +168,10 @@ def _step_seed(loop: Loop, state: LoopState) -> int:
 
 
 @torch.no_grad()
-def clamp_to_codebook(levels: list[torch.Tensor], codebook: torch.Tensor) -> None:
-    """Keep the composed latent in the codebook's per-channel range (by moving the finest level)."""
-    low = codebook.min(0).values.view(1, -1, 1, 1)
-    high = codebook.max(0).values.view(1, -1, 1, 1)
-    fine = levels[-1]
-    if len(levels) == 1:
-        fine.copy_(fine.maximum(low).minimum(high))
-        return
-    coarse = compose_latent([*levels[:-1], torch.zeros_like(fine)])
-    fine.copy_((fine + coarse).maximum(low).minimum(high) - coarse)
-
-
-@torch.no_grad()
 def render(loop: Loop, state: LoopState) -> torch.Tensor:
     """The current image, (B, 3, H, W) in [0, 1]."""
     with _fast_math(loop, state.latent.device):
-        return decode_latent(loop.vqgan, state.latent).float()
+        return loop.generator.decode(state.latent).float()
 
 
 @torch.no_grad()
@@ -214,15 +181,16 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     The same distances and weights as the loop (stops aside), on one resized view per image:
     what ranks candidates.
     """
-    size = loop.clip_model.visual.input_resolution
+    size = loop.perceptor.input_resolution
     views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
     with _fast_math(loop, images.device):
-        embeds = loop.clip_model.encode_image(normalize(views)).float()  # (B, E)
-    if not loop.row_targets:
-        return weighted_distances(embeds, loop.targets)
+        embeds = loop.perceptor.encode_image(views)  # (B, E)
+    prompts = loop.objective.prompts
+    if not prompts.row_targets:
+        return weighted_distances(embeds, prompts.targets)
     # A batch of prompts: images come grouped by latent row (one, or a row's alternatives).
-    groups = embeds.view(len(loop.row_targets), -1, embeds.shape[-1])
-    pairs = zip(groups, loop.row_targets, strict=True)
+    groups = embeds.view(len(prompts.row_targets), -1, embeds.shape[-1])
+    pairs = zip(groups, prompts.row_targets, strict=True)
     return torch.cat([weighted_distances(e, t) for e, t in pairs])
 
 
@@ -237,14 +205,14 @@ def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
 
 def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.Tensor:
     """(N * candidates, 3, H, W), grouped image-major -> (N, 3, H, W): each group's best, by
-    :func:`image_losses` plus the prior's pull where the loop has one (its whole objective)."""
+    :func:`image_losses` plus the pulls that rank images (the prior's): its whole objective."""
     if candidates == 1:
         return images
     losses = image_losses(loop, images)
-    if loop.prior is not None and loop.prior_weight:
-        losses = losses + prior_pull(
-            images, loop.prior, loop.prior_weight, partial(image_losses, loop)
-        )
+    for term in loop.objective.pulls:
+        share = term.rank(images, partial(image_losses, loop))
+        if share is not None:
+            losses = losses + share
     losses = losses.view(-1, candidates)  # (N, candidates)
     groups = images.view(-1, candidates, *images.shape[1:])
     return groups[torch.arange(len(groups), device=images.device), losses.argmin(1)]
@@ -267,13 +235,14 @@ def run_loop(
 ) -> torch.Tensor:
     """Run steps until ``max_iterations``; returns the final image (B, 3, H, W) in [0, 1].
 
-    ``callback`` gets ``{"iteration", "loss", "losses"}`` every step, plus ``"image"`` (the image
+    ``callback`` gets ``{"iteration", "loss", "losses", "terms"}`` every step (per prompt, and
+    per term by name), plus ``"image"`` (the image
     that step scored) every ``display_frequency`` steps. A non-finite loss raises
     ``FloatingPointError`` at the next display step (checking every step would sync the device).
     """
     for i in iterations(max_iterations, state.iteration):
         out = step(loop, state)
-        info = {"iteration": i, "loss": out["loss"], "losses": out["losses"]}
+        info = {"iteration": i, **{k: out[k] for k in ("loss", "losses", "terms")}}
         if i % display_frequency == 0:
             if not torch.isfinite(out["loss"]):
                 raise FloatingPointError(_not_finite(loop, float(out["loss"]), i))

@@ -1,0 +1,45 @@
+"""The benchmark, a plugin: ``vqclip bench`` times vqclip's loop beside the classic one
+(:mod:`vqclip.bench.loops`). Only its command is registered here, so that the CLI starts
+without importing torch for it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vqclip.plugins import Command, register_command
+
+__all__ = ["register"]
+
+
+def _configure(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--quick", action="store_true", help="tiny models, one repeat (smoke test)")
+    bench.add_argument("--device", help="default: cuda if available, else cpu")
+    bench.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="fast path autocast; default bf16 on a GPU from compute capability 8.0 (fp16 before)"
+        " and on a CPU with AMX, else fp32",
+    )
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the VQGAN decoder and CLIP image tower (fast path)",
+    )
+    bench.add_argument(
+        "--case", action="append", metavar="SIZExCUTN", help="e.g. 256x32 (repeatable)"
+    )
+
+
+def _run(args: argparse.Namespace) -> None:
+    from vqclip.bench.loops import format_table, run_benchmark
+
+    cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.case] if args.case else None
+    results = run_benchmark(args.quick, args.device, args.precision, args.compile, cases)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+
+
+def register() -> None:
+    """Add ``vqclip bench``."""
+    register_command(Command("bench", "time the loop against the classic one", _configure, _run))

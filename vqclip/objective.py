@@ -1,0 +1,160 @@
+"""The objective: a sum of named terms, each with its weight and schedule, each reporting its loss.
+
+Every step the loop hands the terms one :class:`View` (the image, the generator's parameters,
+the cutouts' embeddings) and adds up what they return, in order: the prompts, then the pulls
+(toward the start, toward flat regions, toward the image prior's redrawing). A term's weight at
+step ``i`` is ``weight * min(1, (i + 1) / ramp)``: a ramp lets CLIP settle colours and layout
+before a pull takes hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss
+from vqclip.prior import prior_loss, prior_pull
+
+__all__ = [
+    "View", "Loss", "Term", "PromptTerm", "InitTerm", "SmoothnessTerm", "PriorTerm", "Objective",
+]  # fmt: skip
+
+Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N,) prompt loss, lower better
+
+
+@dataclass(frozen=True)
+class View:
+    """What the terms read at one step."""
+
+    image: torch.Tensor  # (B, 3, H, W) in [0, 1], differentiable
+    latent: torch.Tensor  # (B, C, h, w) the generator's composed parameters
+    start: torch.Tensor  # (B, C, h, w) the parameters the run (or the last zoom) started from
+    embeds: torch.Tensor  # (B * cutn, E) the cutouts' embeddings, image-major
+    iteration: int
+    score: Score  # whole images -> their prompt loss (ranks a prior's alternatives)
+
+
+class Loss(NamedTuple):
+    total: torch.Tensor  # () the term's weighted loss
+    parts: torch.Tensor | None = None  # (P,) per prompt, for reports; None for a single term
+
+
+@dataclass(frozen=True)
+class Term:
+    """A named, weighted part of the objective."""
+
+    name: str = ""
+    weight: float = 1.0
+    ramp: int = 0  # iterations over which the weight grows to ``weight``; 0: from the start
+
+    def weight_at(self, iteration: int) -> float:
+        """The weight at step ``iteration`` (from 0)."""
+        return self.weight * min(1.0, (iteration + 1) / max(1, self.ramp))
+
+    def __call__(self, view: View) -> Loss:
+        raise NotImplementedError
+
+    def rank(self, images: torch.Tensor, score: Score) -> torch.Tensor | None:
+        """(N, 3, H, W) -> (N,): the term's share of each candidate's rank, or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class PromptTerm(Term):
+    """The weighted spherical distance of the cutouts to the prompts' embeddings.
+
+    ``row_targets`` gives each latent row (a batch of prompts) its own targets, else every
+    image shares ``targets``; ``phases`` holds each phase of a story as (targets, row_targets).
+    """
+
+    name: str = "prompts"
+    weight: float = 1.0
+    targets: Targets | None = None
+    row_targets: tuple[Targets, ...] = ()
+    phases: tuple[tuple[Targets, tuple[Targets, ...]], ...] = ()
+
+    def __call__(self, view: View) -> Loss:
+        rows, embeds = len(view.image), view.embeds
+        if not self.row_targets:
+            losses = prompt_losses(embeds, self.targets)  # (P,)
+            return Loss(losses.sum() * rows * self.weight, losses)  # each image's full pull
+        per_row = embeds.view(rows, -1, embeds.shape[-1])  # (rows, cutn, E)
+        losses = torch.cat(
+            [prompt_losses(e, t) for e, t in zip(per_row, self.row_targets, strict=True)]
+        )
+        return Loss(losses.sum() * self.weight, losses)
+
+    def at_phase(self, index: int) -> PromptTerm:
+        """This term with phase ``index``'s targets."""
+        targets, row_targets = self.phases[index]
+        return replace(self, targets=targets, row_targets=row_targets)
+
+
+@dataclass(frozen=True)
+class InitTerm(Term):
+    """``weight / 2 * MSE`` of the parameters to where they started (the init image's)."""
+
+    name: str = "init"
+
+    def __call__(self, view: View) -> Loss:
+        return Loss(init_loss(view.latent, view.start, self.weight_at(view.iteration)))
+
+
+@dataclass(frozen=True)
+class SmoothnessTerm(Term):
+    """The image's total variation: flat regions with short borders over speckle."""
+
+    name: str = "smoothness"
+
+    def __call__(self, view: View) -> Loss:
+        return Loss(smoothness_loss(view.image, self.weight_at(view.iteration)))
+
+
+@dataclass(frozen=True)
+class PriorTerm(Term):
+    """The pull toward an image prior's redrawing of the image (:mod:`vqclip.prior`)."""
+
+    name: str = "prior"
+    prior: nn.Module | None = None
+
+    def __call__(self, view: View) -> Loss:
+        weight = self.weight_at(view.iteration)
+        return Loss(prior_loss(view.image, self.prior, weight, view.score))
+
+    def rank(self, images: torch.Tensor, score: Score) -> torch.Tensor:
+        return prior_pull(images, self.prior, self.weight, score)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The prompts and the pulls, summed in order."""
+
+    prompts: PromptTerm
+    pulls: tuple[Term, ...] = ()
+
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        return (self.prompts, *self.pulls)
+
+    def __call__(self, view: View) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The total loss, each term's loss by name, and the per-prompt losses (P,)."""
+        first = self.prompts(view)
+        total, reports = first.total, {self.prompts.name: first.total}
+        for term in self.pulls:
+            loss = term(view).total
+            total = total + loss
+            reports[term.name] = loss
+        return total, reports, first.parts
+
+    def at_phase(self, index: int) -> Objective:
+        """The objective with the prompts of phase ``index`` of a story."""
+        return replace(self, prompts=self.prompts.at_phase(index))
+
+    def with_targets(self, targets: Targets, row_targets: tuple[Targets, ...] = ()) -> Objective:
+        """The objective with other prompt targets (and no story)."""
+        prompts = replace(self.prompts, targets=targets, row_targets=row_targets, phases=())
+        return replace(self, prompts=prompts)

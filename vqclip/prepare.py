@@ -1,0 +1,321 @@
+"""From a resolved config to the loop's parts: checked inputs, models (cached), targets, start.
+
+:func:`check_inputs` checks what can be checked before a model is built; :func:`prepare_loop`
+builds the :class:`~vqclip.loop.Loop` (generator, perceptor, objective, cuts) and the run's one
+random generator; :func:`prepare` adds the starting state. Models are loaded once per process
+into :data:`MODELS`, an explicit cache (``MODELS.clear()`` frees them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqclip import zoo
+from vqclip.config import GenerationConfig
+from vqclip.cutouts import make_augments
+from vqclip.download import DownloadError
+from vqclip.embeddings import build_targets
+from vqclip.frames import check_output_dir
+from vqclip.generators import Generator, PixelGenerator, VQGANGenerator
+from vqclip.images import check_image, load_image
+from vqclip.latents import noise_image
+from vqclip.loop import Cuts, Loop, LoopState, image_losses, start_state
+from vqclip.losses import Targets
+from vqclip.memory import check_memory
+from vqclip.models import (
+    VQGAN,
+    compile_for_loop,
+    load_clip,
+    load_vqgan,
+    prepare_for_loop,
+    read_vqgan_spec,
+)
+from vqclip.objective import InitTerm, Objective, PriorTerm, PromptTerm, SmoothnessTerm, Term
+from vqclip.perceptors import Perceptor
+from vqclip.prior import load_prior
+from vqclip.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.video import check_video
+
+__all__ = [
+    "MODELS",
+    "ModelCache",
+    "PALETTE",
+    "resolve_device",
+    "check_inputs",
+    "load_models",
+    "load_parts",
+    "palette_start",
+    "prepare_loop",
+    "prepare",
+]
+
+log = logging.getLogger(__name__)
+
+# Flat starting colours for start="palette" (RGB, 0-255): a generic set, not the shapes world's.
+PALETTE = {
+    "black": (0, 0, 0), "grey": (128, 128, 128), "white": (255, 255, 255),
+    "red": (220, 40, 40), "orange": (240, 140, 30), "yellow": (245, 220, 50),
+    "green": (40, 170, 60), "cyan": (40, 200, 210), "blue": (40, 70, 220),
+    "purple": (140, 50, 190), "pink": (240, 150, 190), "brown": (120, 75, 40),
+}  # fmt: skip
+
+
+class ModelCache:
+    """Models prepared for the loop, kept so that the next run in this process (a notebook's
+    second cell) starts at once; the least recently used goes beyond ``size``."""
+
+    def __init__(self, size: int = 6) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        """The model under ``key``, loaded by ``load()`` the first time."""
+        if key not in self._items:
+            self._items[key] = load()
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def clear(self) -> None:
+        """Forget every model (their memory is freed once no run holds them)."""
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+MODELS = ModelCache()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if present, else CPU; other names as given, if this machine has them."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            gpus = f", 'cuda' or 'cuda:0' to 'cuda:{count - 1}'" if count else ""
+            raise ValueError(
+                f"device: {name!r}, but torch sees {count} CUDA device(s) on this machine; "
+                f"expected 'auto', 'cpu'{gpus}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            "device: 'mps', but torch has no MPS on this machine; expected 'auto' or 'cpu'"
+        )
+    return device
+
+
+def _image_prompts(config: GenerationConfig) -> list[Prompt]:
+    targets = [Prompt(path) for path in split_prompts(config.target_images)]
+    return parse_prompts(config.image_prompts) + targets
+
+
+def _check_image_source(path_or_url: str, field: str) -> None:
+    """A readable image at a path, or fetched (once, into the cache) from a URL."""
+    try:
+        check_image(zoo.local_image(path_or_url), field)
+    except DownloadError as error:
+        raise DownloadError(f"{field}: {error}") from None
+
+
+def check_inputs(config: GenerationConfig, device: torch.device | None = None) -> None:
+    """Check what can be checked before a model is built: images, model files (fetched), sizes
+    (against ``device``'s memory), the output directory."""
+    check_output_dir(config.output_dir)
+    if config.init_image:
+        _check_image_source(config.init_image, "init_image")
+    if config.init_video:
+        check_video(config.init_video, "init_video")
+    for prompt in parse_prompts(config.image_prompts):
+        _check_image_source(prompt.text, "image_prompts")
+    for path in split_prompts(config.target_images):
+        _check_image_source(path, "target_images")
+    zoo.resolve_clip(config.clip_model)
+    if config.generator == "vqgan":
+        spec = read_vqgan_spec(zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)[0])
+        factor, ddconfig, what = spec.factor, spec.ddconfig, f"the VQGAN's (model {config.vqgan!r})"
+    else:
+        factor, ddconfig, what = config.pixel_scale, None, "pixel_scale"
+    for name in ("width", "height"):
+        size = getattr(config, name)
+        if size % factor:
+            raise ValueError(
+                f"{name}: {size} is not a multiple of {what} factor {factor}; "
+                f"try {size // factor * factor or factor}"
+            )
+    images = config.batch_size * config.best_of
+    check_memory(
+        ddconfig, config.width, config.height, images, device or resolve_device(config.device)
+    )
+    if config.prior:
+        _load_prior(config.prior, torch.device("cpu"))  # a valid prior file
+
+
+def _load_prior(name_or_path: str, device: torch.device) -> torch.nn.Module:
+    path = zoo.resolve_prior(name_or_path)
+    return MODELS.get(("prior", path, str(device)), lambda: load_prior(path, device=device))
+
+
+def _load_vqgan(paths: tuple[Path, Path], device: torch.device, compiled: bool) -> VQGAN:
+    def load() -> VQGAN:
+        vqgan = load_vqgan(*paths, device=device)
+        prepare_for_loop(vqgan, None)
+        if compiled:  # its own instance: the cache keeps the eager one eager
+            compile_for_loop(vqgan, None)
+        return vqgan
+
+    return MODELS.get(("vqgan", paths, str(device), compiled), load)
+
+
+def _load_clip(path: Path, device: torch.device, compiled: bool) -> torch.nn.Module:
+    def load() -> torch.nn.Module:
+        clip_model = load_clip(path, device=device)
+        prepare_for_loop(None, clip_model)
+        if compiled:
+            compile_for_loop(None, clip_model)
+        return clip_model
+
+    return MODELS.get(("clip", path, str(device), compiled), load)
+
+
+def load_models(
+    config: GenerationConfig, device: torch.device
+) -> tuple[VQGAN | None, torch.nn.Module]:
+    """The config's VQGAN (None for the pixels generator) and CLIP, fetched into the cache if
+    needed, loaded once per process and rearranged for the loop's speed
+    (:func:`~vqclip.models.prepare_for_loop`: the same functions, but not weights to save)."""
+    clip_model = _load_clip(zoo.resolve_clip(config.clip_model), device, config.compile)
+    if config.generator != "vqgan":
+        return None, clip_model
+    paths = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
+    return _load_vqgan(paths, device, config.compile), clip_model
+
+
+def load_parts(config: GenerationConfig, device: torch.device) -> tuple[Generator, Perceptor]:
+    """The config's generator and perceptor."""
+    vqgan, clip_model = load_models(config, device)
+    generator = PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan)
+    return generator, Perceptor(clip_model)
+
+
+def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) -> torch.Tensor:
+    """Parameters of flat palette colours ranked by CLIP against the prompts: (B * best_of, C,
+    h, w), each image's candidates taking the best, second best, ... colour."""
+    rgb = torch.tensor(list(PALETTE.values()), dtype=torch.float32, device=device) / 255
+    flats = rgb.view(-1, 3, 1, 1).expand(-1, 3, config.height, config.width)  # (C, 3, H, W)
+    prompts = loop.objective.prompts
+    per_image = prompts.row_targets[:: config.best_of] or (prompts.targets,)  # one, if shared
+    orders = [  # (batch_size, C): each image's colours, best first
+        image_losses(loop.with_targets(t), flats).argsort().tolist() for t in per_image
+    ] * (1 if prompts.row_targets else config.batch_size)
+    picks = [order[i % len(order)] for order in orders for i in range(config.best_of)]
+    log.info("palette start: %s", [list(PALETTE)[i] for i in picks[: config.best_of]])
+    return loop.generator.encode(flats[picks].contiguous())
+
+
+def _start_latent(
+    config: GenerationConfig, loop: Loop, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """The parameters the run starts from: (B * best_of, C, h, w)."""
+    batch, size = config.batch_size * config.best_of, (config.height, config.width)
+    if config.init_image:
+        image = load_image(zoo.local_image(config.init_image), size[::-1]).to(device)
+        return loop.generator.encode(image).repeat(batch, 1, 1, 1)
+    if config.start == "palette":
+        return palette_start(loop, config, device)
+    if config.start in ("pixels", "gradient"):
+        return loop.generator.encode(noise_image(config.start, batch, *size, generator))
+    if config.start == "plain":
+        return loop.generator.encode(torch.full((batch, 3, *size), 0.5, device=device))
+    return loop.generator.random(batch, *size, generator)
+
+
+def _build_targets(
+    config: GenerationConfig,
+    perceptor: Perceptor,
+    generator: torch.Generator,
+    device: torch.device,
+    prompt_lists: list[str],
+) -> tuple[Targets, ...]:
+    """One :class:`Targets` per prompt list (each distinct phase of each image's story),
+    each with the image and noise prompts. Every one draws the same image-prompt cutouts, and
+    the generator moves on as for one, so a plain run draws exactly what it always did."""
+    size = (config.width, config.height)
+    before = generator.get_state()
+    built = []
+    for prompts in prompt_lists:
+        generator.set_state(before)
+        built.append(
+            build_targets(
+                perceptor,
+                parse_prompts(prompts),
+                _image_prompts(config),
+                list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
+                lambda path: load_image(zoo.local_image(path), size),
+                config.cutn,
+                generator,
+                device,
+            )
+        )
+    return tuple(built)
+
+
+def _prompt_term(
+    config: GenerationConfig, perceptor: Perceptor, generator: torch.Generator, device: torch.device
+) -> PromptTerm:
+    """The prompts of every phase: (targets shared by the batch, targets per latent row), the
+    rows () unless ``batch_prompts`` gives each image its own story (a shorter one keeps its
+    last phase), each image's ``best_of`` candidates in a row with it."""
+    stories = config.stories()
+    lists = list(dict.fromkeys(phase for story in stories for phase in story))
+    built = dict(
+        zip(lists, _build_targets(config, perceptor, generator, device, lists), strict=True)
+    )
+    phases = []
+    for index in range(config.phase_count()):
+        own = [built[story[min(index, len(story) - 1)]] for story in stories]
+        rows = tuple(t for t in own for _ in range(config.best_of)) if config.batch_prompts else ()
+        phases.append((own[0], rows))
+    story = tuple(phases) if len(phases) > 1 else ()
+    return PromptTerm(targets=phases[0][0], row_targets=phases[0][1], phases=story)
+
+
+def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
+    """The objective's pulls that the config turns on, in the order the loss adds them."""
+    pulls: list[Term] = []
+    if config.init_weight:
+        pulls.append(InitTerm("init", config.init_weight))
+    if config.smoothness:
+        pulls.append(SmoothnessTerm("smoothness", config.smoothness))
+    if config.prior and config.prior_weight:
+        prior = _load_prior(config.prior, device)
+        pulls.append(PriorTerm("prior", config.prior_weight, config.prior_ramp, prior))
+    return tuple(pulls)
+
+
+def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, torch.Generator]:
+    """The loop for a resolved, checked config, and the run's random generator."""
+    generator, perceptor = load_parts(config, device)
+    # The seed is fixed before the first random draw; every draw goes through this generator.
+    rng = torch.Generator(device=device).manual_seed(config.seed)
+    objective = Objective(_prompt_term(config, perceptor, rng, device), _pulls(config, device))
+    augments = make_augments(config.augments, perceptor.input_resolution)
+    cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method)
+    return Loop(generator, perceptor, objective, cuts, config.seed, config.precision), rng
+
+
+def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
+    """The loop and its starting state for a resolved, checked config."""
+    loop, rng = prepare_loop(config, device)
+    latent = _start_latent(config, loop, rng, device)
+    state = start_state(latent, config.optimizer, config.step_size, rng, config.latent_levels)
+    return loop, state

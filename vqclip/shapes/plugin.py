@@ -1,0 +1,63 @@
+"""The shapes world's registrations: its bundled models, their presets and its prior's kind.
+
+Named in ``pyproject.toml`` under the ``vqclip.plugins`` entry points; vqclip calls
+:func:`register` the first time it looks up a model, a preset or a prior kind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vqclip.presets import Preset, register_preset
+from vqclip.prior import register_prior_kind
+from vqclip.zoo import ModelEntry, ModelFile, register_model
+
+__all__ = ["WEIGHTS", "SETTINGS", "PIXEL_SETTINGS", "register"]
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+# What the shapes models draw their prompts with (`make demo`, the tests and `evaluate`); the
+# measurements behind each value are in docs/shapes.md.
+SETTINGS: dict[str, Any] = {
+    "width": 64,
+    "height": 64,
+    "cutn": 16,
+    "max_iterations": 60,
+    "step_size": 0.2,
+    "start": "palette",
+    "latent_levels": 3,  # regions move together: the share of right shapes doubles
+    "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes
+    "prior_weight": 12.0,  # reached at the last step: CLIP sets colours early, the pull shapes late
+    "prior_ramp": 60,
+    "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one
+}
+# The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
+PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
+
+
+def register() -> None:
+    """Add the shapes models, their presets and the shapes prior's kind to vqclip."""
+    from vqclip.shapes.prior import ScenePrior
+
+    register_model(
+        ModelEntry(
+            "shapes-vqgan",
+            "vqgan",
+            (ModelFile("shapes_vqgan.yaml", kind="yaml"), ModelFile("shapes_vqgan.ckpt")),
+            4.2,
+            WEIGHTS,
+        )
+    )
+    clip_file = ModelFile("shapes_clip.pt", kind="clip")
+    register_model(ModelEntry("shapes-clip", "clip", (clip_file,), 17.1, WEIGHTS))
+    register_model(
+        ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 1.9, WEIGHTS)
+    )
+    register_preset(Preset("shapes", {"generator": "vqgan", "vqgan": "shapes-vqgan"}, SETTINGS))
+    register_preset(
+        Preset(
+            "shapes pixels", {"generator": "pixels", "clip_model": "shapes-clip"}, PIXEL_SETTINGS
+        )
+    )
+    register_prior_kind("shapes-scene", ScenePrior)

@@ -52,18 +52,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def tiny_config(tiny_models: dict[str, Path], tmp_path: Path) -> GenerationConfig:
-    """A fast config on the tiny models: 32x32, 8 cutouts, no augments, CPU."""
-    return GenerationConfig(
-        prompts="a red circle",
-        vqgan=str(tiny_models["yaml"]),
-        clip_model=str(tiny_models["clip"]),
-        width=32,
-        height=32,
-        cutn=8,
-        augments=(),
-        max_iterations=10,
-        display_frequency=5,
-        seed=1,
-        device="cpu",
-        output_dir=str(tmp_path / "outputs"),
+    """A fast config on the tiny models: 32x32, 8 cutouts, no augments, CPU; the rest from the
+    classic preset, resolved here so that tests read its values."""
+    from vqclip import presets
+
+    return presets.apply(
+        GenerationConfig(
+            prompts="a red circle",
+            vqgan=str(tiny_models["yaml"]),
+            clip_model=str(tiny_models["clip"]),
+            width=32,
+            height=32,
+            cutn=8,
+            augments=(),
+            max_iterations=10,
+            display_frequency=5,
+            seed=1,
+            device="cpu",
+            output_dir=str(tmp_path / "outputs"),
+        )
     )

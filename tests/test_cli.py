@@ -272,34 +272,17 @@ def test_boolean_fields_are_on_off_flags() -> None:
     assert cli._config_from_args(parse(["generate", "a cat"]))[0].compile is False
 
 
-def test_the_shapes_vqgan_gets_the_shapes_worlds_settings_where_no_flag_is_given(
-    tmp_path: Path,
-) -> None:
-    from vqclip.shapes import SHAPES_SETTINGS
-
-    parse = cli._parser().parse_args
-    config, filled = cli._config_from_args(parse(["generate", "a red circle", "--cutn", "8"]))
-    assert config.cutn == 8 and "cutn" not in filled  # a flag given is kept
-    for key in ("start", "best_of", "prior", "prior_weight", "prior_ramp", "latent_levels"):
-        assert getattr(config, key) == SHAPES_SETTINGS[key] == filled[key]
-    assert config.max_iterations == 60 and config.width == config.height == 64
-    assert config.display_frequency == 10 and config.device == "auto"  # not the evaluation's
-    other, filled = cli._config_from_args(parse(["generate", "a cat", "--vqgan", "x/model.yaml"]))
-    assert filled == {} and other.start == "random" and other.prior is None and other.best_of == 1
-    saved = tmp_path / "config.json"  # a saved config is repeated as it is: nothing filled in
-    saved.write_text(config.replace(start="random", best_of=1).to_json())
-    again, filled = cli._config_from_args(parse(["generate", "--config", str(saved)]))
-    assert filled == {} and again.start == "random" and again.best_of == 1
-
-
-def test_every_config_field_has_its_comment_as_flag_help() -> None:
+def test_every_config_field_has_help_and_a_section_in_help() -> None:
     from dataclasses import fields
 
     from vqclip.config import GenerationConfig
 
-    docs = cli._field_help()
-    undocumented = [f.name for f in fields(GenerationConfig) if not docs.get(f.name)]
-    assert undocumented == [], "one comment per field, on its line, is the flag's --help"
+    undocumented = [f.name for f in fields(GenerationConfig) if not f.metadata.get("help")]
+    assert undocumented == [], "each field's help is its flag's --help"
+    text = cli._parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    sections = {f.metadata["group"] for f in fields(GenerationConfig)}
+    assert all(f"\n{section}:\n" in text for section in sections), sections
+    assert "--generator GENERATOR" in text and "shapes pixels (--generator pixels" in text
 
 
 def test_models_lists_the_registry_with_real_sizes_once_cached(
@@ -312,9 +295,9 @@ def test_models_lists_the_registry_with_real_sizes_once_cached(
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows["RN50"] == ["clip", "3.0MB", "yes"]  # measured on disk, not the registry's 244
     assert rows["ViT-B/32"] == ["clip", "338.0MB", "no"]
-    clip_mb = (zoo.SHAPES_DIR / "shapes_clip.pt").stat().st_size / 1e6
+    clip_mb = (zoo.registry()["shapes-clip"].directory / "shapes_clip.pt").stat().st_size / 1e6
     assert rows["shapes-clip"] == ["clip", f"{clip_mb:.1f}MB", "bundled"]
-    assert set(rows) == set(zoo.REGISTRY)
+    assert set(rows) == set(zoo.registry())
 
 
 def test_a_closed_pipe_ends_the_listing_quietly() -> None:

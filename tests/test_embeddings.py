@@ -8,6 +8,7 @@ import torch
 from vqclip.embeddings import build_targets, embed_noise, embed_texts
 from vqclip.losses import Targets
 from vqclip.models import load_clip
+from vqclip.perceptors import Perceptor
 from vqclip.prompts import Prompt
 
 CPU = torch.device("cpu")
@@ -27,7 +28,7 @@ def _image(path: str) -> torch.Tensor:
 
 def _build(clip_model: torch.nn.Module, seed: int = 0) -> Targets:
     return build_targets(
-        clip_model,
+        Perceptor(clip_model),
         [Prompt("a red circle", 2.0), Prompt("blurry", -0.5, 0.3)],
         [Prompt("red.png", 0.7), Prompt("dark.png")],
         [(11, 0.25)],
@@ -47,7 +48,7 @@ def test_every_prompt_owns_its_rows_with_its_weight_and_stop(clip_model: torch.n
     assert targets.stops[1] == pytest.approx(0.3) and targets.stops[0] == -float("inf")
     torch.testing.assert_close(targets.embeds.norm(dim=-1), torch.ones(11))
     torch.testing.assert_close(targets.rows, torch.tensor([1.0, 1.0, 4.0, 4.0, 1.0]))
-    texts = embed_texts(clip_model, ["a red circle", "blurry"], CPU)
+    texts = embed_texts(Perceptor(clip_model), ["a red circle", "blurry"])
     torch.testing.assert_close(targets.embeds[:2], texts)
 
 

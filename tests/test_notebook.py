@@ -12,7 +12,6 @@ from pathlib import Path
 import imageio_ffmpeg
 import nbformat
 import numpy as np
-import pytest
 from nbclient import NotebookClient
 
 from vqclip.frames import frame_paths
@@ -164,23 +163,3 @@ def test_interrupting_the_run_cell_stops_after_a_step_and_keeps_everything(
     assert len(frames) >= 2 and (run_dir / "final.png").exists()
     assert count_video_frames(run_dir / "video.mp4") == len(frames)  # the next cells ran
     assert "stopped (to go on, set resume_run" in json.dumps(notebook.metadata.get("widgets", {}))
-
-
-def test_auto_settings_follow_the_model() -> None:
-    from vqclip import notebook
-    from vqclip.shapes import SHAPES_SETTINGS
-
-    form = {"width": 0, "cutn": 0, "best_of": 0, "start": "auto", "latent_levels": 0}
-    shapes = notebook.model_settings("shapes-vqgan", **form)
-    assert shapes == {key: SHAPES_SETTINGS[key] for key in shapes}  # the measured settings
-    assert shapes["start"] == "palette" and shapes["prior"] == "shapes-prior"
-    imagenet = notebook.model_settings("imagenet_f16_16384", **form)
-    assert imagenet == {key: notebook.CLASSIC_SETTINGS[key] for key in imagenet}
-    assert imagenet["start"] == "random" and imagenet["prior"] is None
-    assert notebook.model_settings("shapes-vqgan", latent_levels=2, cutn=8) == {
-        **{k: SHAPES_SETTINGS[k] for k in ("prior", "prior_weight", "prior_ramp")},
-        "latent_levels": 2,
-        "cutn": 8,
-    }  # what the form sets is kept
-    with pytest.raises(ValueError, match="no auto value for \\['seed'\\]"):
-        notebook.model_settings("shapes-vqgan", seed=0)

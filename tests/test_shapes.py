@@ -57,7 +57,7 @@ def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
     print("zero-shot accuracy:", accuracy)
     assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
     # Chance: 1/3. Measured 0.97: fine-tuned with strong noise before the adversarial fine-tuning,
-    # CLIP keeps its shape accuracy (0.72 when attacked without the noise; vqclip/shapes/NOTES.md).
+    # CLIP keeps its shape accuracy (0.72 when attacked without the noise; docs/shapes.md).
     assert accuracy["shape"] >= 0.9, accuracy
 
 
@@ -66,7 +66,7 @@ def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
     preference = evaluate.shape_preference(clip_model)
     print("shape preference:", preference)
     # Chance: 1/3. Measured 0.98 with a median margin of 0.13 in cosine similarity (0.57 and
-    # 0.003 for the CLIP attacked without the noise fine-tuning first; vqclip/shapes/NOTES.md).
+    # 0.003 for the CLIP attacked without the noise fine-tuning first; docs/shapes.md).
     assert preference["prefers_prompted"] >= 0.9 and preference["median_margin"] > 0.05, preference
 
 
@@ -167,6 +167,7 @@ def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> N
 
 def test_adversarial_images_stay_close_and_fool_clip() -> None:
     from vqclip.embeddings import embed_texts, similarity
+    from vqclip.perceptors import Perceptor
     from vqclip.shapes.data import canonical_caption, render, sample_scenes
     from vqclip.shapes.train import adversarial_images
 
@@ -174,7 +175,7 @@ def test_adversarial_images_stay_close_and_fool_clip() -> None:
     scenes = sample_scenes(8, torch.Generator().manual_seed(3))
     images = render(scenes)
     captions = [canonical_caption(s.color, s.shape, s.background) for s in scenes]
-    texts = embed_texts(clip_model, captions, torch.device("cpu"))  # (8, E), unit length
+    texts = embed_texts(Perceptor(clip_model), captions)  # (8, E), unit length
     eps = 0.1
     attacked = adversarial_images(clip_model, images, texts, eps, torch.Generator().manual_seed(0))
     assert (attacked - images).abs().max() <= eps + 1e-6
@@ -183,7 +184,7 @@ def test_adversarial_images_stay_close_and_fool_clip() -> None:
     noisy = (images + eps * signs).clamp(0, 1)  # random changes just as large
 
     def own_caption_similarity(x: torch.Tensor) -> float:
-        return float(similarity(clip_model, x, captions).diagonal().mean())
+        return float(similarity(Perceptor(clip_model), x, captions).diagonal().mean())
 
     clean, random, worst = map(own_caption_similarity, (images, noisy, attacked))
     print(
@@ -209,10 +210,13 @@ def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
     clip_only = image_losses(loop, candidates)
     assert clip_only[0] < clip_only[1]  # CLIP alone prefers the noisy rendering of the prompt
     # The pull is toward the redrawing that CLIP likes best among the prior's alternatives.
-    pull = prior_pull(candidates, loop.prior, loop.prior_weight, partial(image_losses, loop))
+    (term,) = loop.objective.pulls
+    pull = prior_pull(candidates, term.prior, term.weight, partial(image_losses, loop))
     assert pull[1] < pull[0]  # the clean scene is near a clean redrawing, the noisy one is not
-    heavy = replace(loop, prior_weight=1000.0)
-    assert torch.equal(best_candidates(replace(loop, prior=None), candidates, 2)[0], candidates[0])
+    objective = loop.objective
+    heavy = replace(loop, objective=replace(objective, pulls=(replace(term, weight=1000.0),)))
+    no_prior = replace(loop, objective=replace(objective, pulls=()))
+    assert torch.equal(best_candidates(no_prior, candidates, 2)[0], candidates[0])
     assert torch.equal(best_candidates(heavy, candidates, 2)[0], candidates[1])
     total = clip_only + pull
     assert torch.equal(best_candidates(loop, candidates, 2)[0], candidates[int(total.argmin())])

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vqclip import zoo
+from vqclip import presets, zoo
 from vqclip.config import GenerationConfig
 from vqclip.cutouts import make_augments
 from vqclip.download import DownloadError
@@ -303,7 +303,8 @@ def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
 
 
 def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, torch.Generator]:
-    """The loop for a resolved, checked config, and the run's random generator."""
+    """The loop for a checked config, and the run's random generator."""
+    config = presets.apply(config)  # a no-op for a run's resolved config
     generator, perceptor = load_parts(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     rng = torch.Generator(device=device).manual_seed(config.seed)
@@ -314,7 +315,8 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
 
 
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
-    """The loop and its starting state for a resolved, checked config."""
+    """The loop and its starting state for a checked config."""
+    config = presets.apply(config)
     loop, rng = prepare_loop(config, device)
     latent = _start_latent(config, loop, rng, device)
     state = start_state(latent, config.optimizer, config.step_size, rng, config.latent_levels)

@@ -11,15 +11,16 @@ from vqclip.config import OPTIMIZERS, GenerationConfig
 from vqclip.embeddings import similarity
 from vqclip.images import load_image
 from vqclip.latents import decode_latent, encode_image
-from vqclip.loop import Loop, run_loop, step
+from vqclip.loop import run_loop, step
 from vqclip.optimizers import OPTIMIZER_CLASSES
+from vqclip.perceptors import Perceptor
 from vqclip.pipeline import generate
 from vqclip.prepare import load_models, prepare, resolve_device
 
 
 def _sim(config: GenerationConfig, image: torch.Tensor, text: str) -> float:
     _, clip_model = load_models(config, resolve_device("cpu"))
-    return float(similarity(clip_model, image, [text])[0, 0])
+    return float(similarity(Perceptor(clip_model), image, [text])[0, 0])
 
 
 def _start_image(config: GenerationConfig) -> torch.Tensor:
@@ -128,7 +129,8 @@ def test_every_optimizer_moves_the_latent(tiny_config: GenerationConfig, optimiz
 
 
 def test_latent_pyramid_moves_regions_and_stays_in_the_codebook_range() -> None:
-    from vqclip.loop import compose_latent, start_state
+    from vqclip.generators import compose_latent
+    from vqclip.loop import start_state
 
     g = torch.Generator().manual_seed(0)
     start = torch.randn(1, 4, 16, 16, generator=g)
@@ -145,10 +147,10 @@ def test_latent_pyramid_moves_regions_and_stays_in_the_codebook_range() -> None:
     coarse_moves = [level.detach().abs().max().item() for level in state.levels[:-1]]
     assert min(coarse_moves) > 0.5, coarse_moves
     # The clamp keeps the composed latent inside the codebook's per-channel range.
-    from vqclip.loop import clamp_to_codebook
+    from vqclip.generators import clamp_levels
 
     codebook = torch.rand(8, 4) - 0.5  # range within [-0.5, 0.5]
-    clamp_to_codebook(state.levels, codebook)
+    clamp_levels(state.levels, codebook.min(0).values, codebook.max(0).values)
     latent = compose_latent(state.levels)
     low, high = codebook.min(0).values.view(1, -1, 1, 1), codebook.max(0).values.view(1, -1, 1, 1)
     assert bool(((latent >= low - 1e-6) & (latent <= high + 1e-6)).all())
@@ -208,17 +210,18 @@ def test_palette_start_takes_clip_ranked_flat_colours(tiny_config: GenerationCon
     flats = flats.expand(-1, 3, 32, 32)
     ranked = image_losses(loop, flats).argsort()[:3]
     assert len(set(image_losses(loop, flats).tolist())) == len(PALETTE)  # a real ranking
-    expected = encode_image(loop.vqgan, flats[ranked].contiguous()).repeat(2, 1, 1, 1)
+    expected = loop.generator.encode(flats[ranked].contiguous()).repeat(2, 1, 1, 1)
     assert torch.equal(state.latent, expected)
     assert torch.equal(generate(config).image, generate(config).image)
 
 
-def test_the_priors_weight_ramps_up_then_holds() -> None:
-    fields = dict.fromkeys(("vqgan", "clip_model", "targets", "augments", "cutn", "cut_pow", "init_weight", "seed"))  # fmt: skip
-    ramped = Loop(**fields, prior_weight=6.0, prior_ramp=3)
-    assert [ramped.prior_weight_at(i) for i in range(5)] == [2.0, 4.0, 6.0, 6.0, 6.0]
-    held = Loop(**fields, prior_weight=6.0)
-    assert [held.prior_weight_at(i) for i in range(3)] == [6.0, 6.0, 6.0]
+def test_a_terms_weight_ramps_up_then_holds() -> None:
+    from vqclip.objective import PriorTerm
+
+    ramped = PriorTerm("prior", 6.0, 3)
+    assert [ramped.weight_at(i) for i in range(5)] == [2.0, 4.0, 6.0, 6.0, 6.0]
+    held = PriorTerm("prior", 6.0)
+    assert [held.weight_at(i) for i in range(3)] == [6.0, 6.0, 6.0]
 
 
 @pytest.mark.parametrize("kind", ["pixels", "gradient"])
@@ -232,7 +235,7 @@ def test_noise_starts_encode_a_seeded_random_image(
     images = noise_image(kind, 2, 32, 32, torch.Generator().manual_seed(config.seed))
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
     assert not torch.equal(images[0], images[1])  # each image its own draw
-    assert torch.equal(state.latent, encode_image(loop.vqgan, images))
+    assert torch.equal(state.latent, loop.generator.encode(images))
     if kind == "gradient":  # a gradient changes smoothly: neighbours differ little
         assert images.diff(dim=-1).abs().max() < 0.1 and images.diff(dim=-2).abs().max() < 0.1
     other = noise_image(kind, 2, 32, 32, torch.Generator().manual_seed(config.seed + 1))
@@ -283,14 +286,14 @@ def test_a_batch_of_prompts_ranks_candidates_and_palettes_per_image(
     prompts = ("a red circle", "a blue square")
     config = tiny_config.replace(prompts="", batch_prompts=prompts, best_of=2, start="palette")
     loop, state = prepare(config, resolve_device("cpu"))
-    assert len(loop.row_targets) == 4  # (image 0, image 0, image 1, image 1)
+    assert len(loop.objective.prompts.row_targets) == 4  # (image 0, image 0, image 1, image 1)
     flats = torch.tensor(list(PALETTE.values())).float().div(255).view(-1, 3, 1, 1)
     flats = flats.expand(-1, 3, 32, 32).contiguous()
     picks = []
     for prompt in prompts:  # each image's candidates start from its own prompt's best colours
         single, _ = prepare(tiny_config.replace(prompts=prompt), resolve_device("cpu"))
         picks += image_losses(single, flats).argsort()[:2].tolist()
-    assert torch.equal(state.latent, encode_image(loop.vqgan, flats[picks]))
+    assert torch.equal(state.latent, loop.generator.encode(flats[picks]))
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     chosen = best_candidates(loop, images, 2)
     for b, prompt in enumerate(prompts):

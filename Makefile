@@ -25,16 +25,16 @@ demo: $(STAMP)  ## a real generation with the bundled shapes models (their setti
 test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only); -rP shows measured figures
 	$(BIN)/python -m pytest -q -rP
 
-test-fast: $(STAMP)  ## the suite without the tests marked slow (the bf16 quality guard)
+test-fast: $(STAMP)  ## the suite without the tests marked slow (the shapes world's quality runs)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check vqclip tests
-	$(BIN)/ruff format --check vqclip tests
+	$(BIN)/ruff check vqclip tests tools
+	$(BIN)/ruff format --check vqclip tests tools
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix vqclip tests
-	$(BIN)/ruff format vqclip tests
+	$(BIN)/ruff check --fix vqclip tests tools
+	$(BIN)/ruff format vqclip tests tools
 
 video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10] [ARGS="--length 8 --interpolate 30 --overwrite"]
 	@test -n "$(RUN)" || (echo "usage: make video RUN=outputs/RUN_DIR [FPS=10] [ARGS=...]" >&2; exit 2)

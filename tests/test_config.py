@@ -34,7 +34,7 @@ def test_lists_become_tuples_so_configs_stay_hashable() -> None:
         ({"step_size": 0}, "step_size: expected a positive number"),
         ({"smoothness": -1.0}, "smoothness: expected a number >= 0, got -1.0"),
         ({"prior_weight": -1.0}, "prior_weight: expected a number >= 0, got -1.0"),
-        ({"prior_weight": 2.0}, "prior_weight: 2.0 needs an image prior; set prior"),
+        ({"prior_weight": 2.0, "prior": None}, "prior_weight: 2.0 needs an image prior; set prior"),
         ({"prior_ramp": -5}, "prior_ramp: expected an integer >= 0, got -5"),
         ({"prior_ramp": 2.5}, "prior_ramp: expected an integer >= 0, got 2.5"),
         ({"compile": "yes"}, "compile: expected true or false, got 'yes'"),

@@ -67,11 +67,17 @@ def test_pixels_from_the_cli_with_init_image_story_zoom_and_batch(
         "4", "--max_iterations", "6", "--display_frequency", "2", "--seed", "3", "--device",
         "cpu", "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
-    cli.main(["generate", "a red square", *flags, "--init_image", str(tmp_path / "init.png"),
-              "--init_weight", "50"])  # fmt: skip
-    cli.main(["generate", "a red circle ^ a blue one", *flags, "--zoom_every", "3"])
-    cli.main(["generate", *flags, "--batch_prompts", "a red circle", "a blue square"])
-    held, story, batch = sorted((tmp_path / "out").iterdir())
+    runs = []
+    for extra in (
+        ["a red square", "--init_image", str(tmp_path / "init.png"), "--init_weight", "50"],
+        ["a red circle ^ a blue one", "--zoom_every", "3"],
+        ["--batch_prompts", "a red circle", "a blue square"],
+    ):
+        before = set((tmp_path / "out").glob("*"))
+        cli.main(["generate", *extra, *flags])
+        (run_dir,) = set((tmp_path / "out").glob("*")) - before
+        runs.append(run_dir)
+    held, story, batch = runs
     start = np.asarray(Image.open(tmp_path / "init.png"), float)
     drift = np.abs(png_pixels(held / "final.png").astype(float) - start).mean()
     assert drift < 20  # the init pull keeps the image near the init image's pixels
@@ -102,7 +108,7 @@ def test_pixels_restyle_a_video(pixels_config: GenerationConfig, tmp_path: Path)
 def test_the_factor_is_checked_for_the_generator(tiny_config: GenerationConfig) -> None:
     from vqclip.prepare import check_inputs
 
-    with pytest.raises(ValueError, match="width: 30 is not a multiple of pixel_scale factor 4"):
+    with pytest.raises(ValueError, match="width: 30 is not a multiple of pixel_scale 4"):
         check_inputs(tiny_config.replace(generator="pixels", pixel_scale=4, width=30))
     with pytest.raises(ValueError, match="generator: unknown value 'diffusion'"):
         tiny_config.replace(generator="diffusion")

@@ -18,6 +18,7 @@ from vqclip.prior import load_prior, redraw
 from vqclip.shapes import evaluate
 from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
 from vqclip.shapes.judge import judge
+from vqclip.shapes.plugin import WEIGHTS
 from vqclip.shapes.prior import reading_accuracy
 from vqclip.shapes.train import corrupt, train_clip, train_prior, train_vqgan
 from vqclip.tuning import cpu_flags
@@ -43,7 +44,7 @@ def test_shipped_models_load_through_the_registry_and_are_small() -> None:
     yaml_path, ckpt_path = zoo.resolve_vqgan("shapes-vqgan")
     clip_path = zoo.resolve_clip("shapes-clip")
     prior_path = zoo.resolve_prior("shapes-prior")
-    assert yaml_path.parent == clip_path.parent == prior_path.parent == zoo.SHAPES_DIR
+    assert yaml_path.parent == clip_path.parent == prior_path.parent == WEIGHTS
     total = sum(p.stat().st_size for p in (yaml_path, ckpt_path, clip_path, prior_path))
     assert total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
     vqgan = load_vqgan(yaml_path, ckpt_path)

@@ -224,12 +224,8 @@ def _generate(args: argparse.Namespace) -> None:
     from vqclip.presets import preset_for
 
     config, filled = _config_from_args(args)
-    if filled:
-        print(
-            f"preset {preset_for(config).name!r} (a flag overrides each): {_as_flags(filled)}",
-            file=sys.stderr,
-        )
-    result = _with_progress(config, None, lambda cb: generate(config, callback=cb))
+    note = filled and f"preset {preset_for(config).name!r} (a flag overrides each): {_as_flags(filled)}"  # fmt: skip
+    result = _with_progress(config, None, lambda cb: generate(config, callback=cb), note)
     _report(result, args)
 
 
@@ -244,10 +240,13 @@ def _resume(args: argparse.Namespace) -> None:
 
 
 def _with_progress(
-    config: GenerationConfig, max_iterations: int | None, run: Callable[[Callable], Any]
+    config: GenerationConfig,
+    max_iterations: int | None,
+    run: Callable[[Callable], Any],
+    note: str | None = None,
 ) -> Any:
     """``run(callback)`` under a progress bar (over every frame of a restyled video) that shows
-    the loss at display steps."""
+    the loss at display steps; ``note`` (what the preset filled in) is printed above it."""
     from tqdm import tqdm
 
     from vqclip.restyle import frames_to_restyle
@@ -260,6 +259,8 @@ def _with_progress(
         nonlocal bar
         done = info.get("frame", 0) * per_frame + info["iteration"] + 1
         if bar is None:  # from the first step on: its rate counts from there
+            if note:
+                print(note, file=sys.stderr)
             bar = tqdm(total=total, initial=done, unit="it", dynamic_ncols=True)
         else:
             bar.update(done - bar.n)

@@ -116,6 +116,7 @@ def compose_latent(levels: list[torch.Tensor]) -> torch.Tensor:
     return latent
 
 
+@torch.no_grad()
 def clamp_levels(levels: list[torch.Tensor], low: torch.Tensor, high: torch.Tensor) -> None:
     """Keep the composed pyramid within [low, high] per channel ((C,) each), by moving the
     finest level: the coarse ones keep their shared shifts."""

@@ -119,9 +119,8 @@ def start_state(
 @contextmanager
 def _fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
     """The loop's autocast and, on a CPU, attention by its plain matrix-product kernel: for
-    CLIP's short sequences (50 tokens for ViT-B/32) torch's fused CPU attention is the slower
-    one in bf16, backward above all (ViT-B/32 on 32 cutouts, forward and backward: 1.22 s ->
-    0.95 s; fp32 unchanged)."""
+    CLIP's short sequences torch's fused CPU attention is the slower one in bf16, backward
+    above all (docs/performance.md)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(loop.precision)
     attention = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
     with (

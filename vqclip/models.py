@@ -71,16 +71,14 @@ def compile_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> N
 
 def prepare_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> None:
     """Rearrange the models given (either may be None), in place, for the loop's speed; each
-    computes the same function.
+    computes the same function (to float rounding; the tests check it).
 
-    The VQGAN's weights go channels-last (NHWC): oneDNN's (and cuDNN's) fast convolution and
-    group-norm kernels work in that layout, and NCHW layers convert their inputs and outputs at
-    every call (f16-16384 decoder at 256², forward and backward: bf16 (AMX) 1.03 s -> 0.66 s,
-    fp32 1.71 s -> 1.63 s), and taming's swish runs as ``F.silu`` (:func:`_fuse_swish`). CLIP's patch embedding runs as one matrix product, and its
-    QuickGELU as a fused SiLU (see :func:`_fuse_quick_gelu`): ViT-B/32 on 32 cutouts, forward
-    and backward, bf16 0.92 s -> 0.73 s, fp32 2.28 s -> 1.95 s. Only for the loop: the folded
-    CLIP weights are not the file's, so a prepared CLIP must not be saved. The VQGAN's
-    attention runs as :func:`F.scaled_dot_product_attention` (see :class:`_Attention`).
+    The VQGAN goes channels-last (oneDNN's and cuDNN's fast convolution and group-norm kernels
+    work in that layout), runs taming's swish as ``F.silu`` (:func:`_fuse_swish`) and its
+    attention by SDPA (:class:`_Attention`); CLIP's patch embedding becomes one matrix product
+    (:class:`_PatchEmbedding`) and its QuickGELU a fused SiLU (:func:`_fuse_quick_gelu`). What
+    each bought: docs/performance.md. Only for the loop: the folded CLIP weights are not the
+    file's, so a prepared CLIP must not be saved.
     """
     if vqgan is not None:
         _prepare_vqgan(vqgan)
@@ -135,9 +133,8 @@ class _Attention(nn.Module):
 
 class _PatchEmbedding(nn.Module):
     """A ViT's patch convolution (kernel = stride, no bias) as one matrix product on the
-    patches: the same sums, and its input gradient is one product too instead of oneDNN's slow
-    strided-convolution backward (154 ms in bf16 for ViT-B/32 on 32 cutouts; 0.1 s less per
-    step in bf16 and in fp32). Keeps the parameter's name, ``weight``, which ``CLIP.dtype``
+    patches: the same sums, and its input gradient is one product too, not oneDNN's slow
+    strided-convolution backward. Keeps the parameter's name, ``weight``, which ``CLIP.dtype``
     reads."""
 
     def __init__(self, conv: nn.Conv2d) -> None:

@@ -142,15 +142,15 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
     zoo.resolve_clip(config.clip_model)
     if config.generator == "vqgan":
         spec = read_vqgan_spec(zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)[0])
-        factor, ddconfig, what = spec.factor, spec.ddconfig, f"the VQGAN's (model {config.vqgan!r})"
+        factor, ddconfig = spec.factor, spec.ddconfig
+        what = f"the VQGAN's factor {factor} (model {config.vqgan!r})"
     else:
-        factor, ddconfig, what = config.pixel_scale, None, "pixel_scale"
+        factor, ddconfig, what = config.pixel_scale, None, f"pixel_scale {config.pixel_scale}"
     for name in ("width", "height"):
         size = getattr(config, name)
         if size % factor:
             raise ValueError(
-                f"{name}: {size} is not a multiple of {what} factor {factor}; "
-                f"try {size // factor * factor or factor}"
+                f"{name}: {size} is not a multiple of {what}; try {size // factor * factor or factor}"
             )
     images = config.batch_size * config.best_of
     check_memory(

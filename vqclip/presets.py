@@ -84,7 +84,8 @@ def preset_for(config: GenerationConfig) -> Preset:
 
 def unset_fields(config: GenerationConfig) -> list[str]:
     """The preset fields ``config`` leaves to its preset."""
-    return [name for name in PRESET_FIELDS if getattr(config, name) in (None, "auto")]
+    unset = [name for name in PRESET_FIELDS if getattr(config, name) is None and name != "prior"]
+    return unset + (["prior"] if config.prior == "auto" else [])
 
 
 def apply(config: GenerationConfig) -> GenerationConfig:

@@ -28,7 +28,7 @@ def _flags(tiny_models: dict, out: Path, *extra: str) -> list[str]:
         "--vqgan", str(tiny_models["yaml"]), "--clip_model", str(tiny_models["clip"]),
         "--width", "32", "--height", "32", "--cutn", "4", "--augments",
         "--max_iterations", "6", "--display_frequency", "2", "--seed", "3",
-        "--device", "cpu", "--output_dir", str(out), *extra,
+        "--device", "cpu", "--precision", "fp32", "--output_dir", str(out), *extra,
     ]  # fmt: skip
 
 

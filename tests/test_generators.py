@@ -65,7 +65,7 @@ def test_pixels_from_the_cli_with_init_image_story_zoom_and_batch(
         "--generator", "pixels", "--pixel_scale", "2", "--vqgan", str(tiny_models["yaml"]),
         "--clip_model", str(tiny_models["clip"]), "--width", "32", "--height", "32", "--cutn",
         "4", "--max_iterations", "6", "--display_frequency", "2", "--seed", "3", "--device",
-        "cpu", "--output_dir", str(tmp_path / "out"),
+        "cpu", "--precision", "fp32", "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     runs = []
     for extra in (

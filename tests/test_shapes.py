@@ -227,7 +227,7 @@ def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
 def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """12 colour pairs x 2 seeds, generated once for the steering and success checks."""
     out = tmp_path_factory.mktemp("shapes-runs")
-    return evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], out, jobs=2)
+    return evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], out, jobs=2, precision="fp32")
 
 
 @pytest.mark.slow  # the 48 generations: about 12 minutes on a 2-core CPU
@@ -267,8 +267,9 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     "bf16 has hardware support; test_loop runs bf16 on tiny models",
 )
 def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict]) -> None:
-    """The quality guard: bf16 autocast reaches fp32's prompt-success rates within noise, on
-    the 24 prompts with seed 0 (the fp32 rows of the same runs)."""
+    """The quality guard: bf16 autocast, which precision auto picks where it is faster,
+    reaches fp32's prompt-success rates within noise, on the 24 prompts with seed 0 (the fp32
+    rows of the same runs)."""
     fast = evaluate.success_rates(
         evaluate.run_cases(evaluate.prompt_cases(24), [0], tmp_path, 2, precision="bf16")
     )
@@ -281,7 +282,9 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
 @pytest.mark.slow  # 24 generations: about 4 minutes on a 2-core CPU
 def test_the_pixels_generator_steers_the_colour(tmp_path: Path) -> None:
     """The pixels generator in the shapes world (its preset): each of 12 colour pairs, seed 0."""
-    rows = evaluate.run_cases(evaluate.prompt_cases(24), [0], tmp_path, 2, generator="pixels")
+    rows = evaluate.run_cases(
+        evaluate.prompt_cases(24), [0], tmp_path, 2, generator="pixels", precision="fp32"
+    )
     rate = evaluate.steering_rate(*evaluate.split_pairs(rows, seeds=1))
     rates = evaluate.success_rates(rows)
     print(f"pixels: steering {rate:.0%} of 24 comparisons; {rates}")

@@ -1,4 +1,7 @@
+import json
 import platform
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,12 +17,45 @@ def test_keep_freed_memory_applies_on_glibc() -> None:
     del x
 
 
-def test_fast_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4
-    assert tuning.fast_precision(torch.device("cuda")) == "fp16"
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100
-    assert tuning.fast_precision(torch.device("cuda:0")) == "bf16"
-    monkeypatch.setattr(tuning, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert tuning.fast_precision(torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(tuning, "cpu_flags", lambda: frozenset({"amx_bf16", "amx_tile"}))
-    assert tuning.fast_precision(torch.device("cpu")) == "bf16"
+def test_auto_precision_is_measured_once_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timings = {"fp32": 1.0, "bf16": 0.4}
+    probes = []
+
+    def timed(device: torch.device, precision: str, **options: float) -> float:
+        probes.append(precision)
+        return timings[precision]
+
+    monkeypatch.setattr(tuning, "_time_probe", timed)
+    choice = tuning.measure_precision(torch.device("cpu"), tmp_path)
+    assert choice.precision == "bf16" and "bf16 400 ms" in choice.why
+    assert probes == ["fp32", "bf16"]
+    again = tuning.measure_precision(torch.device("cpu"), tmp_path)
+    assert again.precision == "bf16" and again.why.endswith("(cached)") and len(probes) == 2
+    cached = json.loads((tmp_path / "precision.json").read_text())
+    (key,) = cached
+    assert torch.__version__ in key and "cpu" in key  # per machine and torch version
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch measures again
+    timings["bf16"] = 0.9  # only 10% faster: fp32, the exact one, stays
+    assert tuning.measure_precision(torch.device("cpu"), tmp_path).precision == "fp32"
+    assert len(probes) == 4 and len(json.loads((tmp_path / "precision.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"k": {"precision": "int4"}}'])
+def test_a_crafted_precision_cache_is_measured_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str
+) -> None:
+    monkeypatch.setattr(tuning, "_time_probe", lambda device, precision, **options: 1.0)
+    (tmp_path / "precision.json").write_text(content)
+    assert tuning.measure_precision(torch.device("cpu"), tmp_path).precision == "fp32"
+    assert tuning._is_choice(next(iter(json.loads((tmp_path / "precision.json").read_text()).values())))  # fmt: skip
+
+
+def test_the_probe_runs_each_precision_on_this_cpu_and_gives_up_on_a_slow_one() -> None:
+    for precision in ("fp32", "bf16"):
+        seconds = tuning._time_probe(torch.device("cpu"), precision, repeats=1)
+        assert 0 < seconds < 60
+    started = time.perf_counter()  # a precision slower than the limit is timed by one run
+    seconds = tuning._time_probe(torch.device("cpu"), "fp32", repeats=50, give_up=0.0)
+    assert time.perf_counter() - started < 20 * seconds + 1

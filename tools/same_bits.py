@@ -26,7 +26,16 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red circle on a blue background"
-SHORT = ["--max_iterations", "12", "--display_frequency", "4", "--best_of", "1"]
+SHORT = [
+    "--max_iterations",
+    "12",
+    "--display_frequency",
+    "4",
+    "--best_of",
+    "1",
+    "--precision",
+    "fp32",
+]
 CONFIGS: dict[str, list[str]] = {
     "plain": [PROMPT, "--seed", "0", *SHORT],
     "init image": [PROMPT, "--seed", "1", "--init_image", "{init}", "--init_weight", "0.5", *SHORT],
@@ -40,13 +49,13 @@ CONFIGS: dict[str, list[str]] = {
     "batch of prompts": ["--batch_prompts", PROMPT, "a yellow triangle on a black background",
                          "--seed", "5", *SHORT],
     "best_of 2, random start": [PROMPT, "--seed", "6", *SHORT[:4], "--best_of", "2",
-                                "--start", "random"],
-    "bf16": [PROMPT, "--seed", "7", "--precision", "bf16", *SHORT],
+                                "--start", "random", "--precision", "fp32"],
+    "bf16": [PROMPT, "--seed", "7", *SHORT, "--precision", "bf16"],
     "restyle a video": ["an oil painting of a circle", "--seed", "8", "--init_video", "{video}",
                         "--video_frames", "3", "--max_iterations", "3", "--display_frequency", "3",
-                        "--best_of", "1", "--init_weight", "0.5"],
+                        "--best_of", "1", "--init_weight", "0.5", "--precision", "fp32"],
     "resume after an interrupt": [PROMPT, "--seed", "9", "--max_iterations", "60",
-                                  "--display_frequency", "4", "--best_of", "1"],
+                                  "--display_frequency", "4", "--best_of", "1", "--precision", "fp32"],
 }  # fmt: skip
 
 

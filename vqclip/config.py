@@ -27,7 +27,7 @@ AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "G
 _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
-    "output_dir", "run_name", "generator",
+    "output_dir", "run_name", "generator", "precision_choice",
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -105,7 +105,8 @@ class GenerationConfig:
     video_frames: int = _field(0, "restyle at most this many frames of init_video (0: all)", VIDEO)
     # -- device and run
     device: str = _field("auto", '"auto", "cpu", "cuda", "cuda:N" or "mps"', RUN)
-    precision: str = _field("fp32", '"fp32"; autocast "bf16"/"fp16"; "auto": the fastest here, recorded', RUN)  # fmt: skip
+    precision: str = _field("auto", '"auto": the fastest here, measured once and recorded; "fp32"; autocast "bf16"/"fp16"', RUN)  # fmt: skip
+    precision_choice: str = _field("", "what auto measured when it picked the precision (recorded; not read)", RUN)  # fmt: skip
     compile: bool = _field(False, "torch.compile decoder and CLIP (the first step compiles, slowly)", RUN)  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ from vqclip.prepare import check_inputs, prepare, prepare_loop, resolve_device
 from vqclip.restyle import last_frames, restyle_frames
 from vqclip.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
 from vqclip.schedule import loop_at, run_schedule
-from vqclip.tuning import fast_precision, keep_freed_memory
+from vqclip.tuning import keep_freed_memory, measure_precision
 
 __all__ = ["generate", "resume", "drive", "resolve_config", "read_run_config", "RunResult"]
 
@@ -49,7 +49,8 @@ def resolve_config(config: GenerationConfig, device: torch.device) -> Generation
     replaced by what it picks here, so that a rerun of ``config.json`` repeats it."""
     config = presets.apply(resolve_seed(config))
     if config.precision == "auto":
-        config = config.replace(precision=fast_precision(device))
+        choice = measure_precision(device)
+        config = config.replace(precision=choice.precision, precision_choice=choice.why)
     return config
 
 

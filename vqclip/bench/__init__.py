@@ -18,9 +18,9 @@ def _configure(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--device", help="default: cuda if available, else cpu")
     bench.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        help="fast path autocast; default bf16 on a GPU from compute capability 8.0 (fp16 before)"
-        " and on a CPU with AMX, else fp32",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="fast path autocast (default auto: the fastest here, measured once and cached)",
     )
     bench.add_argument(
         "--compile",

@@ -243,7 +243,8 @@ def run_benchmark(
     process settings (:mod:`vqclip.tuning`) are applied and vqclip's loop is timed.
     """
     dev = resolve_device(device or "auto")
-    precision = precision or fast_precision(dev)
+    if precision in (None, "auto"):
+        precision = fast_precision(dev)
     torch.manual_seed(0)
     if quick:
         from vqclip.shapes.train import CLIP_SHAPE, VQGAN_SPEC

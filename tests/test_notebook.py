@@ -77,6 +77,11 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert not [o for o in outputs if o.output_type == "error"]
     assert [int(p.stem) for p in frame_paths(run_dir)] == [0, 2, 4, 6, 8]
     assert count_video_frames(run_dir / "video.mp4") == 5
+    reader = imageio_ffmpeg.read_frames(str(run_dir / "video.mp4"))
+    assert next(reader)["duration"] >= 3.9  # five frames last the notebook's minimum, not 0.5 s
+    reader.close()
+    shown = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "<video controls" in shown and 'poster="data:image/png;base64,' in shown
     aside = run_dir / "superseded-000004"
     assert sorted(p.name for p in aside.iterdir()) == ["000004.png", "final.png", "video.mp4"]
 
@@ -163,3 +168,53 @@ def test_interrupting_the_run_cell_stops_after_a_step_and_keeps_everything(
     assert len(frames) >= 2 and (run_dir / "final.png").exists()
     assert count_video_frames(run_dir / "video.mp4") == len(frames)  # the next cells ran
     assert "stopped (to go on, set resume_run" in json.dumps(notebook.metadata.get("widgets", {}))
+
+
+def test_the_form_and_run_cells_run_again_after_run_all(tmp_path: Path) -> None:
+    """Edit the form, re-run it, re-run the run cell: "auto" is resolved where it is used."""
+    settings = dict(
+        vqgan="auto", clip_model="auto", prompts="a red circle on a blue background",
+        max_iterations=2, display_frequency=2, cutn=4, seed=0, output_dir=str(tmp_path / "out"),
+        precision="fp32",
+    )  # fmt: skip
+    notebook = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings)
+    client = NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    titles = [c.source.split("\n", 1)[0] for c in notebook.cells]
+    form = next(i for i, t in enumerate(titles) if t.startswith("#@title 2."))
+    run = next(i for i, t in enumerate(titles) if t.startswith("#@title 4."))
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):
+            client.execute_cell(cell, index)
+        for index in (form, form + 1, run):  # the form, its injected values, the run
+            client.execute_cell(notebook.cells[index], index)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert len(list((tmp_path / "out").iterdir())) == 2  # the first run, and the second
+
+
+def test_a_complete_run_left_in_resume_run_is_shown_not_run_again(tmp_path: Path) -> None:
+    from vqclip.config import GenerationConfig
+    from vqclip.pipeline import generate
+
+    done = generate(
+        GenerationConfig(prompts="a red circle on a blue background", seed=4, max_iterations=2,
+                         display_frequency=2, output_dir=str(tmp_path / "out"), precision="fp32")
+    )  # fmt: skip
+    before = sorted(p.name for p in done.run_dir.rglob("*"))
+    settings = dict(
+        resume_run=str(done.run_dir), max_iterations=0, output_dir=str(tmp_path / "out")
+    )
+    outputs = _execute(
+        _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings), tmp_path
+    )
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "seed: 4 (the run's own)" in printed  # not a fresh pick
+    after = sorted(p.name for p in done.run_dir.rglob("*"))
+    assert set(before) <= set(after) and after.count("final.png") == 1  # nothing run again
+    assert (done.run_dir / "video.mp4").exists()  # the video cell still ran

@@ -20,6 +20,7 @@ __all__ = [
     "resolve",
     "fetch_models",
     "run_with_preview",
+    "resume_with_preview",
     "show_video",
     "prompt_settings",
 ]
@@ -96,65 +97,138 @@ def _png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, int]:
+    """The label, progress bar and image of a run's preview, shown; and the steps per frame."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from vqclip.restyle import frames_to_restyle
+
+    per_frame = config.max_iterations if config.max_iterations > 0 else 0
+    total = per_frame * frames_to_restyle(config)
+    # No image until the first frame: an empty PNG widget shows a broken-image icon.
+    image = widgets.Image(
+        format="png", width=max(256, config.width), height=max(256, config.height)
+    )
+    image.layout.display = "none"
+    label = widgets.HTML("starting...")
+    bar = widgets.IntProgress(min=0, max=max(total, 1), description="progress")
+    display(widgets.VBox([label, bar, image]))
+    return label, bar, image, per_frame
+
+
+def _show(image_widget: Any, image: Any) -> None:
+    image_widget.value = _png_bytes(image)
+    image_widget.layout.display = None
+
+
 def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = None) -> Any:
     """Generate with a live preview (image, iteration, loss, progress bar) every display step.
 
     Interrupting the cell stops the run after the step under way and keeps what was made; with
-    ``resume_run`` (a run directory) the run goes on from where it stopped, up to
-    ``config.max_iterations``, with its own saved settings.
+    ``resume_run`` (a run directory) :func:`resume_with_preview` goes on with it instead, up to
+    ``config.max_iterations``.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
+    from vqclip.pipeline import generate
 
-    from vqclip.pipeline import generate, read_run_config, resume
-    from vqclip.restyle import frames_to_restyle
+    if resume_run:
+        return resume_with_preview(resume_run, config.max_iterations)
+    label, bar, image, per_frame = _preview_widgets(config)
+    result = generate(config, callback=_reporter(label, bar, image, per_frame))
+    return _finish(label, result)
 
-    if resume_run:  # the run's own settings; the form's max_iterations extends a plain run
-        saved = read_run_config(Path(resume_run))
-        more = None if saved.init_video else config.max_iterations
-        config = saved.replace(max_iterations=more) if more else saved
-    per_frame = config.max_iterations if config.max_iterations > 0 else 0
-    frames = frames_to_restyle(config)
-    total = per_frame * frames
-    image = widgets.Image(
-        format="png", width=max(256, config.width), height=max(256, config.height)
-    )
-    label = widgets.HTML("starting...")
-    bar = widgets.IntProgress(min=0, max=max(total, 1), description="progress")
-    display(widgets.VBox([label, bar, image]))
 
+def resume_with_preview(run_dir: str | Path, max_iterations: int | None = None) -> Any:
+    """Go on with a stopped run (its own settings and seed) up to ``max_iterations`` (None: its
+    own), with the live preview. A run already complete is shown as it is, not run again, so
+    that a notebook left with ``resume_run`` filled in runs through."""
+    from vqclip.pipeline import read_run_config, resume
+    from vqclip.runstate import STATE, read_state
+
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    target = None if saved.init_video else max_iterations
+    print(f"seed: {saved.seed} (the run's own), run directory: {run_dir.resolve()}")
+    finished = any(run_dir.glob("final*.png"))
+    if finished and (saved.init_video or (target or saved.max_iterations) <= read_state(run_dir / STATE)["iteration"]):  # fmt: skip
+        return _complete(run_dir, saved)
+    config = saved.replace(max_iterations=target) if target else saved
+    label, bar, image, per_frame = _preview_widgets(config)
+    result = resume(run_dir, target, callback=_reporter(label, bar, image, per_frame))
+    return _finish(label, result)
+
+
+def _complete(run_dir: Path, config: GenerationConfig) -> Any:
+    """A complete run, shown and returned as :func:`~vqclip.pipeline.generate` returns it."""
+    import torch
+
+    from vqclip.frames import frame_paths
+    from vqclip.images import load_image
+    from vqclip.pipeline import RunResult
+
+    finals = tuple(sorted(run_dir.glob("final*.png")))
+    image = torch.cat([load_image(path) for path in finals])
+    label, _, widget, _ = _preview_widgets(config)
+    _show(widget, image)
+    label.value = f"complete: seed {config.seed}, run directory {run_dir.resolve()}"
+    return RunResult(run_dir, image, config, tuple(frame_paths(run_dir)), False, finals)
+
+
+def _reporter(label: Any, bar: Any, image: Any, per_frame: int) -> Any:
     def preview(info: dict) -> None:
         bar.value = min(info.get("frame", 0) * per_frame + info["iteration"] + 1, bar.max)
         if "image" in info:
-            image.value = _png_bytes(info["image"])
+            _show(image, info["image"])
             frame = f"frame {info['frame']}, " if "frame" in info else ""
             label.value = f"{frame}iteration {info['iteration']}, loss {float(info['loss']):.4f}"
 
-    if resume_run:
-        result = resume(resume_run, more, callback=preview)
-    else:
-        result = generate(config, callback=preview)
+    return preview
+
+
+def _finish(label: Any, result: Any) -> Any:
+    where = f"seed {result.config.seed}, run directory {result.run_dir.resolve()}"
     label.value = (
-        f"stopped (to go on, set resume_run to {str(result.run_dir)!r} and run this cell "
-        f"again): seed {result.config.seed}, run directory {result.run_dir}"
+        f"stopped (to go on, set resume_run to {str(result.run_dir.resolve())!r} and run this "
+        f"cell again): {where}"
         if result.interrupted
-        else f"done: seed {result.config.seed}, run directory {result.run_dir}"
+        else f"done: {where}"
     )
     return result
 
 
+MIN_VIDEO_SECONDS = 4.0  # a run's few frames at 10 a second would flash by in under a second
+
+
 def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
     """Assemble the run's frames into ``RUN_DIR/video.mp4`` (made again from the frames each
-    time), show it inline, and offer it for download in Colab; ``fps`` and ``options`` (length,
-    first, last, image, interpolate; None for the default) as
-    :func:`vqclip.video.assemble_video` takes them."""
-    from IPython.display import Video, display
+    time), show it inline with the final image as its poster, and offer it for download in
+    Colab; ``fps`` and ``options`` (length, first, last, image, interpolate; None for the
+    default) as :func:`vqclip.video.assemble_video` takes them. With neither ``fps`` nor
+    ``length``, a run's frames last at least :data:`MIN_VIDEO_SECONDS` (a restyled video keeps
+    its own rate)."""
+    import base64
 
+    from IPython.display import HTML, display
+
+    from vqclip.frames import frame_paths
+    from vqclip.pipeline import read_run_config
     from vqclip.video import assemble_video
 
+    run_dir = Path(run_dir).resolve()
     given = {name: value for name, value in options.items() if value is not None}
-    path = assemble_video(run_dir, fps, Path(run_dir) / "video.mp4", overwrite=True, **given)
-    display(Video(str(path), embed=True, width=min(512, 4 * 128)))
+    if fps is None and "length" not in given and not read_run_config(run_dir).init_video:
+        steps = len({p.name.split("-")[0] for p in frame_paths(run_dir)})  # a batch's tiles
+        given["length"] = max(MIN_VIDEO_SECONDS, steps / 10)
+    path = assemble_video(run_dir, fps, run_dir / "video.mp4", overwrite=True, **given)
+    video = base64.b64encode(path.read_bytes()).decode()
+    finals = sorted(run_dir.glob("final*.png"))
+    poster = f' poster="data:image/png;base64,{base64.b64encode(finals[0].read_bytes()).decode()}"' if finals else ""  # fmt: skip
+    display(
+        HTML(
+            f'<video controls width="{min(512, 4 * 128)}"{poster} '
+            f'src="data:video/mp4;base64,{video}"></video>'
+        )
+    )
     if in_colab():
         from google.colab import files  # type: ignore[import-not-found]
 

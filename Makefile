@@ -40,8 +40,8 @@ video: $(STAMP)  ## make video RUN=outputs/RUN_DIR [FPS=10] [ARGS="--length 8 --
 	@test -n "$(RUN)" || (echo "usage: make video RUN=outputs/RUN_DIR [FPS=10] [ARGS=...]" >&2; exit 2)
 	$(BIN)/vqclip video "$(RUN)" $(if $(FPS),--fps $(FPS)) $(ARGS)
 
-notebook: $(STAMP)  ## the notebook in local Jupyter
-	$(BIN)/jupyter notebook notebooks/vqgan_clip.ipynb
+notebook: $(STAMP)  ## the notebook in local Jupyter: make notebook [ARGS="--ip 127.0.0.1 --port 8899 --no-browser"]
+	$(BIN)/jupyter notebook notebooks/vqgan_clip.ipynb $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 bench: $(STAMP)  ## speed against the classic loop, on the real architectures
 	$(BIN)/vqclip bench

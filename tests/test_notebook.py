@@ -218,3 +218,15 @@ def test_a_complete_run_left_in_resume_run_is_shown_not_run_again(tmp_path: Path
     after = sorted(p.name for p in done.run_dir.rglob("*"))
     assert set(before) <= set(after) and after.count("final.png") == 1  # nothing run again
     assert (done.run_dir / "video.mp4").exists()  # the video cell still ran
+
+
+def test_a_bad_field_is_one_line_and_the_video_cell_skips(tmp_path: Path) -> None:
+    settings = dict(vqgan="shapes-vqgan", clip_model="shapes-clip", cutn=-3, seed=0,
+                    output_dir=str(tmp_path / "out"))  # fmt: skip
+    outputs = _execute(
+        _with_parameters(nbformat.read(NOTEBOOK, as_version=4), **settings), tmp_path
+    )
+    assert not [o for o in outputs if o.output_type == "error"]  # no traceback
+    shown = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "error:</b> cutn: expected a positive integer, got -3" in shown
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

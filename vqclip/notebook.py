@@ -5,8 +5,11 @@ Works in Colab and local Jupyter; ipywidgets and IPython are imported only when 
 
 from __future__ import annotations
 
+import contextlib
+import html
 import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from vqclip.config import GenerationConfig
 
 __all__ = [
     "in_colab",
+    "one_line_errors",
     "describe_device",
     "choose_models",
     "preset_settings",
@@ -24,6 +28,20 @@ __all__ = [
     "show_video",
     "prompt_settings",
 ]
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Show a mistake in the form (a bad field, a missing file, a failed download) as one line
+    that names it, instead of a traceback; the cells after it then skip their work."""
+    from vqclip.download import DownloadError
+
+    try:
+        yield
+    except (ValueError, OSError, DownloadError, FloatingPointError) as error:
+        from IPython.display import HTML, display
+
+        display(HTML(f'<b style="color:#b00">error:</b> {html.escape(str(error))}'))
 
 
 def in_colab() -> bool:

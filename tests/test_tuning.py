@@ -29,7 +29,7 @@ def test_auto_precision_is_measured_once_and_cached(
 
     monkeypatch.setattr(tuning, "_time_probe", timed)
     choice = tuning.measure_precision(torch.device("cpu"), tmp_path)
-    assert choice.precision == "bf16" and "bf16 400 ms" in choice.why
+    assert choice.precision == "bf16" and "bf16 400.0 ms" in choice.why
     assert probes == ["fp32", "bf16"]
     again = tuning.measure_precision(torch.device("cpu"), tmp_path)
     assert again.precision == "bf16" and again.why.endswith("(cached)") and len(probes) == 2

@@ -98,3 +98,13 @@ def test_the_model_cache_is_explicit_and_can_be_cleared(tiny_config: GenerationC
     MODELS.clear()
     assert len(MODELS) == 0
     assert load_models(tiny_config, resolve_device("cpu"))[1] is not first[1]
+
+
+def test_an_old_runs_config_json_replays_as_it_was_saved() -> None:
+    """A config.json from before the generators and presets (no generator, pixel_scale or
+    precision_choice keys; prior null for no prior) reads back unchanged: no preset applies."""
+    saved = presets.apply(GenerationConfig(prompts=PROMPT, seed=5, prior=None, precision="fp32"))
+    old = {k: v for k, v in saved.to_dict().items() if k not in ("generator", "pixel_scale", "precision_choice")}  # fmt: skip
+    again = GenerationConfig.from_dict(old)
+    assert presets.unset_fields(again) == [] and presets.apply(again) == again
+    assert again.prior is None and again.generator == "vqgan" and again.best_of == 3

@@ -51,7 +51,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(GenerationConfig)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(GenerationConfig):
-        if f.name == "prompts":
+        if f.name == "prompts" or not f.metadata["flag"]:
             continue
         group = f.metadata["group"]
         if group not in groups:
@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser(
         "generate",
         help="generate an image (and frames) from prompts",
-        description="Optimise a VQGAN latent so that CLIP sees the prompts in its image.",
+        description="Optimise a generator (a VQGAN latent, or the pixels) so that CLIP sees the "
+        "prompts in its image.",
         epilog=PROMPT_HELP.replace("{presets}", _presets_text()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

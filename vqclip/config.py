@@ -33,9 +33,11 @@ _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name"
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def _field(default: Any, help: str, group: str) -> Any:  # noqa: A002 -- argparse's name
-    """A config field with its ``--help`` text and its section (an argument group there)."""
-    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+def _field(default: Any, help: str, group: str, flag: bool = True) -> Any:  # noqa: A002
+    """A config field with its ``--help`` text and its section (an argument group there);
+    ``flag=False`` for what a run records but nobody sets."""
+    metadata = {"help": help, "group": group, "flag": flag}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, RUN = (
@@ -106,7 +108,7 @@ class GenerationConfig:
     # -- device and run
     device: str = _field("auto", '"auto", "cpu", "cuda", "cuda:N" or "mps"', RUN)
     precision: str = _field("auto", '"auto": the fastest here, measured once and recorded; "fp32"; autocast "bf16"/"fp16"', RUN)  # fmt: skip
-    precision_choice: str = _field("", "what auto measured when it picked the precision (recorded; not read)", RUN)  # fmt: skip
+    precision_choice: str = _field("", "what auto measured when it picked the precision (recorded; not read)", RUN, flag=False)  # fmt: skip
     compile: bool = _field(False, "torch.compile decoder and CLIP (the first step compiles, slowly)", RUN)  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ before a pull takes hold.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -44,8 +45,8 @@ class Loss(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Term:
-    """A named, weighted part of the objective."""
+class Term(ABC):
+    """A named, weighted part of the objective; each kind says how it scores a step."""
 
     name: str = ""
     weight: float = 1.0
@@ -55,8 +56,9 @@ class Term:
         """The weight at step ``iteration`` (from 0)."""
         return self.weight * min(1.0, (iteration + 1) / max(1, self.ramp))
 
+    @abstractmethod
     def __call__(self, view: View) -> Loss:
-        raise NotImplementedError
+        """The term's loss at this step, weighted."""
 
     def rank(self, images: torch.Tensor, score: Score) -> torch.Tensor | None:
         """(N, 3, H, W) -> (N,): the term's share of each candidate's rank, or None."""

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -71,4 +78,70 @@ def tiny_config(tiny_models: dict[str, Path], tmp_path: Path) -> GenerationConfi
             device="cpu",
             output_dir=str(tmp_path / "outputs"),
         )
+    )
+
+
+# Debian's chromium, driven by Playwright (its own browser download does not work here); the
+# flags keep it off the network, which these machines close.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium for the page tests (.ci/run installs Debian's package)."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], url: str, cwd: Path, env: dict[str, str], log: Path):
+    """Run a server process until ``url`` answers; stop it (and its children) afterwards."""
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"{command[0]} ended: {log.read_text()[-2000:]}"
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{url} never answered: {log.read_text()[-2000:]}"  # fmt: skip
+                time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def video_duration(page, selector: str) -> float:
+    """The duration, in seconds, that the browser reads from a page's <video> (NaN: unplayable)."""
+    return page.evaluate(
+        """async (selector) => {
+            const video = document.querySelector(selector);
+            if (!(video.duration > 0)) await new Promise(done => {
+                video.addEventListener('loadedmetadata', done); setTimeout(done, 20000); });
+            return video.duration;
+        }""",
+        selector,
     )

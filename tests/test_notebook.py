@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,9 +15,12 @@ from pathlib import Path
 import imageio_ffmpeg
 import nbformat
 import numpy as np
+import pytest
+from conftest import free_port, serving, video_duration
 from nbclient import NotebookClient
 
 from vqclip.frames import frame_paths
+from vqclip.runstate import STATE, read_state
 from vqclip.video import count_video_frames
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "vqgan_clip.ipynb"
@@ -230,3 +236,113 @@ def test_a_bad_field_is_one_line_and_the_video_cell_skips(tmp_path: Path) -> Non
     shown = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "error:</b> cutn: expected a positive integer, got -3" in shown
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _form(**values: object) -> str:
+    """The form cell's source with some values changed, as a user types them."""
+    (cell,) = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]  # fmt: skip
+    source = cell.source
+    for key, value in values.items():
+        pattern = rf"^{key} = .*?(  #@param.*)?$"
+        source, count = re.subn(pattern, lambda m, k=key, v=value: f"{k} = {v!r}{m[1] or ''}", source, flags=re.M)  # fmt: skip
+        assert count == 1, key
+    return source
+
+
+class _NotebookPage:
+    """A user's hands on the notebook in Jupyter's page: edit, run and interrupt cells, watch."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+
+    def cell(self, index: int):
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+    def output(self, index: int) -> str:
+        return self.cell(index).locator(".jp-OutputArea").inner_text()
+
+    def type_source(self, index: int, text: str) -> None:
+        self.cell(index).locator(".cm-content").click()
+        self.page.keyboard.press("Control+a")
+        self.page.keyboard.insert_text(text)
+
+    def run(self, index: int) -> None:
+        self.cell(index).locator(".cm-content").click()
+        self.page.keyboard.press("Shift+Enter")
+
+    def menu(self, menu: str, item: str) -> None:
+        self.page.click(f".lm-MenuBar-itemLabel:text-is('{menu}')")
+        self.page.click(f".lm-Menu-itemLabel:text-is('{item}')")
+
+    def wait_idle(self) -> None:
+        idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+        self.page.wait_for_selector(idle, timeout=300_000)
+
+    def watch_run(self, index: int) -> tuple[set[str], list[float]]:
+        """Until the run cell says done or error: the preview images and progress seen."""
+        images, progress = set(), []
+        deadline = time.monotonic() + 300
+        while not re.search(r"\b(done|error):", self.output(index)):
+            assert time.monotonic() < deadline, self.output(index)
+            cell = self.cell(index)
+            images |= {i.get_attribute("src") or "" for i in cell.locator(".widget-image").all()}
+            for bar in cell.locator(".widget-hprogress .progress-bar").all():
+                progress.append(float(bar.evaluate("e => e.style.width").rstrip("%") or 0))
+            time.sleep(0.2)
+        return images - {""}, progress
+
+
+@pytest.mark.slow
+def test_the_notebook_in_a_real_browser(tmp_path: Path, browser) -> None:
+    """Chromium against Jupyter: Run All, edit the prompt and re-run form then run, interrupt,
+    resume from the form, make the video; the page shows what the user is promised."""
+    shutil.copy(NOTEBOOK, tmp_path / NOTEBOOK.name)
+    port, token = free_port(), "vqclip-test"
+    env = {**os.environ, "VQCLIP_HOME": str(tmp_path / "home"),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}  # fmt: skip
+    command = [str(Path(sys.executable).parent / "jupyter"), "notebook", "--no-browser",
+               "--ip", "127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0", "--allow-root",
+               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}"]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with serving(command, f"{url}/api/status?token={token}", tmp_path, env, tmp_path / "jupyter.log"):  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.goto(f"{url}/notebooks/{NOTEBOOK.name}?token={token}")
+        notebook = _NotebookPage(page)
+        notebook.wait_idle()
+        # 1. Run All, a short run: the preview updates, the progress moves, a video plays.
+        notebook.type_source(2, _form(max_iterations=20, seed=1))
+        notebook.menu("Run", "Run All Cells")
+        images, progress = notebook.watch_run(4)
+        assert len(images) >= 2, "the preview image never changed"
+        assert len(set(progress)) >= 3 and max(progress) >= 50, progress  # it moved, forward
+        page.wait_for_selector(".jp-Cell video", timeout=120_000)
+        notebook.wait_idle()
+        assert video_duration(page, ".jp-Cell video") > 2
+        # 2. Edit the prompt; re-run the form, then the run cell; interrupt it mid-run.
+        notebook.type_source(2, _form(prompts="a green square on a white background", max_iterations=200, seed=2))  # fmt: skip
+        notebook.run(2)
+        notebook.wait_idle()
+        notebook.run(4)
+        bar = ".jp-Cell:nth-child(5) .widget-hprogress .progress-bar"
+        page.wait_for_function(f"() => parseFloat(document.querySelector(\"{bar}\")?.style.width) >= 10", timeout=120_000)  # fmt: skip
+        notebook.menu("Kernel", "Interrupt Kernel")
+        notebook.wait_idle()
+        stopped = notebook.output(4)
+        run_dir = re.search(r"set resume_run to '([^']+)'", stopped)[1]
+        assert "green-square" in run_dir and "seed 2" in stopped
+        # 3. Resume from the form, up to 40 steps, then the video of the whole run.
+        notebook.type_source(2, _form(prompts="a green square on a white background", max_iterations=40, seed=2, resume_run=run_dir))  # fmt: skip
+        notebook.run(2)
+        notebook.wait_idle()
+        notebook.run(4)
+        images, _ = notebook.watch_run(4)
+        notebook.wait_idle()
+        assert "seed: 2 (the run's own)" in notebook.output(4) and "done:" in notebook.output(4)
+        assert images, "the resumed run showed no preview"
+        notebook.run(5)
+        notebook.wait_idle()
+        assert video_duration(page, ".jp-Cell:nth-child(6) video") > 2
+        errors = page.locator("[data-mime-type='application/vnd.jupyter.error'], .vqclip-error")
+        assert errors.count() == 0 and "error:" not in page.inner_text(".jp-Notebook")
+        assert read_state(Path(run_dir) / STATE)["iteration"] == 40
+        page.close()

@@ -157,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list known models, or download one")
     models.add_argument("action", nargs="?", choices=["list", "download"], default="list")
     models.add_argument("name", nargs="?", help="registry name to download")
+    ui = sub.add_parser(
+        "ui",
+        help="a local web page: prompts, live preview, stop and resume, a gallery of runs",
+        description="Serve vqclip's web page (gradio; pip install 'vqclip[ui]') on this machine.",
+    )
+    ui.add_argument("--output_dir", "--output-dir", default="outputs", help="where runs go")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (this machine)")
+    ui.add_argument("--port", type=int, default=7860, help="port to listen on")
     for command in commands().values():  # the plugins' (the benchmark's among them)
         command.configure(sub.add_parser(command.name, help=command.help))
     return parser
@@ -306,6 +314,17 @@ def _video(args: argparse.Namespace) -> None:
     print(f"video: {path}")
 
 
+def _ui(args: argparse.Namespace) -> None:
+    try:
+        from vqclip.ui import serve
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"ui: needs the package {error.name!r}; install the ui extra: pip install 'vqclip[ui]'"
+        ) from None
+    print(f"vqclip ui: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    serve(args.output_dir, args.host, args.port)
+
+
 def _models(args: argparse.Namespace) -> None:
     from vqclip import zoo
 
@@ -349,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         "resume": _resume,
         "video": _video,
         "models": _models,
+        "ui": _ui,
         **{name: command.run for name, command in commands().items()},
     }
     try:

@@ -28,6 +28,8 @@ __all__ = [
     "frame_paths",
     "frame_iteration",
     "set_aside_from",
+    "list_runs",
+    "run_picture",
 ]
 
 FRAMES = "frames"
@@ -129,6 +131,28 @@ def frame_paths(run_dir: str | Path) -> list[Path]:
     if frames.is_symlink():
         raise ValueError(f"{frames} is a symlink; expected the run's own frames directory")
     return sorted(frames.glob("[0-9]*.png"), key=_frame_key)
+
+
+def list_runs(output_dir: str | Path) -> list[Path]:
+    """The run directories under ``output_dir`` (those with a ``config.json``), newest first;
+    symlinks are left out, so that a planted link cannot show a file from elsewhere."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if not p.is_symlink() and _is_file(p / "config.json")]
+    return sorted(runs, key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)
+
+
+def run_picture(run_dir: str | Path) -> Path | None:
+    """The image that shows a run: its final image, else its latest frame (None: neither)."""
+    run_dir = Path(run_dir)
+    finals = sorted(p for p in run_dir.glob("final*.png") if _is_file(p))
+    frames = [p for p in frame_paths(run_dir) if _is_file(p)]
+    return (finals or frames[-1:] or [None])[0]
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def frame_iteration(path: Path) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqclip.config import GenerationConfig
+from vqclip.forms import choose_models, preset_settings, prompt_settings, resolve
 
 __all__ = [
     "in_colab",
@@ -59,42 +60,6 @@ def describe_device() -> str:
     return (
         f"CPU: no GPU found; {torch.get_num_threads()} threads (the shapes models run in seconds)"
     )
-
-
-def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, str]:
-    """Resolve "auto": imagenet_f16_16384 with ViT-B/32 on a GPU, the shapes world on a CPU."""
-    import torch
-
-    gpu = torch.cuda.is_available()
-    if vqgan == "auto":
-        vqgan = "imagenet_f16_16384" if gpu else "shapes-vqgan"
-    if clip_model == "auto":
-        clip_model = "ViT-B/32" if gpu else "shapes-clip"
-    return vqgan, clip_model
-
-
-def preset_settings(**form: Any) -> dict[str, Any]:
-    """The form's settings, its "auto" values (0, or "auto") left to the model's preset
-    (:mod:`vqclip.presets`): the shapes world's measured settings for its models, the classic
-    ones for the others, as the CLI and the Python API take them."""
-    return {key: None if value in (0, "auto") else value for key, value in form.items()}
-
-
-def resolve(config: GenerationConfig) -> GenerationConfig:
-    """The form's config with its seed picked and its preset applied, as the run will record it
-    (so that the cell can print the seed and size the preview)."""
-    from vqclip import presets
-    from vqclip.config import resolve_seed
-
-    return presets.apply(resolve_seed(config))
-
-
-def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """The config's prompt fields from the form: ``batch_prompts``, when given, replace
-    ``prompts`` (one entry per image of the batch)."""
-    if batch_prompts:
-        return {"prompts": "", "batch_prompts": tuple(batch_prompts)}
-    return {"prompts": prompts, "batch_prompts": ()}
 
 
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
@@ -214,29 +179,24 @@ def _finish(label: Any, result: Any) -> Any:
     return result
 
 
-MIN_VIDEO_SECONDS = 4.0  # a run's few frames at 10 a second would flash by in under a second
-
-
 def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
     """Assemble the run's frames into ``RUN_DIR/video.mp4`` (made again from the frames each
     time), show it inline with the final image as its poster, and offer it for download in
     Colab; ``fps`` and ``options`` (length, first, last, image, interpolate; None for the
     default) as :func:`vqclip.video.assemble_video` takes them. With neither ``fps`` nor
-    ``length``, a run's frames last at least :data:`MIN_VIDEO_SECONDS` (a restyled video keeps
-    its own rate)."""
+    ``length``, a run's frames last long enough to watch (:func:`~vqclip.video.watchable_length`;
+    a restyled video keeps its own rate)."""
     import base64
 
     from IPython.display import HTML, display
 
-    from vqclip.frames import frame_paths
     from vqclip.pipeline import read_run_config
-    from vqclip.video import assemble_video
+    from vqclip.video import assemble_video, watchable_length
 
     run_dir = Path(run_dir).resolve()
     given = {name: value for name, value in options.items() if value is not None}
     if fps is None and "length" not in given and not read_run_config(run_dir).init_video:
-        steps = len({p.name.split("-")[0] for p in frame_paths(run_dir)})  # a batch's tiles
-        given["length"] = max(MIN_VIDEO_SECONDS, steps / 10)
+        given["length"] = watchable_length(run_dir)
     path = assemble_video(run_dir, fps, run_dir / "video.mp4", overwrite=True, **given)
     video = base64.b64encode(path.read_bytes()).decode()
     finals = sorted(run_dir.glob("final*.png"))

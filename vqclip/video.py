@@ -19,6 +19,7 @@ __all__ = [
     "assemble_video",
     "select_frames",
     "tile_images",
+    "watchable_length",
     "default_fps",
     "count_video_frames",
     "check_video",
@@ -71,6 +72,16 @@ def tile_images(images: list[np.ndarray]) -> np.ndarray:
         row, column = divmod(n, columns)
         grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = pixels
     return grid
+
+
+MIN_VIDEO_SECONDS = 4.0  # a run's few frames at 10 a second would flash by in under a second
+
+
+def watchable_length(run_dir: str | Path) -> float:
+    """Seconds for a run's frames to be watched: 10 steps a second, and at least
+    :data:`MIN_VIDEO_SECONDS`."""
+    steps = len({frame_iteration(p) for p in frame_paths(run_dir)})  # a batch's tiles count once
+    return max(MIN_VIDEO_SECONDS, steps / 10)
 
 
 def _read_step(paths: list[Path]) -> np.ndarray:

@@ -1,0 +1,312 @@
+"""``vqclip ui``: a local web page (gradio, on 127.0.0.1) over the same library as the CLI.
+
+Prompt and settings as the notebook's form reads them (:mod:`vqclip.forms`), a live preview
+with a progress bar, stop and resume, and a gallery of the runs in ``output_dir`` with each
+one's config, replay and video. Runs go through :mod:`vqclip.pipeline`; this module only
+lays the page out and moves reports from the run's thread to the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from vqclip import zoo
+from vqclip.config import GenerationConfig
+from vqclip.download import DownloadError
+from vqclip.forms import choose_models, preset_settings, resolve
+from vqclip.frames import list_runs, run_picture
+from vqclip.images import to_uint8
+from vqclip.pipeline import RunResult, generate, read_run_config, resume
+from vqclip.presets import preset_for
+from vqclip.restyle import frames_to_restyle
+from vqclip.video import assemble_video, tile_images, watchable_length
+
+__all__ = ["build_ui", "serve"]
+
+log = logging.getLogger(__name__)
+
+# The mistakes a user can make in the form: shown as one line, as the CLI prints them.
+USER_ERRORS = (ValueError, OSError, DownloadError, FloatingPointError)
+
+SYNTAX = """\
+**Prompts**: `text:weight:stop | text:weight | text`. A weight may be negative (push away:
+`blurry:-0.5`); a stop ends that prompt's pull once its distance is below it; `a ^ b` is a story
+of two phases. Fields left at 0 or `auto` take the model's preset.
+"""
+
+
+@dataclass
+class Run:
+    """The run under way: its stop flag, and the reports its thread leaves for the page."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reports: queue.Queue = field(default_factory=queue.Queue)
+    result: RunResult | None = None
+    error: str | None = None
+    thread: threading.Thread | None = None
+
+
+def form_config(
+    prompts: str, generator: str, vqgan: str, clip_model: str, seed: float, *numbers: float
+) -> GenerationConfig:
+    """The form's config, resolved (seed picked, preset applied) as the run will record it;
+    ``numbers`` are width, height, max_iterations, cutn and display_frequency (0: preset)."""
+    width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
+    vqgan, clip_model = choose_models(vqgan, clip_model)
+    form = dict(width=width, height=height, max_iterations=max_iterations, cutn=cutn)
+    return resolve(
+        GenerationConfig(
+            prompts=prompts,
+            generator=generator,
+            vqgan=vqgan,
+            clip_model=clip_model,
+            seed=int(seed),
+            display_frequency=display_frequency or 10,
+            **preset_settings(**form),
+        )  # fmt: skip
+    )
+
+
+def describe_preset(generator: str, vqgan: str, clip_model: str) -> str:
+    """A line naming the preset these choices take, and its settings."""
+    vqgan, clip_model = choose_models(vqgan, clip_model)
+    models = GenerationConfig(prompts="-", generator=generator, vqgan=vqgan, clip_model=clip_model)
+    preset = preset_for(models)  # a preset matches on the generator and models, not prompts
+    settings = ", ".join(f"{k} {v}" for k, v in preset.settings.items())
+    return f"preset **{preset.name}** (for {vqgan} + {clip_model}): {settings}"
+
+
+def run_in_thread(work: Callable[[Callable], RunResult]) -> Run:
+    """Start ``work(callback)`` in a thread; its reports and result arrive on the returned
+    :class:`Run`, and setting ``run.stop`` ends it after the step under way, keeping it."""
+    run = Run()
+
+    def callback(info: dict) -> None:
+        if "image" in info:  # the loss is read only at display steps, as the CLI reads it
+            image = tile_images([to_uint8(x) for x in info["image"]])
+            run.reports.put((info.get("frame", 0), info["iteration"], float(info["loss"]), image))
+        else:
+            run.reports.put((info.get("frame", 0), info["iteration"], None, None))
+        if run.stop.is_set():
+            raise KeyboardInterrupt  # the driver keeps everything and marks the run stopped
+
+    def target() -> None:
+        try:
+            run.result = work(callback)
+        except USER_ERRORS as error:
+            run.error = str(error)
+        except Exception as error:  # a bug, not the user's: its traceback goes to the log
+            log.exception("the run failed")
+            run.error = f"the run failed: {type(error).__name__}: {error} (traceback in the log)"
+        finally:
+            run.reports.put(None)
+
+    run.thread = threading.Thread(target=target, daemon=True)
+    run.thread.start()
+    return run
+
+
+def follow(run: Run, total: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    """The page's view of ``run`` as it goes: (the latest frame or None, a status line with a
+    progress bar over ``total`` steps), until the run ends."""
+    image, loss = None, None
+    while (report := run.reports.get()) is not None:
+        frame, iteration, new_loss, new_image = report
+        image = new_image if new_image is not None else image
+        loss = new_loss if new_loss is not None else loss
+        done = frame * max(total, 1) + iteration + 1
+        yield image, _progress(done, total, loss)
+    if run.result is not None:  # the final image: each one's best candidate
+        image = tile_images([to_uint8(x) for x in run.result.image])
+    yield image, _outcome(run)
+
+
+def _progress(done: int, total: int, loss: float | None) -> str:
+    shown = f", loss {loss:.4f}" if loss is not None else ""
+    return f'<progress value="{done}" max="{max(total, done)}"></progress> step {done} of {total}{shown}'  # fmt: skip
+
+
+def _outcome(run: Run) -> str:
+    if run.error is not None:
+        return f'<b class="vqclip-error">error:</b> {html.escape(run.error)}'
+    result = run.result
+    where = f"seed {result.config.seed}, run directory {html.escape(str(result.run_dir.resolve()))}"
+    if result.interrupted:
+        return f"stopped (Resume goes on): {where}"
+    return f"done: {where}"
+
+
+def run_steps(config: GenerationConfig, max_iterations: int | None = None) -> int:
+    """The steps a run of ``config`` makes in all, for its progress bar (-1: unknown)."""
+    per_frame = max_iterations or config.max_iterations
+    return per_frame * frames_to_restyle(config) if per_frame > 0 else -1
+
+
+def gallery_items(output_dir: str | Path) -> list[tuple[str, str]]:
+    """(picture, caption) for each run in ``output_dir`` that has one, newest first."""
+    items = []
+    for run_dir in list_runs(output_dir):
+        picture = run_picture(run_dir)
+        if picture is not None:
+            items.append((str(picture), _caption(run_dir)))
+    return items
+
+
+def _caption(run_dir: Path) -> str:
+    try:
+        config = read_run_config(run_dir)
+    except USER_ERRORS:
+        return f"{run_dir.name} (unreadable config.json)"
+    prompts = config.prompts or " / ".join(config.batch_prompts)
+    return f"{prompts} · seed {config.seed} · {run_dir.name}"
+
+
+def make_video(run_dir: str | Path) -> Path:
+    """The run's video, made again from its frames, long enough to watch."""
+    run_dir = Path(run_dir)
+    length = None if read_run_config(run_dir).init_video else watchable_length(run_dir)
+    return assemble_video(run_dir, None, run_dir / "video.mp4", overwrite=True, length=length)
+
+
+class _Page:
+    """The handlers behind the page's buttons, over one ``output_dir`` and one run at a time."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.run: Run | None = None
+
+    def start(self, *form: Any) -> Iterator[tuple]:
+        try:
+            config = form_config(*form).replace(output_dir=str(self.output_dir))
+        except USER_ERRORS as error:
+            yield None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}', None
+            return
+        yield from self._drive(lambda cb: generate(config, callback=cb), run_steps(config))
+
+    def resume(self, run_dir: str | None) -> Iterator[tuple]:
+        if not run_dir:
+            yield None, "choose a run in the gallery, or stop one, to resume it", None
+            return
+        try:
+            total = run_steps(read_run_config(Path(run_dir)))
+        except USER_ERRORS as error:
+            yield None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}', run_dir
+            return
+        yield from self._drive(lambda cb: resume(run_dir, callback=cb), total)
+
+    def replay(self, run_dir: str | None) -> Iterator[tuple]:
+        """A new run with a chosen run's whole config: the same image, bit for bit on a CPU."""
+        if not run_dir:
+            yield None, "choose a run in the gallery to replay it", None
+            return
+        try:
+            config = read_run_config(Path(run_dir)).replace(
+                output_dir=str(self.output_dir), run_name=None
+            )
+        except USER_ERRORS as error:
+            yield None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}', run_dir
+            return
+        yield from self._drive(lambda cb: generate(config, callback=cb), run_steps(config))
+
+    def _drive(self, work: Callable[[Callable], RunResult], total: int) -> Iterator[tuple]:
+        if self.run is not None and self.run.thread.is_alive():
+            yield gr.skip(), "a run is under way: stop it first", gr.skip()
+            return
+        self.run = run = run_in_thread(work)
+        for image, status in follow(run, total):
+            chosen = str(run.result.run_dir) if run.result is not None else gr.skip()
+            yield (image if image is not None else gr.skip()), status, chosen
+
+    def stop(self) -> str:
+        if self.run is None or not self.run.thread.is_alive():
+            return "no run under way"
+        self.run.stop.set()
+        return "stopping after the step under way..."
+
+    def choose(self, event: gr.SelectData) -> tuple[str, str]:
+        runs = [r for r in list_runs(self.output_dir) if run_picture(r) is not None]
+        run_dir = runs[event.index]
+        return str(run_dir), json.dumps(json.loads((run_dir / "config.json").read_text()), indent=1)  # fmt: skip
+
+    def video(self, run_dir: str | None) -> tuple[Any, str]:
+        if not run_dir:
+            return None, "choose a run in the gallery to make its video"
+        try:
+            return str(make_video(run_dir)), f"video: {html.escape(str(run_dir))}/video.mp4"
+        except USER_ERRORS as error:
+            return None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}'
+
+
+def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
+    """The page: a form, the live run, and the gallery of ``output_dir``'s runs."""
+    page = _Page(output_dir)
+    vqgans, clips = ["auto", *zoo.model_names("vqgan")], ["auto", *zoo.model_names("clip")]
+    with gr.Blocks(title="vqclip") as ui:
+        gr.Markdown("# vqclip\n" + SYNTAX)
+        chosen = gr.State(None)  # the run that Resume, Replay and Video act on
+        with gr.Row():
+            with gr.Column():
+                prompts = gr.Textbox("a red circle on a blue background", label="prompts", elem_id="prompts")  # fmt: skip
+                with gr.Row():
+                    generator = gr.Dropdown(["vqgan", "pixels"], value="vqgan", label="generator")
+                    vqgan = gr.Dropdown(vqgans, value="auto", label="VQGAN")
+                    clip_model = gr.Dropdown(clips, value="auto", label="CLIP")
+                preset = gr.Markdown(describe_preset("vqgan", "auto", "auto"), elem_id="preset")
+                with gr.Row():
+                    seed = gr.Number(-1, label="seed (-1: pick one)", precision=0, elem_id="seed")
+                    steps = gr.Number(0, label="max_iterations", precision=0, elem_id="steps")
+                    every = gr.Number(10, label="display_frequency", precision=0)
+                with gr.Row():
+                    width = gr.Number(0, label="width", precision=0)
+                    height = gr.Number(0, label="height", precision=0)
+                    cutn = gr.Number(0, label="cutn", precision=0)
+                with gr.Row():
+                    start = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
+                    go_on = gr.Button("Resume", elem_id="resume")
+            with gr.Column():
+                preview = gr.Image(label="preview", type="numpy", interactive=False, height=320, elem_id="preview")  # fmt: skip
+                status = gr.HTML("", elem_id="status")
+        gr.Markdown(f"## Runs in `{Path(output_dir).resolve()}`")
+        gallery = gr.Gallery(gallery_items(output_dir), columns=6, height=240, object_fit="contain", allow_preview=False, elem_id="gallery")  # fmt: skip
+        with gr.Row():
+            replay = gr.Button("Replay", elem_id="replay")
+            video_button = gr.Button("Video", elem_id="video-button")
+            refresh = gr.Button("Refresh")
+        with gr.Row():
+            config_view = gr.Code(language="json", label="config.json", elem_id="config")
+            video = gr.Video(label="video", elem_id="video", interactive=False)
+
+        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every]
+        for choice in (generator, vqgan, clip_model):
+            choice.change(describe_preset, [generator, vqgan, clip_model], preset)
+        shown = [preview, status, chosen]
+        show_runs = dict(fn=lambda: gallery_items(output_dir), outputs=gallery)
+        start.click(page.start, form, shown).then(**show_runs)
+        go_on.click(page.resume, chosen, shown).then(**show_runs)
+        replay.click(page.replay, chosen, shown).then(**show_runs)
+        stop.click(page.stop, None, status, concurrency_limit=None)
+        refresh.click(**show_runs)
+        gallery.select(page.choose, None, [chosen, config_view])
+        video_button.click(page.video, chosen, [video, status])
+    return ui
+
+
+def serve(output_dir: str | Path = "outputs", host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve the page until interrupted; only ``output_dir``'s files are served beside it."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    build_ui(output_dir).queue(default_concurrency_limit=1).launch(
+        server_name=host, server_port=port, allowed_paths=[str(Path(output_dir).resolve())],
+        inbrowser=False, share=False, show_error=True, quiet=True,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -346,3 +347,10 @@ def test_the_notebook_in_a_real_browser(tmp_path: Path, browser) -> None:
         assert errors.count() == 0 and "error:" not in page.inner_text(".jp-Notebook")
         assert read_state(Path(run_dir) / STATE)["iteration"] == 40
         page.close()
+
+
+def test_colab_installs_the_release_of_this_checkout() -> None:
+    """The install cell's URL names a tag, not a moving branch: the version this code carries."""
+    version = tomllib.loads((NOTEBOOK.parent.parent / "pyproject.toml").read_text())["project"]["version"]  # fmt: skip
+    source = nbformat.read(NOTEBOOK, as_version=4).cells[1].source
+    assert re.search(rf'^repo_url = "git\+https://\S+\.git@v{re.escape(version)}"', source, re.M)

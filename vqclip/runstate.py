@@ -102,7 +102,7 @@ def stop_between_steps() -> Iterator[Callable[[], None]]:
         if asked.is_set():
             raise KeyboardInterrupt
         asked.set()
-        log.warning("stopping after this step (Ctrl-C again to stop at once)")
+        log.warning("stopping after this step (interrupt again to stop at once)")
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:

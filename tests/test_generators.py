@@ -45,7 +45,8 @@ def test_pixels_encode_decode_and_clamp_at_every_scale() -> None:
 def test_pixels_steer_toward_the_prompt(pixels_config: GenerationConfig) -> None:
     config = pixels_config.replace(max_iterations=30, start="random")
     result = generate(config)
-    _, clip_model = load_models(config, resolve_device("cpu"))
+    _, (perceptor,) = load_models(config, resolve_device("cpu"))
+    clip_model = perceptor.model
     loop, state = prepare(config, resolve_device("cpu"))
     start = loop.generator.decode(state.latent)
     perceptor = Perceptor(clip_model)

@@ -19,7 +19,8 @@ from vqclip.prepare import load_models, prepare, resolve_device
 
 
 def _sim(config: GenerationConfig, image: torch.Tensor, text: str) -> float:
-    _, clip_model = load_models(config, resolve_device("cpu"))
+    _, (perceptor,) = load_models(config, resolve_device("cpu"))
+    clip_model = perceptor.model
     return float(similarity(Perceptor(clip_model), image, [text])[0, 0])
 
 

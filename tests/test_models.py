@@ -70,7 +70,8 @@ def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
     )
     for old, new in zip(before, run(), strict=True):
         assert torch.allclose(new, old, rtol=1e-4, atol=1e-5), (new - old).abs().max()
-    loaded_vqgan, loaded_clip = load_models(tiny_config, resolve_device("cpu"))
+    loaded_vqgan, (perceptor,) = load_models(tiny_config, resolve_device("cpu"))
+    loaded_clip = perceptor.model
     assert loaded_vqgan.decoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.Conv2d) for m in loaded_clip.visual.modules())
 

@@ -94,10 +94,10 @@ def test_the_model_cache_is_explicit_and_can_be_cleared(tiny_config: GenerationC
     from vqclip.prepare import MODELS, load_models, resolve_device
 
     first = load_models(tiny_config, resolve_device("cpu"))
-    assert load_models(tiny_config, resolve_device("cpu"))[1] is first[1]  # loaded once
+    assert load_models(tiny_config, resolve_device("cpu"))[1][0] is first[1][0]  # loaded once
     MODELS.clear()
     assert len(MODELS) == 0
-    assert load_models(tiny_config, resolve_device("cpu"))[1] is not first[1]
+    assert load_models(tiny_config, resolve_device("cpu"))[1][0] is not first[1][0]
 
 
 def test_an_old_runs_config_json_replays_as_it_was_saved() -> None:

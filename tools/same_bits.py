@@ -67,7 +67,13 @@ def vqclip(source: Path, args: list[str], out: Path, interrupt_after: float = 0)
     process = subprocess.Popen(
         command, env=env, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    if interrupt_after:
+    if interrupt_after:  # once the run has saved a state (its first display step), or later
+        deadline = time.monotonic() + 120
+        new_state = lambda: [
+            d for d in set(out.glob("run*/*")) - before if (d / "state.pt").exists()
+        ]  # noqa: E731
+        while not new_state() and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(interrupt_after)
         process.send_signal(signal.SIGINT)
     if process.wait() not in (0, 130):
@@ -118,7 +124,7 @@ def main() -> None:
                 if args.only and name not in args.only:
                     continue
                 config = [a.format(**inputs) for a in template]
-                wait = 10.0 if name.startswith("resume") else 0
+                wait = 0.5 if name.startswith("resume") else 0
                 digests = []
                 for side, source in (("old", old), ("new", ROOT)):
                     (work / side).mkdir(exist_ok=True)

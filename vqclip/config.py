@@ -12,7 +12,10 @@ from typing import Any
 
 from vqclip.prompts import parse_prompts, split_phases, split_prompts
 
-__all__ = ["GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed"]
+__all__ = [
+    "GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed",
+    "parse_clip_models",
+]  # fmt: skip
 
 OPTIMIZERS = (
     "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD", "DiffGrad", "AdamP",
@@ -68,7 +71,7 @@ class GenerationConfig:
     pixel_scale: int = _field(1, "pixels generator: image pixels per optimised pixel, each way", MODEL)  # fmt: skip
     vqgan: str = _field("shapes-vqgan", "registry name, or a path to a VQGAN YAML config", MODEL)
     vqgan_checkpoint: str | None = _field(None, "checkpoint for a YAML path; default: YAML with .ckpt", MODEL)  # fmt: skip
-    clip_model: str = _field("shapes-clip", 'registry name (e.g. "ViT-B/32") or a path to a CLIP file', MODEL)  # fmt: skip
+    clip_model: str = _field("shapes-clip", 'registry name (e.g. "ViT-B/32") or a path to a CLIP file; several at once: "ViT-B/32 + RN50:0.5" (each with its weight)', MODEL)  # fmt: skip
     # -- image size and output
     width: int | None = _field(None, f"output width in pixels, a multiple of the generator's factor ({_PRESET})", OUTPUT)  # fmt: skip
     height: int | None = _field(None, f"output height in pixels, likewise ({_PRESET})", OUTPUT)
@@ -80,6 +83,7 @@ class GenerationConfig:
     step_size: float | None = _field(None, f"optimiser learning rate ({_PRESET})", STEPS)
     optimizer: str = _field("Adam", "Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD", STEPS)  # fmt: skip
     cutn: int | None = _field(None, f"cutouts scored by CLIP per step ({_PRESET})", STEPS)
+    cutn_batches: int = _field(1, "score the cutouts in this many sequential batches, gradients accumulated: the same step in about 1/N of CLIP's memory", STEPS)  # fmt: skip
     cut_pow: float = _field(1.0, "cutout size exponent: > 1 favours small cutouts", STEPS)
     cut_method: str = _field("crops", 'random "crops", or "pooling": the whole image, as generate.py', STEPS)  # fmt: skip
     augments: tuple[str, ...] = _field(("Af", "Pe", "Ji", "Er"), "kornia augmentations of cutouts", STEPS)  # fmt: skip
@@ -119,6 +123,8 @@ class GenerationConfig:
             object.__setattr__(self, name, tuple(value))
         if self.prior in ("", "none"):  # the CLI's way to say no prior
             object.__setattr__(self, "prior", None)
+        if isinstance(self.clip_model, list | tuple):  # several CLIPs: one string, as the CLI's
+            object.__setattr__(self, "clip_model", " + ".join(map(str, self.clip_model)))
         self._check_types()
         self._check_sizes()
         self._check_choices()
@@ -143,7 +149,7 @@ class GenerationConfig:
     def _check_sizes(self) -> None:
         checks = {
             _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
-                            "latent_levels", "best_of", "pixel_scale"),
+                            "latent_levels", "best_of", "pixel_scale", "cutn_batches"),
             _positive_number: ("cut_pow", "step_size", "zoom_scale"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("smoothness", "prior_weight"),
@@ -154,6 +160,11 @@ class GenerationConfig:
             for name in names:
                 if getattr(self, name) is not None:  # None: left to the preset
                     check(name, getattr(self, name))
+        if self.cutn is not None and self.cutn_batches > self.cutn:
+            raise ValueError(
+                f"cutn_batches: {self.cutn_batches} batches of {self.cutn} cutouts would leave "
+                f"some empty; expected 1 to {self.cutn}"
+            )
         if self.zoom_start and not self.zoom_every:
             raise ValueError(
                 f"zoom_start: {self.zoom_start} needs zoom_every > 0 (how often to zoom after it)"
@@ -182,6 +193,7 @@ class GenerationConfig:
             _choice("start", self.start, STARTS)
         _choice("generator", self.generator, GENERATORS)
         _choice("cut_method", self.cut_method, CUT_METHODS)
+        self.clip_models()  # raises ValueError naming a malformed entry
         for name in self.augments:
             _choice("augments", name, AUGMENTS)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
@@ -227,6 +239,11 @@ class GenerationConfig:
                     f"{name}: {value!r} does not combine with init_video (each frame of the "
                     "video is restyled by its own run of max_iterations steps)"
                 )
+
+    def clip_models(self) -> list[tuple[str, float]]:
+        """The CLIP models that guide the run, each with its weight (see
+        :func:`parse_clip_models`)."""
+        return parse_clip_models(self.clip_model)
 
     def stories(self) -> list[list[str]]:
         """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
@@ -290,6 +307,34 @@ class GenerationConfig:
     def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def parse_clip_models(text: str) -> list[tuple[str, float]]:
+    """``"ViT-B/32 + RN50:0.5"`` -> ``[("ViT-B/32", 1.0), ("RN50", 0.5)]``: models joined by
+    ``+``, each with an optional ``:weight`` (>= 0; default 1), read from the right so that
+    names with colons (``open_clip:ViT-B-32/laion2b_s34b_b79k``) survive."""
+    models = []
+    for entry in text.split("+"):
+        name, _, suffix = entry.strip().rpartition(":")
+        weight = _weight(suffix) if name else None
+        name, weight = (name.strip(), weight) if weight is not None else (entry.strip(), 1.0)
+        if not name or not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"clip_model: {entry.strip()!r} in {text!r}; expected 'name' or 'name:weight' "
+                "with a weight >= 0, entries joined by '+' (e.g. 'ViT-B/32 + RN50:0.5')"
+            )
+        models.append((name, weight))
+    if not any(weight for _, weight in models):
+        raise ValueError(f"clip_model: every weight in {text!r} is 0; expected one above 0")
+    return models
+
+
+def _weight(text: str) -> float | None:
+    """A ``:weight`` suffix as a number, or None when it is part of the name."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def resolve_seed(config: GenerationConfig) -> GenerationConfig:

@@ -11,11 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "draw_places",
     "make_cutouts",
     "make_augments",
     "augment",
     "shift_hue",
 ]
+
+
+def draw_places(cutn: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """The random draws of ``cutn`` crops: (3, cutn) uniform in [0, 1), size, left and top, as
+    fractions of their ranges (so that perceptors of any input size can share them)."""
+    return torch.rand(3, cutn, generator=generator, device=device)
 
 
 def make_cutouts(
@@ -25,6 +32,7 @@ def make_cutouts(
     cut_pow: float,
     generator: torch.Generator,
     method: str = "crops",
+    places: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) -> (B * cutn, 3, cut_size, cut_size), image-major.
 
@@ -32,7 +40,8 @@ def make_cutouts(
     ``min(H, W, cut_size)`` and ``min(H, W)`` as in the classic notebooks, all resampled at once
     by one affine grid. ``"pooling"``: ``cutn`` copies of the whole image pooled to
     ``cut_size`` (the mean of average and max pooling, as ``generate.py``'s default cut
-    method), for the augments to vary; it draws nothing from ``generator``.
+    method), for the augments to vary; it draws nothing from ``generator``. ``places``: the
+    crops' draws (:func:`draw_places`), made by the caller; None draws them here.
     """
     if method == "pooling":
         pooled = F.adaptive_avg_pool2d(image, cut_size) + F.adaptive_max_pool2d(image, cut_size)
@@ -40,7 +49,7 @@ def make_cutouts(
     batch, _, height, width = image.shape
     device = image.device
     max_size, min_size = min(height, width), min(height, width, cut_size)
-    uniform = torch.rand(3, cutn, generator=generator, device=device)  # (3, cutn)
+    uniform = draw_places(cutn, generator, device) if places is None else places  # (3, cutn)
     sizes = uniform[0].pow(cut_pow) * (max_size - min_size) + min_size  # (cutn,) in pixels
     left = uniform[1] * (width - sizes)
     top = uniform[2] * (height - sizes)

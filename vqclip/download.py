@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import logging
 import os
 import time
@@ -319,6 +320,17 @@ def _check_kind(part: Path, kind: str) -> None:
             raise _BadFile(f"not YAML ({error})") from None
         if not isinstance(config, dict) or "model" not in config:
             raise _BadFile("YAML without a 'model' section: not a VQGAN config")
+    elif kind == "json":
+        try:
+            config = json.loads(part.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise _BadFile(f"not JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise _BadFile("JSON that is not an object: not a model config")
+    elif kind == "safetensors":  # an 8-byte header length, then the header's JSON object
+        size = int.from_bytes(head[:8], "little")
+        if len(head) < 9 or head[8:9] != b"{" or size > part.stat().st_size:
+            raise _BadFile("not a safetensors file (no header)")
     elif kind == "image":
         from vqclip.images import check_image
 

@@ -1,4 +1,4 @@
-"""The loop: generator -> image -> cutouts -> perceptor -> objective -> optimiser step.
+"""The loop: generator -> image -> cutouts -> perceptors -> objective -> optimiser step.
 
 No printing and no files: progress and frames leave through ``callback({...})``. The loop knows
 its parts only by their interfaces (:mod:`vqclip.generators`, :mod:`vqclip.perceptors`,
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vqclip.cutouts import augment, make_cutouts
+from vqclip.cutouts import augment, draw_places, make_cutouts
 from vqclip.generators import Generator, compose_latent
 from vqclip.losses import Targets, spherical_dist_loss
-from vqclip.objective import Objective, View
+from vqclip.objective import Objective, PerceptorTargets, PromptTerm, View
 from vqclip.optimizers import make_optimizer
 from vqclip.perceptors import Perceptor
 
@@ -31,6 +31,7 @@ __all__ = [
     "LoopState",
     "compose_latent",
     "image_losses",
+    "make_views",
     "weighted_distances",
     "best_candidates",
     "start_state",
@@ -46,12 +47,13 @@ NOISE = 0.1  # per-cutout Gaussian noise scale, as in the classic notebooks
 
 @dataclass(frozen=True)
 class Cuts:
-    """How each step cuts the image for the perceptor (:mod:`vqclip.cutouts`)."""
+    """How each step cuts the image for the perceptors (:mod:`vqclip.cutouts`)."""
 
-    augments: nn.Module
+    augments: tuple[nn.Module, ...]  # per perceptor: some augments depend on its input size
     cutn: int  # cutouts per image per step
     cut_pow: float = 1.0
     method: str = "crops"
+    batches: int = 1  # scored in this many sequential batches, gradients accumulated
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,19 @@ class Loop:
     """What stays fixed during a run: its parts and settings."""
 
     generator: Generator  # what is optimised, and how it becomes pixels
-    perceptor: Perceptor  # CLIP, as the loop sees it
+    perceptors: tuple[Perceptor, ...]  # the CLIPs; their weights are the prompt term's
     objective: Objective  # the prompts and the pulls
     cuts: Cuts
     seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
-    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for generator and perceptor
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for generator and perceptors
 
     def at_phase(self, index: int) -> Loop:
         """The loop with the prompts of phase ``index`` of a story."""
         return replace(self, objective=self.objective.at_phase(index))
 
-    def with_targets(self, targets: Targets, row_targets: tuple[Targets, ...] = ()) -> Loop:
+    def with_targets(
+        self, targets: PerceptorTargets, row_targets: tuple[PerceptorTargets, ...] = ()
+    ) -> Loop:
         """The loop with other prompt targets."""
         return replace(self, objective=self.objective.with_targets(targets, row_targets))
 
@@ -133,24 +137,19 @@ def _fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
 def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
     latent = state.latent
-    device = latent.device
     # 1. The generator renders its parameters: (B, 3, H, W) in [0, 1].
-    with _fast_math(loop, device):
+    with _fast_math(loop, latent.device):
         image = loop.generator.decode(latent)
-    # 2. Cut and augment: (B * cutn, 3, S, S).
-    cuts = loop.cuts
-    size = loop.perceptor.input_resolution
-    cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method)
-    cutouts = augment(cutouts, cuts.augments, NOISE, state.generator, _step_seed(loop, state))
-    # 3. The perceptor embeds them: (B * cutn, E).
-    with _fast_math(loop, device):
-        embeds = loop.perceptor.encode_image(cutouts)
-    # 4. The objective's terms, summed.
-    view = View(image, latent, state.start, embeds, state.iteration, partial(image_losses, loop))
-    total, terms, losses = loop.objective(view)
-    # 5. Step, then keep the parameters in the generator's range.
+    # 2. Cut and augment, for each perceptor at its input size: (B * cutn, 3, S, S) each.
+    views = make_views(loop, state, image)
+    # 3. The perceptors embed them, 4. the objective's terms add up, 5. back to the parameters.
     state.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    if loop.cuts.batches == 1:
+        total, terms, losses = _score(loop, state, image, latent, views)
+        total.backward()
+    else:
+        total, terms, losses = _score_in_batches(loop, state, image, latent, views)
+    # 6. Step, then keep the parameters in the generator's range.
     state.optimizer.step()
     loop.generator.clamp(state.levels)
     state.iteration += 1
@@ -162,8 +161,96 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     }
 
 
+def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, 3, H, W) -> per perceptor, (B * cutn, 3, S, S) augmented cutouts at its input size.
+
+    Every perceptor sees crops of the same places and augments of the same seed; the first
+    draws its noise from the run's generator (so that one perceptor draws what the loop always
+    drew), each other from its own generator seeded by the step: adding a perceptor changes
+    nothing that the first one sees.
+    """
+    cuts, device = loop.cuts, image.device
+    places = draw_places(cuts.cutn, state.generator, device) if cuts.method == "crops" else None
+    seed = _step_seed(loop, state)
+    views = []
+    for index, (perceptor, augments) in enumerate(zip(loop.perceptors, cuts.augments, strict=True)):  # fmt: skip
+        size = perceptor.input_resolution
+        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method, places)  # fmt: skip
+        noise = state.generator if index == 0 else _own_generator(seed + index, device)
+        views.append(augment(cutouts, augments, NOISE, noise, seed))
+    return tuple(views)
+
+
 def _step_seed(loop: Loop, state: LoopState) -> int:
     return (loop.seed * 1_000_003 + state.iteration) % 2**63
+
+
+def _own_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+def _score(
+    loop: Loop,
+    state: LoopState,
+    image: torch.Tensor,
+    latent: torch.Tensor,
+    views: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The objective of a step whose cutouts are all scored at once."""
+    with _fast_math(loop, latent.device):
+        embeds = tuple(p.encode_image(v) for p, v in zip(loop.perceptors, views, strict=True))
+    score = partial(image_losses, loop)
+    return loop.objective(View(image, latent, state.start, embeds, state.iteration, score))
+
+
+def _score_in_batches(
+    loop: Loop,
+    state: LoopState,
+    image: torch.Tensor,
+    latent: torch.Tensor,
+    views: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The objective of a step, its cutouts scored batch by batch, and its gradient.
+
+    Each batch's prompt loss (its share of the cutouts) goes backward into detached copies of
+    the cutouts at once, so that the perceptors hold one batch's activations at a time; then
+    those gradients and the pulls go back through cutting and rendering in one pass. The
+    prompts' loss is linear in the cutouts' distances, so the gradient is the unbatched one to
+    float rounding; a prompt's stop is checked on each batch's own mean distance.
+    """
+    leaves = [v.detach().requires_grad_(True) for v in views]
+    cutn, rows = loop.cuts.cutn, len(image)
+    score = partial(image_losses, loop)
+    prompts = None
+    for picks in torch.arange(cutn, device=image.device).tensor_split(loop.cuts.batches):
+        batch = [leaf.view(rows, cutn, *leaf.shape[1:])[:, picks].flatten(0, 1) for leaf in leaves]
+        with _fast_math(loop, latent.device):
+            embeds = tuple(p.encode_image(b) for p, b in zip(loop.perceptors, batch, strict=True))
+        share = len(picks) / cutn
+        view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, score, share)  # fmt: skip
+        loss = loop.objective.prompts(view)
+        loss.total.backward()
+        prompts = _detached(loss) if prompts is None else _add(prompts, _detached(loss))
+    view = View(image, latent, state.start, (), state.iteration, score)
+    pulls, terms = loop.objective.add_pulls(view, torch.zeros((), device=image.device), {})
+    tensors, grads = [*views, pulls], [*(leaf.grad for leaf in leaves), torch.ones_like(pulls)]
+    torch.autograd.backward(tensors, grads)
+    reports = {**loop.objective.report(prompts), **terms}
+    return prompts.total + pulls.detach(), reports, prompts.parts
+
+
+def _detached(loss: Any) -> Any:
+    return type(loss)(*(_detach_all(x) for x in loss))
+
+
+def _detach_all(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(x.detach() for x in value)
+    return value.detach() if value is not None else None
+
+
+def _add(a: Any, b: Any) -> Any:
+    return type(a)(a.total + b.total, a.parts + b.parts, tuple(x + y for x, y in zip(a.by_perceptor, b.by_perceptor, strict=True)))  # fmt: skip
 
 
 @torch.no_grad()
@@ -177,20 +264,29 @@ def render(loop: Loop, state: LoopState) -> torch.Tensor:
 def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> (B,): each whole image's weighted prompt loss, unaugmented.
 
-    The same distances and weights as the loop (stops aside), on one resized view per image:
-    what ranks candidates.
+    The same distances and weights as the loop (stops aside), on one resized view per image
+    and perceptor: what ranks candidates.
     """
-    size = loop.perceptor.input_resolution
-    views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
-    with _fast_math(loop, images.device):
-        embeds = loop.perceptor.encode_image(views)  # (B, E)
     prompts = loop.objective.prompts
+    total = None
+    for index, (perceptor, weight) in enumerate(zip(loop.perceptors, prompts.weights, strict=True)):  # fmt: skip
+        size = perceptor.input_resolution
+        views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
+        with _fast_math(loop, images.device):
+            embeds = perceptor.encode_image(views)  # (B, E)
+        losses = _distances(prompts, embeds, index) * weight
+        total = losses if total is None else total + losses
+    return total
+
+
+def _distances(prompts: PromptTerm, embeds: torch.Tensor, index: int) -> torch.Tensor:
+    """(B, E) embeddings of perceptor ``index`` -> (B,) weighted distances to their targets."""
     if not prompts.row_targets:
-        return weighted_distances(embeds, prompts.targets)
+        return weighted_distances(embeds, prompts.targets[index])
     # A batch of prompts: images come grouped by latent row (one, or a row's alternatives).
     groups = embeds.view(len(prompts.row_targets), -1, embeds.shape[-1])
     pairs = zip(groups, prompts.row_targets, strict=True)
-    return torch.cat([weighted_distances(e, t) for e, t in pairs])
+    return torch.cat([weighted_distances(e, t[index]) for e, t in pairs])
 
 
 def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:

@@ -63,10 +63,12 @@ def describe_device() -> str:
 
 
 def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
-    """Download (or find in the cache) both models; returns their local files."""
+    """Download (or find in the cache) the VQGAN and the CLIPs; returns their local files."""
     from vqclip import zoo
+    from vqclip.config import parse_clip_models
 
-    return [*zoo.resolve_vqgan(vqgan), zoo.resolve_clip(clip_model)]
+    clips = [zoo.resolve_clip(name) for name, _ in parse_clip_models(clip_model)]
+    return [*zoo.resolve_vqgan(vqgan), *clips]
 
 
 def _png_bytes(image: Any) -> bytes:

@@ -22,6 +22,7 @@ from vqclip.prior import prior_loss, prior_pull
 
 __all__ = [
     "View", "Loss", "Term", "PromptTerm", "InitTerm", "SmoothnessTerm", "PriorTerm", "Objective",
+    "PerceptorTargets",
 ]  # fmt: skip
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N,) prompt loss, lower better
@@ -34,14 +35,16 @@ class View:
     image: torch.Tensor  # (B, 3, H, W) in [0, 1], differentiable
     latent: torch.Tensor  # (B, C, h, w) the generator's composed parameters
     start: torch.Tensor  # (B, C, h, w) the parameters the run (or the last zoom) started from
-    embeds: torch.Tensor  # (B * cutn, E) the cutouts' embeddings, image-major
+    embeds: tuple[torch.Tensor, ...]  # per perceptor, (B * cutn, E) cutout embeddings, image-major
     iteration: int
     score: Score  # whole images -> their prompt loss (ranks a prior's alternatives)
+    share: float = 1.0  # the fraction of the step's cutouts these are (cutout batches)
 
 
 class Loss(NamedTuple):
     total: torch.Tensor  # () the term's weighted loss
     parts: torch.Tensor | None = None  # (P,) per prompt, for reports; None for a single term
+    by_perceptor: tuple[torch.Tensor, ...] = ()  # () each perceptor's weighted share, for reports
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,13 @@ class Term(ABC):
         return None
 
 
+PerceptorTargets = tuple[Targets, ...]  # one prompt list's targets in each perceptor's space
+
+
 @dataclass(frozen=True)
 class PromptTerm(Term):
-    """The weighted spherical distance of the cutouts to the prompts' embeddings.
+    """The weighted spherical distance of the cutouts to the prompts' embeddings, in each
+    perceptor's embedding space, summed with the perceptors' ``weights``.
 
     ``row_targets`` gives each latent row (a batch of prompts) its own targets, else every
     image shares ``targets``; ``phases`` holds each phase of a story as (targets, row_targets).
@@ -75,20 +82,33 @@ class PromptTerm(Term):
 
     name: str = "prompts"
     weight: float = 1.0
-    targets: Targets | None = None
-    row_targets: tuple[Targets, ...] = ()
-    phases: tuple[tuple[Targets, tuple[Targets, ...]], ...] = ()
+    targets: PerceptorTargets = ()
+    row_targets: tuple[PerceptorTargets, ...] = ()
+    phases: tuple[tuple[PerceptorTargets, tuple[PerceptorTargets, ...]], ...] = ()
+    weights: tuple[float, ...] = (1.0,)  # per perceptor
+    names: tuple[str, ...] = ("clip",)  # per perceptor, for reports
 
     def __call__(self, view: View) -> Loss:
-        rows, embeds = len(view.image), view.embeds
+        total, parts, shares = None, None, []
+        for index, (embeds, weight) in enumerate(zip(view.embeds, self.weights, strict=True)):
+            loss = self._score(embeds, len(view.image), index)
+            share = loss.total * (weight * view.share)  # exact for one perceptor, weight 1
+            shares.append(share)
+            total = share if total is None else total + share
+            scaled = loss.parts * (weight * view.share)
+            parts = scaled if parts is None else parts + scaled
+        return Loss(total * self.weight, parts, tuple(shares))
+
+    def _score(self, embeds: torch.Tensor, rows: int, index: int) -> Loss:
+        """Perceptor ``index``'s loss, unweighted by its perceptor weight."""
         if not self.row_targets:
-            losses = prompt_losses(embeds, self.targets)  # (P,)
-            return Loss(losses.sum() * rows * self.weight, losses)  # each image's full pull
+            losses = prompt_losses(embeds, self.targets[index])  # (P,)
+            return Loss(losses.sum() * rows, losses)  # each image's full pull
         per_row = embeds.view(rows, -1, embeds.shape[-1])  # (rows, cutn, E)
         losses = torch.cat(
-            [prompt_losses(e, t) for e, t in zip(per_row, self.row_targets, strict=True)]
+            [prompt_losses(e, t[index]) for e, t in zip(per_row, self.row_targets, strict=True)]
         )
-        return Loss(losses.sum() * self.weight, losses)
+        return Loss(losses.sum(), losses)
 
     def at_phase(self, index: int) -> PromptTerm:
         """This term with phase ``index``'s targets."""
@@ -144,19 +164,35 @@ class Objective:
 
     def __call__(self, view: View) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """The total loss, each term's loss by name, and the per-prompt losses (P,)."""
-        first = self.prompts(view)
-        total, reports = first.total, {self.prompts.name: first.total}
+        prompts = self.prompts(view)
+        total, reports = self.add_pulls(view, prompts.total, self.report(prompts))
+        return total, reports, prompts.parts
+
+    def report(self, prompts: Loss) -> dict[str, torch.Tensor]:
+        """The prompt term's loss by name, and each perceptor's share when there are several."""
+        reports = {self.prompts.name: prompts.total}
+        if len(prompts.by_perceptor) > 1:
+            names = (f"{self.prompts.name}:{name}" for name in self.prompts.names)
+            reports.update(zip(names, prompts.by_perceptor, strict=True))
+        return reports
+
+    def add_pulls(
+        self, view: View, total: torch.Tensor, reports: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``total`` plus every pull, in order; each pull's loss added to ``reports``."""
         for term in self.pulls:
             loss = term(view).total
             total = total + loss
             reports[term.name] = loss
-        return total, reports, first.parts
+        return total, reports
 
     def at_phase(self, index: int) -> Objective:
         """The objective with the prompts of phase ``index`` of a story."""
         return replace(self, prompts=self.prompts.at_phase(index))
 
-    def with_targets(self, targets: Targets, row_targets: tuple[Targets, ...] = ()) -> Objective:
+    def with_targets(
+        self, targets: PerceptorTargets, row_targets: tuple[PerceptorTargets, ...] = ()
+    ) -> Objective:
         """The objective with other prompt targets (and no story)."""
         prompts = replace(self.prompts, targets=targets, row_targets=row_targets, phases=())
         return replace(self, prompts=prompts)

@@ -7,6 +7,7 @@ perceptor rather than a change to the loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,16 +33,21 @@ def normalize(
 
 @dataclass(frozen=True, eq=False)
 class Perceptor:
-    """An OpenAI-architecture CLIP (``clip.model.CLIP``) as the loop uses it."""
+    """A CLIP as the loop uses it: OpenAI's (``clip.model.CLIP``) or OpenCLIP's, which share
+    the encoders' names and shapes but not always the input normalisation or the tokenizer."""
 
     model: nn.Module
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
+    name: str = "clip"  # how reports name its loss in an ensemble
+    tokenizer: Callable[[list[str]], torch.Tensor] | None = None  # None: OpenAI CLIP's
 
     @property
     def input_resolution(self) -> int:
         """The side of the square images the image encoder reads."""
-        return self.model.visual.input_resolution
+        visual = self.model.visual
+        size = getattr(visual, "input_resolution", None) or visual.image_size  # OpenCLIP's
+        return size if isinstance(size, int) else size[0]
 
     @property
     def embed_dim(self) -> int:
@@ -59,5 +65,5 @@ class Perceptor:
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Texts -> (N, E) fp32 embeddings (not unit length)."""
-        tokens = tokenize(self.model, texts).to(self.device)
-        return self.model.encode_text(tokens).float()
+        tokens = tokenize(self.model, texts) if self.tokenizer is None else self.tokenizer(texts)
+        return self.model.encode_text(tokens.to(self.device)).float()

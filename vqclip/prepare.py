@@ -26,7 +26,6 @@ from vqclip.generators import Generator, PixelGenerator, VQGANGenerator
 from vqclip.images import check_image, load_image
 from vqclip.latents import noise_image
 from vqclip.loop import Cuts, Loop, LoopState, image_losses, start_state
-from vqclip.losses import Targets
 from vqclip.memory import check_memory
 from vqclip.models import (
     VQGAN,
@@ -36,8 +35,17 @@ from vqclip.models import (
     prepare_for_loop,
     read_vqgan_spec,
 )
-from vqclip.objective import InitTerm, Objective, PriorTerm, PromptTerm, SmoothnessTerm, Term
-from vqclip.perceptors import Perceptor
+from vqclip.objective import (
+    InitTerm,
+    Objective,
+    PerceptorTargets,
+    PriorTerm,
+    PromptTerm,
+    SmoothnessTerm,
+    Term,
+)
+from vqclip.openclip import is_open_clip, load_open_clip
+from vqclip.perceptors import CLIP_MEAN, CLIP_STD, Perceptor
 from vqclip.prior import load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
 from vqclip.video import check_video
@@ -139,7 +147,8 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
         _check_image_source(prompt.text, "image_prompts")
     for path in split_prompts(config.target_images):
         _check_image_source(path, "target_images")
-    zoo.resolve_clip(config.clip_model)
+    for name, _ in config.clip_models():
+        zoo.resolve_clip(name)
     if config.generator == "vqgan":
         spec = read_vqgan_spec(zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)[0])
         factor, ddconfig = spec.factor, spec.ddconfig
@@ -176,35 +185,43 @@ def _load_vqgan(paths: tuple[Path, Path], device: torch.device, compiled: bool) 
     return MODELS.get(("vqgan", paths, str(device), compiled), load)
 
 
-def _load_clip(path: Path, device: torch.device, compiled: bool) -> torch.nn.Module:
-    def load() -> torch.nn.Module:
-        clip_model = load_clip(path, device=device)
-        prepare_for_loop(None, clip_model)
+def _load_perceptor(name: str, path: Path, device: torch.device, compiled: bool) -> Perceptor:
+    def load() -> Perceptor:
+        if is_open_clip(path):
+            model, mean, std, tokenizer = load_open_clip(path, device=device)
+        else:
+            model, mean, std, tokenizer = load_clip(path, device=device), CLIP_MEAN, CLIP_STD, None
+        prepare_for_loop(None, model)
         if compiled:
-            compile_for_loop(None, clip_model)
-        return clip_model
+            compile_for_loop(None, model)
+        return Perceptor(model, mean, std, name, tokenizer)
 
-    return MODELS.get(("clip", path, str(device), compiled), load)
+    return MODELS.get(("clip", name, path, str(device), compiled), load)
 
 
 def load_models(
     config: GenerationConfig, device: torch.device
-) -> tuple[VQGAN | None, torch.nn.Module]:
-    """The config's VQGAN (None for the pixels generator) and CLIP, fetched into the cache if
-    needed, loaded once per process and rearranged for the loop's speed
+) -> tuple[VQGAN | None, tuple[Perceptor, ...]]:
+    """The config's VQGAN (None for the pixels generator) and CLIPs (as perceptors), fetched
+    into the cache if needed, loaded once per process and rearranged for the loop's speed
     (:func:`~vqclip.models.prepare_for_loop`: the same functions, but not weights to save)."""
-    clip_model = _load_clip(zoo.resolve_clip(config.clip_model), device, config.compile)
+    perceptors = tuple(
+        _load_perceptor(name, zoo.resolve_clip(name), device, config.compile)
+        for name, _ in config.clip_models()
+    )
     if config.generator != "vqgan":
-        return None, clip_model
+        return None, perceptors
     paths = zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
-    return _load_vqgan(paths, device, config.compile), clip_model
+    return _load_vqgan(paths, device, config.compile), perceptors
 
 
-def load_parts(config: GenerationConfig, device: torch.device) -> tuple[Generator, Perceptor]:
-    """The config's generator and perceptor."""
-    vqgan, clip_model = load_models(config, device)
+def load_parts(
+    config: GenerationConfig, device: torch.device
+) -> tuple[Generator, tuple[Perceptor, ...]]:
+    """The config's generator and perceptors."""
+    vqgan, perceptors = load_models(config, device)
     generator = PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan)
-    return generator, Perceptor(clip_model)
+    return generator, perceptors
 
 
 def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) -> torch.Tensor:
@@ -241,52 +258,65 @@ def _start_latent(
 
 def _build_targets(
     config: GenerationConfig,
-    perceptor: Perceptor,
+    perceptors: tuple[Perceptor, ...],
     generator: torch.Generator,
     device: torch.device,
     prompt_lists: list[str],
-) -> tuple[Targets, ...]:
-    """One :class:`Targets` per prompt list (each distinct phase of each image's story),
-    each with the image and noise prompts. Every one draws the same image-prompt cutouts, and
-    the generator moves on as for one, so a plain run draws exactly what it always did."""
+) -> list[PerceptorTargets]:
+    """Per prompt list (each distinct phase of each image's story), its targets in each
+    perceptor's space, with the image and noise prompts. Every one draws the same image-prompt
+    cutouts, and the generator moves on as for one, so a plain run draws what it always did."""
     size = (config.width, config.height)
     before = generator.get_state()
+    after = None
     built = []
     for prompts in prompt_lists:
-        generator.set_state(before)
-        built.append(
-            build_targets(
-                perceptor,
-                parse_prompts(prompts),
-                _image_prompts(config),
-                list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
-                lambda path: load_image(zoo.local_image(path), size),
-                config.cutn,
-                generator,
-                device,
+        targets = []
+        for perceptor in perceptors:
+            generator.set_state(before)
+            targets.append(
+                build_targets(
+                    perceptor,
+                    parse_prompts(prompts),
+                    _image_prompts(config),
+                    list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
+                    lambda path: load_image(zoo.local_image(path), size),
+                    config.cutn,
+                    generator,
+                    device,
+                )
             )
-        )
-    return tuple(built)
+            after = generator.get_state() if after is None else after
+        built.append(tuple(targets))
+    generator.set_state(after)
+    return built
 
 
 def _prompt_term(
-    config: GenerationConfig, perceptor: Perceptor, generator: torch.Generator, device: torch.device
+    config: GenerationConfig,
+    perceptors: tuple[Perceptor, ...],
+    generator: torch.Generator,
+    device: torch.device,
 ) -> PromptTerm:
     """The prompts of every phase: (targets shared by the batch, targets per latent row), the
     rows () unless ``batch_prompts`` gives each image its own story (a shorter one keeps its
-    last phase), each image's ``best_of`` candidates in a row with it."""
+    last phase), each image's ``best_of`` candidates in a row with it; each in every
+    perceptor's space, weighted as ``clip_model`` says."""
     stories = config.stories()
     lists = list(dict.fromkeys(phase for story in stories for phase in story))
-    built = dict(
-        zip(lists, _build_targets(config, perceptor, generator, device, lists), strict=True)
-    )
+    targets = _build_targets(config, perceptors, generator, device, lists)
+    built = dict(zip(lists, targets, strict=True))
     phases = []
     for index in range(config.phase_count()):
         own = [built[story[min(index, len(story) - 1)]] for story in stories]
         rows = tuple(t for t in own for _ in range(config.best_of)) if config.batch_prompts else ()
         phases.append((own[0], rows))
     story = tuple(phases) if len(phases) > 1 else ()
-    return PromptTerm(targets=phases[0][0], row_targets=phases[0][1], phases=story)
+    weights = tuple(weight for _, weight in config.clip_models())
+    names = tuple(p.name for p in perceptors)
+    return PromptTerm(
+        targets=phases[0][0], row_targets=phases[0][1], phases=story, weights=weights, names=names
+    )
 
 
 def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
@@ -305,13 +335,13 @@ def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
 def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, torch.Generator]:
     """The loop for a checked config, and the run's random generator."""
     config = presets.apply(config)  # a no-op for a run's resolved config
-    generator, perceptor = load_parts(config, device)
+    generator, perceptors = load_parts(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     rng = torch.Generator(device=device).manual_seed(config.seed)
-    objective = Objective(_prompt_term(config, perceptor, rng, device), _pulls(config, device))
-    augments = make_augments(config.augments, perceptor.input_resolution)
-    cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method)
-    return Loop(generator, perceptor, objective, cuts, config.seed, config.precision), rng
+    objective = Objective(_prompt_term(config, perceptors, rng, device), _pulls(config, device))
+    augments = tuple(make_augments(config.augments, p.input_resolution) for p in perceptors)
+    cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches)
+    return Loop(generator, perceptors, objective, cuts, config.seed, config.precision), rng
 
 
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:

@@ -76,10 +76,18 @@ def presets() -> list[Preset]:
 
 
 def preset_for(config: GenerationConfig) -> Preset:
-    """The most specific preset whose ``match`` fields all equal ``config``'s."""
+    """The most specific preset whose ``match`` fields all equal ``config``'s (an ensemble's
+    ``clip_model``: its first model)."""
     load_plugins()
-    fits = [p for p in _PRESETS if all(getattr(config, k) == v for k, v in p.match.items())]
+    fits = [p for p in _PRESETS if all(_matched(config, k) == v for k, v in p.match.items())]
     return max(fits, key=lambda p: len(p.match))  # "classic" matches every config
+
+
+def _matched(config: GenerationConfig, name: str) -> Any:
+    """The value a preset's ``match`` compares: an ensemble of CLIPs matches as its first."""
+    if name == "clip_model":
+        return config.clip_models()[0][0]
+    return getattr(config, name)
 
 
 def unset_fields(config: GenerationConfig) -> list[str]:

@@ -32,7 +32,7 @@ class ModelFile:
     name: str  # file name in the model's cache directory
     urls: tuple[str, ...] = ()  # the source first, then mirrors, tried in turn
     sha256: str | None = None  # published hash, if any; otherwise recorded at first download
-    kind: str = "checkpoint"  # "checkpoint", "yaml" or "clip": checked after download
+    kind: str = "checkpoint"  # checkpoint, yaml, clip, json or safetensors: checked after download
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,23 @@ _CLIP_MB = {"RN50": 244, "RN101": 278, "RN50x4": 402, "RN50x16": 630, "RN50x64":
             "ViT-B/32": 338, "ViT-B/16": 335, "ViT-L/14": 890, "ViT-L/14@336px": 891}  # fmt: skip
 
 
+# LAION's OpenCLIP models on the Hugging Face hub, in open_clip's own hub format: its config
+# (architecture and preprocessing) and safetensors weights. No hash is published beside them:
+# the first good download's SHA-256 is recorded and checked afterwards.
+_HF = "https://huggingface.co/laion/{}/resolve/main/{}"
+_OPEN_CLIP = {
+    "open_clip:ViT-B-32/laion2b_s34b_b79k": ("CLIP-ViT-B-32-laion2B-s34B-b79K", 606),
+    "open_clip:ViT-L-14/laion2b_s32b_b82k": ("CLIP-ViT-L-14-laion2B-s32B-b82K", 1710),
+    "open_clip:ViT-H-14/laion2b_s32b_b79k": ("CLIP-ViT-H-14-laion2B-s32B-b79K", 3940),
+}
+
+
+def _open_clip(name: str, repo: str, mb: float) -> ModelEntry:
+    config = ModelFile("open_clip_config.json", (_HF.format(repo, "open_clip_config.json"),), kind="json")  # fmt: skip
+    weights = ModelFile("open_clip_model.safetensors", (_HF.format(repo, "open_clip_model.safetensors"),), kind="safetensors")  # fmt: skip
+    return ModelEntry(name, "clip", (config, weights), mb)
+
+
 def _clip(name: str, path: str) -> ModelEntry:
     digest = path.split("/")[0]
     file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
@@ -133,6 +150,7 @@ REGISTRY: dict[str, ModelEntry] = {
             8000,
         ),
         *(_clip(name, path) for name, path in _CLIP_FILES.items()),
+        *(_open_clip(name, *row) for name, row in _OPEN_CLIP.items()),
     )
 }
 
@@ -190,9 +208,11 @@ def entry_paths(entry: ModelEntry, fetch: bool = True, progress=None) -> tuple[P
 
 
 def max_file_bytes(entry: ModelEntry, file: ModelFile) -> int:
-    """The most a download of ``file`` may be: a YAML 1 MB, a model file its entry's size with
+    """The most a download of ``file`` may be: a config 1 MB, a model file its entry's size with
     a margin (the registry's sizes are approximate)."""
-    return 1 << 20 if file.kind == "yaml" else int(entry.size_mb * 1.25e6) + (32 << 20)
+    if file.kind in ("yaml", "json"):
+        return 1 << 20
+    return int(entry.size_mb * 1.25e6) + (32 << 20)
 
 
 def is_cached(entry: ModelEntry) -> bool:
@@ -233,7 +253,12 @@ def _resolve_one_file(name_or_path: str, family: str, fetch: bool) -> Path:
 
 
 def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
-    """A registry name (``"ViT-B/32"``, ``"shapes-clip"``) or a path to a CLIP file."""
+    """A registry name (``"ViT-B/32"``, ``"shapes-clip"``, ``"open_clip:ViT-B-32/..."``) or a
+    path to a CLIP file: an OpenAI one, or OpenCLIP weights beside their
+    ``open_clip_config.json``. Returns the weights' path."""
+    entry = registry().get(name_or_path)
+    if entry is not None and entry.family == "clip" and len(entry.files) > 1:
+        return entry_paths(entry, fetch=fetch)[-1]  # the config, then the weights
     return _resolve_one_file(name_or_path, "clip", fetch)
 
 

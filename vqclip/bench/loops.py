@@ -217,10 +217,10 @@ def _time_fast(
     augments = make_augments(AUGMENTS, setup.clip_model.visual.input_resolution)
     row: dict[str, float | None] = {}
     for name, batch_size in (("fast", 1), ("fast_batch", batch)):
-        objective = Objective(PromptTerm(targets=setup.targets))
+        objective = Objective(PromptTerm(targets=(setup.targets,)))
         perceptor = Perceptor(setup.clip_model)
-        cuts = Cuts(augments, cutn)
-        loop = Loop(VQGANGenerator(vqgan), perceptor, objective, cuts, 0, precision)
+        cuts = Cuts((augments,), cutn)
+        loop = Loop(VQGANGenerator(vqgan), (perceptor,), objective, cuts, 0, precision)
         g = torch.Generator(device=setup.device).manual_seed(0)
         state = start_state(_start(setup, size, batch_size), "Adam", 0.1, g)
         _reset_peak(setup.device)

@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         "step_size": args.step_size,
     }
     config = shapes_config("x", 0, ".")
-    _, clip_model = load_models(config, resolve_device("cpu"))
+    _, (perceptor,) = load_models(config, resolve_device("cpu"))
+    clip_model = perceptor.model
     figures: dict[str, Any] = {
         "judge": judge_accuracy(),
         "zero_shot": zero_shot_accuracy(clip_model),

@@ -3,6 +3,7 @@
     python -m vqclip.shapes.train vqgan [--steps N] [--out DIR]
     python -m vqclip.shapes.train clip  [--steps N] [--out DIR] [--init FILE] [--lr LR]
                                         [--adversarial EPS] [--noise SIGMA]
+    python -m vqclip.shapes.train clip-vit [as clip: the second, ViT, perceptor]
     python -m vqclip.shapes.train prior [--steps N] [--out DIR]
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
@@ -55,6 +56,7 @@ from vqclip.shapes.prior import ScenePrior, reading_accuracy, scene_targets
 __all__ = [
     "VQGAN_SPEC",
     "CLIP_SHAPE",
+    "CLIP_VIT_SHAPE",
     "CLIP_AUGMENTS",
     "adversarial_images",
     "train_vqgan",
@@ -86,6 +88,14 @@ CLIP_SHAPE = {
     "vision_patch_size": None, "context_length": 24, "vocab_size": 49408,
     "transformer_width": 128, "transformer_heads": 2, "transformer_layers": 4,
 }  # fmt: skip
+# The second perceptor, so that an ensemble runs offline: a ViT (patches of 8 pixels) beside the
+# ResNet above, and a narrower text tower (its 49408-token embedding is most of the file).
+CLIP_VIT_SHAPE = {
+    "embed_dim": 64, "image_resolution": 64, "vision_layers": 4, "vision_width": 128,
+    "vision_patch_size": 8, "context_length": 24, "vocab_size": 49408,
+    "transformer_width": 64, "transformer_heads": 1, "transformer_layers": 3,
+}  # fmt: skip
+CLIP_FILES = {"clip": ("shapes_clip.pt", CLIP_SHAPE), "clip-vit": ("shapes_clip_vit.pt", CLIP_VIT_SHAPE)}  # fmt: skip
 # Mild augmentations for CLIP's training: with perspective and erasing too (the generation
 # loop's defaults) it told circles from squares at chance (zero-shot shape 56%); with these, 93%.
 CLIP_AUGMENTS = ("Af", "Ji")
@@ -242,8 +252,10 @@ def train_clip(
     augments: tuple[str, ...] = CLIP_AUGMENTS,
     adversarial: float = 0.0,
     noise: float = NOISE,
+    kind: str = "clip",
 ) -> dict[str, float]:
-    """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` into ``out``.
+    """Train (or, from ``init``, fine-tune) and save ``shapes_clip.pt`` (``kind`` "clip-vit":
+    ``shapes_clip_vit.pt``) into ``out``.
 
     With ``adversarial > 0``, CLIP learns from positives attacked within that L-infinity radius
     (:func:`adversarial_images`). ``noise`` bounds the per-image Gaussian noise scale (by
@@ -251,11 +263,12 @@ def train_clip(
     """
     torch.manual_seed(seed)  # clip's layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
-    model = build_clip(**CLIP_SHAPE)
+    name, shape = CLIP_FILES[kind]
+    model = build_clip(**shape)
     if init is not None:
         model.load_state_dict(load_clip(init).state_dict())
     model.train().requires_grad_(True)
-    augment_images = make_augments(augments, CLIP_SHAPE["image_resolution"])
+    augment_images = make_augments(augments, shape["image_resolution"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     start = time.time()
     for step in range(steps):
@@ -288,7 +301,7 @@ def train_clip(
         if step % 100 == 99:
             log.info("clip step %d loss %.4f (%.0fs)", step + 1, loss.item(), time.time() - start)
     out.mkdir(parents=True, exist_ok=True)
-    save_clip(model.eval(), out / "shapes_clip.pt")
+    save_clip(model.eval(), out / name)
     metrics = {"loss": float(loss.detach()), "seconds": time.time() - start}
     log.info("clip done: %s", metrics)
     return metrics
@@ -365,9 +378,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", choices=["vqgan", "clip", "prior"])
+    parser.add_argument("model", choices=["vqgan", "clip", "clip-vit", "prior"])
     parser.add_argument(
-        "--steps", type=int, default=None, help="default: 1500 (vqgan), 600 (clip), 3000 (prior)"
+        "--steps",
+        type=int,
+        default=None,
+        help="default: 1500 (vqgan), 600 (clip, clip-vit), 3000 (prior)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
@@ -393,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,
             augments=tuple(args.augments), adversarial=args.adversarial, noise=args.noise,
+            kind=args.model,
         )  # fmt: skip
     print(metrics)
 

@@ -69,10 +69,10 @@ def vqclip(source: Path, args: list[str], out: Path, interrupt_after: float = 0)
     )
     if interrupt_after:  # once the run has saved a state (its first display step), or later
         deadline = time.monotonic() + 120
-        new_state = lambda: [
-            d for d in set(out.glob("run*/*")) - before if (d / "state.pt").exists()
-        ]  # noqa: E731
-        while not new_state() and time.monotonic() < deadline:
+        def saved() -> bool:
+            return any((d / "state.pt").exists() for d in set(out.glob("run*/*")) - before)
+
+        while not saved() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(interrupt_after)
         process.send_signal(signal.SIGINT)

@@ -69,6 +69,7 @@ def vqclip(source: Path, args: list[str], out: Path, interrupt_after: float = 0)
     )
     if interrupt_after:  # once the run has saved a state (its first display step), or later
         deadline = time.monotonic() + 120
+
         def saved() -> bool:
             return any((d / "state.pt").exists() for d in set(out.glob("run*/*")) - before)
 

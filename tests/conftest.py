@@ -29,6 +29,17 @@ TINY_CLIP = {
 }  # fmt: skip
 
 
+# A second perceptor of another input size, for ensembles: a ViT reading 48x48.
+TINY_CLIP_48 = {**TINY_CLIP, "image_resolution": 48, "vision_patch_size": 16}
+# An OpenCLIP model in open_clip's own config format (its hub's open_clip_config.json).
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+OPEN_CLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
 def png_pixels(path: Path) -> np.ndarray:
     """A saved image's pixels, as written."""
     with Image.open(path) as image:
@@ -46,6 +57,7 @@ def tiny_vqgan_spec(target: str = "taming.models.vqgan.VQModel"):
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A randomly initialised tiny VQGAN (YAML + ckpt) and CLIP (state dict), saved once."""
     from vqclip.models import build_clip, build_vqgan, save_clip, save_vqgan
+    from vqclip.openclip import build_open_clip, save_open_clip
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -54,7 +66,10 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     vqgan.codebook.data.normal_(0, 1)
     save_vqgan(vqgan, root / "vqgan.yaml", root / "vqgan.ckpt")
     save_clip(build_clip(**TINY_CLIP), root / "clip.pt", fp16=False)
-    return {"yaml": root / "vqgan.yaml", "ckpt": root / "vqgan.ckpt", "clip": root / "clip.pt"}
+    save_clip(build_clip(**TINY_CLIP_48), root / "clip48.pt", fp16=False)
+    open_clip = save_open_clip(build_open_clip(TINY_OPEN_CLIP), root / "open_clip", TINY_OPEN_CLIP, OPEN_CLIP_PREPROCESS)  # fmt: skip
+    return {"yaml": root / "vqgan.yaml", "ckpt": root / "vqgan.ckpt", "clip": root / "clip.pt",
+            "clip48": root / "clip48.pt", "open_clip": open_clip}  # fmt: skip
 
 
 @pytest.fixture

@@ -336,3 +336,31 @@ def test_auto_precision_picks_this_devices_fastest_and_records_it(
     )
     rerun = generate(GenerationConfig.from_dict(saved))  # the recorded choice is repeated
     assert torch.equal(rerun.image, result.image)
+
+
+@pytest.mark.parametrize("batches", [2, 3])
+def test_cutout_batches_give_the_same_gradient(
+    tiny_config: GenerationConfig, tiny_models: dict, batches: int
+) -> None:
+    """The same cutouts scored in batches, gradients accumulated: the same step to rounding,
+    with two perceptors, a batch of two candidates and the pulls."""
+    ensemble = (tiny_config.clip_model, f"{tiny_models['clip48']}:0.5")
+    config = tiny_config.replace(clip_model=ensemble, best_of=2, init_weight=0.3, smoothness=0.2)
+    results = []
+    for n in (1, batches):
+        loop, state = prepare(config.replace(cutn_batches=n), resolve_device("cpu"))
+        out = step(loop, state)
+        results.append(([p.grad.clone() for p in state.levels], out))
+    (grads, one), (split, many) = results
+    for whole, parts in zip(grads, split, strict=True):
+        assert torch.allclose(whole, parts, rtol=1e-4, atol=1e-6), (whole - parts).abs().max()
+    assert torch.allclose(one["loss"], many["loss"], rtol=1e-5)
+    assert torch.allclose(one["losses"], many["losses"], rtol=1e-5)
+    assert one["terms"].keys() == many["terms"].keys()
+    for name, value in one["terms"].items():
+        assert torch.allclose(value, many["terms"][name], rtol=1e-5, atol=1e-7), name
+
+
+def test_cutout_batches_must_leave_none_empty() -> None:
+    with pytest.raises(ValueError, match="cutn_batches: 9 batches of 8 cutouts"):
+        GenerationConfig(prompts="a", cutn=8, cutn_batches=9)

@@ -33,6 +33,7 @@ def make_cutouts(
     generator: torch.Generator,
     method: str = "crops",
     places: torch.Tensor | None = None,
+    smallest: int | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) -> (B * cutn, 3, cut_size, cut_size), image-major.
 
@@ -41,14 +42,16 @@ def make_cutouts(
     by one affine grid. ``"pooling"``: ``cutn`` copies of the whole image pooled to
     ``cut_size`` (the mean of average and max pooling, as ``generate.py``'s default cut
     method), for the augments to vary; it draws nothing from ``generator``. ``places``: the
-    crops' draws (:func:`draw_places`), made by the caller; None draws them here.
+    crops' draws (:func:`draw_places`), made by the caller; None draws them here. ``smallest``
+    replaces ``cut_size`` as the least crop side, so that perceptors of other input sizes can
+    cut the same regions.
     """
     if method == "pooling":
         pooled = F.adaptive_avg_pool2d(image, cut_size) + F.adaptive_max_pool2d(image, cut_size)
         return (pooled / 2).repeat_interleave(cutn, 0)  # (B * cutn, 3, S, S)
     batch, _, height, width = image.shape
     device = image.device
-    max_size, min_size = min(height, width), min(height, width, cut_size)
+    max_size, min_size = min(height, width), min(height, width, smallest or cut_size)
     uniform = draw_places(cutn, generator, device) if places is None else places  # (3, cutn)
     sizes = uniform[0].pow(cut_pow) * (max_size - min_size) + min_size  # (cutn,) in pixels
     left = uniform[1] * (width - sizes)

@@ -164,7 +164,8 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
 def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(B, 3, H, W) -> per perceptor, (B * cutn, 3, S, S) augmented cutouts at its input size.
 
-    Every perceptor sees crops of the same places and augments of the same seed; the first
+    Every perceptor sees the same crops (the first perceptor's sizes) resampled to its input
+    size, augmented with the same seed; the first
     draws its noise from the run's generator (so that one perceptor draws what the loop always
     drew), each other from its own generator seeded by the step: adding a perceptor changes
     nothing that the first one sees.
@@ -174,8 +175,8 @@ def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch
     seed = _step_seed(loop, state)
     views = []
     for index, (perceptor, augments) in enumerate(zip(loop.perceptors, cuts.augments, strict=True)):  # fmt: skip
-        size = perceptor.input_resolution
-        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method, places)  # fmt: skip
+        size, first = perceptor.input_resolution, loop.perceptors[0].input_resolution
+        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method, places, first)  # fmt: skip
         noise = state.generator if index == 0 else _own_generator(seed + index, device)
         views.append(augment(cutouts, augments, NOISE, noise, seed))
     return tuple(views)

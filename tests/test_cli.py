@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -419,3 +420,33 @@ def test_any_prompt_or_config_value_is_a_clear_error_or_gets_through(
         assert len(lines) == 1 and re.match(r"vqclip( generate)?: error: ", lines[0]), lines
         return
     pytest.fail("generate neither failed nor reached the models")
+
+
+def test_out_of_device_memory_ends_the_run_in_one_line_keeping_its_frames(
+    tiny_models: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step that does not fit (torch's CUDA out-of-memory error, raised here on the CPU at the
+    fifth step): exit 2, a line that suggests cutn_batches, the frames made so far kept."""
+    from vqclip.perceptors import Perceptor
+
+    encode, calls = Perceptor.encode_image, []
+
+    def fill_the_device(self: Perceptor, images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        if len(calls) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return encode(self, images)
+
+    monkeypatch.setattr(Perceptor, "encode_image", fill_the_device)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "a red circle", *_flags(tiny_models, out), "--cutn_batches", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and err.count("error") == 1, err
+    err = err.strip().splitlines()[-1]
+    assert "out of cpu memory" in err and "try cutn_batches 4 or a smaller width" in err
+    run = _only_run(out)
+    assert [p.name for p in frame_paths(run)] == ["000000.png"] and f"(1, in {run}) are kept" in err  # fmt: skip

@@ -338,14 +338,14 @@ def test_auto_precision_picks_this_devices_fastest_and_records_it(
     assert torch.equal(rerun.image, result.image)
 
 
-@pytest.mark.parametrize("batches", [2, 3])
+@pytest.mark.parametrize(("batches", "pull"), [(2, 0.3), (3, 0.3), (2, 0.0)])
 def test_cutout_batches_give_the_same_gradient(
-    tiny_config: GenerationConfig, tiny_models: dict, batches: int
+    tiny_config: GenerationConfig, tiny_models: dict, batches: int, pull: float
 ) -> None:
     """The same cutouts scored in batches, gradients accumulated: the same step to rounding,
-    with two perceptors, a batch of two candidates and the pulls."""
+    with two perceptors, a batch of two candidates, and the pulls or none."""
     ensemble = (tiny_config.clip_model, f"{tiny_models['clip48']}:0.5")
-    config = tiny_config.replace(clip_model=ensemble, best_of=2, init_weight=0.3, smoothness=0.2)
+    config = tiny_config.replace(clip_model=ensemble, best_of=2, init_weight=pull, smoothness=pull)
     results = []
     for n in (1, batches):
         loop, state = prepare(config.replace(cutn_batches=n), resolve_device("cpu"))

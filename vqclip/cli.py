@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         OSError,  # files that exist, are missing, or could not be written
         DownloadError,
         FloatingPointError,
+        MemoryError,  # a step that does not fit the device: what to change is in the message
     ) as error:
         print(f"vqclip {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -234,7 +234,9 @@ def _score_in_batches(
         prompts = _detached(loss) if prompts is None else _add(prompts, _detached(loss))
     view = View(image, latent, state.start, (), state.iteration, score)
     pulls, terms = loop.objective.add_pulls(view, torch.zeros((), device=image.device), {})
-    tensors, grads = [*views, pulls], [*(leaf.grad for leaf in leaves), torch.ones_like(pulls)]
+    tensors, grads = [*views], [leaf.grad for leaf in leaves]
+    if pulls.requires_grad:  # no pulls: nothing but the cutouts to go back through
+        tensors.append(pulls), grads.append(torch.ones_like(pulls))
     torch.autograd.backward(tensors, grads)
     reports = {**loop.objective.report(prompts), **terms}
     return prompts.total + pulls.detach(), reports, prompts.parts

@@ -39,7 +39,7 @@ def one_line_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ValueError, OSError, DownloadError, FloatingPointError) as error:
+    except (ValueError, OSError, DownloadError, FloatingPointError, MemoryError) as error:
         from IPython.display import HTML, display
 
         display(HTML(f'<b style="color:#b00">error:</b> {html.escape(str(error))}'))

@@ -157,9 +157,24 @@ def drive(
             job.run(report)
         except KeyboardInterrupt:
             interrupted = True
+        except torch.OutOfMemoryError:
+            raise MemoryError(_out_of_memory(config, device, job)) from None
     image, finals = job.finish(interrupted)
     frames = tuple(job.writer.saved)
     return RunResult(run_dir, image.cpu(), config, frames, interrupted, tuple(finals))
+
+
+def _out_of_memory(config: GenerationConfig, device: torch.device, job: _Job) -> str:
+    """What to do when a step does not fit the device: the run ends, its frames are kept."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    batches = config.cutn_batches
+    return (
+        f"out of {device} memory at {config.width}x{config.height} with cutn {config.cutn} in "
+        f"{batches} batch(es) and {config.batch_size * config.best_of} image(s) per step; try "
+        f"cutn_batches {min(2 * batches, config.cutn)} or a smaller width and height. The "
+        f"frames saved so far ({len(job.writer.saved)}, in {job.writer.run_dir}) are kept"
+    )
 
 
 class _Job:

@@ -37,7 +37,7 @@ __all__ = ["build_ui", "serve"]
 log = logging.getLogger(__name__)
 
 # The mistakes a user can make in the form: shown as one line, as the CLI prints them.
-USER_ERRORS = (ValueError, OSError, DownloadError, FloatingPointError)
+USER_ERRORS = (ValueError, OSError, DownloadError, FloatingPointError, MemoryError)
 
 SYNTAX = """\
 **Prompts**: `text:weight:stop | text:weight | text`. A weight may be negative (push away:

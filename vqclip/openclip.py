@@ -100,7 +100,11 @@ def load_open_clip(
             f"clip_model: {path} does not fit its {CONFIG}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # shapes that differ from the config's
+        detail = " ".join(str(error).split())  # one line
+        raise ValueError(f"clip_model: {path} does not fit its {CONFIG}: {detail}") from None
     preprocess = config.get("preprocess_cfg", {})
     mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))

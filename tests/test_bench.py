@@ -40,3 +40,11 @@ def test_classic_cutouts_are_per_cutout_crops_of_the_right_size() -> None:
     assert 0 <= float(cutouts.min()) and float(cutouts.max()) <= 1.2  # Lanczos rings a little
     kernel = bench._lanczos_kernel(0.5)
     assert kernel.sum().item() == pytest.approx(1.0) and kernel.argmax() == len(kernel) // 2
+
+
+def test_quick_batches_bench_reports_each_case_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["bench", "--quick", "--batches", "--json", "--precision", "fp32"])
+    results = json.loads(capsys.readouterr().out)
+    cases = [(r["models"], r["cutn"], r["batches"]) for r in results["rows"]]
+    assert cases == [(1, c, n) for c in (4, 8) for n in (1, 2, 4)] + [(2, 4, 1), (2, 4, 2)]
+    assert all(r["s"] > 0 and r["peak_mb"] > 0 for r in results["rows"])

@@ -30,11 +30,23 @@ def _configure(bench: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--case", action="append", metavar="SIZExCUTN", help="e.g. 256x32 (repeatable)"
     )
+    bench.add_argument(
+        "--batches",
+        action="store_true",
+        help="instead: speed and peak memory for cutn 64 and 128 in 1, 2 and 4 cutn_batches, "
+        "and for a two-CLIP ensemble",
+    )
 
 
 def _run(args: argparse.Namespace) -> None:
     from vqclip.bench.loops import format_table, run_benchmark
 
+    if args.batches:
+        from vqclip.bench.loops import format_batches_table, run_batches_benchmark
+
+        results = run_batches_benchmark(args.quick, args.device, args.precision)
+        print(json.dumps(results, indent=2) if args.json else format_batches_table(results))
+        return
     cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.case] if args.case else None
     results = run_benchmark(args.quick, args.device, args.precision, args.compile, cases)
     print(json.dumps(results, indent=2) if args.json else format_table(results))

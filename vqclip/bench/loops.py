@@ -51,7 +51,10 @@ from vqclip.perceptors import Perceptor, normalize
 from vqclip.prepare import resolve_device
 from vqclip.tuning import keep_freed_memory, measure_precision
 
-__all__ = ["run_benchmark", "format_table", "F16_16384", "VIT_B_32"]
+__all__ = [
+    "run_benchmark", "format_table", "run_batches_benchmark", "format_batches_table",
+    "F16_16384", "VIT_B_32", "RN50",
+]  # fmt: skip
 
 F16_16384 = VQGANSpec(
     target=VQ_TARGET,
@@ -68,6 +71,11 @@ F16_16384 = VQGANSpec(
 VIT_B_32 = {
     "embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768,
     "vision_patch_size": 32, "context_length": 77, "vocab_size": 49408,
+    "transformer_width": 512, "transformer_heads": 8, "transformer_layers": 12,
+}  # fmt: skip
+RN50 = {
+    "embed_dim": 1024, "image_resolution": 224, "vision_layers": (3, 4, 6, 3), "vision_width": 64,
+    "vision_patch_size": None, "context_length": 77, "vocab_size": 49408,
     "transformer_width": 512, "transformer_heads": 8, "transformer_layers": 12,
 }  # fmt: skip
 AUGMENTS = ("Af", "Pe", "Ji", "Er")
@@ -181,7 +189,7 @@ def _reset_peak(device: torch.device) -> None:
 class _Setup:
     vqgan: VQGAN
     clip_model: Any
-    targets: Targets
+    targets: Targets | None
     device: torch.device
     warmup: int
     repeats: int
@@ -312,4 +320,98 @@ def format_table(results: dict[str, Any]) -> str:
             f"{r['speedup']:.2f}× | {1 / r['fast_batch_s']:.3f} ({r['batch']}) | "
             f"{r['classic_images_per_hour_100it']:.1f} → {r['images_per_hour_100it']:.1f} | {peak} |"
         )
+    return "\n".join(lines)
+
+
+# --- cutout batches and ensembles ------------------------------------------------------------
+
+
+def _targets(perceptor: Perceptor, device: torch.device) -> Targets:
+    text = embed_texts(perceptor, [PROMPT])
+    return Targets(text, torch.zeros(1, dtype=torch.long, device=device), torch.ones(1, device=device),
+                   torch.full((1,), -math.inf, device=device), (PROMPT,))  # fmt: skip
+
+
+def _time_loop(
+    setup: _Setup,
+    perceptors: tuple[Perceptor, ...],
+    size: int,
+    cutn: int,
+    batches: int,
+    precision: str,
+) -> dict[str, float | None]:
+    """vqclip's loop with these perceptors (equal weights) and cutout batches: s/it, peak MB."""
+    targets = tuple(_targets(p, setup.device) for p in perceptors)
+    weights = (1.0,) * len(perceptors)
+    objective = Objective(PromptTerm(targets=targets, weights=weights, names=("a", "b")[: len(perceptors)]))  # fmt: skip
+    augments = tuple(make_augments(AUGMENTS, p.input_resolution) for p in perceptors)
+    loop = Loop(VQGANGenerator(setup.vqgan), perceptors, objective, Cuts(augments, cutn, batches=batches), 0, precision)  # fmt: skip
+    g = torch.Generator(device=setup.device).manual_seed(0)
+    state = start_state(_start(setup, size), "Adam", 0.1, g)
+    _reset_peak(setup.device)
+    seconds = _time(functools.partial(step, loop, state), setup.device, setup.warmup, setup.repeats)
+    return {"s": seconds, "peak_mb": _peak_memory_mb(setup.device)}
+
+
+def run_batches_benchmark(
+    quick: bool = False, device: str | None = None, precision: str | None = None
+) -> dict[str, Any]:
+    """Speed and peak memory of vqclip's loop at 256² for cutn 64 and 128 in 1, 2 and 4 cutout
+    batches, and of a two-model ensemble (ViT-B/32 + RN50, random weights) at cutn 64. On a CPU
+    the peak is the process's resident memory, with glibc's default allocator."""
+    dev = resolve_device(device or "auto")
+    if precision in (None, "auto"):
+        precision = measure_precision(dev).precision
+    torch.manual_seed(0)
+    if quick:
+        from vqclip.shapes.train import CLIP_SHAPE, CLIP_VIT_SHAPE, VQGAN_SPEC
+
+        vqgan, clips = build_vqgan(VQGAN_SPEC), [build_clip(**CLIP_VIT_SHAPE), build_clip(**CLIP_SHAPE)]  # fmt: skip
+        size, cutns, warmup, repeats = 64, (4, 8), 1, 1
+    else:
+        vqgan, clips = build_vqgan(F16_16384), [build_clip(**VIT_B_32), build_clip(**RN50)]
+        size, cutns, warmup, repeats = 256, (64, 128), 1, 3
+    vqgan = vqgan.eval().requires_grad_(False).to(dev)
+    clips = [c.eval().requires_grad_(False).to(dev) for c in clips]
+    # glibc's default allocator here (no keep_freed_memory): it hands large blocks back at
+    # once, so that a CPU's peak RSS after a reset measures each case, not the largest before.
+    for clip_model in clips:
+        prepare_for_loop(None, clip_model)
+    prepare_for_loop(vqgan, None)
+    setup = _Setup(vqgan, clips[0], None, dev, warmup, repeats)
+    first, second = (Perceptor(c) for c in clips)
+    rows = [
+        {"models": 1, "cutn": cutn, "batches": n, **_time_loop(setup, (first,), size, cutn, n, precision)}
+        for cutn in cutns
+        for n in (1, 2, 4)
+    ]  # fmt: skip
+    cutn = cutns[0]
+    rows.append({"models": 2, "cutn": cutn, "batches": 1, **_time_loop(setup, (first, second), size, cutn, 1, precision)})  # fmt: skip
+    rows.append({"models": 2, "cutn": cutn, "batches": 2, **_time_loop(setup, (first, second), size, cutn, 2, precision)})  # fmt: skip
+    return {
+        "device": dev.type if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "models": "tiny shapes models"
+        if quick
+        else "VQGAN f16-16384 + CLIP ViT-B/32 (+ RN50), random weights",  # fmt: skip
+        "size": size,
+        "precision": precision,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+
+
+def format_batches_table(results: dict[str, Any]) -> str:
+    """A Markdown table of :func:`run_batches_benchmark` results."""
+    lines = [
+        f"{results['models']} at {results['size']}² on {results['device']}; {results['precision']}; torch {results['torch']}",  # fmt: skip
+        "",
+        "| CLIPs | cutn | cutn_batches | vqclip it/s | peak MB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] else "n/a"
+        clips = "ViT-B/32" if r["models"] == 1 else "ViT-B/32 + RN50"
+        if results["models"].startswith("tiny"):
+            clips = f"{r['models']} tiny"
+        lines.append(f"| {clips} | {r['cutn']} | {r['batches']} | {1 / r['s']:.3f} | {peak} |")
     return "\n".join(lines)

@@ -108,3 +108,12 @@ def test_an_old_runs_config_json_replays_as_it_was_saved() -> None:
     again = GenerationConfig.from_dict(old)
     assert presets.unset_fields(again) == [] and presets.apply(again) == again
     assert again.prior is None and again.generator == "vqgan" and again.best_of == 3
+
+
+def test_an_ensemble_takes_its_first_models_preset() -> None:
+    ensemble = GenerationConfig(prompts=PROMPT, clip_model="shapes-clip + shapes-clip-vit:0.5")
+    assert presets.preset_for(ensemble).name == "shapes"
+    pixels = ensemble.replace(generator="pixels")
+    assert presets.preset_for(pixels).name == "shapes pixels"
+    other = pixels.replace(clip_model="shapes-clip-vit + shapes-clip")
+    assert presets.preset_for(other).name == "classic pixels"

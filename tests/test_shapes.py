@@ -43,23 +43,29 @@ def test_judge_on_fresh_data_set_images() -> None:
 def test_shipped_models_load_through_the_registry_and_are_small() -> None:
     yaml_path, ckpt_path = zoo.resolve_vqgan("shapes-vqgan")
     clip_path = zoo.resolve_clip("shapes-clip")
+    vit_path = zoo.resolve_clip("shapes-clip-vit")
     prior_path = zoo.resolve_prior("shapes-prior")
-    assert yaml_path.parent == clip_path.parent == prior_path.parent == WEIGHTS
-    total = sum(p.stat().st_size for p in (yaml_path, ckpt_path, clip_path, prior_path))
-    assert total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
+    assert yaml_path.parent == clip_path.parent == vit_path.parent == prior_path.parent == WEIGHTS
+    files = (yaml_path, ckpt_path, clip_path, vit_path, prior_path)
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 40 * 2**20, f"{total / 2**20:.1f} MB"  # issue 32's limit for the weights
     vqgan = load_vqgan(yaml_path, ckpt_path)
-    clip_model = load_clip(clip_path)
+    clip_model, vit = load_clip(clip_path), load_clip(vit_path)
     assert vqgan.spec.factor == 4 and clip_model.visual.input_resolution == 64
+    assert vit.visual.input_resolution == 64 and vit.visual.conv1.kernel_size == (8, 8)
 
 
-def test_shipped_clip_zero_shot_is_far_above_chance() -> None:
-    clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
+# Chance is 1/3 for shapes. Measured 0.97 for the ResNet: fine-tuned with strong noise before
+# the adversarial fine-tuning, CLIP keeps its shape accuracy (0.72 when attacked without the
+# noise; docs/shapes.md). The ViT, with 8-pixel patches and a narrower text tower, measured 0.57:
+# it brings colours to an ensemble, the ResNet the shapes.
+@pytest.mark.parametrize(("name", "shapes"), [("shapes-clip", 0.9), ("shapes-clip-vit", 0.5)])
+def test_shipped_clip_zero_shot_is_far_above_chance(name: str, shapes: float) -> None:
+    clip_model = load_clip(zoo.resolve_clip(name))
     accuracy = evaluate.zero_shot_accuracy(clip_model)
-    print("zero-shot accuracy:", accuracy)
+    print(f"{name} zero-shot accuracy:", accuracy)
     assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
-    # Chance: 1/3. Measured 0.97: fine-tuned with strong noise before the adversarial fine-tuning,
-    # CLIP keeps its shape accuracy (0.72 when attacked without the noise; docs/shapes.md).
-    assert accuracy["shape"] >= 0.9, accuracy
+    assert accuracy["shape"] >= shapes, accuracy
 
 
 def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
@@ -74,11 +80,13 @@ def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
 def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:
     train_vqgan(steps=2, out=tmp_path, batch=2)
     train_clip(steps=2, out=tmp_path, batch=8, adversarial=0.03)
+    train_clip(steps=2, out=tmp_path, batch=8, kind="clip-vit")
     train_prior(steps=2, out=tmp_path, batch=4)
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
     prior = load_prior(tmp_path / "shapes_prior.pt")
     assert vqgan.codebook.shape[0] == 256 and clip_model.context_length == 24
+    assert load_clip(tmp_path / "shapes_clip_vit.pt").visual.conv1.kernel_size == (8, 8)
     assert prior.resolution == 64
 
 
@@ -279,6 +287,22 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
     print("fp32:", exact, "bf16:", fast)
     assert fast["runs"] == exact["runs"] == 24
     assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.2
+
+
+@pytest.mark.slow  # 24 generations with two CLIPs
+def test_an_ensemble_of_the_two_shapes_clips_steers_the_colour(
+    tmp_path: Path, generations: list[dict]
+) -> None:
+    """Issue 32's check: the ResNet and the ViT shapes CLIPs together, each of 12 colour pairs,
+    seed 0, beside the single model's runs of the same prompts."""
+    rows = evaluate.run_cases(
+        evaluate.prompt_cases(24), [0], tmp_path, 2, precision="fp32",
+        clip_model="shapes-clip + shapes-clip-vit:0.5",
+    )  # fmt: skip
+    rate = evaluate.steering_rate(*evaluate.split_pairs(rows, seeds=1))
+    both, single = evaluate.success_rates(rows), evaluate.success_rates(generations)
+    print(f"ensemble: steering {rate:.0%} of 24 comparisons; {both}; single model: {single}")
+    assert rate >= 0.9 and both["colors"] >= 0.8, (rate, both)
 
 
 @pytest.mark.slow  # 24 generations: about 4 minutes on a 2-core CPU

@@ -333,12 +333,13 @@ def _models(args: argparse.Namespace) -> None:
             raise ValueError(f"models download: give a name, one of {zoo.model_names()}")
         print("\n".join(str(p) for p in _download(args.name)))
         return
-    print(f"{'name':22} {'family':6} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
+    width = max(map(len, zoo.registry()))
+    print(f"{'name':{width}} {'family':6} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
     for name, entry in zoo.registry().items():
         local = zoo.local_size_mb(entry)  # the real size once present; else the registry's
         cached = "bundled" if entry.bundled else ("yes" if local is not None else "no")
         size = f"{entry.size_mb if local is None else local:.1f}MB"
-        print(f"{name:22} {entry.family:6} {size:>9}  {cached}")
+        print(f"{name:{width}} {entry.family:6} {size:>9}  {cached}")
 
 
 def _download(name: str) -> tuple[Path, ...]:

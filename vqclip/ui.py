@@ -261,7 +261,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                 with gr.Row():
                     generator = gr.Dropdown(["vqgan", "pixels"], value="vqgan", label="generator")
                     vqgan = gr.Dropdown(vqgans, value="auto", label="VQGAN")
-                    clip_model = gr.Dropdown(clips, value="auto", label="CLIP")
+                    clip_model = gr.Dropdown(clips, value="auto", label="CLIP (several: A + B:0.5)", allow_custom_value=True)  # fmt: skip
                 preset = gr.Markdown(describe_preset("vqgan", "auto", "auto"), elem_id="preset")
                 with gr.Row():
                     seed = gr.Number(-1, label="seed (-1: pick one)", precision=0, elem_id="seed")

@@ -51,6 +51,8 @@ def register() -> None:
     )
     clip_file = ModelFile("shapes_clip.pt", kind="clip")
     register_model(ModelEntry("shapes-clip", "clip", (clip_file,), 17.1, WEIGHTS))
+    vit_file = ModelFile("shapes_clip_vit.pt", kind="clip")  # the second, for ensembles offline
+    register_model(ModelEntry("shapes-clip-vit", "clip", (vit_file,), 7.9, WEIGHTS))
     register_model(
         ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 1.9, WEIGHTS)
     )

@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior-ramp", type=int, default=SETTINGS["prior_ramp"])
     parser.add_argument("--generator", default="vqgan", choices=["vqgan", "pixels"])
     parser.add_argument("--step-size", type=float, help="default: the generator's preset")
+    parser.add_argument(
+        "--clip-model", default="shapes-clip", help='e.g. "shapes-clip + shapes-clip-vit:0.5"'
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the runs")
     args = parser.parse_args(argv)
     changes = {
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "prior_ramp": args.prior_ramp,
         "generator": args.generator,
         "step_size": args.step_size,
+        "clip_model": args.clip_model,
     }
     config = shapes_config("x", 0, ".")
     _, (perceptor,) = load_models(config, resolve_device("cpu"))

@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from vqclip.cutouts import augment, draw_places, make_cutouts
 from vqclip.generators import Generator, compose_latent
 from vqclip.losses import Targets, spherical_dist_loss
-from vqclip.objective import Objective, PerceptorTargets, PromptTerm, View
+from vqclip.objective import Loss, Objective, PerceptorTargets, PromptTerm, View
 from vqclip.optimizers import make_optimizer
 from vqclip.perceptors import Perceptor
 
@@ -165,10 +165,9 @@ def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch
     """(B, 3, H, W) -> per perceptor, (B * cutn, 3, S, S) augmented cutouts at its input size.
 
     Every perceptor sees the same crops (the first perceptor's sizes) resampled to its input
-    size, augmented with the same seed; the first
-    draws its noise from the run's generator (so that one perceptor draws what the loop always
-    drew), each other from its own generator seeded by the step: adding a perceptor changes
-    nothing that the first one sees.
+    size, augmented with the same seed. The first draws its noise from the run's generator (so
+    that one perceptor draws what the loop always drew), each other from its own generator
+    seeded by the step: adding a perceptor changes nothing that the first one sees.
     """
     cuts, device = loop.cuts, image.device
     places = draw_places(cuts.cutn, state.generator, device) if cuts.method == "crops" else None
@@ -231,7 +230,7 @@ def _score_in_batches(
         view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, score, share)  # fmt: skip
         loss = loop.objective.prompts(view)
         loss.total.backward()
-        prompts = _detached(loss) if prompts is None else _add(prompts, _detached(loss))
+        prompts = _accumulate(prompts, loss)
     view = View(image, latent, state.start, (), state.iteration, score)
     pulls, terms = loop.objective.add_pulls(view, torch.zeros((), device=image.device), {})
     tensors, grads = [*views], [leaf.grad for leaf in leaves]
@@ -242,18 +241,13 @@ def _score_in_batches(
     return prompts.total + pulls.detach(), reports, prompts.parts
 
 
-def _detached(loss: Any) -> Any:
-    return type(loss)(*(_detach_all(x) for x in loss))
-
-
-def _detach_all(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(x.detach() for x in value)
-    return value.detach() if value is not None else None
-
-
-def _add(a: Any, b: Any) -> Any:
-    return type(a)(a.total + b.total, a.parts + b.parts, tuple(x + y for x, y in zip(a.by_perceptor, b.by_perceptor, strict=True)))  # fmt: skip
+def _accumulate(total: Loss | None, loss: Loss) -> Loss:
+    """``total + loss``, detached: a batch's prompt loss added to what the step reports."""
+    loss = Loss(loss.total.detach(), loss.parts.detach(), tuple(x.detach() for x in loss.by_perceptor))  # fmt: skip
+    if total is None:
+        return loss
+    shares = tuple(a + b for a, b in zip(total.by_perceptor, loss.by_perceptor, strict=True))
+    return Loss(total.total + loss.total, total.parts + loss.parts, shares)
 
 
 @torch.no_grad()

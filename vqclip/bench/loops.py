@@ -267,9 +267,7 @@ def run_benchmark(
         cases = cases or default
     vqgan = vqgan.eval().requires_grad_(False).to(dev)
     clip_model = clip_model.eval().requires_grad_(False).to(dev)
-    text = embed_texts(Perceptor(clip_model), [PROMPT])
-    targets = Targets(text, torch.zeros(1, dtype=torch.long, device=dev), torch.ones(1, device=dev),
-                      torch.full((1,), -math.inf, device=dev), (PROMPT,))  # fmt: skip
+    targets = _targets(Perceptor(clip_model), dev)
     warmup, repeats, batch = (1, 1, 2) if quick else (1, 3, 4)
     setup = _Setup(vqgan, clip_model, targets, dev, warmup, repeats)
     rows = [

@@ -275,6 +275,15 @@ class _NotebookPage:
         self.page.click(f".lm-MenuBar-itemLabel:text-is('{menu}')")
         self.page.click(f".lm-Menu-itemLabel:text-is('{item}')")
 
+    def wait_for(self, index: int, pattern: str) -> re.Match:
+        """Cell ``index``'s output once it matches ``pattern``: a widget's last update may
+        arrive after the kernel reports idle."""
+        deadline = time.monotonic() + 60
+        while not (found := re.search(pattern, self.output(index))):
+            assert time.monotonic() < deadline, self.output(index)
+            time.sleep(0.2)
+        return found
+
     def wait_idle(self) -> None:
         idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
         self.page.wait_for_selector(idle, timeout=300_000)
@@ -328,8 +337,8 @@ def test_the_notebook_in_a_real_browser(tmp_path: Path, browser) -> None:
         page.wait_for_function(f"() => parseFloat(document.querySelector(\"{bar}\")?.style.width) >= 10", timeout=120_000)  # fmt: skip
         notebook.menu("Kernel", "Interrupt Kernel")
         notebook.wait_idle()
+        run_dir = notebook.wait_for(4, r"set resume_run to '([^']+)'")[1]
         stopped = notebook.output(4)
-        run_dir = re.search(r"set resume_run to '([^']+)'", stopped)[1]
         assert "green-square" in run_dir and "seed 2" in stopped
         # 3. Resume from the form, up to 40 steps, then the video of the whole run.
         notebook.type_source(2, _form(prompts="a green square on a white background", max_iterations=40, seed=2, resume_run=run_dir))  # fmt: skip
@@ -340,9 +349,12 @@ def test_the_notebook_in_a_real_browser(tmp_path: Path, browser) -> None:
         notebook.wait_idle()
         assert "seed: 2 (the run's own)" in notebook.output(4) and "done:" in notebook.output(4)
         assert images, "the resumed run showed no preview"
+        video = ".jp-Cell:nth-child(6) video"
+        first = page.get_attribute(video, "src")  # Run All's video, until the cell replaces it
         notebook.run(5)
-        notebook.wait_idle()
-        assert video_duration(page, ".jp-Cell:nth-child(6) video") > 2
+        changed = f"(old) => document.querySelector('{video}')?.src && document.querySelector('{video}').src !== old"  # fmt: skip
+        page.wait_for_function(changed, arg=first, timeout=120_000)
+        assert video_duration(page, video) > 2
         errors = page.locator("[data-mime-type='application/vnd.jupyter.error'], .vqclip-error")
         assert errors.count() == 0 and "error:" not in page.inner_text(".jp-Notebook")
         assert read_state(Path(run_dir) / STATE)["iteration"] == 40

@@ -48,3 +48,15 @@ def test_quick_batches_bench_reports_each_case_as_json(capsys: pytest.CaptureFix
     cases = [(r["models"], r["cutn"], r["batches"]) for r in results["rows"]]
     assert cases == [(1, c, n) for c in (4, 8) for n in (1, 2, 4)] + [(2, 4, 1), (2, 4, 2)]
     assert all(r["s"] > 0 and r["peak_mb"] > 0 for r in results["rows"])
+
+
+def test_quick_diffusion_bench_times_a_guided_step_per_cutn(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["bench", "--quick", "--diffusion", "--json", "--precision", "fp32"])
+    results = json.loads(capsys.readouterr().out)
+    assert [r["cutn"] for r in results["rows"]] == [4, 8]
+    assert all(r["s"] > 0 and r["peak_mb"] > 0 for r in results["rows"])
+    assert results["size"] == 32 and results["precision"] == "fp32"
+    main(["bench", "--quick", "--diffusion", "--precision", "fp32"])
+    assert "| cutn | s per guided step |" in capsys.readouterr().out

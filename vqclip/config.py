@@ -30,7 +30,7 @@ AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "G
 _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
-    "output_dir", "run_name", "generator", "precision_choice",
+    "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -47,7 +47,8 @@ PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, RUN = (
     "prompts", "model and generator", "image size and output", "optimisation", "start and pulls",
     "stories, zoom and video", "device and run",
 )  # fmt: skip
-GENERATORS = ("vqgan", "pixels")
+GENERATORS = ("vqgan", "pixels", "diffusion")
+SAMPLERS = ("ddpm", "ddim")
 _PRESET = "default: the model's preset"
 
 
@@ -67,10 +68,12 @@ class GenerationConfig:
     noise_prompt_weights: tuple[float, ...] = _field((), "their weights, same length as the seeds", PROMPTS)  # fmt: skip
     target_images: str = _field("", '"path | path": extra image prompts with weight 1', PROMPTS)
     # -- model and generator
-    generator: str = _field("vqgan", "what is optimised: a VQGAN latent, or the image's pixels", MODEL)  # fmt: skip
+    generator: str = _field("vqgan", "what makes the image: an optimised VQGAN latent or pixels, or a diffusion model sampled under CLIP's guidance", MODEL)  # fmt: skip
     pixel_scale: int = _field(1, "pixels generator: image pixels per optimised pixel, each way", MODEL)  # fmt: skip
     vqgan: str = _field("shapes-vqgan", "registry name, or a path to a VQGAN YAML config", MODEL)
     vqgan_checkpoint: str | None = _field(None, "checkpoint for a YAML path; default: YAML with .ckpt", MODEL)  # fmt: skip
+    diffusion_model: str = _field("shapes-diffusion", 'diffusion generator: registry name (e.g. "256x256_diffusion_uncond") or a path to a U-Net state dict with its flags in a .json beside it', MODEL)  # fmt: skip
+    sampler: str = _field("ddpm", 'diffusion generator: "ddpm" (guided mean, fresh noise each step) or "ddim" (deterministic, guided noise estimate)', MODEL)  # fmt: skip
     clip_model: str = _field("shapes-clip", 'registry name (e.g. "ViT-B/32") or a path to a CLIP file; several at once: "ViT-B/32 + RN50:0.5" (each with its weight)', MODEL)  # fmt: skip
     # -- image size and output
     width: int | None = _field(None, f"output width in pixels, a multiple of the generator's factor ({_PRESET})", OUTPUT)  # fmt: skip
@@ -79,7 +82,7 @@ class GenerationConfig:
     output_dir: str = _field("outputs", "each run gets a new directory under this one", OUTPUT)
     run_name: str | None = _field(None, "run directory name; default: time, prompt and seed", OUTPUT)  # fmt: skip
     # -- optimisation
-    max_iterations: int | None = _field(None, f"optimisation steps; -1 runs until interrupted ({_PRESET})", STEPS)  # fmt: skip
+    max_iterations: int | None = _field(None, f"optimisation steps (-1 runs until interrupted); diffusion: the sampling steps its schedule is respaced to ({_PRESET})", STEPS)  # fmt: skip
     step_size: float | None = _field(None, f"optimiser learning rate ({_PRESET})", STEPS)
     optimizer: str = _field("Adam", "Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD", STEPS)  # fmt: skip
     cutn: int | None = _field(None, f"cutouts scored by CLIP per step ({_PRESET})", STEPS)
@@ -91,6 +94,10 @@ class GenerationConfig:
     batch_size: int = _field(1, "images optimised together as one batch (one seed for the batch)", STEPS)  # fmt: skip
     best_of: int | None = _field(None, f"candidates per image, in the same batch; CLIP keeps the best ({_PRESET})", STEPS)  # fmt: skip
     seed: int = _field(-1, "seed of every random draw; -1 picks one and records it", STEPS)
+    clip_guidance_scale: float | None = _field(None, f"diffusion: weight of CLIP's prompt loss in the guidance ({_PRESET})", STEPS)  # fmt: skip
+    tv_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's total variation, as Crowson's ({_PRESET})", STEPS)  # fmt: skip
+    range_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's values beyond [-1, 1] ({_PRESET})", STEPS)  # fmt: skip
+    skip_timesteps: int = _field(0, "diffusion with init_image: skip this many sampling steps, starting from the init image noised to that level", STEPS)  # fmt: skip
     # -- start and pulls
     start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient noise; without init_image" + f" ({_PRESET})", START)  # fmt: skip
     init_image: str | None = _field(None, "path or URL: start from its latent, not random codes", START)  # fmt: skip
@@ -131,6 +138,7 @@ class GenerationConfig:
         self._check_batch_prompts()
         self._check_prompts()
         self._check_video()
+        self._check_diffusion()
 
     def _check_types(self) -> None:
         for name in _TEXT_FIELDS:
@@ -152,9 +160,10 @@ class GenerationConfig:
                             "latent_levels", "best_of", "pixel_scale", "cutn_batches"),
             _positive_number: ("cut_pow", "step_size", "zoom_scale"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
-            _non_negative_number: ("smoothness", "prior_weight"),
+            _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
+                                   "tv_scale", "range_scale"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
-                                "video_frames"),
+                                "video_frames", "skip_timesteps"),
         }  # fmt: skip
         for check, names in checks.items():
             for name in names:
@@ -192,6 +201,7 @@ class GenerationConfig:
         if self.start is not None:
             _choice("start", self.start, STARTS)
         _choice("generator", self.generator, GENERATORS)
+        _choice("sampler", self.sampler, SAMPLERS)
         _choice("cut_method", self.cut_method, CUT_METHODS)
         self.clip_models()  # raises ValueError naming a malformed entry
         for name in self.augments:
@@ -239,6 +249,38 @@ class GenerationConfig:
                     f"{name}: {value!r} does not combine with init_video (each frame of the "
                     "video is restyled by its own run of max_iterations steps)"
                 )
+
+    def _check_diffusion(self) -> None:
+        if self.generator != "diffusion":
+            if self.skip_timesteps:
+                raise ValueError(
+                    f"skip_timesteps: {self.skip_timesteps} is for generator diffusion, not "
+                    f"{self.generator!r}; leave it at 0"
+                )
+            return
+        clashes = {
+            "init_video": self.init_video,
+            "zoom_every": self.zoom_every,
+            "prompts": self.phase_count() > 1 and "phases ('^')",
+            "max_iterations": self.max_iterations == -1 and -1,
+        }
+        for name, value in clashes.items():
+            if value:
+                raise ValueError(
+                    f"{name}: {value!r} does not combine with generator diffusion (a sample "
+                    "follows its schedule from noise to image once); expected it unset"
+                )
+        if self.skip_timesteps and not self.init_image:
+            raise ValueError(
+                f"skip_timesteps: {self.skip_timesteps} needs an init_image to start from "
+                "(noised to the level of the first step taken)"
+            )
+        steps = self.max_iterations
+        if steps is not None and self.skip_timesteps >= steps:
+            raise ValueError(
+                f"skip_timesteps: {self.skip_timesteps} of {steps} sampling steps leaves none; "
+                f"expected 0 to {steps - 1}"
+            )
 
     def clip_models(self) -> list[tuple[str, float]]:
         """The CLIP models that guide the run, each with its weight (see

@@ -21,8 +21,8 @@ from vqclip.losses import Targets, init_loss, prompt_losses, smoothness_loss
 from vqclip.prior import prior_loss, prior_pull
 
 __all__ = [
-    "View", "Loss", "Term", "PromptTerm", "InitTerm", "SmoothnessTerm", "PriorTerm", "Objective",
-    "PerceptorTargets",
+    "View", "Loss", "Term", "PromptTerm", "InitTerm", "SmoothnessTerm", "RangeTerm", "PriorTerm",
+    "Objective", "PerceptorTargets",
 ]  # fmt: skip
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N,) prompt loss, lower better
@@ -134,6 +134,18 @@ class SmoothnessTerm(Term):
 
     def __call__(self, view: View) -> Loss:
         return Loss(smoothness_loss(view.image, self.weight_at(view.iteration)))
+
+
+@dataclass(frozen=True)
+class RangeTerm(Term):
+    """The squared excess of a diffusion sample's clean estimate (``view.latent``, in [-1, 1])
+    beyond its range, per image, summed over the batch (Crowson's range loss)."""
+
+    name: str = "range"
+
+    def __call__(self, view: View) -> Loss:
+        excess = view.latent - view.latent.clamp(-1, 1)
+        return Loss(excess.pow(2).mean((1, 2, 3)).sum() * self.weight_at(view.iteration))
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,9 @@ def resume(
         _check_restyle_resumable(run_dir, config, max_iterations)
     else:
         saved = read_state(run_dir / STATE)
-        if max_iterations is not None:
+        if config.generator == "diffusion":
+            _check_sample_resumable(run_dir, config, saved, max_iterations)
+        elif max_iterations is not None:
             config = config.replace(max_iterations=max_iterations)
         if config.max_iterations != -1 and saved["iteration"] >= config.max_iterations:
             raise ValueError(
@@ -107,6 +109,18 @@ def _check_restyle_resumable(
         )
     if any(run_dir.glob("final*.png")):
         raise ValueError(f"resume: every frame of {config.init_video!r} is restyled in {run_dir}")
+
+
+def _check_sample_resumable(
+    run_dir: Path, config: GenerationConfig, saved: dict, max_iterations: int | None
+) -> None:
+    if max_iterations not in (None, config.max_iterations):
+        raise ValueError(
+            f"max_iterations: a diffusion sample follows the schedule it was started on "
+            f"({config.max_iterations} steps); leave max_iterations out"
+        )
+    if saved["iteration"] >= config.max_iterations - config.skip_timesteps:
+        raise ValueError(f"resume: the sample in {run_dir} has taken every step of its schedule")
 
 
 def read_run_config(run_dir: Path) -> GenerationConfig:

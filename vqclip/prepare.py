@@ -19,6 +19,7 @@ import torch
 from vqclip import presets, zoo
 from vqclip.config import GenerationConfig
 from vqclip.cutouts import make_augments
+from vqclip.diffusion import DiffusionGenerator, SampleState, start_sample
 from vqclip.download import DownloadError
 from vqclip.embeddings import build_targets
 from vqclip.frames import check_output_dir
@@ -41,6 +42,7 @@ from vqclip.objective import (
     PerceptorTargets,
     PriorTerm,
     PromptTerm,
+    RangeTerm,
     SmoothnessTerm,
     Term,
 )
@@ -48,6 +50,7 @@ from vqclip.openclip import is_open_clip, load_open_clip
 from vqclip.perceptors import CLIP_MEAN, CLIP_STD, Perceptor
 from vqclip.prior import load_prior
 from vqclip.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.unet import UNet, UNetSpec, load_unet
 from vqclip.video import check_video
 
 __all__ = [
@@ -153,6 +156,16 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
         spec = read_vqgan_spec(zoo.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)[0])
         factor, ddconfig = spec.factor, spec.ddconfig
         what = f"the VQGAN's factor {factor} (model {config.vqgan!r})"
+    elif config.generator == "diffusion":
+        unet = _diffusion_spec(config.diffusion_model)[1]
+        if config.max_iterations > unet.diffusion_steps:
+            raise ValueError(
+                f"max_iterations: {config.max_iterations} sampling steps, but "
+                f"{config.diffusion_model!r} was trained with {unet.diffusion_steps}; expected "
+                f"1 to {unet.diffusion_steps}"
+            )
+        factor, ddconfig = unet.factor, None
+        what = f"the U-Net's factor {factor} (model {config.diffusion_model!r})"
     else:
         factor, ddconfig, what = config.pixel_scale, None, f"pixel_scale {config.pixel_scale}"
     for name in ("width", "height"):
@@ -172,6 +185,16 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
 def _load_prior(name_or_path: str, device: torch.device) -> torch.nn.Module:
     path = zoo.resolve_prior(name_or_path)
     return MODELS.get(("prior", path, str(device)), lambda: load_prior(path, device=device))
+
+
+def _diffusion_spec(name_or_path: str) -> tuple[Path, UNetSpec]:
+    path, flags = zoo.resolve_diffusion(name_or_path)
+    return path, UNetSpec.from_dict(flags)
+
+
+def _load_unet(name_or_path: str, device: torch.device) -> UNet:
+    path, spec = _diffusion_spec(name_or_path)
+    return MODELS.get(("diffusion", path, spec, str(device)), lambda: load_unet(path, spec, device))
 
 
 def _load_vqgan(paths: tuple[Path, Path], device: torch.device, compiled: bool) -> VQGAN:
@@ -220,6 +243,9 @@ def load_parts(
 ) -> tuple[Generator, tuple[Perceptor, ...]]:
     """The config's generator and perceptors."""
     vqgan, perceptors = load_models(config, device)
+    if config.generator == "diffusion":
+        unet = _load_unet(config.diffusion_model, device)
+        return DiffusionGenerator(unet, config.max_iterations, config.sampler), perceptors
     generator = PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan)
     return generator, perceptors
 
@@ -314,9 +340,11 @@ def _prompt_term(
     story = tuple(phases) if len(phases) > 1 else ()
     weights = tuple(weight for _, weight in config.clip_models())
     names = tuple(p.name for p in perceptors)
+    scale = config.clip_guidance_scale if config.generator == "diffusion" else 1.0
     return PromptTerm(
-        targets=phases[0][0], row_targets=phases[0][1], phases=story, weights=weights, names=names
-    )
+        weight=scale, targets=phases[0][0], row_targets=phases[0][1], phases=story,
+        weights=weights, names=names,
+    )  # fmt: skip
 
 
 def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
@@ -329,6 +357,11 @@ def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
     if config.prior and config.prior_weight:
         prior = _load_prior(config.prior, device)
         pulls.append(PriorTerm("prior", config.prior_weight, config.prior_ramp, prior))
+    if config.generator == "diffusion":  # Crowson's tv on [-1, 1] is 4x ours on [0, 1] pixels
+        if config.tv_scale:
+            pulls.append(SmoothnessTerm("tv", 4 * config.tv_scale))
+        if config.range_scale:
+            pulls.append(RangeTerm("range", config.range_scale))
     return tuple(pulls)
 
 
@@ -344,10 +377,17 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     return Loop(generator, perceptors, objective, cuts, config.seed, config.precision), rng
 
 
-def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState]:
-    """The loop and its starting state for a checked config."""
+def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState | SampleState]:
+    """The loop and its starting state for a checked config (a diffusion sample's, for the
+    diffusion generator)."""
     config = presets.apply(config)
     loop, rng = prepare_loop(config, device)
+    if config.generator == "diffusion":
+        size, batch = (config.height, config.width), config.batch_size * config.best_of
+        init = None
+        if config.init_image:
+            init = load_image(zoo.local_image(config.init_image), size[::-1]).to(device)
+        return loop, start_sample(loop, batch, *size, rng, init, config.skip_timesteps)
     latent = _start_latent(config, loop, rng, device)
     state = start_state(latent, config.optimizer, config.step_size, rng, config.latent_levels)
     return loop, state

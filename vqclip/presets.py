@@ -31,7 +31,8 @@ __all__ = [
 
 # The fields a preset may set: the ones whose good value depends on the model.
 PRESET_FIELDS = ("width", "height", "cutn", "max_iterations", "step_size", "start",
-                 "latent_levels", "best_of", "prior", "prior_weight", "prior_ramp")  # fmt: skip
+                 "latent_levels", "best_of", "prior", "prior_weight", "prior_ramp",
+                 "clip_guidance_scale", "tv_scale", "range_scale")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,26 @@ class Preset:
 # The classic notebooks' settings, at their 256x256.
 _CLASSIC = {"width": 256, "height": 256, "cutn": 32, "max_iterations": 100, "step_size": 0.1,
             "start": "random", "latent_levels": 1, "best_of": 1, "prior": None,
-            "prior_weight": 0.0, "prior_ramp": 0}  # fmt: skip
+            "prior_weight": 0.0, "prior_ramp": 0,
+            # CLIP-guided diffusion's (Crowson's 256x256 notebook; tv on [0, 1] pixels, x4)
+            "clip_guidance_scale": 1000.0, "tv_scale": 150.0, "range_scale": 50.0}  # fmt: skip
 _PRESETS: list[Preset] = [
     Preset("classic", {}, _CLASSIC),
     # An RGB image moves by the step size per pixel: a VQGAN latent's 0.1 would be a tenth of
     # the whole colour range every step.
     Preset("classic pixels", {"generator": "pixels"}, {**_CLASSIC, "step_size": 0.02}),
+    # OpenAI's 256x256 model sampled in 250 respaced steps (Disco Diffusion's default), and the
+    # fine-tuned 512x512 one at its own size.
+    Preset(
+        "classic diffusion",
+        {"generator": "diffusion"},
+        {**_CLASSIC, "max_iterations": 250, "cutn": 16},
+    ),  # fmt: skip
+    Preset(
+        "diffusion 512",
+        {"generator": "diffusion", "diffusion_model": "512x512_diffusion_uncond_finetune_008100"},
+        {**_CLASSIC, "max_iterations": 250, "cutn": 16, "width": 512, "height": 512},
+    ),
 ]
 
 

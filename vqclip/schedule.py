@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vqclip.config import GenerationConfig
+from vqclip.diffusion import SampleState, run_sampler
 from vqclip.loop import Callback, Loop, LoopState, render, run_loop, start_state
 
 __all__ = [
@@ -108,10 +109,16 @@ def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
 
 
 def run_schedule(
-    loop: Loop, state: LoopState, config: GenerationConfig, callback: Callback | None = None
+    loop: Loop,
+    state: LoopState | SampleState,
+    config: GenerationConfig,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """:func:`vqclip.loop.run_loop` up to ``config.max_iterations``, segment by segment: a
-    new segment at each change of prompt phase and at each zoom. Returns the final image."""
+    new segment at each change of prompt phase and at each zoom (a diffusion sample, which has
+    neither, to the end of its schedule). Returns the final image."""
+    if isinstance(state, SampleState):
+        return run_sampler(loop, state, config.display_frequency, callback)
     phases = len(loop.objective.prompts.phases) or 1
     while True:
         current = loop_at(loop, state.iteration, config)

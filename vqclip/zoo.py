@@ -16,6 +16,7 @@ __all__ = [
     "resolve_vqgan",
     "resolve_clip",
     "resolve_prior",
+    "resolve_diffusion",
     "local_image",
     "model_names",
     "entry_paths",
@@ -37,13 +38,15 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A named model: a VQGAN (config + checkpoint), a CLIP or an image prior (one file)."""
+    """A named model: a VQGAN (config + checkpoint), a CLIP, an image prior (one file) or a
+    diffusion model (its weights, after its flags' JSON unless ``flags`` gives them)."""
 
     name: str
-    family: str  # "vqgan", "clip" or "prior"
+    family: str  # "vqgan", "clip", "prior" or "diffusion"
     files: tuple[ModelFile, ...]
     size_mb: float  # approximate download size (`vqclip models` shows the real one once cached)
     directory: Path | None = None  # where a plugin ships the files; None: the cache
+    flags: dict | None = None  # a diffusion model's architecture, for weights that carry none
 
     @property
     def bundled(self) -> bool:
@@ -103,6 +106,28 @@ def _open_clip(name: str, repo: str, mb: float) -> ModelEntry:
     return ModelEntry(name, "clip", (config, weights), mb)
 
 
+# OpenAI's guided-diffusion models (plain state dicts; the flags are those the model was trained
+# with, from its README), and Katherine Crowson's unconditional fine-tune of the 512x512 one that
+# Disco Diffusion uses; the SHA-256 values are those Disco Diffusion checks.
+_DIFFUSION_FLAGS = {"num_channels": 256, "num_res_blocks": 2, "attention_resolutions": [32, 16, 8],
+                    "num_head_channels": 64, "learn_sigma": True, "use_scale_shift_norm": True,
+                    "resblock_updown": True, "diffusion_steps": 1000, "noise_schedule": "linear"}  # fmt: skip
+_DIFFUSION = (
+    ("256x256_diffusion_uncond", 256, [1, 1, 2, 2, 4, 4], 553,
+     ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt",),
+     "983e3de6f95c88c81b2ca7ebb2c217933be1973b1ff058776b970f901584613a"),
+    ("512x512_diffusion_uncond_finetune_008100", 512, [0.5, 1, 1, 2, 2, 4, 4], 559,
+     ("https://v-diffusion.s3.us-west-2.amazonaws.com/512x512_diffusion_uncond_finetune_008100.pt",
+      "https://huggingface.co/lowlevelware/512x512_diffusion_unconditional_ImageNet/resolve/main/512x512_diffusion_uncond_finetune_008100.pt"),
+     "9c111ab89e214862b76e1fa6a1b3f1d329b1a88281885943d2cdbe357ad57648"),
+)  # fmt: skip
+
+
+def _diffusion(name: str, size: int, mult: list, mb: float, urls: tuple, sha: str) -> ModelEntry:
+    flags = {**_DIFFUSION_FLAGS, "image_size": size, "channel_mult": mult}
+    return ModelEntry(name, "diffusion", (ModelFile(f"{name}.pt", urls, sha),), mb, flags=flags)
+
+
 def _clip(name: str, path: str) -> ModelEntry:
     digest = path.split("/")[0]
     file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
@@ -151,6 +176,7 @@ REGISTRY: dict[str, ModelEntry] = {
         ),
         *(_clip(name, path) for name, path in _CLIP_FILES.items()),
         *(_open_clip(name, *row) for name, row in _OPEN_CLIP.items()),
+        *(_diffusion(*row) for row in _DIFFUSION),
     )
 }
 
@@ -183,7 +209,7 @@ def entry_dir(entry: ModelEntry) -> Path:
     return entry.directory or cache_dir() / entry.name.replace("/", "-")
 
 
-_FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior"}  # config field per family
+_FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior", "diffusion": "diffusion_model"}
 
 
 def _entry(name: str, family: str) -> ModelEntry:
@@ -265,6 +291,36 @@ def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
 def resolve_prior(name_or_path: str, fetch: bool = True) -> Path:
     """A registry name (``"shapes-prior"``) or a path to a prior file."""
     return _resolve_one_file(name_or_path, "prior", fetch)
+
+
+def resolve_diffusion(name_or_path: str, fetch: bool = True) -> tuple[Path, dict]:
+    """A registry name (``"256x256_diffusion_uncond"``, ``"shapes-diffusion"``) or a path to a
+    U-Net state dict with its flags in a JSON file of the same name beside it. Returns the
+    weights' path and the flags (read, not yet checked)."""
+    import json
+
+    entry = registry().get(name_or_path)
+    if entry is None and Path(name_or_path).suffix:
+        weights, flags_path = Path(name_or_path), Path(name_or_path).with_suffix(".json")
+        for path in (weights, flags_path):
+            if not path.is_file():
+                raise ValueError(
+                    f"diffusion_model: file {str(path)!r} does not exist (a diffusion model is "
+                    "its weights and, beside them, a .json of its flags: image_size, "
+                    "num_channels, channel_mult, ...)"
+                )
+    elif entry is not None and entry.flags is not None and entry.family == "diffusion":
+        (weights,) = entry_paths(entry, fetch=fetch)
+        return weights, dict(entry.flags)
+    else:
+        flags_path, weights = entry_paths(_entry(name_or_path, "diffusion"), fetch=fetch)
+    try:
+        flags = json.loads(flags_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"diffusion_model: cannot read {flags_path} as JSON ({error})") from None
+    if not isinstance(flags, dict):
+        raise ValueError(f"diffusion_model: {flags_path} holds no flags (expected an object)")
+    return weights, flags
 
 
 def local_image(path_or_url: str) -> Path:

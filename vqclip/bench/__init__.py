@@ -36,11 +36,23 @@ def _configure(bench: argparse.ArgumentParser) -> None:
         help="instead: speed and peak memory for cutn 64 and 128 in 1, 2 and 4 cutn_batches, "
         "and for a two-CLIP ensemble",
     )
+    bench.add_argument(
+        "--diffusion",
+        action="store_true",
+        help="instead: one CLIP-guided sampling step of OpenAI's 256x256 U-Net with ViT-B/32, "
+        "cutn 16 and 32",
+    )
 
 
 def _run(args: argparse.Namespace) -> None:
     from vqclip.bench.loops import format_table, run_benchmark
 
+    if args.diffusion:
+        from vqclip.bench.loops import format_diffusion_table, run_diffusion_benchmark
+
+        results = run_diffusion_benchmark(args.quick, args.device, args.precision)
+        print(json.dumps(results, indent=2) if args.json else format_diffusion_table(results))
+        return
     if args.batches:
         from vqclip.bench.loops import format_batches_table, run_batches_benchmark
 

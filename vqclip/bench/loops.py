@@ -53,7 +53,7 @@ from vqclip.tuning import keep_freed_memory, measure_precision
 
 __all__ = [
     "run_benchmark", "format_table", "run_batches_benchmark", "format_batches_table",
-    "F16_16384", "VIT_B_32", "RN50",
+    "run_diffusion_benchmark", "format_diffusion_table", "F16_16384", "VIT_B_32", "RN50",
 ]  # fmt: skip
 
 F16_16384 = VQGANSpec(
@@ -412,4 +412,71 @@ def format_batches_table(results: dict[str, Any]) -> str:
         if results["models"].startswith("tiny"):
             clips = f"{r['models']} tiny"
         lines.append(f"| {clips} | {r['cutn']} | {r['batches']} | {1 / r['s']:.3f} | {peak} |")
+    return "\n".join(lines)
+
+
+# --- CLIP-guided diffusion -------------------------------------------------------------------
+
+
+def run_diffusion_benchmark(
+    quick: bool = False, device: str | None = None, precision: str | None = None
+) -> dict[str, Any]:
+    """Time one guided sampling step (U-Net forward and backward, cutouts, CLIP, the pulls) of
+    OpenAI's 256x256 unconditional architecture (random weights) under CLIP ViT-B/32 guidance
+    at 256², for cutn 16 and 32: what each of a sample's 250 steps costs."""
+    from vqclip import zoo
+    from vqclip.diffusion import DiffusionGenerator, sample_step, start_sample
+    from vqclip.objective import RangeTerm, SmoothnessTerm
+    from vqclip.unet import UNet, UNetSpec
+
+    dev = resolve_device(device or "auto")
+    if precision in (None, "auto"):
+        precision = measure_precision(dev).precision
+    torch.manual_seed(0)
+    if quick:
+        from vqclip.shapes.train import CLIP_SHAPE, DIFFUSION_SPEC
+
+        spec, clip_model, cutns, warmup, repeats = DIFFUSION_SPEC, build_clip(**CLIP_SHAPE), (4, 8), 1, 1  # fmt: skip
+    else:
+        spec = UNetSpec.from_dict(zoo.registry()["256x256_diffusion_uncond"].flags)
+        clip_model, cutns, warmup, repeats = build_clip(**VIT_B_32), (16, 32), 1, 2
+    unet = UNet(spec).eval().requires_grad_(False).to(dev)
+    clip_model = clip_model.eval().requires_grad_(False).to(dev)
+    prepare_for_loop(None, clip_model)
+    perceptor = Perceptor(clip_model)
+    pulls = (SmoothnessTerm("tv", 600.0), RangeTerm("range", 50.0))
+    objective = Objective(PromptTerm(weight=1000.0, targets=(_targets(perceptor, dev),)), pulls)
+    augments = (make_augments(AUGMENTS, perceptor.input_resolution),)
+    rows = []
+    for cutn in cutns:
+        loop = Loop(DiffusionGenerator(unet, 250), (perceptor,), objective, Cuts(augments, cutn), 0, precision)  # fmt: skip
+        g = torch.Generator(device=dev).manual_seed(0)
+        state = start_sample(loop, 1, spec.image_size, spec.image_size, g)
+        _reset_peak(dev)
+        seconds = _time(functools.partial(sample_step, loop, state), dev, warmup, repeats)
+        rows.append({"cutn": cutn, "s": seconds, "peak_mb": _peak_memory_mb(dev),
+                     "minutes_per_image_250": seconds * 250 / 60})  # fmt: skip
+    return {
+        "device": dev.type if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "models": "tiny shapes models"
+        if quick
+        else "U-Net 256x256_diffusion_uncond + CLIP ViT-B/32, random weights",  # fmt: skip
+        "size": spec.image_size,
+        "precision": precision,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+
+
+def format_diffusion_table(results: dict[str, Any]) -> str:
+    """A Markdown table of :func:`run_diffusion_benchmark` results."""
+    lines = [
+        f"{results['models']} at {results['size']}² on {results['device']}; {results['precision']}; torch {results['torch']}",  # fmt: skip
+        "",
+        "| cutn | s per guided step | minutes per image (250 steps) | peak MB |",
+        "|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] else "n/a"
+        lines.append(f"| {r['cutn']} | {r['s']:.2f} | {r['minutes_per_image_250']:.1f} | {peak} |")
     return "\n".join(lines)

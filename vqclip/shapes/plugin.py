@@ -13,7 +13,7 @@ from vqclip.presets import Preset, register_preset
 from vqclip.prior import register_prior_kind
 from vqclip.zoo import ModelEntry, ModelFile, register_model
 
-__all__ = ["WEIGHTS", "SETTINGS", "PIXEL_SETTINGS", "register"]
+__all__ = ["WEIGHTS", "SETTINGS", "PIXEL_SETTINGS", "DIFFUSION_SETTINGS", "register"]
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -31,9 +31,28 @@ SETTINGS: dict[str, Any] = {
     "prior_weight": 12.0,  # reached at the last step: CLIP sets colours early, the pull shapes late
     "prior_ramp": 60,
     "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one
+    "clip_guidance_scale": 0.0,  # (the diffusion generator's; see DIFFUSION_SETTINGS)
+    "tv_scale": 0.0,
+    "range_scale": 0.0,
 }
 # The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
 PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
+# The shapes diffusion model samples at its training size; it draws clean shapes, so no prior.
+DIFFUSION_SETTINGS: dict[str, Any] = {
+    **SETTINGS,
+    "width": 32,
+    "height": 32,
+    "max_iterations": 50,  # sampling steps (the 1000 of training respaced)
+    "start": "random",
+    "latent_levels": 1,
+    "best_of": 1,
+    "prior": None,
+    "prior_weight": 0.0,
+    "prior_ramp": 0,
+    "clip_guidance_scale": 1000.0,
+    "tv_scale": 0.0,
+    "range_scale": 50.0,
+}
 
 
 def register() -> None:
@@ -56,7 +75,16 @@ def register() -> None:
     register_model(
         ModelEntry("shapes-prior", "prior", (ModelFile("shapes_prior.pt"),), 1.9, WEIGHTS)
     )
+    diffusion_files = (ModelFile("shapes_diffusion.json", kind="json"), ModelFile("shapes_diffusion.pt"))  # fmt: skip
+    register_model(ModelEntry("shapes-diffusion", "diffusion", diffusion_files, 7.7, WEIGHTS))
     register_preset(Preset("shapes", {"generator": "vqgan", "vqgan": "shapes-vqgan"}, SETTINGS))
+    register_preset(
+        Preset(
+            "shapes diffusion",
+            {"generator": "diffusion", "diffusion_model": "shapes-diffusion"},
+            DIFFUSION_SETTINGS,
+        )
+    )
     register_preset(
         Preset(
             "shapes pixels", {"generator": "pixels", "clip_model": "shapes-clip"}, PIXEL_SETTINGS

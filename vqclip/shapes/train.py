@@ -5,6 +5,7 @@
                                         [--adversarial EPS] [--noise SIGMA]
     python -m vqclip.shapes.train clip-vit [as clip: the second, ViT, perceptor]
     python -m vqclip.shapes.train prior [--steps N] [--out DIR]
+    python -m vqclip.shapes.train diffusion [--steps N] [--out DIR]
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
 the codebook/commitment loss (no GAN, no LPIPS); unused codes are re-seeded from encoder outputs.
@@ -18,6 +19,11 @@ The shipped CLIP is then fine-tuned twice: with strong per-image Gaussian noise 
 mismatch its caption before CLIP learns from it. A CLIP that such small changes cannot fool has
 gradients that mean something to the eye, so the generation loop paints flat regions of the
 prompted colours instead of textures that fool it.
+
+The diffusion model is a small :class:`vqclip.unet.UNet` (OpenAI's guided-diffusion
+architecture) trained at 32x32 to predict the noise of noised renderings (the plain DDPM loss,
+linear schedule as OpenAI's models (so that guidance scales carry over), fixed
+variances), its weights averaged over the steps (EMA), as OpenAI's.
 
 The image prior (:class:`vqclip.shapes.prior.ScenePrior`) learns to read the scene of corrupted
 renderings (smoothly warped into blobs, noisy, speckled): the two colours, the shape, its place.
@@ -52,6 +58,7 @@ from vqclip.perceptors import normalize
 from vqclip.prior import load_prior, save_prior
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 from vqclip.shapes.prior import ScenePrior, reading_accuracy, scene_targets
+from vqclip.unet import UNet, UNetSpec, save_unet
 
 __all__ = [
     "VQGAN_SPEC",
@@ -62,6 +69,8 @@ __all__ = [
     "train_vqgan",
     "train_clip",
     "train_prior",
+    "train_diffusion",
+    "DIFFUSION_SPEC",
     "corrupt",
     "main",
 ]
@@ -99,6 +108,13 @@ CLIP_FILES = {"clip": ("shapes_clip.pt", CLIP_SHAPE), "clip-vit": ("shapes_clip_
 # Mild augmentations for CLIP's training: with perspective and erasing too (the generation
 # loop's defaults) it told circles from squares at chance (zero-shot shape 56%); with these, 93%.
 CLIP_AUGMENTS = ("Af", "Ji")
+# The diffusion model: 32x32 (a quarter of the 64x64 compute: 0.4 s a training step here),
+# three downsamplings, attention at 4x4, noise only (fixed variances: the plain DDPM loss).
+DIFFUSION_SPEC = UNetSpec(
+    image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2, 2),
+    attention_resolutions=(4,), num_head_channels=32, learn_sigma=False, noise_schedule="linear",
+)  # fmt: skip
+DIFFUSION_EMA = 0.995
 PRIOR_GEOMETRY_WEIGHT = 20.0  # the prior's loss: geometry error (image sides squared) vs names
 
 
@@ -371,6 +387,45 @@ def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[s
     return metrics
 
 
+def train_diffusion(steps: int, out: Path, seed: int = 0, batch: int = 32) -> dict[str, float]:
+    """Train and save ``shapes_diffusion.pt`` (and its flags, ``.json``) into ``out``: the noise
+    of renderings noised to a uniform random step, mean squared error; the EMA weights saved."""
+    from vqclip.diffusion import _betas
+
+    torch.manual_seed(seed)  # the layers initialise from the global RNG
+    g = torch.Generator().manual_seed(seed)
+    spec, size = DIFFUSION_SPEC, DIFFUSION_SPEC.image_size
+    acp = torch.cumprod(1 - _betas(spec.diffusion_steps, spec.noise_schedule), 0).float()
+    model = UNet(spec).train()
+    ema = UNet(spec).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.0)
+    start, losses = time.time(), []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, 1e-3)
+        x0 = render(sample_scenes(batch, g), size) * 2 - 1
+        t = torch.randint(spec.diffusion_steps, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = acp[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float()), noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for kept, new in zip(ema.parameters(), model.parameters(), strict=True):
+                kept.lerp_(new, 1 - DIFFUSION_EMA)
+        losses.append(loss.item())
+        if step % 200 == 199:
+            recent = sum(losses[-200:]) / 200
+            log.info("diffusion step %d loss %.4f (%.0fs)", step + 1, recent, time.time() - start)
+    out.mkdir(parents=True, exist_ok=True)
+    save_unet(ema, out / "shapes_diffusion.pt")
+    metrics = {"seconds": time.time() - start, "final_loss": sum(losses[-200:]) / len(losses[-200:])}  # fmt: skip
+    log.info("diffusion done: %s", metrics)
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m vqclip.shapes.train vqgan|clip``."""
     parser = argparse.ArgumentParser(
@@ -378,12 +433,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", choices=["vqgan", "clip", "clip-vit", "prior"])
+    parser.add_argument("model", choices=["vqgan", "clip", "clip-vit", "prior", "diffusion"])
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="default: 1500 (vqgan), 600 (clip, clip-vit), 3000 (prior)",
+        help="default: 1500 (vqgan), 600 (clip, clip-vit), 3000 (prior, diffusion)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
@@ -405,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics = train_vqgan(args.steps or 1500, args.out, args.seed)
     elif args.model == "prior":
         metrics = train_prior(args.steps or 3000, args.out, args.seed)
+    elif args.model == "diffusion":
+        metrics = train_diffusion(args.steps or 3000, args.out, args.seed)
     else:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,

@@ -20,8 +20,9 @@ from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
 from vqclip.shapes.judge import judge
 from vqclip.shapes.plugin import WEIGHTS
 from vqclip.shapes.prior import reading_accuracy
-from vqclip.shapes.train import corrupt, train_clip, train_prior, train_vqgan
+from vqclip.shapes.train import corrupt, train_clip, train_diffusion, train_prior, train_vqgan
 from vqclip.tuning import cpu_flags
+from vqclip.unet import UNetSpec, load_unet
 
 
 def test_data_set_is_seeded_and_varied() -> None:
@@ -45,10 +46,14 @@ def test_shipped_models_load_through_the_registry_and_are_small() -> None:
     clip_path = zoo.resolve_clip("shapes-clip")
     vit_path = zoo.resolve_clip("shapes-clip-vit")
     prior_path = zoo.resolve_prior("shapes-prior")
+    diffusion_path, flags = zoo.resolve_diffusion("shapes-diffusion")
     assert yaml_path.parent == clip_path.parent == vit_path.parent == prior_path.parent == WEIGHTS
-    files = (yaml_path, ckpt_path, clip_path, vit_path, prior_path)
+    assert diffusion_path.parent == WEIGHTS
+    files = (yaml_path, ckpt_path, clip_path, vit_path, prior_path, diffusion_path, diffusion_path.with_suffix(".json"))  # fmt: skip
     total = sum(p.stat().st_size for p in files)
-    assert total <= 40 * 2**20, f"{total / 2**20:.1f} MB"  # issue 32's limit for the weights
+    assert total <= 40e6, f"{total / 1e6:.1f} MB"  # issue 33's limit for the shipped weights
+    unet = load_unet(diffusion_path, UNetSpec.from_dict(flags))
+    assert unet.spec.image_size == 32 and not unet.spec.learn_sigma
     vqgan = load_vqgan(yaml_path, ckpt_path)
     clip_model, vit = load_clip(clip_path), load_clip(vit_path)
     assert vqgan.spec.factor == 4 and clip_model.visual.input_resolution == 64
@@ -82,6 +87,11 @@ def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> N
     train_clip(steps=2, out=tmp_path, batch=8, adversarial=0.03)
     train_clip(steps=2, out=tmp_path, batch=8, kind="clip-vit")
     train_prior(steps=2, out=tmp_path, batch=4)
+    train_diffusion(steps=2, out=tmp_path, batch=2)
+    again = train_diffusion(steps=2, out=tmp_path / "again", batch=2)
+    assert again["final_loss"] > 0
+    first, second = (torch.load(p / "shapes_diffusion.pt") for p in (tmp_path, tmp_path / "again"))  # fmt: skip
+    assert all(torch.equal(first[k], second[k]) for k in first)  # seeded: the same weights
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
     prior = load_prior(tmp_path / "shapes_prior.pt")
@@ -321,3 +331,17 @@ def test_the_pixels_generator_steers_the_colour(tmp_path: Path) -> None:
     print(f"pixels: steering {rate:.0%} of 24 comparisons; {rates}")
     print("pixels, judged colours:", [(r["prompt"], r["top_two"]) for r in rows])
     assert rate >= 0.9 and rates["colors"] >= 0.7, (rate, rates)
+
+
+@pytest.mark.slow  # 48 samples of 50 guided steps at 32x32: about N minutes on a 2-core CPU
+def test_the_diffusion_generator_steers_the_colour_and_draws_the_shapes(tmp_path: Path) -> None:
+    """Issue 33's check: the shapes diffusion model under the shapes CLIP's guidance (its
+    preset), 24 prompts (12 colour pairs) x seeds 0 and 1, judged by the pixel judge."""
+    rows = evaluate.run_cases(
+        evaluate.prompt_cases(24), [0, 1], tmp_path, 2, generator="diffusion", precision="fp32"
+    )
+    rate = evaluate.steering_rate(*evaluate.split_pairs(rows, seeds=2))
+    rates = evaluate.success_rates(rows)
+    print(f"diffusion: steering {rate:.0%} of 48 comparisons; {rates}")
+    assert rates["runs"] == 48
+    assert rate >= 0.9 and rates["colors"] >= 0.85 and rates["shapes"] >= 0.7, (rate, rates)

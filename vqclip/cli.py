@@ -260,7 +260,7 @@ def _with_progress(
 
     from vqclip.restyle import frames_to_restyle
 
-    per_frame = max_iterations or config.max_iterations
+    per_frame = max_iterations or config.steps()
     total = None if per_frame == -1 else per_frame * frames_to_restyle(config)
     bar = None  # drawn at the first step, so that an input error comes with no empty bar
 
@@ -334,12 +334,12 @@ def _models(args: argparse.Namespace) -> None:
         print("\n".join(str(p) for p in _download(args.name)))
         return
     width = max(map(len, zoo.registry()))
-    print(f"{'name':{width}} {'family':6} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
+    print(f"{'name':{width}} {'family':9} {'size':>9}  cached  (cache: {zoo.cache_dir()})")
     for name, entry in zoo.registry().items():
         local = zoo.local_size_mb(entry)  # the real size once present; else the registry's
         cached = "bundled" if entry.bundled else ("yes" if local is not None else "no")
         size = f"{entry.size_mb if local is None else local:.1f}MB"
-        print(f"{name:{width}} {entry.family:6} {size:>9}  {cached}")
+        print(f"{name:{width}} {entry.family:9} {size:>9}  {cached}")
 
 
 def _download(name: str) -> tuple[Path, ...]:

@@ -282,6 +282,11 @@ class GenerationConfig:
                 f"expected 0 to {steps - 1}"
             )
 
+    def steps(self) -> int:
+        """The steps a run takes (per frame of a restyle): ``max_iterations``, less the steps a
+        diffusion sample skips; -1 for a run until interrupted."""
+        return self.max_iterations - self.skip_timesteps
+
     def clip_models(self) -> list[tuple[str, float]]:
         """The CLIP models that guide the run, each with its weight (see
         :func:`parse_clip_models`)."""

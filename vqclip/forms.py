@@ -13,8 +13,11 @@ from vqclip.config import GenerationConfig
 __all__ = ["choose_models", "preset_settings", "prompt_settings", "resolve"]
 
 
-def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, str]:
-    """Resolve "auto": imagenet_f16_16384 with ViT-B/32 on a GPU, the shapes world on a CPU."""
+def choose_models(
+    vqgan: str = "auto", clip_model: str = "auto", diffusion_model: str = "auto"
+) -> tuple[str, str, str]:
+    """Resolve "auto": imagenet_f16_16384, ViT-B/32 and OpenAI's 256x256 diffusion model on a
+    GPU, the shapes world's models on a CPU."""
     import torch
 
     gpu = torch.cuda.is_available()
@@ -22,7 +25,9 @@ def choose_models(vqgan: str = "auto", clip_model: str = "auto") -> tuple[str, s
         vqgan = "imagenet_f16_16384" if gpu else "shapes-vqgan"
     if clip_model == "auto":
         clip_model = "ViT-B/32" if gpu else "shapes-clip"
-    return vqgan, clip_model
+    if diffusion_model == "auto":
+        diffusion_model = "256x256_diffusion_uncond" if gpu else "shapes-diffusion"
+    return vqgan, clip_model, diffusion_model
 
 
 def preset_settings(**form: Any) -> dict[str, Any]:

@@ -62,13 +62,20 @@ def describe_device() -> str:
     )
 
 
-def fetch_models(vqgan: str, clip_model: str) -> list[Path]:
-    """Download (or find in the cache) the VQGAN and the CLIPs; returns their local files."""
+def fetch_models(
+    vqgan: str, clip_model: str, diffusion_model: str = "shapes-diffusion", generator: str = "vqgan"
+) -> list[Path]:
+    """Download (or find in the cache) the CLIPs and what the generator needs (the VQGAN, the
+    diffusion model); returns their local files."""
     from vqclip import zoo
     from vqclip.config import parse_clip_models
 
-    clips = [zoo.resolve_clip(name) for name, _ in parse_clip_models(clip_model)]
-    return [*zoo.resolve_vqgan(vqgan), *clips]
+    paths = [zoo.resolve_clip(name) for name, _ in parse_clip_models(clip_model)]
+    if generator == "vqgan":
+        paths += zoo.resolve_vqgan(vqgan)
+    if generator == "diffusion":
+        paths.append(zoo.resolve_diffusion(diffusion_model)[0])
+    return paths
 
 
 def _png_bytes(image: Any) -> bytes:
@@ -89,7 +96,7 @@ def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, int]:
 
     from vqclip.restyle import frames_to_restyle
 
-    per_frame = config.max_iterations if config.max_iterations > 0 else 0
+    per_frame = config.steps() if config.max_iterations > 0 else 0
     total = per_frame * frames_to_restyle(config)
     # No image until the first frame: an empty PNG widget shows a broken-image icon.
     image = widgets.Image(

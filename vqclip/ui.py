@@ -63,7 +63,7 @@ def form_config(
     """The form's config, resolved (seed picked, preset applied) as the run will record it;
     ``numbers`` are width, height, max_iterations, cutn and display_frequency (0: preset)."""
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
-    vqgan, clip_model = choose_models(vqgan, clip_model)
+    vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
     form = dict(width=width, height=height, max_iterations=max_iterations, cutn=cutn)
     return resolve(
         GenerationConfig(
@@ -71,6 +71,7 @@ def form_config(
             generator=generator,
             vqgan=vqgan,
             clip_model=clip_model,
+            diffusion_model=diffusion_model,
             seed=int(seed),
             display_frequency=display_frequency or 10,
             **preset_settings(**form),
@@ -80,8 +81,8 @@ def form_config(
 
 def describe_preset(generator: str, vqgan: str, clip_model: str) -> str:
     """A line naming the preset these choices take, and its settings."""
-    vqgan, clip_model = choose_models(vqgan, clip_model)
-    models = GenerationConfig(prompts="-", generator=generator, vqgan=vqgan, clip_model=clip_model)
+    vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
+    models = GenerationConfig(prompts="-", generator=generator, vqgan=vqgan, clip_model=clip_model, diffusion_model=diffusion_model)  # fmt: skip
     preset = preset_for(models)  # a preset matches on the generator and models, not prompts
     settings = ", ".join(f"{k} {v}" for k, v in preset.settings.items())
     return f"preset **{preset.name}** (for {vqgan} + {clip_model}): {settings}"
@@ -259,7 +260,9 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
             with gr.Column():
                 prompts = gr.Textbox("a red circle on a blue background", label="prompts", elem_id="prompts")  # fmt: skip
                 with gr.Row():
-                    generator = gr.Dropdown(["vqgan", "pixels"], value="vqgan", label="generator")
+                    generator = gr.Dropdown(
+                        ["vqgan", "pixels", "diffusion"], value="vqgan", label="generator"
+                    )
                     vqgan = gr.Dropdown(vqgans, value="auto", label="VQGAN")
                     clip_model = gr.Dropdown(clips, value="auto", label="CLIP (several: A + B:0.5)", allow_custom_value=True)  # fmt: skip
                 preset = gr.Markdown(describe_preset("vqgan", "auto", "auto"), elem_id="preset")

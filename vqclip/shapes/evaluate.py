@@ -30,7 +30,6 @@ from vqclip.images import to_uint8
 from vqclip.perceptors import Perceptor
 from vqclip.shapes.data import COLORS, SHAPES, Scene, canonical_caption, render, sample_scenes
 from vqclip.shapes.judge import judge
-from vqclip.shapes.plugin import SETTINGS
 
 __all__ = [
     "judge_accuracy",
@@ -265,33 +264,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
-        "--size", type=image_size, default=(64, 64), help='"W" or "WxH" in pixels (default 64)'
+        "--size", type=image_size, help='"W" or "WxH" in pixels (default: the preset\'s)'
     )
-    parser.add_argument("--latent-levels", type=int, default=SETTINGS["latent_levels"])
-    parser.add_argument("--best-of", type=int, default=SETTINGS["best_of"])
-    parser.add_argument(
-        "--prior-weight", type=float, default=SETTINGS["prior_weight"], help="0: no prior"
-    )
-    parser.add_argument("--prior-ramp", type=int, default=SETTINGS["prior_ramp"])
-    parser.add_argument("--generator", default="vqgan", choices=["vqgan", "pixels"])
-    parser.add_argument("--step-size", type=float, help="default: the generator's preset")
+    parser.add_argument("--generator", default="vqgan", choices=["vqgan", "pixels", "diffusion"])
     parser.add_argument(
         "--clip-model", default="shapes-clip", help='e.g. "shapes-clip + shapes-clip-vit:0.5"'
     )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the runs")
+    # Settings left out take the generator's preset.
+    for name, kind in (("latent-levels", int), ("best-of", int), ("prior-weight", float),
+                       ("prior-ramp", int), ("step-size", float), ("max-iterations", int),
+                       ("cutn", int), ("clip-guidance-scale", float), ("tv-scale", float),
+                       ("range-scale", float), ("sampler", str)):  # fmt: skip
+        parser.add_argument(f"--{name}", type=kind, help="default: the generator's preset")
     args = parser.parse_args(argv)
-    changes = {
-        "precision": args.precision,
-        "width": args.size[0],
-        "height": args.size[1],
-        "latent_levels": args.latent_levels,
-        "best_of": args.best_of,
-        "prior_weight": args.prior_weight,
-        "prior_ramp": args.prior_ramp,
-        "generator": args.generator,
-        "step_size": args.step_size,
-        "clip_model": args.clip_model,
-    }
+    changes = {"precision": args.precision, "generator": args.generator, "clip_model": args.clip_model}  # fmt: skip
+    if args.size:
+        changes.update(width=args.size[0], height=args.size[1])
+    for name in ("latent_levels", "best_of", "prior_weight", "prior_ramp", "step_size",
+                 "max_iterations", "cutn", "clip_guidance_scale", "tv_scale", "range_scale",
+                 "sampler"):  # fmt: skip
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     config = shapes_config("x", 0, ".")
     _, (perceptor,) = load_models(config, resolve_device("cpu"))
     clip_model = perceptor.model

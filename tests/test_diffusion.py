@@ -115,17 +115,18 @@ def test_the_respaced_schedule_is_openais(schedule: str, count: int) -> None:
     )
 
 
-@pytest.mark.parametrize("learn_sigma", [True, False])
-def test_a_denoising_step_is_openais(learn_sigma: bool) -> None:
+@pytest.mark.parametrize(("learn_sigma", "sigma_small"), [(True, False), (False, False), (False, True)])  # fmt: skip
+def test_a_denoising_step_is_openais(learn_sigma: bool, sigma_small: bool) -> None:
     """The clean estimate, mean and variance of one step, as OpenAI's p_mean_variance gives."""
     reference_model = _reference_model(learn_sigma=learn_sigma)
-    ours = UNet(UNetSpec.from_dict({**TINY, "learn_sigma": learn_sigma}))
+    ours = UNet(UNetSpec.from_dict({**TINY, "learn_sigma": learn_sigma, "sigma_small": sigma_small}))  # fmt: skip
     ours.load_state_dict(reference_model.state_dict())
     gen = DiffusionGenerator(ours.eval(), 25)
     reference = SpacedDiffusion(
         use_timesteps=space_timesteps(1000, "25"), betas=gd.get_named_beta_schedule("linear", 1000),
         model_mean_type=gd.ModelMeanType.EPSILON,
-        model_var_type=gd.ModelVarType.LEARNED_RANGE if learn_sigma else gd.ModelVarType.FIXED_LARGE,
+        model_var_type=gd.ModelVarType.LEARNED_RANGE if learn_sigma else (
+            gd.ModelVarType.FIXED_SMALL if sigma_small else gd.ModelVarType.FIXED_LARGE),
         loss_type=gd.LossType.MSE,
     )  # fmt: skip
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -97,6 +97,7 @@ class GenerationConfig:
     clip_guidance_scale: float | None = _field(None, f"diffusion: weight of CLIP's prompt loss in the guidance ({_PRESET})", STEPS)  # fmt: skip
     tv_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's total variation, as Crowson's ({_PRESET})", STEPS)  # fmt: skip
     range_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's values beyond [-1, 1] ({_PRESET})", STEPS)  # fmt: skip
+    clamp_max: float | None = _field(None, f"diffusion: the guidance gradient's largest RMS per image, 0 = unclamped ({_PRESET})", STEPS)  # fmt: skip
     skip_timesteps: int = _field(0, "diffusion with init_image: skip this many sampling steps, starting from the init image noised to that level", STEPS)  # fmt: skip
     # -- start and pulls
     start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient noise; without init_image" + f" ({_PRESET})", START)  # fmt: skip
@@ -161,7 +162,7 @@ class GenerationConfig:
             _positive_number: ("cut_pow", "step_size", "zoom_scale"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
-                                   "tv_scale", "range_scale"),
+                                   "tv_scale", "range_scale", "clamp_max"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps"),
         }  # fmt: skip

@@ -6,8 +6,9 @@ schedule (its 1000 training steps respaced to ``max_iterations``, as OpenAI's
 it (blended with the noisy sample by the noise level, as Crowson's notebook does) through the
 loop's own cutouts, augments and objective (the prompts weighted by ``clip_guidance_scale``,
 total variation by ``tv_scale``, out-of-range values by ``range_scale``), and the gradient of
-that loss with respect to the noisy sample moves the step's mean (DDPM) or its noise estimate
-(DDIM). Every random draw goes through the run's ``torch.Generator``, so a config gives the same
+that loss with respect to the noisy sample (its RMS per image at most ``clamp_max``, as Disco
+Diffusion clamps it: at the noisiest steps the clean estimate magnifies the gradient) moves
+the step's mean (DDPM) or its noise estimate (DDIM). Every random draw goes through the run's ``torch.Generator``, so a config gives the same
 bits on a CPU, and the sample, the step and the generator are all a resumed run needs.
 """
 
@@ -19,12 +20,12 @@ from typing import Any
 
 import torch
 
+from vqclip.latents import clamp_with_grad
 from vqclip.loop import (
     Callback,
     Loop,
-    _fast_math,
-    _score,
-    _score_in_batches,
+    backward_objective,
+    fast_math,
     iterations,
     make_views,
     render,
@@ -126,10 +127,11 @@ class DiffusionGenerator:
     """A diffusion model as the loop's generator: its parameters are an image in [-1, 1]."""
 
     name = "diffusion"
-    factor = 1
 
-    def __init__(self, model: UNet, steps: int, sampler: str = "ddpm") -> None:
-        self.model, self.sampler = model, sampler
+    def __init__(
+        self, model: UNet, steps: int, sampler: str = "ddpm", clamp_max: float = 0.0
+    ) -> None:
+        self.model, self.sampler, self.clamp_max = model, sampler, clamp_max
         spec = model.spec
         self.factor = spec.factor
         self.schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
@@ -204,7 +206,8 @@ def start_sample(
 
 def predict(gen: DiffusionGenerator, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's noise estimate for ``x`` at respaced step ``index``, and the step's log
-    variance (OpenAI's ``p_mean_variance``: learned within its bounds, or fixed "large")."""
+    variance (OpenAI's ``p_mean_variance``: learned within its bounds, or fixed: "large" or
+    with ``sigma_small`` the posterior's)."""
     schedule = gen.schedule
     t = schedule.timesteps[index].to(x.device, torch.float32).expand(len(x))
     out = gen.model(x, t).float()
@@ -214,6 +217,8 @@ def predict(gen: DiffusionGenerator, x: torch.Tensor, index: int) -> tuple[torch
         max_log = schedule.at("betas", index, x).log()
         frac = (values + 1) / 2
         return eps, frac * max_log + (1 - frac) * min_log
+    if gen.model.spec.sigma_small:
+        return out, schedule.at("posterior_log_variance", index, x).expand_as(x)
     large = schedule.posterior_variance[1] if index == 0 else schedule.betas[index]
     return out, torch.full_like(x, math.log(float(large)))
 
@@ -231,14 +236,12 @@ def _guidance(
     sample ``x`` (a leaf that requires grad), and the step's report."""
     schedule: Schedule = loop.generator.schedule
     fac = (1 - schedule.at("alphas_cumprod", index, x)).sqrt()
-    blend = pred * fac + x * (1 - fac)  # Crowson's: the clean estimate, noisier when unsure
+    # Crowson's: the clean estimate, noisier when unsure; kept in range for CLIP (the gradient
+    # passes the clamp), as the step's mean uses it.
+    blend = clamp_with_grad(pred, -1.0, 1.0) * fac + x * (1 - fac)
     image = (blend + 1) / 2
     views = make_views(loop, state, image)
-    if loop.cuts.batches == 1:
-        total, terms, losses = _score(loop, state, image, pred, views)
-        total.backward()
-    else:
-        total, terms, losses = _score_in_batches(loop, state, image, pred, views)
+    total, terms, losses = backward_objective(loop, state, image, pred, views)
     grad = x.grad if x.grad is not None else torch.zeros_like(x)
     return -grad, {"loss": total.detach(), "losses": losses.detach(), "terms": {k: v.detach() for k, v in terms.items()}}  # fmt: skip
 
@@ -249,21 +252,30 @@ def sample_step(loop: Loop, state: SampleState) -> dict[str, Any]:
     gen: DiffusionGenerator = loop.generator
     schedule, index = gen.schedule, state.index
     x = state.sample.detach().requires_grad_(True)
-    with _fast_math(loop, x.device):
+    with fast_math(loop, x.device):
         eps, log_variance = predict(gen, x, index)
     pred = pred_xstart(schedule, x, eps, index)
     grad, report = _guidance(loop, state, x, pred, index)
-    x, eps, pred, log_variance = x.detach(), eps.detach(), pred.detach(), log_variance.detach()
+    if gen.clamp_max:  # each image's gradient at most clamp_max in RMS, as Disco Diffusion's
+        rms = grad.square().mean((1, 2, 3), keepdim=True).sqrt()
+        grad = grad * (gen.clamp_max / rms.clamp(min=1e-12)).clamp(max=1)
+    x, eps, log_variance = x.detach(), eps.detach(), log_variance.detach()
+    pred = pred.detach().clamp(-1, 1)  # OpenAI's clip_denoised: the mean from a valid image
     if gen.sampler == "ddpm":  # the mean moved by variance x gradient (OpenAI's condition_mean)
         mean = schedule.at("posterior_mean_coef1", index, x) * pred
         mean = mean + schedule.at("posterior_mean_coef2", index, x) * x
         mean = mean + log_variance.exp() * grad
         noise = torch.randn(x.shape, generator=state.generator, device=x.device)
         sample = mean + (0.5 * log_variance).exp() * noise if index else mean
-    else:  # DDIM, eta 0: the noise estimate moved by the gradient (condition_score)
+    else:  # DDIM, eta 0: the noise estimate (that of the clamped clean estimate) moved by the
+        # gradient (OpenAI's condition_score), its clean estimate clamped again (the noisiest
+        # step would magnify the gradient ~1/sqrt(alpha_bar) times into it)
         acp = schedule.at("alphas_cumprod", index, x)
-        eps = eps - (1 - acp).sqrt() * grad
-        pred = pred_xstart(schedule, x, eps, index)
+        recip = schedule.at("sqrt_recip_alphas_cumprod", index, x)
+        recipm1 = schedule.at("sqrt_recipm1_alphas_cumprod", index, x)
+        eps = (recip * x - pred) / recipm1 - (1 - acp).sqrt() * grad
+        pred = pred_xstart(schedule, x, eps, index).clamp(-1, 1)
+        eps = (recip * x - pred) / recipm1
         prev = schedule.at("alphas_cumprod_prev", index, x)
         sample = pred * prev.sqrt() + (1 - prev).sqrt() * eps
     state.sample, state.pred = sample, pred

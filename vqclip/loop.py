@@ -32,6 +32,8 @@ __all__ = [
     "compose_latent",
     "image_losses",
     "make_views",
+    "backward_objective",
+    "fast_math",
     "weighted_distances",
     "best_candidates",
     "start_state",
@@ -121,7 +123,7 @@ def start_state(
 
 
 @contextmanager
-def _fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
+def fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
     """The loop's autocast and, on a CPU, attention by its plain matrix-product kernel: for
     CLIP's short sequences torch's fused CPU attention is the slower one in bf16, backward
     above all (docs/performance.md)."""
@@ -138,17 +140,13 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
     latent = state.latent
     # 1. The generator renders its parameters: (B, 3, H, W) in [0, 1].
-    with _fast_math(loop, latent.device):
+    with fast_math(loop, latent.device):
         image = loop.generator.decode(latent)
     # 2. Cut and augment, for each perceptor at its input size: (B * cutn, 3, S, S) each.
     views = make_views(loop, state, image)
     # 3. The perceptors embed them, 4. the objective's terms add up, 5. back to the parameters.
     state.optimizer.zero_grad(set_to_none=True)
-    if loop.cuts.batches == 1:
-        total, terms, losses = _score(loop, state, image, latent, views)
-        total.backward()
-    else:
-        total, terms, losses = _score_in_batches(loop, state, image, latent, views)
+    total, terms, losses = backward_objective(loop, state, image, latent, views)
     # 6. Step, then keep the parameters in the generator's range.
     state.optimizer.step()
     loop.generator.clamp(state.levels)
@@ -181,6 +179,23 @@ def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch
     return tuple(views)
 
 
+def backward_objective(
+    loop: Loop,
+    state: LoopState,
+    image: torch.Tensor,
+    latent: torch.Tensor,
+    views: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Score the views by the objective and send its gradient back to whatever ``image`` and
+    ``latent`` came from (in ``cuts.batches`` batches); returns the total, each term's loss
+    and the per-prompt losses, detached or not."""
+    if loop.cuts.batches > 1:
+        return _score_in_batches(loop, state, image, latent, views)
+    total, terms, losses = _score(loop, state, image, latent, views)
+    total.backward()
+    return total, terms, losses
+
+
 def _step_seed(loop: Loop, state: LoopState) -> int:
     return (loop.seed * 1_000_003 + state.iteration) % 2**63
 
@@ -197,7 +212,7 @@ def _score(
     views: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The objective of a step whose cutouts are all scored at once."""
-    with _fast_math(loop, latent.device):
+    with fast_math(loop, latent.device):
         embeds = tuple(p.encode_image(v) for p, v in zip(loop.perceptors, views, strict=True))
     score = partial(image_losses, loop)
     return loop.objective(View(image, latent, state.start, embeds, state.iteration, score))
@@ -224,7 +239,7 @@ def _score_in_batches(
     prompts = None
     for picks in torch.arange(cutn, device=image.device).tensor_split(loop.cuts.batches):
         batch = [leaf.view(rows, cutn, *leaf.shape[1:])[:, picks].flatten(0, 1) for leaf in leaves]
-        with _fast_math(loop, latent.device):
+        with fast_math(loop, latent.device):
             embeds = tuple(p.encode_image(b) for p, b in zip(loop.perceptors, batch, strict=True))
         share = len(picks) / cutn
         view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, score, share)  # fmt: skip
@@ -253,7 +268,7 @@ def _accumulate(total: Loss | None, loss: Loss) -> Loss:
 @torch.no_grad()
 def render(loop: Loop, state: LoopState) -> torch.Tensor:
     """The current image, (B, 3, H, W) in [0, 1]."""
-    with _fast_math(loop, state.latent.device):
+    with fast_math(loop, state.latent.device):
         return loop.generator.decode(state.latent).float()
 
 
@@ -269,7 +284,7 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     for index, (perceptor, weight) in enumerate(zip(loop.perceptors, prompts.weights, strict=True)):  # fmt: skip
         size = perceptor.input_resolution
         views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
-        with _fast_math(loop, images.device):
+        with fast_math(loop, images.device):
             embeds = perceptor.encode_image(views)  # (B, E)
         losses = _distances(prompts, embeds, index) * weight
         total = losses if total is None else total + losses

@@ -245,7 +245,8 @@ def load_parts(
     vqgan, perceptors = load_models(config, device)
     if config.generator == "diffusion":
         unet = _load_unet(config.diffusion_model, device)
-        return DiffusionGenerator(unet, config.max_iterations, config.sampler), perceptors
+        gen = DiffusionGenerator(unet, config.max_iterations, config.sampler, config.clamp_max)
+        return gen, perceptors
     generator = PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan)
     return generator, perceptors
 

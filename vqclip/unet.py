@@ -43,6 +43,7 @@ class UNetSpec:
     num_heads: int = 4
     num_head_channels: int = -1  # channels per head (-1: num_heads heads)
     learn_sigma: bool = True  # the model also predicts its variance (6 output channels)
+    sigma_small: bool = False  # without learn_sigma: the posterior's variance, else beta's
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     use_new_attention_order: bool = False

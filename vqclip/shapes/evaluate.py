@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, kind in (("latent-levels", int), ("best-of", int), ("prior-weight", float),
                        ("prior-ramp", int), ("step-size", float), ("max-iterations", int),
                        ("cutn", int), ("clip-guidance-scale", float), ("tv-scale", float),
-                       ("range-scale", float), ("sampler", str)):  # fmt: skip
+                       ("range-scale", float), ("clamp-max", float), ("sampler", str)):  # fmt: skip
         parser.add_argument(f"--{name}", type=kind, help="default: the generator's preset")
     args = parser.parse_args(argv)
     changes = {"precision": args.precision, "generator": args.generator, "clip_model": args.clip_model}  # fmt: skip
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         changes.update(width=args.size[0], height=args.size[1])
     for name in ("latent_levels", "best_of", "prior_weight", "prior_ramp", "step_size",
                  "max_iterations", "cutn", "clip_guidance_scale", "tv_scale", "range_scale",
-                 "sampler"):  # fmt: skip
+                 "clamp_max", "sampler"):  # fmt: skip
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = shapes_config("x", 0, ".")

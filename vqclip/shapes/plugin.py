@@ -34,6 +34,7 @@ SETTINGS: dict[str, Any] = {
     "clip_guidance_scale": 0.0,  # (the diffusion generator's; see DIFFUSION_SETTINGS)
     "tv_scale": 0.0,
     "range_scale": 0.0,
+    "clamp_max": 0.0,
 }
 # The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
 PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
@@ -49,9 +50,10 @@ DIFFUSION_SETTINGS: dict[str, Any] = {
     "prior": None,
     "prior_weight": 0.0,
     "prior_ramp": 0,
-    "clip_guidance_scale": 1000.0,
+    "clip_guidance_scale": 10000.0,  # with clamp_max: most steps move by clamp_max
     "tv_scale": 0.0,
-    "range_scale": 50.0,
+    "range_scale": 0.0,
+    "clamp_max": 0.2,  # the cosine schedule's noisiest step magnifies the gradient ~2e4 times
 }
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqclip.checkpoints import load_checkpoint
 from vqclip.cutouts import augment, make_augments
 from vqclip.loop import NOISE
 from vqclip.models import (
@@ -112,7 +113,8 @@ CLIP_AUGMENTS = ("Af", "Ji")
 # three downsamplings, attention at 4x4, noise only (fixed variances: the plain DDPM loss).
 DIFFUSION_SPEC = UNetSpec(
     image_size=32, num_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2, 2),
-    attention_resolutions=(4,), num_head_channels=32, learn_sigma=False, noise_schedule="linear",
+    attention_resolutions=(4,), num_head_channels=32, learn_sigma=False, noise_schedule="cosine",
+    sigma_small=True,
 )  # fmt: skip
 DIFFUSION_EMA = 0.995
 PRIOR_GEOMETRY_WEIGHT = 20.0  # the prior's loss: geometry error (image sides squared) vs names
@@ -387,9 +389,17 @@ def train_prior(steps: int, out: Path, seed: int = 0, batch: int = 64) -> dict[s
     return metrics
 
 
-def train_diffusion(steps: int, out: Path, seed: int = 0, batch: int = 32) -> dict[str, float]:
+def train_diffusion(
+    steps: int,
+    out: Path,
+    seed: int = 0,
+    batch: int = 32,
+    init: Path | None = None,
+    lr: float = 1e-3,
+) -> dict[str, float]:
     """Train and save ``shapes_diffusion.pt`` (and its flags, ``.json``) into ``out``: the noise
-    of renderings noised to a uniform random step, mean squared error; the EMA weights saved."""
+    of renderings noised to a uniform random step, mean squared error; the EMA weights saved.
+    ``init``: go on from those weights (with a fresh optimiser and schedule)."""
     from vqclip.diffusion import _betas
 
     torch.manual_seed(seed)  # the layers initialise from the global RNG
@@ -397,13 +407,15 @@ def train_diffusion(steps: int, out: Path, seed: int = 0, batch: int = 32) -> di
     spec, size = DIFFUSION_SPEC, DIFFUSION_SPEC.image_size
     acp = torch.cumprod(1 - _betas(spec.diffusion_steps, spec.noise_schedule), 0).float()
     model = UNet(spec).train()
+    if init is not None:
+        model.load_state_dict(load_checkpoint(init))
     ema = UNet(spec).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.0)
     start, losses = time.time(), []
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, 1e-3)
+            group["lr"] = _lr(step, steps, lr)
         x0 = render(sample_scenes(batch, g), size) * 2 - 1
         t = torch.randint(spec.diffusion_steps, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
@@ -442,8 +454,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: the package's weights")
-    parser.add_argument("--init", type=Path, help="clip: fine-tune from this CLIP file")
-    parser.add_argument("--lr", type=float, default=5e-4, help="clip: peak learning rate")
+    parser.add_argument("--init", type=Path, help="clip, diffusion: fine-tune from this file")
+    parser.add_argument(
+        "--lr", type=float, help="clip, diffusion: peak learning rate (default 5e-4, 1e-3)"
+    )
     parser.add_argument(
         "--augments", nargs="*", default=list(CLIP_AUGMENTS), help="clip: kornia augments"
     )
@@ -461,10 +475,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.model == "prior":
         metrics = train_prior(args.steps or 3000, args.out, args.seed)
     elif args.model == "diffusion":
-        metrics = train_diffusion(args.steps or 3000, args.out, args.seed)
+        metrics = train_diffusion(
+            args.steps or 3000, args.out, args.seed, init=args.init, lr=args.lr or 1e-3
+        )
     else:
         metrics = train_clip(
-            args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr,
+            args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr or 5e-4,
             augments=tuple(args.augments), adversarial=args.adversarial, noise=args.noise,
             kind=args.model,
         )  # fmt: skip

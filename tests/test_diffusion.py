@@ -24,6 +24,7 @@ from vqclip.frames import read_png_metadata
 from vqclip.pipeline import generate, resume
 from vqclip.runstate import STATE, read_state
 from vqclip.unet import UNet, UNetSpec, load_unet, save_unet
+from vqclip.video import count_video_frames
 
 # OpenAI's 256x256 model's structure (resblock up/down, scale-shift norm, heads of fixed width,
 # learned variances) at a size a test can run.
@@ -237,8 +238,9 @@ def test_the_cli_samples_and_names_bad_diffusion_input(
             diffusion_config.diffusion_model, "--clip_model", diffusion_config.clip_model,
             "--width", "32", "--height", "32", "--cutn", "4", "--max_iterations", "4",
             "--device", "cpu", "--seed", "3", "--output_dir", str(tmp_path / "out")]  # fmt: skip
-    cli.main(base)
+    cli.main([*base, "--video"])
     assert len(list((tmp_path / "out").glob("*/final.png"))) == 1
+    assert count_video_frames(next((tmp_path / "out").glob("*/video.mp4"))) >= 2
     bad = {
         "--zoom_every 5": "does not combine with generator diffusion",
         "--skip_timesteps 2": "needs an init_image",

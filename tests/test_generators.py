@@ -111,8 +111,8 @@ def test_the_factor_is_checked_for_the_generator(tiny_config: GenerationConfig) 
 
     with pytest.raises(ValueError, match="width: 30 is not a multiple of pixel_scale 4"):
         check_inputs(tiny_config.replace(generator="pixels", pixel_scale=4, width=30))
-    with pytest.raises(ValueError, match="generator: unknown value 'diffusion'"):
-        tiny_config.replace(generator="diffusion")
+    with pytest.raises(ValueError, match="generator: unknown value 'gan'"):
+        tiny_config.replace(generator="gan")
 
 
 def test_each_term_reports_its_own_loss(tiny_config: GenerationConfig) -> None:

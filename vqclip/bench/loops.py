@@ -439,7 +439,7 @@ def run_diffusion_benchmark(
         spec, clip_model, cutns, warmup, repeats = DIFFUSION_SPEC, build_clip(**CLIP_SHAPE), (4, 8), 1, 1  # fmt: skip
     else:
         spec = UNetSpec.from_dict(zoo.registry()["256x256_diffusion_uncond"].flags)
-        clip_model, cutns, warmup, repeats = build_clip(**VIT_B_32), (16, 32), 1, 2
+        clip_model, cutns, warmup, repeats = build_clip(**VIT_B_32), (16, 32), 1, 1
     unet = UNet(spec).eval().requires_grad_(False).to(dev)
     clip_model = clip_model.eval().requires_grad_(False).to(dev)
     prepare_for_loop(None, clip_model)

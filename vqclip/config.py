@@ -238,18 +238,24 @@ class GenerationConfig:
     def _check_video(self) -> None:
         if not self.init_video:
             return
+        self._refuse_clashes(
+            "init_image",
+            "does not combine with init_video (each frame of the video is restyled by its own "
+            "run of max_iterations steps)",
+        )
+
+    def _refuse_clashes(self, first: str, why: str) -> None:
+        """A restyle and a diffusion sample each run once through their steps: no ``first``
+        (the other one), zoom, story or endless run."""
         clashes = {
-            "init_image": self.init_image,
+            first: getattr(self, first),
             "zoom_every": self.zoom_every,
             "prompts": self.phase_count() > 1 and "phases ('^')",
             "max_iterations": self.max_iterations == -1 and -1,
         }
         for name, value in clashes.items():
             if value:
-                raise ValueError(
-                    f"{name}: {value!r} does not combine with init_video (each frame of the "
-                    "video is restyled by its own run of max_iterations steps)"
-                )
+                raise ValueError(f"{name}: {value!r} {why}")
 
     def _check_diffusion(self) -> None:
         if self.generator != "diffusion":
@@ -259,18 +265,11 @@ class GenerationConfig:
                     f"{self.generator!r}; leave it at 0"
                 )
             return
-        clashes = {
-            "init_video": self.init_video,
-            "zoom_every": self.zoom_every,
-            "prompts": self.phase_count() > 1 and "phases ('^')",
-            "max_iterations": self.max_iterations == -1 and -1,
-        }
-        for name, value in clashes.items():
-            if value:
-                raise ValueError(
-                    f"{name}: {value!r} does not combine with generator diffusion (a sample "
-                    "follows its schedule from noise to image once); expected it unset"
-                )
+        self._refuse_clashes(
+            "init_video",
+            "does not combine with generator diffusion (a sample follows its schedule from "
+            "noise to image once); expected it unset",
+        )
         if self.skip_timesteps and not self.init_image:
             raise ValueError(
                 f"skip_timesteps: {self.skip_timesteps} needs an init_image to start from "

@@ -166,9 +166,10 @@ class GenerationConfig:
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps"),
         }  # fmt: skip
+        optional = {f.name for f in fields(self) if f.default is None}  # None: the preset's
         for check, names in checks.items():
             for name in names:
-                if getattr(self, name) is not None:  # None: left to the preset
+                if getattr(self, name) is not None or name not in optional:
                     check(name, getattr(self, name))
         if self.cutn is not None and self.cutn_batches > self.cutn:
             raise ValueError(

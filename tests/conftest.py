@@ -72,6 +72,38 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "clip48": root / "clip48.pt", "open_clip": open_clip}  # fmt: skip
 
 
+def tiny_rrdb_state(scale: int = 4, features: int = 8, blocks: int = 1) -> dict:
+    """A random Real-ESRGAN RRDBNet as its release files hold it: basicsr's key names under
+    ``params_ema`` (growth channels 32, as Real-ESRGAN's; x2 and x1 unshuffle their input)."""
+    g = torch.Generator().manual_seed(scale)
+    grow, inputs = 32, 3 * {4: 1, 2: 4, 1: 16}[scale]
+    shapes = {"conv_first": (features, inputs)}
+    for b in range(blocks):
+        for r in (1, 2, 3):
+            for c in range(1, 6):
+                out = features if c == 5 else grow
+                shapes[f"body.{b}.rdb{r}.conv{c}"] = (out, features + (c - 1) * grow)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        shapes[name] = (features, features)
+    shapes["conv_last"] = (3, features)
+    state = {}
+    for name, (out, into) in shapes.items():
+        state[f"{name}.weight"] = torch.randn(out, into, 3, 3, generator=g) * 0.05
+        state[f"{name}.bias"] = torch.zeros(out)
+    return {"params_ema": state}
+
+
+@pytest.fixture(scope="session")
+def tiny_upscalers(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Tiny random Real-ESRGAN x4 and x2 models, saved as their release files are (.pth)."""
+    root = tmp_path_factory.mktemp("upscalers")
+    paths = {}
+    for scale in (4, 2):
+        paths[scale] = root / f"RealESRGAN_x{scale}plus_tiny.pth"
+        torch.save(tiny_rrdb_state(scale), paths[scale])
+    return paths
+
+
 @pytest.fixture
 def tiny_config(tiny_models: dict[str, Path], tmp_path: Path) -> GenerationConfig:
     """A fast config on the tiny models: 32x32, 8 cutouts, no augments, CPU; the rest from the

@@ -164,3 +164,37 @@ def test_a_frames_symlink_or_a_stray_frame_name_is_named(unbroken: Path, tmp_pat
     (unbroken / "frames").symlink_to(elsewhere)
     with pytest.raises(ValueError, match="frames is a symlink"):
         resume(unbroken, max_iterations=20)
+
+
+def test_ema_frames_move_less_and_a_stopped_run_resumes_them_bit_for_bit(
+    tiny_config: GenerationConfig, unbroken: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every_step = {"display_frequency": 1, "max_iterations": 12}
+
+    def change(run: Path) -> float:
+        pixels = [png_pixels(p).astype(np.float64) for p in frame_paths(run)]
+        return float(
+            np.mean([np.abs(a - b).mean() for a, b in zip(pixels, pixels[1:], strict=False)])
+        )
+
+    plain = generate(tiny_config.replace(**every_step, run_name="plain")).run_dir
+    smooth = generate(tiny_config.replace(**every_step, ema=0.8, run_name="ema")).run_dir
+    print(f"ema 0.8: mean change between frames {change(smooth):.2f}, without {change(plain):.2f}")  # fmt: skip
+    assert change(smooth) < change(plain)
+    assert read_state(smooth / STATE)["average"] is not None
+    assert read_state(plain / STATE)["average"] is None
+    config = tiny_config.replace(ema=0.8, run_name="ema-unbroken")
+    reference = generate(config.replace(max_iterations=12)).run_dir
+    stopped = _stopped_run(config, monkeypatch, ctrl_cs=1)
+    resume(stopped.run_dir)  # the average goes on from the saved one
+    _assert_same_frames(stopped.run_dir, reference)
+    assert not np.array_equal(png_pixels(reference / "final.png"), png_pixels(unbroken / "final.png"))  # fmt: skip
+
+
+def test_a_state_saved_before_ema_still_resumes(tiny_config: GenerationConfig, unbroken: Path) -> None:  # fmt: skip
+    short = generate(tiny_config.replace(max_iterations=6, run_name="old")).run_dir
+    saved = torch.load(short / STATE, weights_only=True)
+    del saved["average"]  # as vqclip wrote it before ema
+    torch.save(saved, short / STATE)
+    resume(short, max_iterations=12)
+    _assert_same_frames(short, unbroken)

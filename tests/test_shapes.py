@@ -20,7 +20,15 @@ from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
 from vqclip.shapes.judge import judge
 from vqclip.shapes.plugin import WEIGHTS
 from vqclip.shapes.prior import reading_accuracy
-from vqclip.shapes.train import corrupt, train_clip, train_diffusion, train_prior, train_vqgan
+from vqclip.shapes.train import (
+    corrupt,
+    train_clip,
+    train_diffusion,
+    train_prior,
+    train_upscaler,
+    train_vqgan,
+    upscaler_psnr,
+)
 from vqclip.tuning import cpu_flags
 from vqclip.unet import UNetSpec, load_unet
 
@@ -47,9 +55,10 @@ def test_shipped_models_load_through_the_registry_and_are_small() -> None:
     vit_path = zoo.resolve_clip("shapes-clip-vit")
     prior_path = zoo.resolve_prior("shapes-prior")
     diffusion_path, flags = zoo.resolve_diffusion("shapes-diffusion")
+    upscaler_path = zoo.resolve_upscaler("shapes-upscaler")
     assert yaml_path.parent == clip_path.parent == vit_path.parent == prior_path.parent == WEIGHTS
-    assert diffusion_path.parent == WEIGHTS
-    files = (yaml_path, ckpt_path, clip_path, vit_path, prior_path, diffusion_path, diffusion_path.with_suffix(".json"))  # fmt: skip
+    assert diffusion_path.parent == upscaler_path.parent == WEIGHTS
+    files = (yaml_path, ckpt_path, clip_path, vit_path, prior_path, diffusion_path, diffusion_path.with_suffix(".json"), upscaler_path)  # fmt: skip
     total = sum(p.stat().st_size for p in files)
     assert total <= 40e6, f"{total / 1e6:.1f} MB"  # issue 33's limit for the shipped weights
     unet = load_unet(diffusion_path, UNetSpec.from_dict(flags))
@@ -82,6 +91,14 @@ def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
     assert preference["prefers_prompted"] >= 0.9 and preference["median_margin"] > 0.05, preference
 
 
+def test_the_shipped_upscaler_beats_lanczos_on_held_out_scenes() -> None:
+    """Issue 34's condition for shipping a trained upscaler: higher PSNR than Lanczos at 4x,
+    restoring held-out renderings from their 4x4 averages (docs/shapes.md)."""
+    psnr = upscaler_psnr("shapes-upscaler")
+    print(f"shapes-upscaler x4: {psnr['psnr']:.2f} dB, Lanczos {psnr['lanczos_psnr']:.2f} dB")
+    assert psnr["psnr"] > psnr["lanczos_psnr"] + 1.0, psnr
+
+
 def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:
     train_vqgan(steps=2, out=tmp_path, batch=2)
     train_clip(steps=2, out=tmp_path, batch=8, adversarial=0.03)
@@ -92,6 +109,10 @@ def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> N
     assert again["final_loss"] > 0
     first, second = (torch.load(p / "shapes_diffusion.pt") for p in (tmp_path, tmp_path / "again"))  # fmt: skip
     assert all(torch.equal(first[k], second[k]) for k in first)  # seeded: the same weights
+    train_upscaler(steps=2, out=tmp_path, batch=2)
+    train_upscaler(steps=2, out=tmp_path / "again", batch=2)
+    first, second = (torch.load(p / "shapes_upscaler.pth") for p in (tmp_path, tmp_path / "again"))  # fmt: skip
+    assert all(torch.equal(first[k], second[k]) for k in first)
     vqgan = load_vqgan(tmp_path / "shapes_vqgan.yaml", tmp_path / "shapes_vqgan.ckpt")
     clip_model = load_clip(tmp_path / "shapes_clip.pt")
     prior = load_prior(tmp_path / "shapes_prior.pt")

@@ -25,6 +25,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "STAND_INS",
     "load_checkpoint",
+    "load_weights",
     "is_torchscript",
     "read_torchscript_state",
 ]
@@ -74,6 +75,26 @@ def load_checkpoint(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise _explain(path, error) from None
+
+
+def load_weights(path: str | Path, field: str) -> dict[str, torch.Tensor]:
+    """A model's state dict from a ``.safetensors`` file or a ``torch.save`` file (read
+    weights-only; a ``state_dict`` entry and ``module.`` prefixes unwrapped). ``field`` names
+    the setting in the errors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{field}: {path} is not a safetensors file ({error})") from None
+    state = load_checkpoint(path)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{field}: {path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _explain(path: str | Path, error: Exception) -> ValueError:

@@ -43,6 +43,7 @@ examples:
   vqclip resume outputs/RUN_DIR --max_iterations 500
   vqclip video outputs/RUN_DIR --fps 10
   vqclip video outputs/RUN_DIR --length 8 --interpolate 30 --overwrite
+  vqclip upscale outputs/RUN_DIR --scale 4 --model RealESRGAN_x4plus
 """
 
 
@@ -154,6 +155,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     video.add_argument("--output", type=Path, help="default: RUN_DIR/video.mp4")
     video.add_argument("--overwrite", action="store_true", help="replace an existing video")
+    video.add_argument(
+        "--upscale", type=int, default=1, help="enlarge each frame this many times (2, 3, 4)"
+    )
+    video.add_argument("--upscaler", help="what enlarges them (default: the run's upscaler)")
+    up = sub.add_parser(
+        "upscale",
+        help="enlarge an image, or a run's final image(s)",
+        description="Enlarge an image (or RUN_DIR's final images) with an ESRGAN-family model "
+        "or Lanczos; the copy goes beside it as NAME_xN.png, carrying its PNG text and what "
+        "upscaled it.",
+    )
+    up.add_argument("path", type=Path, help="an image, or a run directory")
+    up.add_argument("--scale", type=int, default=4, help="factor: 2, 3 or 4 (default 4)")
+    up.add_argument(
+        "--model",
+        help='registry name (e.g. "RealESRGAN_x4plus"), a path to ESRGAN-family weights, or '
+        '"lanczos"; default: the upscaler of the run that made the image',
+    )
+    up.add_argument("--output", type=Path, help="an image's copy (default: beside it, _xN)")
     models = sub.add_parser("models", help="list known models, or download one")
     models.add_argument("action", nargs="?", choices=["list", "download"], default="list")
     models.add_argument("name", nargs="?", help="registry name to download")
@@ -293,12 +313,18 @@ def _report(result: Any, args: argparse.Namespace) -> None:
     print(f"run directory: {result.run_dir}")
     for n, path in enumerate(result.finals):
         print(f"{'final image:' if n == 0 else '':14} {path}")
+    for n, path in enumerate(result.upscaled):
+        print(f"{'upscaled:' if n == 0 else '':14} {path}")
     if result.interrupted:
         print(f"go on:         vqclip resume {result.run_dir}")
     if args.video:
         from vqclip.video import assemble_video
 
-        print(f"video:         {assemble_video(result.run_dir, fps=args.fps)}")
+        config = result.config
+        path = assemble_video(
+            result.run_dir, fps=args.fps, upscale=config.upscale, upscaler=config.upscaler
+        )
+        print(f"video:         {path}")
     else:
         print(f"make a video:  vqclip video {result.run_dir}")
     if result.interrupted:  # everything is kept; the status tells a shell it was interrupted
@@ -309,9 +335,33 @@ def _report(result: Any, args: argparse.Namespace) -> None:
 def _video(args: argparse.Namespace) -> None:
     from vqclip.video import assemble_video
 
-    options = {k: getattr(args, k) for k in ("length", "first", "last", "image", "interpolate")}
+    names = ("length", "first", "last", "image", "interpolate", "upscale", "upscaler")
+    options = {k: getattr(args, k) for k in names}
     path = assemble_video(args.run_dir, args.fps, args.output, args.overwrite, **options)
     print(f"video: {path}")
+
+
+def _upscale(args: argparse.Namespace) -> None:
+    from vqclip.upscale import (
+        check_upscale,
+        default_upscaler,
+        load_upscaler,
+        upscale_file,
+        upscale_run,
+    )
+
+    check_upscale(1, 1, args.scale)
+    if not args.path.exists():
+        raise ValueError(f"upscale: {args.path} does not exist; expected an image or a run directory")  # fmt: skip
+    if args.path.is_dir() and args.output:
+        raise ValueError("--output: names one image's copy; a run directory's go beside its finals")  # fmt: skip
+    upscaler = load_upscaler(args.model or default_upscaler(args.path))
+    if args.path.is_dir():
+        paths = upscale_run(args.path, args.scale, upscaler)
+    else:
+        paths = [upscale_file(args.path, args.scale, upscaler, args.output)]
+    for path in paths:
+        print(f"upscaled ({upscaler.name}, x{args.scale}): {path}")
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -368,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         "generate": _generate,
         "resume": _resume,
         "video": _video,
+        "upscale": _upscale,
         "models": _models,
         "ui": _ui,
         **{name: command.run for name, command in commands().items()},

@@ -31,8 +31,9 @@ _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
+    "upscaler",
 )  # fmt: skip
-_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start")
+_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -48,6 +49,7 @@ PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, RUN = (
     "stories, zoom and video", "device and run",
 )  # fmt: skip
 GENERATORS = ("vqgan", "pixels", "diffusion")
+SCALES = (1, 2, 3, 4)  # upscale factors; 1: none
 SAMPLERS = ("ddpm", "ddim")
 _PRESET = "default: the model's preset"
 
@@ -81,6 +83,8 @@ class GenerationConfig:
     display_frequency: int = _field(10, "save (and show) a frame every this many steps", OUTPUT)
     output_dir: str = _field("outputs", "each run gets a new directory under this one", OUTPUT)
     run_name: str | None = _field(None, "run directory name; default: time, prompt and seed", OUTPUT)  # fmt: skip
+    upscale: int = _field(1, "also write the final image(s) this many times larger (final_x4.png; 1, 2, 3 or 4), and the video's frames with --video", OUTPUT)  # fmt: skip
+    upscaler: str | None = _field(None, f'what upscales: a registry name (e.g. "RealESRGAN_x4plus"), a path to ESRGAN-family weights, or "lanczos" ({_PRESET})', OUTPUT)  # fmt: skip
     # -- optimisation
     max_iterations: int | None = _field(None, f"optimisation steps (-1 runs until interrupted); diffusion: the sampling steps its schedule is respaced to ({_PRESET})", STEPS)  # fmt: skip
     step_size: float | None = _field(None, f"optimiser learning rate ({_PRESET})", STEPS)
@@ -117,6 +121,11 @@ class GenerationConfig:
     zoom_rotate: float = _field(0.0, "and turns it this many degrees anticlockwise", VIDEO)
     init_video: str | None = _field(None, "restyle a video (or folder of frames): a run per frame", VIDEO)  # fmt: skip
     video_frames: int = _field(0, "restyle at most this many frames of init_video (0: all)", VIDEO)
+    video_stride: int = _field(1, "restyle every Nth frame of init_video", VIDEO)
+    video_fps: float = _field(0.0, "restyle init_video sampled at this frame rate (the stride that comes nearest); 0: every video_stride-th frame", VIDEO)  # fmt: skip
+    frame_init_weight: float = _field(0.0, "restyle: each frame starts from this blend of the previous frame's result with its own source frame (0: the source alone; 0.5: half each)", VIDEO)  # fmt: skip
+    temporal_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result (pixel MSE), 0 = off", VIDEO)  # fmt: skip
+    ema: float = _field(0.0, "frames show an exponential moving average of the generator's parameters with this decay per step (e.g. 0.9), for zooms and stories that flicker; 0 = off", VIDEO)  # fmt: skip
     # -- device and run
     device: str = _field("auto", '"auto", "cpu", "cuda", "cuda:N" or "mps"', RUN)
     precision: str = _field("auto", '"auto": the fastest here, measured once and recorded; "fp32"; autocast "bf16"/"fp16"', RUN)  # fmt: skip
@@ -158,11 +167,13 @@ class GenerationConfig:
     def _check_sizes(self) -> None:
         checks = {
             _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
-                            "latent_levels", "best_of", "pixel_scale", "cutn_batches"),
+                            "latent_levels", "best_of", "pixel_scale", "cutn_batches",
+                            "video_stride"),
             _positive_number: ("cut_pow", "step_size", "zoom_scale"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
-                                   "tv_scale", "range_scale", "clamp_max"),
+                                   "tv_scale", "range_scale", "clamp_max", "video_fps",
+                                   "temporal_weight"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps"),
         }  # fmt: skip
@@ -205,6 +216,8 @@ class GenerationConfig:
         _choice("generator", self.generator, GENERATORS)
         _choice("sampler", self.sampler, SAMPLERS)
         _choice("cut_method", self.cut_method, CUT_METHODS)
+        if not _is_int(self.upscale) or self.upscale not in SCALES:
+            raise ValueError(f"upscale: expected one of {list(SCALES)}, got {self.upscale!r}")
         self.clip_models()  # raises ValueError naming a malformed entry
         for name in self.augments:
             _choice("augments", name, AUGMENTS)
@@ -237,8 +250,24 @@ class GenerationConfig:
         object.__setattr__(self, "batch_size", len(self.batch_prompts))
 
     def _check_video(self) -> None:
+        if not _is_number(self.frame_init_weight) or not 0 <= self.frame_init_weight <= 1:
+            raise ValueError(f"frame_init_weight: expected 0 to 1, got {self.frame_init_weight!r}")
+        if not _is_number(self.ema) or not 0 <= self.ema < 1:
+            raise ValueError(f"ema: expected a decay from 0 (off) up to, not including, 1; got {self.ema!r}")  # fmt: skip
         if not self.init_video:
+            for name in ("video_fps", "frame_init_weight", "temporal_weight"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name}: {getattr(self, name)!r} is for restyling a video; set init_video or leave it at 0"  # fmt: skip
+                    )
+            if self.video_stride != 1:
+                raise ValueError(f"video_stride: {self.video_stride} is for restyling a video; set init_video or leave it at 1")  # fmt: skip
             return
+        if self.video_fps and self.video_stride != 1:
+            raise ValueError(
+                f"video_fps: {self.video_fps} and video_stride {self.video_stride} both pick the "
+                "frames; give one"
+            )
         self._refuse_clashes(
             "init_image",
             "does not combine with init_video (each frame of the video is restyled by its own "
@@ -271,6 +300,11 @@ class GenerationConfig:
             "does not combine with generator diffusion (a sample follows its schedule from "
             "noise to image once); expected it unset",
         )
+        if self.ema:
+            raise ValueError(
+                f"ema: {self.ema} averages an optimised generator's parameters; a diffusion "
+                "sample has none, so leave it at 0"
+            )
         if self.skip_timesteps and not self.init_image:
             raise ValueError(
                 f"skip_timesteps: {self.skip_timesteps} needs an init_image to start from "

@@ -68,6 +68,7 @@ class Loop:
     cuts: Cuts
     seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
     precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for generator and perceptors
+    ema: float = 0.0  # the shown image's parameters: their moving average with this decay; 0: off
 
     def at_phase(self, index: int) -> Loop:
         """The loop with the prompts of phase ``index`` of a story."""
@@ -95,6 +96,7 @@ class LoopState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # the only source of randomness in the loop
     iteration: int = 0
+    average: torch.Tensor | None = None  # (B, D, h, w) with Loop.ema: what the frames show
 
     @property
     def latent(self) -> torch.Tensor:
@@ -151,6 +153,13 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     state.optimizer.step()
     loop.generator.clamp(state.levels)
     state.iteration += 1
+    if loop.ema:
+        with torch.no_grad():
+            latent = state.latent
+            if state.average is None:  # from the first step after a start (or a zoom)
+                state.average = latent.clone()
+            else:
+                state.average.lerp_(latent, 1 - loop.ema)
     return {
         "image": image.detach(),
         "loss": total.detach(),
@@ -267,9 +276,11 @@ def _accumulate(total: Loss | None, loss: Loss) -> Loss:
 
 @torch.no_grad()
 def render(loop: Loop, state: LoopState) -> torch.Tensor:
-    """The current image, (B, 3, H, W) in [0, 1]."""
-    with fast_math(loop, state.latent.device):
-        return loop.generator.decode(state.latent).float()
+    """The current image, (B, 3, H, W) in [0, 1]: of the parameters' moving average with
+    ``loop.ema``."""
+    latent = state.average if loop.ema and state.average is not None else state.latent
+    with fast_math(loop, latent.device):
+        return loop.generator.decode(latent).float()
 
 
 @torch.no_grad()
@@ -344,7 +355,8 @@ def run_loop(
 
     ``callback`` gets ``{"iteration", "loss", "losses", "terms"}`` every step (per prompt, and
     per term by name), plus ``"image"`` (the image
-    that step scored) every ``display_frequency`` steps. A non-finite loss raises
+    that step scored, or with ``loop.ema`` the average after it) every ``display_frequency``
+    steps. A non-finite loss raises
     ``FloatingPointError`` at the next display step (checking every step would sync the device).
     """
     for i in iterations(max_iterations, state.iteration):
@@ -353,7 +365,7 @@ def run_loop(
         if i % display_frequency == 0:
             if not torch.isfinite(out["loss"]):
                 raise FloatingPointError(_not_finite(loop, float(out["loss"]), i))
-            info["image"] = out["image"]
+            info["image"] = render(loop, state) if loop.ema else out["image"]
         if callback:
             callback(info)
     return render(loop, state)

@@ -22,7 +22,7 @@ from vqclip.prior import prior_loss, prior_pull
 
 __all__ = [
     "View", "Loss", "Term", "PromptTerm", "InitTerm", "SmoothnessTerm", "RangeTerm", "PriorTerm",
-    "Objective", "PerceptorTargets",
+    "TemporalTerm", "Objective", "PerceptorTargets",
 ]  # fmt: skip
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N,) prompt loss, lower better
@@ -146,6 +146,19 @@ class RangeTerm(Term):
     def __call__(self, view: View) -> Loss:
         excess = view.latent - view.latent.clamp(-1, 1)
         return Loss(excess.pow(2).mean((1, 2, 3)).sum() * self.weight_at(view.iteration))
+
+
+@dataclass(frozen=True)
+class TemporalTerm(Term):
+    """A restyled frame's pull toward the previous frame's result: the pixels' mean squared
+    difference, per image, summed over the batch."""
+
+    name: str = "temporal"
+    target: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], one per image of the batch
+
+    def __call__(self, view: View) -> Loss:
+        error = (view.image - self.target).pow(2).mean((1, 2, 3)).sum()
+        return Loss(error * self.weight_at(view.iteration))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqclip.checkpoints import load_checkpoint
+from vqclip.checkpoints import load_weights
 
 __all__ = ["CONFIG", "is_open_clip", "load_open_clip", "save_open_clip", "build_open_clip"]
 
@@ -67,22 +67,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"clip_model: {path} is not a safetensors file ({error})") from None
-    state = load_checkpoint(path)  # weights-only
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise ValueError(f"clip_model: {path} holds no state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_open_clip(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], Callable[[list[str]], torch.Tensor]]:
@@ -93,7 +77,10 @@ def load_open_clip(
     path = Path(path)
     config = _read_config(path)
     model = build_open_clip(config["model_cfg"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in _read_weights(path).items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_weights(path, "clip_model").items()
+    }
     missing, unexpected = _key_mismatch(model, state)
     if missing or unexpected:
         raise ValueError(

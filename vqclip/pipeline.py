@@ -42,6 +42,7 @@ class RunResult:
     frames: tuple[Path, ...]  # saved frames, in order (NNNNNN-K.png: image K of a batch)
     interrupted: bool  # stopped by KeyboardInterrupt; everything made so far is kept
     finals: tuple[Path, ...]  # final.png, or final-K.png per image of a batch
+    upscaled: tuple[Path, ...] = ()  # final_x4.png (with upscale 4), ... beside them
 
 
 def resolve_config(config: GenerationConfig, device: torch.device) -> GenerationConfig:
@@ -175,7 +176,15 @@ def drive(
             raise MemoryError(_out_of_memory(config, device, job)) from None
     image, finals = job.finish(interrupted)
     frames = tuple(job.writer.saved)
-    return RunResult(run_dir, image.cpu(), config, frames, interrupted, tuple(finals))
+    upscaled = _upscale(finals, config, device) if config.upscale > 1 else []
+    return RunResult(run_dir, image.cpu(), config, frames, interrupted, tuple(finals), tuple(upscaled))  # fmt: skip
+
+
+def _upscale(finals: list[Path], config: GenerationConfig, device: torch.device) -> list[Path]:
+    from vqclip.upscale import load_upscaler, upscale_file
+
+    upscaler = load_upscaler(config.upscaler, device)
+    return [upscale_file(path, config.upscale, upscaler) for path in finals]
 
 
 def _out_of_memory(config: GenerationConfig, device: torch.device, job: _Job) -> str:

@@ -174,12 +174,20 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
             raise ValueError(
                 f"{name}: {size} is not a multiple of {what}; try {size // factor * factor or factor}"
             )
+    if config.upscale > 1:
+        from vqclip.upscale import check_upscale
+
+        check_upscale(config.width, config.height, config.upscale)
     images = config.batch_size * config.best_of
     check_memory(
         ddconfig, config.width, config.height, images, device or resolve_device(config.device)
     )
     if config.prior:
         _load_prior(config.prior, torch.device("cpu"))  # a valid prior file
+    if config.upscale > 1:
+        from vqclip.upscale import load_upscaler
+
+        load_upscaler(config.upscaler)  # a valid upscaler file, before the run
 
 
 def _load_prior(name_or_path: str, device: torch.device) -> torch.nn.Module:
@@ -375,7 +383,8 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     objective = Objective(_prompt_term(config, perceptors, rng, device), _pulls(config, device))
     augments = tuple(make_augments(config.augments, p.input_resolution) for p in perceptors)
     cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches)
-    return Loop(generator, perceptors, objective, cuts, config.seed, config.precision), rng
+    loop = Loop(generator, perceptors, objective, cuts, config.seed, config.precision, config.ema)
+    return loop, rng
 
 
 def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState | SampleState]:

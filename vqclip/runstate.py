@@ -33,7 +33,7 @@ __all__ = ["STATE", "save_state", "read_state", "restore_state", "stop_between_s
 log = logging.getLogger(__name__)
 
 STATE = "state.pt"
-_KEYS = {"iteration", "levels", "start", "optimizer", "generator"}
+_KEYS = {"iteration", "levels", "start", "optimizer", "generator", "average"}
 _SAMPLE_KEYS = {"iteration", "sample", "pred", "start", "generator"}
 
 
@@ -54,6 +54,7 @@ def save_state(state: LoopState | SampleState, path: Path) -> None:
             "start": state.start.cpu(),
             "optimizer": state.optimizer.state_dict(),
             "generator": state.generator.get_state(),
+            "average": None if state.average is None else state.average.cpu(),
         }
     buffer = io.BytesIO()
     torch.save(saved, buffer)
@@ -68,6 +69,8 @@ def read_state(path: Path) -> dict[str, Any]:
             "step (runs made before vqclip saved state cannot be resumed)"
         )
     saved = load_checkpoint(path)
+    if isinstance(saved, dict) and set(saved) == _KEYS - {"average"}:  # saved before ema
+        saved["average"] = None
     if not isinstance(saved, dict) or set(saved) not in (_KEYS, _SAMPLE_KEYS):
         raise ValueError(
             f"resume: {path} is not a saved loop state (expected keys {sorted(_KEYS)}, or a "
@@ -93,6 +96,15 @@ def restore_state(state: LoopState | SampleState, saved: dict[str, Any]) -> None
     for level, value in zip(state.levels, saved["levels"], strict=True):
         level.copy_(value)
     state.start.copy_(saved["start"])
+    average = saved["average"]
+    if average is not None and (
+        not isinstance(average, torch.Tensor) or average.shape != state.start.shape
+    ):
+        raise ValueError(
+            f"resume: the saved average is not a latent of shape {tuple(state.start.shape)}; "
+            "was state.pt edited?"
+        )
+    state.average = None if average is None else average.to(state.start.device)
     state.optimizer.load_state_dict(saved["optimizer"])
     state.generator.set_state(saved["generator"])
     state.iteration = saved["iteration"]

@@ -144,3 +144,4 @@ def zoom_state(loop: Loop, state: LoopState, config: GenerationConfig) -> None:
         config.latent_levels,
     )
     state.levels, state.start, state.optimizer = fresh.levels, fresh.start, fresh.optimizer
+    state.average = None  # the average starts again from the zoomed image

@@ -1,12 +1,12 @@
 """Videos through imageio-ffmpeg: frames -> H.264 MP4 (yuv420p, even dimensions), and a video's
-frames (or a folder of frames) read back, to restyle it. Needs no torch."""
+frames (or a folder of frames) read back, to restyle it. Needs torch only to upscale frames."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = [
     "count_video_frames",
     "check_video",
     "video_fps",
+    "frame_stride",
     "read_video_frames",
 ]
 
@@ -84,9 +85,11 @@ def watchable_length(run_dir: str | Path) -> float:
     return max(MIN_VIDEO_SECONDS, steps / 10)
 
 
-def _read_step(paths: list[Path]) -> np.ndarray:
-    """One video frame: the iteration's image, or its batch tiled; (H, W, 3) uint8, even sides."""
+def _read_step(paths: list[Path], grow: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """One video frame: the iteration's image, or its batch tiled, each image passed through
+    ``grow`` (an upscaler) first; (H, W, 3) uint8, even sides."""
     images = [_read_image(path, "frames") for path in paths]
+    images = [grow(pixels) for pixels in images] if grow else images
     if any(pixels.shape != images[0].shape for pixels in images):
         raise ValueError(f"frames {[p.name for p in paths]} differ in size")
     return _even(images[0] if len(images) == 1 else tile_images(images))
@@ -135,20 +138,24 @@ def assemble_video(
     last: int | None = None,
     image: int | None = None,
     interpolate: float | None = None,
+    upscale: int = 1,
+    upscaler: str | None = None,
 ) -> Path:
     """Write the run's frames to ``output`` (default ``RUN_DIR/video.mp4``); returns its path.
 
     ``fps`` defaults to a restyled video's own rate, else 10; ``length`` (seconds) sets it from
     the frame count instead. ``first``/``last`` pick a range of iterations. A batch run's images
     are tiled side by side, or ``image`` picks one. ``interpolate`` raises the frame rate to that
-    many fps by motion interpolation (ffmpeg's minterpolate), for smooth slow videos.
+    many fps by motion interpolation (ffmpeg's minterpolate), for smooth slow videos. ``upscale``
+    enlarges every frame that many times first, with ``upscaler`` (default: the run's).
     """
     import imageio_ffmpeg
 
     run_dir = Path(run_dir)
     steps = select_frames(run_dir, first, last, image)
     rate = _frame_rate(run_dir, len(steps), fps, length)
-    first_frame = _read_step(steps[0])
+    grow = _frame_upscaler(run_dir, upscale, upscaler)
+    first_frame = _read_step(steps[0], grow)
     size = (first_frame.shape[1], first_frame.shape[0])
     options = ["-crf", "18", *_smoothing(rate, interpolate, size)]
     output = Path(output) if output else run_dir / "video.mp4"
@@ -162,7 +169,7 @@ def assemble_video(
     writer.send(None)  # start ffmpeg
     try:
         for paths in steps:
-            pixels = _read_step(paths)
+            pixels = _read_step(paths, grow)
             if (pixels.shape[1], pixels.shape[0]) != size:
                 raise ValueError(
                     f"frame {paths[0]} is {pixels.shape[1]}x{pixels.shape[0]}, not {size}"
@@ -179,13 +186,36 @@ def assemble_video(
     return output
 
 
+def _frame_upscaler(
+    run_dir: Path, scale: int, name: str | None
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What enlarges each frame ``scale`` times: ``name``, or the run's upscaler; None for 1."""
+    if scale == 1:
+        return None
+    from vqclip.upscale import check_upscale, default_upscaler, load_upscaler, upscale_pixels
+
+    check_upscale(1, 1, scale)
+    upscaler = load_upscaler(name or default_upscaler(run_dir))
+    return lambda pixels: upscale_pixels(pixels, scale, upscaler)
+
+
 def default_fps(run_dir: str | Path) -> float:
-    """The frame rate for a run's video: a restyled video's own, else 10."""
+    """The frame rate for a run's video: a restyled video's own (over the frames it took),
+    else 10."""
     from vqclip.config import GenerationConfig
 
     path = Path(run_dir) / "config.json"
-    init_video = GenerationConfig.from_json(path.read_text()).init_video if path.is_file() else None
-    return video_fps(init_video) if init_video else 10.0
+    config = GenerationConfig.from_json(path.read_text()) if path.is_file() else None
+    if config is None or not config.init_video:
+        return 10.0
+    source = config.init_video
+    return video_fps(source) / frame_stride(source, config.video_stride, config.video_fps)
+
+
+def frame_stride(path: str | Path, stride: int = 1, fps: float = 0.0) -> int:
+    """Every how many frames of the video at ``path`` a restyle takes one: ``stride``, or the
+    stride that samples it nearest to ``fps`` frames a second (when ``fps`` is not 0)."""
+    return max(1, round(video_fps(path) / fps)) if fps else stride
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -211,9 +241,9 @@ def _read_image(path: Path, field: str) -> np.ndarray:
         raise ValueError(f"{field}: frame {str(path)!r} is not a readable image: {error}") from None
 
 
-def count_video_frames(path: str | Path, limit: int = 0) -> int:
+def count_video_frames(path: str | Path, limit: int = 0, stride: int = 1) -> int:
     """Frames in a video (counted by decoding it: container metadata may say inf) or a folder
-    of frames; at most ``limit`` when it is not 0."""
+    of frames, every ``stride``-th of them; at most ``limit`` when it is not 0."""
     import imageio_ffmpeg
 
     check_video(path, "video")
@@ -221,6 +251,7 @@ def count_video_frames(path: str | Path, limit: int = 0) -> int:
         count = len(_frame_files(Path(path), "video"))
     else:
         count = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+    count = -(-count // stride)
     return min(count, limit) if limit else count
 
 
@@ -261,12 +292,12 @@ def video_fps(path: str | Path) -> float:
     return float(meta["fps"])
 
 
-def read_video_frames(path: str | Path, limit: int = 0) -> Iterator[np.ndarray]:
+def read_video_frames(path: str | Path, limit: int = 0, stride: int = 1) -> Iterator[np.ndarray]:
     """A video's frames, or a folder's images in natural order (a video's frames saved one by
-    one, as ``generate.py``'s video_style_dir takes them), as (H, W, 3) uint8 arrays; at most
-    ``limit`` (0: all)."""
+    one, as ``generate.py``'s video_style_dir takes them), as (H, W, 3) uint8 arrays: every
+    ``stride``-th, at most ``limit`` of them (0: all)."""
     if Path(path).is_dir():
-        files = _frame_files(Path(path), "init_video")
+        files = _frame_files(Path(path), "init_video")[::stride]
         for file in files[:limit] if limit else files:
             yield _read_image(file, "init_video")
         return
@@ -274,8 +305,9 @@ def read_video_frames(path: str | Path, limit: int = 0) -> Iterator[np.ndarray]:
     width, height = meta["size"]
     try:
         for index, raw in enumerate(reader):
-            if limit and index >= limit:
+            if limit and index >= limit * stride:
                 break
-            yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+            if index % stride == 0:
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
     finally:
         reader.close()

@@ -17,6 +17,7 @@ __all__ = [
     "resolve_clip",
     "resolve_prior",
     "resolve_diffusion",
+    "resolve_upscaler",
     "local_image",
     "model_names",
     "entry_paths",
@@ -38,11 +39,11 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A named model: a VQGAN (config + checkpoint), a CLIP, an image prior (one file) or a
-    diffusion model (its weights, after its flags' JSON unless ``flags`` gives them)."""
+    """A named model: a VQGAN (config + checkpoint), a CLIP, an image prior or an upscaler (one
+    file), or a diffusion model (its weights, after its flags' JSON unless ``flags`` gives them)."""
 
     name: str
-    family: str  # "vqgan", "clip", "prior" or "diffusion"
+    family: str  # "vqgan", "clip", "prior", "diffusion" or "upscaler"
     files: tuple[ModelFile, ...]
     size_mb: float  # approximate download size (`vqclip models` shows the real one once cached)
     directory: Path | None = None  # where a plugin ships the files; None: the cache
@@ -128,6 +129,22 @@ def _diffusion(name: str, size: int, mult: list, mb: float, urls: tuple, sha: st
     return ModelEntry(name, "diffusion", (ModelFile(f"{name}.pt", urls, sha),), mb, flags=flags)
 
 
+# Real-ESRGAN's general-purpose upscalers (RRDBNet state dicts under "params_ema"), which
+# spandrel builds from the keys; the SHA-256 values are of the release files.
+_REAL_ESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download/"
+_UPSCALERS = (
+    ("RealESRGAN_x4plus", "v0.1.0", 67.0,
+     "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1"),
+    ("RealESRGAN_x2plus", "v0.2.1", 67.1,
+     "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb"),
+)  # fmt: skip
+
+
+def _upscaler(name: str, release: str, mb: float, sha: str) -> ModelEntry:
+    file = ModelFile(f"{name}.pth", (f"{_REAL_ESRGAN}{release}/{name}.pth",), sha)
+    return ModelEntry(name, "upscaler", (file,), mb)
+
+
 def _clip(name: str, path: str) -> ModelEntry:
     digest = path.split("/")[0]
     file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
@@ -177,6 +194,7 @@ REGISTRY: dict[str, ModelEntry] = {
         *(_clip(name, path) for name, path in _CLIP_FILES.items()),
         *(_open_clip(name, *row) for name, row in _OPEN_CLIP.items()),
         *(_diffusion(*row) for row in _DIFFUSION),
+        *(_upscaler(*row) for row in _UPSCALERS),
     )
 }
 
@@ -195,7 +213,7 @@ def registry() -> dict[str, ModelEntry]:
 
 
 def model_names(family: str | None = None) -> list[str]:
-    """Registry names, optionally of one family ("vqgan", "clip" or "prior")."""
+    """Registry names, optionally of one family ("vqgan", "clip", "prior", ...)."""
     return [n for n, e in registry().items() if family in (None, e.family)]
 
 
@@ -209,7 +227,8 @@ def entry_dir(entry: ModelEntry) -> Path:
     return entry.directory or cache_dir() / entry.name.replace("/", "-")
 
 
-_FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior", "diffusion": "diffusion_model"}
+_FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior", "diffusion": "diffusion_model",
+           "upscaler": "upscaler"}  # fmt: skip
 
 
 def _entry(name: str, family: str) -> ModelEntry:
@@ -291,6 +310,12 @@ def resolve_clip(name_or_path: str, fetch: bool = True) -> Path:
 def resolve_prior(name_or_path: str, fetch: bool = True) -> Path:
     """A registry name (``"shapes-prior"``) or a path to a prior file."""
     return _resolve_one_file(name_or_path, "prior", fetch)
+
+
+def resolve_upscaler(name_or_path: str, fetch: bool = True) -> Path:
+    """A registry name (``"RealESRGAN_x4plus"``, ``"shapes-upscaler"``) or a path to an
+    upscaler's weights (``.pth``, ``.pt`` or ``.safetensors``)."""
+    return _resolve_one_file(name_or_path, "upscaler", fetch)
 
 
 def resolve_diffusion(name_or_path: str, fetch: bool = True) -> tuple[Path, dict]:

@@ -35,6 +35,7 @@ SETTINGS: dict[str, Any] = {
     "tv_scale": 0.0,
     "range_scale": 0.0,
     "clamp_max": 0.0,
+    "upscaler": "shapes-upscaler",
 }
 # The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
 PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
@@ -79,6 +80,8 @@ def register() -> None:
     )
     diffusion_files = (ModelFile("shapes_diffusion.json", kind="json"), ModelFile("shapes_diffusion.pt"))  # fmt: skip
     register_model(ModelEntry("shapes-diffusion", "diffusion", diffusion_files, 7.7, WEIGHTS))
+    upscaler_file = ModelFile("shapes_upscaler.pth")  # an ESRGAN RRDBNet, 4x, trained on renders
+    register_model(ModelEntry("shapes-upscaler", "upscaler", (upscaler_file,), 0.6, WEIGHTS))
     register_preset(Preset("shapes", {"generator": "vqgan", "vqgan": "shapes-vqgan"}, SETTINGS))
     register_preset(
         Preset(

@@ -278,6 +278,7 @@ def _with_progress(
     the loss at display steps; ``note`` (what the preset filled in) is printed above it."""
     from tqdm import tqdm
 
+    from vqclip import distributed
     from vqclip.restyle import frames_to_restyle
 
     per_frame = max_iterations or config.steps()
@@ -286,6 +287,8 @@ def _with_progress(
 
     def progress(info: dict) -> None:  # a resumed run starts part-way
         nonlocal bar
+        if not distributed.is_main():  # one progress bar: rank 0's
+            return
         done = info.get("frame", 0) * per_frame + info["iteration"] + 1
         if bar is None:  # from the first step on: its rate counts from there
             if note:
@@ -304,6 +307,8 @@ def _with_progress(
 
 
 def _report(result: Any, args: argparse.Namespace) -> None:
+    if result.run_dir is None:  # a torch.distributed process other than rank 0: rank 0 reports
+        return
     state = "stopped; kept" if result.interrupted else "done"
     images = result.config.batch_size
     count = f"{len(result.frames) // images} frames" + (

@@ -194,10 +194,12 @@ def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:
 class FrameWriter:
     """A loop callback that saves each displayed image as ``frames/NNNNNN.png``."""
 
-    def __init__(self, run_dir: Path, config: GenerationConfig) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path | None, config: GenerationConfig) -> None:
+        self.run_dir = (
+            run_dir  # None: a process that writes nothing (not torch.distributed's rank 0)
+        )
         self.config = config
-        self.saved: list[Path] = frame_paths(run_dir)  # a resumed run's earlier frames count
+        self.saved: list[Path] = frame_paths(run_dir) if run_dir else []  # a resumed run's count
 
     def metadata(self, iteration: int, index: int) -> dict[str, Any]:
         return {
@@ -213,6 +215,8 @@ class FrameWriter:
 
     def save(self, name: str, pixels: list[np.ndarray], iteration: int) -> list[Path]:
         """Save one PNG per image of the batch under ``name`` (suffixed when batched)."""
+        if self.run_dir is None:
+            return []
         paths = []
         for index, array in enumerate(pixels):
             stem = name if len(pixels) == 1 else f"{name}-{index}"
@@ -222,7 +226,7 @@ class FrameWriter:
         return paths
 
     def __call__(self, info: dict[str, Any]) -> None:
-        if "image" in info:
+        if "image" in info and self.run_dir is not None:
             from vqclip.images import to_uint8
 
             pixels = [to_uint8(image) for image in info["image"]]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vqclip import distributed
 from vqclip.cutouts import augment, draw_places, make_cutouts
 from vqclip.generators import Generator, compose_latent
 from vqclip.losses import Targets, spherical_dist_loss
@@ -198,7 +199,7 @@ def backward_objective(
     """Score the views by the objective and send its gradient back to whatever ``image`` and
     ``latent`` came from (in ``cuts.batches`` batches); returns the total, each term's loss
     and the per-prompt losses, detached or not."""
-    if loop.cuts.batches > 1:
+    if loop.cuts.batches > 1 or distributed.world() > 1:
         return _score_in_batches(loop, state, image, latent, views)
     total, terms, losses = _score(loop, state, image, latent, views)
     total.backward()
@@ -234,19 +235,22 @@ def _score_in_batches(
     latent: torch.Tensor,
     views: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """The objective of a step, its cutouts scored batch by batch, and its gradient.
+    """The objective of a step, its cutouts scored batch by batch, and its gradient; with
+    several processes (:mod:`vqclip.distributed`), each scores its share of the batches.
 
     Each batch's prompt loss (its share of the cutouts) goes backward into detached copies of
     the cutouts at once, so that the perceptors hold one batch's activations at a time; then
     those gradients and the pulls go back through cutting and rendering in one pass. The
     prompts' loss is linear in the cutouts' distances, so the gradient is the unbatched one to
-    float rounding; a prompt's stop is checked on each batch's own mean distance.
+    float rounding; a prompt's stop is checked on each batch's own mean distance. Processes
+    sum the cutouts' gradients, each a share of them and zeros elsewhere, which adds nothing
+    but zeros, then each goes back through cutting and rendering alike.
     """
     leaves = [v.detach().requires_grad_(True) for v in views]
     cutn, rows = loop.cuts.cutn, len(image)
     score = partial(image_losses, loop)
     prompts = None
-    for picks in torch.arange(cutn, device=image.device).tensor_split(loop.cuts.batches):
+    for picks in distributed.my_batches(cutn, loop.cuts.batches, image.device):
         batch = [leaf.view(rows, cutn, *leaf.shape[1:])[:, picks].flatten(0, 1) for leaf in leaves]
         with fast_math(loop, latent.device):
             embeds = tuple(p.encode_image(b) for p, b in zip(loop.perceptors, batch, strict=True))
@@ -256,6 +260,10 @@ def _score_in_batches(
         loss.total.backward()
         prompts = _accumulate(prompts, loss)
     view = View(image, latent, state.start, (), state.iteration, score)
+    if distributed.world() > 1:
+        distributed.sum_([leaf.grad for leaf in leaves])
+        total, parts, *shares = distributed.sum_([prompts.total, prompts.parts, *prompts.by_perceptor])  # fmt: skip
+        prompts = Loss(total, parts, tuple(shares))
     pulls, terms = loop.objective.add_pulls(view, torch.zeros((), device=image.device), {})
     tensors, grads = [*views], [leaf.grad for leaf in leaves]
     if pulls.requires_grad:  # no pulls: nothing but the cutouts to go back through

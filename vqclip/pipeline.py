@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vqclip import presets
+from vqclip import distributed, presets
 from vqclip.config import GenerationConfig, resolve_seed
 from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
 from vqclip.images import to_uint8
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class RunResult:
     """What a generation produced."""
 
-    run_dir: Path  # holds config.json, frames/, final.png and state.pt
+    run_dir: Path | None  # holds config.json, frames/, final.png and state.pt; None off rank 0
     image: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
     config: GenerationConfig  # the resolved config (seed filled in)
     frames: tuple[Path, ...]  # saved frames, in order (NNNNNN-K.png: image K of a batch)
@@ -62,8 +62,10 @@ def generate(config: GenerationConfig, callback: Callback | None = None) -> RunR
     frame for that step is saved. Ctrl-C stops the run after the step under way (a second one
     at once) and keeps what was made; :func:`resume` goes on from there.
     """
-    device = resolve_device(config.device)
-    config = resolve_config(config, device)
+    distributed.start(config.device)
+    device = resolve_device(distributed.device_name(config.device))
+    config = distributed.from_main(lambda: resolve_config(config, device))
+    distributed.check(config)
     check_inputs(config, device)
     return drive(config, None, device, None, callback)
 
@@ -79,8 +81,10 @@ def resume(
     out bit-identical to those of a run that was never stopped. A restyled video goes on from
     its first frame not yet made.
     """
+    distributed.start()
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    distributed.check(config)
     saved = None
     if config.init_video:
         _check_restyle_resumable(run_dir, config, max_iterations)
@@ -95,7 +99,7 @@ def resume(
                 f"max_iterations: the run in {run_dir} has done {saved['iteration']} of its "
                 f"{config.max_iterations} iterations; give a larger max_iterations to go on"
             )
-    device = resolve_device(config.device)
+    device = resolve_device(distributed.device_name(config.device))
     check_inputs(config, device)
     return drive(config, run_dir, device, saved, callback)
 
@@ -152,12 +156,14 @@ def drive(
 ) -> RunResult:
     """Run a resolved, checked config into ``run_dir`` (None: a new one, made once the models
     are ready), from the ``saved`` state of :func:`~vqclip.runstate.read_state` when resuming:
-    the one driver of every run."""
+    the one driver of every run. Under torch.distributed only rank 0 writes: the others'
+    results have no run directory."""
     if device.type == "cpu":
         keep_freed_memory()
     job = _Restyle(config, device) if config.init_video else _Optimise(config, device, saved)
-    run_dir = run_dir or create_run_dir(config)
-    job.start(run_dir)
+    if distributed.is_main():
+        run_dir = run_dir or create_run_dir(config)
+    job.start(run_dir if distributed.is_main() else None)
 
     def report(info: dict) -> None:
         info = job.report(info)
@@ -176,7 +182,7 @@ def drive(
             raise MemoryError(_out_of_memory(config, device, job)) from None
     image, finals = job.finish(interrupted)
     frames = tuple(job.writer.saved)
-    upscaled = _upscale(finals, config, device) if config.upscale > 1 else []
+    upscaled = _upscale(finals, config, device) if config.upscale > 1 and finals else []
     return RunResult(run_dir, image.cpu(), config, frames, interrupted, tuple(finals), tuple(upscaled))  # fmt: skip
 
 
@@ -219,9 +225,10 @@ class _Optimise(_Job):
         self.loop, self.state = prepare(config, device)
         self.image: torch.Tensor | None = None
 
-    def start(self, run_dir: Path) -> None:
+    def start(self, run_dir: Path | None) -> None:
         if self.saved is not None:  # resuming: the state goes in, what came after goes aside
             restore_state(self.state, self.saved)
+        if self.saved is not None and run_dir is not None:
             aside = set_aside_from(run_dir, self.state.iteration)
             if aside:
                 log.info("resume: moved what the run made from iteration %d on to %s", self.state.iteration, aside)  # fmt: skip
@@ -234,8 +241,12 @@ class _Optimise(_Job):
             current = loop_at(self.loop, info["iteration"], self.config)
             info = {**info, "image": best_candidates(current, info["image"], self.config.best_of)}
             self.writer(info)
-            save_state(self.state, self.writer.run_dir / STATE)
+            self._save_state()
         return info
+
+    def _save_state(self) -> None:
+        if self.writer.run_dir is not None:  # the process that writes
+            save_state(self.state, self.writer.run_dir / STATE)
 
     def run(self, report: Callback) -> None:
         self.image = run_schedule(self.loop, self.state, self.config, report)
@@ -243,7 +254,7 @@ class _Optimise(_Job):
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         loop, state, writer = self.loop, self.state, self.writer
         if self.between_steps or not interrupted:  # else the last display step's state stays
-            save_state(state, writer.run_dir / STATE)
+            self._save_state()
         image = render(loop, state) if self.image is None else self.image
         image = best_candidates(
             loop_at(loop, state.iteration, self.config), image, self.config.best_of

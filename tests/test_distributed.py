@@ -1,0 +1,86 @@
+"""One image across processes: real torchrun, gloo on 127.0.0.1, the shapes models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import free_port, png_pixels
+from vqclip import distributed
+from vqclip.frames import frame_paths
+
+BIN = Path(sys.executable).parent
+FLAGS = ["--seed", "0", "--display_frequency", "3", "--precision", "fp32", "--device", "cpu"]
+PROMPT = "a red circle on a blue background"
+
+
+def _run(command: list[str], processes: int, out: Path) -> subprocess.CompletedProcess:
+    """``vqclip COMMAND`` in ``processes`` processes under torchrun (gloo on loopback), or in
+    one plain process; each with one thread, as torchrun gives its workers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes > 1:
+        launcher = [str(BIN / "torchrun"), "--nproc_per_node", str(processes),
+                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "vqclip"]  # fmt: skip
+    else:
+        launcher = [str(BIN / "vqclip")]
+    done = subprocess.run(
+        [*launcher, *command], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _same_run(a: Path, b: Path) -> None:
+    names = [p.name for p in frame_paths(a)]
+    assert names == [p.name for p in frame_paths(b)] and names
+    for path in [*frame_paths(a), a / "final.png"]:
+        assert np.array_equal(png_pixels(path), png_pixels(b / path.relative_to(a)))
+    for x, y in zip(*(torch.load(r / "state.pt", weights_only=True)["levels"] for r in (a, b)), strict=True):  # fmt: skip
+        assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+def test_two_processes_make_the_single_process_image_and_only_rank_0_writes(
+    tmp_path: Path,
+) -> None:
+    """Issue 35's check: torchrun --nproc_per_node 2 over the shapes models makes, bit for bit,
+    what one process makes with the cutouts in 2 batches; rank 0 alone writes; resume works."""
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    done = _run(["generate", PROMPT, *FLAGS, "--max_iterations", "6", "--output_dir", str(shared)], 2, shared)  # fmt: skip
+    assert done.stdout.count("run directory:") == 1  # rank 0 reports, once
+    (run,) = shared.iterdir()  # rank 1 made no directory, wrote no file
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "final.png", "frames", "state.pt"]  # fmt: skip
+    _run(["generate", PROMPT, *FLAGS, "--max_iterations", "6", "--cutn_batches", "2", "--output_dir", str(alone)], 1, alone)  # fmt: skip
+    (single,) = alone.iterdir()
+    _same_run(run, single)
+    # Resumed in two processes, extended to 9 steps: as one process extends its own.
+    _run(["resume", str(run), "--max_iterations", "9"], 2, shared)
+    _run(["resume", str(single), "--max_iterations", "9"], 1, alone)
+    _same_run(run, single)
+    assert [p.name for p in frame_paths(run)][-1] == "000009.png"
+
+
+def test_batches_are_shared_out_in_runs_and_one_process_takes_all(monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    whole = [b.tolist() for b in distributed.my_batches(10, 3, torch.device("cpu"))]
+    assert whole == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]  # cutn_batches 3 in one process
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    for rank, expected in ((0, [[0, 1, 2], [3, 4, 5]]), (1, [[6, 7], [8, 9]])):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        assert [b.tolist() for b in distributed.my_batches(10, 3, torch.device("cpu"))] == expected
+
+
+def test_what_several_processes_cannot_share_is_refused(monkeypatch: pytest.MonkeyPatch, tiny_config) -> None:  # noqa: ANN001  # fmt: skip
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    for changes, message in (
+        ({"generator": "diffusion"}, "generator: 'diffusion' runs in one process"),
+        ({"init_video": "in.mp4"}, "init_video: a restyle runs in one process"),
+        ({"cutn": 1}, "cutn: 1 cutouts cannot be shared among 2 processes"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            distributed.check(tiny_config.replace(**changes))

@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--fps", type=float, help="frame rate of --video (default: init_video's, or 10)"
     )
+    gen.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="restyle init_video's frames on a Ray cluster: a local instance, or the one at "
+        'ADDRESS ("auto", "HOST:PORT", "ray://HOST:PORT")',
+    )
     _add_config_flags(gen)
     resume = sub.add_parser(
         "resume",
@@ -174,6 +182,28 @@ def _parser() -> argparse.ArgumentParser:
         '"lanczos"; default: the upscaler of the run that made the image',
     )
     up.add_argument("--output", type=Path, help="an image's copy (default: beside it, _xN)")
+    sweep = sub.add_parser(
+        "sweep",
+        help="many generations as Ray tasks, skipping what is done; a gallery at the end",
+        description="Run a sweep file's generations (prompts x seeds x a grid of settings, "
+        "and/or a list of configs) as Ray tasks into OUTPUT_DIR/NAME; started again, it skips "
+        "finished runs and resumes stopped ones. Writes gallery.html there.",
+        epilog="""sweep file (YAML):
+  name: castles                 # the folder under output_dir (default: the file's name)
+  output_dir: outputs
+  settings: {max_iterations: 100, vqgan: imagenet_f16_16384, clip_model: ViT-B/32}
+  prompts: ["a castle", "a castle at night"]
+  seeds: [0, 1, 2]
+  grid: {step_size: [0.1, 0.2]}  # every combination, crossed with prompts and seeds
+  configs: [{prompts: "a moat", seed: 7, cutn: 64}]   # and runs of their own
+  retries: 2                    # for passing failures (downloads, disk, lost workers)""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("file", type=Path)
+    sweep.add_argument(
+        "--address",
+        help='a Ray cluster ("auto", "HOST:PORT", "ray://HOST:PORT"); default: a local one',
+    )
     models = sub.add_parser("models", help="list known models, or download one")
     models.add_argument("action", nargs="?", choices=["list", "download"], default="list")
     models.add_argument("name", nargs="?", help="registry name to download")
@@ -254,8 +284,23 @@ def _generate(args: argparse.Namespace) -> None:
 
     config, filled = _config_from_args(args)
     note = filled and f"preset {preset_for(config).name!r} (a flag overrides each): {_as_flags(filled)}"  # fmt: skip
-    result = _with_progress(config, None, lambda cb: generate(config, callback=cb), note)
+    result = _with_progress(config, None, lambda cb: generate(config, cb, args.ray), note)
     _report(result, args)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from vqclip.cluster import read_sweep, run_sweep
+
+    sweep = read_sweep(args.file)
+    print(f"sweep: {len(sweep.runs)} runs into {sweep.directory}", flush=True)
+    outcome = run_sweep(sweep, args.address)
+    print(f"done {len(outcome['done'])}, skipped {len(outcome['skipped'])} (finished before), failed {len(outcome['failed'])}")  # fmt: skip
+    for name, error in outcome["failed"].items():
+        print(f"failed:        {name}: {error}")
+    print(f"gallery:       {outcome['gallery']}")
+    if outcome["failed"]:
+        sys.stdout.flush()
+        sys.exit(1)
 
 
 def _resume(args: argparse.Namespace) -> None:
@@ -424,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         "resume": _resume,
         "video": _video,
         "upscale": _upscale,
+        "sweep": _sweep,
         "models": _models,
         "ui": _ui,
         **{name: command.run for name, command in commands().items()},

@@ -55,19 +55,35 @@ def resolve_config(config: GenerationConfig, device: torch.device) -> Generation
     return config
 
 
-def generate(config: GenerationConfig, callback: Callback | None = None) -> RunResult:
+def generate(
+    config: GenerationConfig, callback: Callback | None = None, ray: str | None = None
+) -> RunResult:
     """Run one generation; frames, ``config.json`` and ``final.png`` go to a new run directory.
 
     ``callback`` receives the loop's reports (see :func:`vqclip.loop.run_loop`) after the
     frame for that step is saved. Ctrl-C stops the run after the step under way (a second one
-    at once) and keeps what was made; :func:`resume` goes on from there.
+    at once) and keeps what was made; :func:`resume` goes on from there. ``ray``: restyle
+    ``init_video``'s frames on the Ray cluster at this address ("local": a local instance).
     """
     distributed.start(config.device)
     device = resolve_device(distributed.device_name(config.device))
     config = distributed.from_main(lambda: resolve_config(config, device))
     distributed.check(config)
+    _check_ray(config, ray)
     check_inputs(config, device)
-    return drive(config, None, device, None, callback)
+    return drive(config, None, device, None, callback, ray)
+
+
+def _check_ray(config: GenerationConfig, ray: str | None) -> None:
+    if ray is None:
+        return
+    if not config.init_video:
+        raise ValueError("--ray: spreads a restyle's frames over a cluster (give init_video); for many images, vqclip sweep")  # fmt: skip
+    if config.frame_init_weight or config.temporal_weight:
+        raise ValueError(
+            "--ray: frames that follow the previous result (frame_init_weight, temporal_weight) "
+            "are made one after another; leave them at 0 to restyle on a cluster"
+        )
 
 
 def resume(
@@ -153,6 +169,7 @@ def drive(
     device: torch.device,
     saved: dict | None = None,
     callback: Callback | None = None,
+    ray: str | None = None,
 ) -> RunResult:
     """Run a resolved, checked config into ``run_dir`` (None: a new one, made once the models
     are ready), from the ``saved`` state of :func:`~vqclip.runstate.read_state` when resuming:
@@ -160,7 +177,7 @@ def drive(
     results have no run directory."""
     if device.type == "cpu":
         keep_freed_memory()
-    job = _Restyle(config, device) if config.init_video else _Optimise(config, device, saved)
+    job = _Restyle(config, device, ray) if config.init_video else _Optimise(config, device, saved)
     if distributed.is_main():
         run_dir = run_dir or create_run_dir(config)
     job.start(run_dir if distributed.is_main() else None)
@@ -268,9 +285,9 @@ class _Restyle(_Job):
     """A video restyled frame by frame (:mod:`vqclip.restyle`), keeping the frames a stopped
     run made; ``final.png`` is the last frame's result."""
 
-    def __init__(self, config: GenerationConfig, device: torch.device) -> None:
-        self.config = config
-        self.loop, self.rng = prepare_loop(config, device)
+    def __init__(self, config: GenerationConfig, device: torch.device, ray: str | None) -> None:
+        self.config, self.ray = config, ray
+        self.loop, self.rng = (None, None) if ray else prepare_loop(config, device)
 
     def start(self, run_dir: Path) -> None:
         self.writer = FrameWriter(run_dir, self.config)
@@ -278,7 +295,7 @@ class _Restyle(_Job):
         set_aside_from(run_dir, done)  # an earlier video of the frames
 
     def run(self, report: Callback) -> None:
-        restyle_frames(self.config, self.loop, self.rng, self.writer, report)
+        restyle_frames(self.config, self.loop, self.rng, self.writer, report, self.ray)
 
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         if not self.writer.saved:

@@ -44,18 +44,30 @@ def _stride(config: GenerationConfig) -> int:
 
 def restyle_frames(
     config: GenerationConfig,
-    loop: Loop,
-    generator: torch.Generator,
+    loop: Loop | None,
+    generator: torch.Generator | None,
     writer: FrameWriter,
     callback: Callback | None = None,
+    ray: str | None = None,
 ) -> int:
     """Restyle every frame of ``config.init_video`` that ``writer`` has not saved yet; returns
-    how many it made. Reports carry the frame index as ``"frame"``."""
+    how many it made. Reports carry the frame index as ``"frame"``. ``ray``: a Ray cluster's
+    address ("local": a local instance) whose workers restyle the frames (:mod:`vqclip.cluster`)."""
     done = {frame_iteration(path) for path in writer.saved}
-    draws = generator.get_state()  # every frame's run starts its draws here
-    follow = config.frame_init_weight or config.temporal_weight
     made = 0
     frames = read_video_frames(config.init_video, config.video_frames, _stride(config))
+    if ray is not None:  # the workers build the loop: ``loop`` and ``generator`` are None
+        from vqclip.cluster import restyle_on_ray
+
+        todo = ((index, pixels) for index, pixels in enumerate(frames) if index not in done)
+        for index, images in restyle_on_ray(config, todo, ray):
+            writer.saved += writer.save(f"frames/{index:06d}", images, config.max_iterations)
+            if callback:
+                callback({"iteration": config.steps() - 1, "frame": index})
+            made += 1
+        return made
+    draws = generator.get_state()  # every frame's run starts its draws here
+    follow = config.frame_init_weight or config.temporal_weight
     for index, pixels in enumerate(frames):
         if index in done:
             continue

@@ -8,6 +8,7 @@ lays the page out and moves reports from the run's thread to the page.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -180,6 +181,18 @@ def make_video(run_dir: str | Path) -> Path:
     return assemble_video(run_dir, None, run_dir / "video.mp4", overwrite=True, length=length)
 
 
+def _settings_text(values: dict[str, Any]) -> str:
+    """A run's config as JSON, the fields at their defaults left out: what was chosen (and
+    what its preset filled in) fits the view, where all of config.json's would not."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+    chosen = {k: v for k, v in values.items() if k not in defaults or _plain(defaults[k]) != v}
+    return json.dumps(chosen, indent=1)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 class _Page:
     """The handlers behind the page's buttons, over one ``output_dir`` and one run at a time."""
 
@@ -238,7 +251,7 @@ class _Page:
     def choose(self, event: gr.SelectData) -> tuple[str, str]:
         runs = [r for r in list_runs(self.output_dir) if run_picture(r) is not None]
         run_dir = runs[event.index]
-        return str(run_dir), json.dumps(json.loads((run_dir / "config.json").read_text()), indent=1)  # fmt: skip
+        return str(run_dir), _settings_text(json.loads((run_dir / "config.json").read_text()))
 
     def video(self, run_dir: str | None) -> tuple[Any, str]:
         if not run_dir:
@@ -288,7 +301,11 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
             video_button = gr.Button("Video", elem_id="video-button")
             refresh = gr.Button("Refresh")
         with gr.Row():
-            config_view = gr.Code(language="json", label="config.json", elem_id="config")
+            config_view = gr.Code(
+                language="json",
+                label="config.json: the settings not at their defaults",
+                elem_id="config",
+            )
             video = gr.Video(label="video", elem_id="video", interactive=False)
 
         form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every]

@@ -60,3 +60,15 @@ def test_quick_diffusion_bench_times_a_guided_step_per_cutn(
     assert results["size"] == 32 and results["precision"] == "fp32"
     main(["bench", "--quick", "--diffusion", "--precision", "fp32"])
     assert "| cutn | s per guided step |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_scaling_bench_times_processes_and_ray_workers(capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    main(["bench", "--scaling", "--quick", "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert list(results["seconds"]) == [
+        "1 process, 2 threads", "1 process, 1 thread, cutn_batches 2",
+        "torchrun, 2 processes of 1 thread", "sweep of 2 images, Ray with 1 CPU(s)",
+        "sweep of 2 images, Ray with 2 CPU(s)",
+    ]  # fmt: skip
+    assert all(seconds > 0 for seconds in results["seconds"].values())

@@ -37,6 +37,12 @@ def _configure(bench: argparse.ArgumentParser) -> None:
         "and for a two-CLIP ensemble",
     )
     bench.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: one image in 1 and 2 processes (torchrun, gloo) and a sweep of 4 on a "
+        "local Ray instance of 1 and 2 CPUs, as wall time of each command",
+    )
+    bench.add_argument(
         "--diffusion",
         action="store_true",
         help="instead: one CLIP-guided sampling step of OpenAI's 256x256 U-Net with ViT-B/32, "
@@ -47,6 +53,12 @@ def _configure(bench: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> None:
     from vqclip.bench.loops import format_table, run_benchmark
 
+    if args.scaling:
+        from vqclip.bench.scaling import format_scaling_table, run_scaling_benchmark
+
+        results = run_scaling_benchmark(args.quick)
+        print(json.dumps(results, indent=2) if args.json else format_scaling_table(results))
+        return
     if args.diffusion:
         from vqclip.bench.loops import format_diffusion_table, run_diffusion_benchmark
 

@@ -37,6 +37,8 @@ def start(device: str = "auto") -> None:
     if dist.is_initialized() or not launched():
         return
     gpu = device != "cpu" and torch.cuda.is_available() and dist.is_nccl_available()
+    if gpu:  # NCCL works on the current device: each process its own
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if gpu else "gloo")
 
 

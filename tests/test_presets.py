@@ -52,7 +52,7 @@ def test_the_preset_follows_the_generator_and_the_models() -> None:
 
 
 def test_a_plugins_preset_must_name_every_field() -> None:
-    with pytest.raises(ValueError, match="missing \\['best_of'"):
+    with pytest.raises(ValueError, match="missing \\['augments', 'best_of'"):
         presets.Preset("half", {"vqgan": "x"}, {"width": 64})
 
 

@@ -222,9 +222,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _as_flags(settings: dict[str, Any]) -> str:
     """Settings as the command line gives them: ``--cutn 16 --start palette``."""
-    return " ".join(
-        f"--{key} {'none' if value is None else value}" for key, value in settings.items()
-    )
+
+    def shown(value: Any) -> str:
+        if isinstance(value, tuple | list):
+            return " ".join(map(str, value))
+        return "none" if value is None else str(value)
+
+    return " ".join(f"--{key} {shown(value)}" for key, value in settings.items())
 
 
 def _config_file(path: Path) -> dict[str, Any]:

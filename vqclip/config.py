@@ -93,7 +93,7 @@ class GenerationConfig:
     cutn_batches: int = _field(1, "score the cutouts in this many sequential batches, gradients accumulated: the same step in about 1/N of CLIP's memory", STEPS)  # fmt: skip
     cut_pow: float = _field(1.0, "cutout size exponent: > 1 favours small cutouts", STEPS)
     cut_method: str = _field("crops", 'random "crops", or "pooling": the whole image, as generate.py', STEPS)  # fmt: skip
-    augments: tuple[str, ...] = _field(("Af", "Pe", "Ji", "Er"), "kornia augmentations of cutouts", STEPS)  # fmt: skip
+    augments: tuple[str, ...] | None = _field(None, f"kornia augmentations of cutouts ({_PRESET}: the classic Af Pe Ji Er)", STEPS)  # fmt: skip
     latent_levels: int | None = _field(None, f"optimise as a pyramid of this many resolutions, 1: classic ({_PRESET})", STEPS)  # fmt: skip
     batch_size: int = _field(1, "images optimised together as one batch (one seed for the batch)", STEPS)  # fmt: skip
     best_of: int | None = _field(None, f"candidates per image, in the same batch; CLIP keeps the best ({_PRESET})", STEPS)  # fmt: skip
@@ -135,6 +135,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts"):
             value = getattr(self, name)
+            if value is None and name == "augments":  # the preset's
+                continue
             if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
                 raise ValueError(f"{name}: expected a list, got {value!r}")
             object.__setattr__(self, name, tuple(value))
@@ -219,7 +221,7 @@ class GenerationConfig:
         if not _is_int(self.upscale) or self.upscale not in SCALES:
             raise ValueError(f"upscale: expected one of {list(SCALES)}, got {self.upscale!r}")
         self.clip_models()  # raises ValueError naming a malformed entry
-        for name in self.augments:
+        for name in self.augments or ():
             _choice("augments", name, AUGMENTS)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise ValueError(

@@ -32,7 +32,7 @@ __all__ = [
 # The fields a preset may set: the ones whose good value depends on the model.
 PRESET_FIELDS = ("width", "height", "cutn", "max_iterations", "step_size", "start",
                  "latent_levels", "best_of", "prior", "prior_weight", "prior_ramp",
-                 "clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "upscaler")  # fmt: skip
+                 "clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "upscaler", "augments")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ _CLASSIC = {"width": 256, "height": 256, "cutn": 32, "max_iterations": 100, "ste
             # CLIP-guided diffusion's (Crowson's 256x256 notebook; tv on [0, 1] pixels, x4)
             "clip_guidance_scale": 1000.0, "tv_scale": 150.0, "range_scale": 50.0,
             "clamp_max": 0.0,
-            "upscaler": "RealESRGAN_x4plus"}  # fmt: skip
+            "upscaler": "RealESRGAN_x4plus", "augments": ("Af", "Pe", "Ji", "Er")}  # fmt: skip
 _PRESETS: list[Preset] = [
     Preset("classic", {}, _CLASSIC),
     # An RGB image moves by the step size per pixel: a VQGAN latent's 0.1 would be a tenth of

@@ -36,6 +36,7 @@ SETTINGS: dict[str, Any] = {
     "range_scale": 0.0,
     "clamp_max": 0.0,
     "upscaler": "shapes-upscaler",
+    "augments": ("Af", "Pe", "Ji", "Er"),
 }
 # The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
 PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
@@ -51,10 +52,11 @@ DIFFUSION_SETTINGS: dict[str, Any] = {
     "prior": None,
     "prior_weight": 0.0,
     "prior_ramp": 0,
-    "clip_guidance_scale": 10000.0,  # with clamp_max: most steps move by clamp_max
+    "clip_guidance_scale": 30000.0,  # with clamp_max: most steps move by clamp_max
     "tv_scale": 0.0,
     "range_scale": 0.0,
     "clamp_max": 0.2,  # the cosine schedule's noisiest step magnifies the gradient ~2e4 times
+    "augments": ("Af", "Ji"),  # the shapes CLIP's own training augments (docs/shapes.md)
 }
 
 

@@ -36,9 +36,6 @@ __all__ = ["Sweep", "read_sweep", "run_sweep", "write_gallery", "restyle_on_ray"
 log = logging.getLogger(__name__)
 _KEYS = {"name", "output_dir", "settings", "prompts", "seeds", "grid", "configs", "retries"}
 MAX_RUNS = 10_000  # a sweep larger than this is more likely a mistake in the YAML
-# What a retry may cure: the network, the disk, a worker lost with its machine. Bad input
-# (ValueError) and a step too large (MemoryError) fail the same way again.
-TRANSIENT = ("DownloadError", "OSError", "RayError")
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, Any]:
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     remote = ray.remote(_make).options(
         num_gpus=gpus, num_cpus=0 if gpus else 1, max_retries=sweep.retries,
-        retry_exceptions=[_exception(name) for name in TRANSIENT],
+        retry_exceptions=_transient(),
     )  # fmt: skip
     pending, skipped = {}, []
     for values in sweep.runs:
@@ -201,12 +198,14 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, Any]:
     return {"done": done, "skipped": skipped, "failed": failed, "gallery": str(sweep.directory / "gallery.html")}  # fmt: skip
 
 
-def _exception(name: str) -> type[BaseException]:
+def _transient() -> list[type[BaseException]]:
+    """What a retry may cure: the network, the disk, a worker lost with its machine. Bad input
+    (ValueError) and a step too large (MemoryError) fail the same way again."""
     import ray.exceptions
 
     from vqclip.download import DownloadError
 
-    return {"DownloadError": DownloadError, "OSError": OSError, "RayError": ray.exceptions.RayError}[name]  # fmt: skip
+    return [DownloadError, OSError, ray.exceptions.RayError]
 
 
 def _free_name(path: Path) -> Path:

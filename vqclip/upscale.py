@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vqclip.config import SCALES
 from vqclip.images import image_tensor, load_image, to_uint8
@@ -216,4 +215,4 @@ def default_upscaler(path: str | Path) -> str:
 
 def upscale_pixels(image: np.ndarray, scale: int, upscaler: Upscaler) -> np.ndarray:
     """An (H, W, 3) uint8 frame upscaled, as one."""
-    return to_uint8(upscaler(image_tensor(Image.fromarray(image)), scale)[0])
+    return to_uint8(upscaler(image_tensor(image), scale)[0])

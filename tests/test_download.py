@@ -206,7 +206,7 @@ def test_ensure_file_without_fetch_does_not_download(home: Path, server: str) ->
 
 
 def test_registry_covers_the_known_models() -> None:
-    import clip
+    from vqclip.models import clip
 
     assert set(clip.available_models()) <= set(zoo.model_names("clip"))
     for name in (

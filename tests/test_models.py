@@ -3,7 +3,6 @@ import sys
 import types
 from pathlib import Path
 
-import clip
 import pytest
 import taming.modules.diffusionmodules.model as taming_blocks
 import torch
@@ -15,6 +14,7 @@ from vqclip.checkpoints import UnsafeCheckpointError, load_checkpoint, read_torc
 from vqclip.models import (
     build_clip,
     build_vqgan,
+    clip,
     load_clip,
     load_vqgan,
     read_vqgan_spec,
@@ -245,3 +245,21 @@ def test_a_malformed_vqgan_yaml_is_named(tmp_path: Path, params: dict | None, me
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model": model}))
     with pytest.raises(ValueError, match=f"VQGAN config {tmp_path / 'bad.yaml'}: {message}"):
         read_vqgan_spec(tmp_path / "bad.yaml")
+
+
+def test_clip_imports_without_pkg_resources() -> None:
+    # setuptools 81 removed pkg_resources, which clip-anytorch imports; vqclip keeps working
+    # with it gone, and leaves no stand-in behind for other code to find.
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['pkg_resources'] = None\n"
+        "import vqclip.models, clip\n"
+        "assert sys.modules['pkg_resources'] is None\n"
+        "print(clip.available_models()[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "RN50"

@@ -12,12 +12,13 @@ import contextlib
 import functools
 import io
 import logging
+import sys
 import types
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import packaging.version
 import taming.modules.diffusionmodules.model as taming_blocks
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,28 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vqclip.checkpoints import is_torchscript, load_checkpoint, read_torchscript_state
 
-with warnings.catch_warnings():  # clip-anytorch imports the deprecated pkg_resources
-    warnings.simplefilter("ignore", UserWarning)
-    import clip
-    import clip.model
+
+def _import_clip() -> types.ModuleType:
+    """clip-anytorch's ``from pkg_resources import packaging`` (only to compare torch versions)
+    with a stand-in for that import: setuptools 81 removed pkg_resources, and pinning an older
+    setuptools would downgrade the user's."""
+    stand_in = types.ModuleType("pkg_resources")
+    stand_in.packaging = packaging
+    before = sys.modules.get("pkg_resources", _MISSING)
+    sys.modules["pkg_resources"] = stand_in
+    try:
+        import clip
+        import clip.model
+    finally:
+        if before is _MISSING:
+            del sys.modules["pkg_resources"]
+        else:
+            sys.modules["pkg_resources"] = before
+    return clip
+
+
+_MISSING = object()
+clip = _import_clip()
 
 __all__ = [
     "VQGAN",

@@ -23,7 +23,7 @@ demo: $(STAMP)  ## a real generation with the bundled shapes models (their setti
 	$(BIN)/vqclip generate "a red circle on a blue background" --seed 0 --video
 
 test: $(STAMP)  ## the test suite (CPU, tiny models, loopback only); -rP shows measured figures
-	$(BIN)/python -m pytest -q -rP
+	$(BIN)/python -m pytest -q -rP --durations=15
 
 test-fast: $(STAMP)  ## the suite without the tests marked slow (the shapes world's quality runs)
 	$(BIN)/python -m pytest -q -m "not slow"

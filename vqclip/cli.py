@@ -466,7 +466,7 @@ def _download(name: str) -> tuple[Path, ...]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vqclip`` command."""
     args = _parser().parse_args(argv)
-    from vqclip.download import DownloadError
+    from vqclip.download import USER_ERRORS
 
     handlers = {
         "generate": _generate,
@@ -484,13 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         sys.exit(1)
-    except (
-        ValueError,
-        OSError,  # files that exist, are missing, or could not be written
-        DownloadError,
-        FloatingPointError,
-        MemoryError,  # a step that does not fit the device: what to change is in the message
-    ) as error:
+    except USER_ERRORS as error:
         print(f"vqclip {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

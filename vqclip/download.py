@@ -47,6 +47,12 @@ class DownloadError(RuntimeError):
     """A file could not be fetched or verified; the message says how to place it by hand."""
 
 
+# The mistakes a user can make, which the CLI, the notebook and the web page show as one line:
+# bad input, files that exist or are missing, a download, a loss that diverged, a step that
+# does not fit the device (each message says what to change).
+USER_ERRORS = (ValueError, OSError, DownloadError, FloatingPointError, MemoryError)
+
+
 class _Retry(Exception):
     """A transient failure: retry the same URL (resuming from what the .part file holds)."""
 

@@ -35,11 +35,11 @@ __all__ = [
 def one_line_errors() -> Iterator[None]:
     """Show a mistake in the form (a bad field, a missing file, a failed download) as one line
     that names it, instead of a traceback; the cells after it then skip their work."""
-    from vqclip.download import DownloadError
+    from vqclip.download import USER_ERRORS
 
     try:
         yield
-    except (ValueError, OSError, DownloadError, FloatingPointError, MemoryError) as error:
+    except USER_ERRORS as error:
         from IPython.display import HTML, display
 
         display(HTML(f'<b style="color:#b00">error:</b> {html.escape(str(error))}'))

@@ -24,7 +24,7 @@ import numpy as np
 
 from vqclip import zoo
 from vqclip.config import GenerationConfig
-from vqclip.download import DownloadError
+from vqclip.download import USER_ERRORS
 from vqclip.forms import choose_models, preset_settings, resolve
 from vqclip.frames import list_runs, run_picture
 from vqclip.images import to_uint8
@@ -36,9 +36,6 @@ from vqclip.video import assemble_video, tile_images, watchable_length
 __all__ = ["build_ui", "serve"]
 
 log = logging.getLogger(__name__)
-
-# The mistakes a user can make in the form: shown as one line, as the CLI prints them.
-USER_ERRORS = (ValueError, OSError, DownloadError, FloatingPointError, MemoryError)
 
 SYNTAX = """\
 **Prompts**: `text:weight:stop | text:weight | text`. A weight may be negative (push away:

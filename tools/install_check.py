@@ -1,6 +1,6 @@
 """Install vqclip as a notebook user would, beside a torch that is already there, and use it.
 
-    python tools/install_check.py TORCH_VERSION [--venv DIR]
+    python tools/install_check.py TORCH_VERSION
 
 In a fresh virtual environment: the newest setuptools (which has no pkg_resources) and
 ``torch==TORCH_VERSION`` alone, as Colab or a conda user has them; then the notebook's own
@@ -45,10 +45,9 @@ def versions(python: Path) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("torch", help="the torch version to install first, e.g. 2.5.1")
-    parser.add_argument("--venv", type=Path, help="where to make the environment (default: a temporary folder)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        venv = args.venv or Path(tmp) / "venv"
+        venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
         python = venv / "bin" / "python"
         pip = [python, "-m", "pip", "install", "-q"]

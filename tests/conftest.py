@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,10 @@ import torch
 from PIL import Image
 
 from vqclip.config import GenerationConfig
+
+# The suite's own model cache and precision choice: a probe timed while the suite loads the
+# machine would otherwise be kept for the user's runs.
+os.environ["VQCLIP_HOME"] = tempfile.mkdtemp(prefix="vqclip-tests-home-")
 
 TINY_VQGAN = {
     "double_z": False, "z_channels": 32, "resolution": 32, "in_channels": 3, "out_ch": 3,
@@ -123,6 +128,7 @@ def tiny_config(tiny_models: dict[str, Path], tmp_path: Path) -> GenerationConfi
             display_frequency=5,
             seed=1,
             device="cpu",
+            precision="fp32",  # the same arithmetic on every CPU (auto's tests name auto)
             output_dir=str(tmp_path / "outputs"),
         )
     )

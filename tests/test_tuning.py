@@ -30,16 +30,42 @@ def test_auto_precision_is_measured_once_and_cached(
     monkeypatch.setattr(tuning, "_time_probe", timed)
     choice = tuning.measure_precision(torch.device("cpu"), tmp_path)
     assert choice.precision == "bf16" and "bf16 400.0 ms" in choice.why
-    assert probes == ["fp32", "bf16"]
+    assert probes == ["fp32", "bf16"] * tuning._ROUNDS  # alternately: load slows both alike
     again = tuning.measure_precision(torch.device("cpu"), tmp_path)
-    assert again.precision == "bf16" and again.why.endswith("(cached)") and len(probes) == 2
+    assert (
+        again.precision == "bf16"
+        and again.why.endswith("(cached)")
+        and len(probes) == 2 * tuning._ROUNDS
+    )
     cached = json.loads((tmp_path / "precision.json").read_text())
     (key,) = cached
     assert torch.__version__ in key and "cpu" in key  # per machine and torch version
     monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch measures again
     timings["bf16"] = 0.9  # only 10% faster: fp32, the exact one, stays
     assert tuning.measure_precision(torch.device("cpu"), tmp_path).precision == "fp32"
-    assert len(probes) == 4 and len(json.loads((tmp_path / "precision.json").read_text())) == 2
+    assert (
+        len(probes) == 4 * tuning._ROUNDS
+        and len(json.loads((tmp_path / "precision.json").read_text())) == 2
+    )
+
+
+def test_the_probe_keeps_each_precisions_fastest_round_and_stops_on_an_emulated_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = {"fp32": [1.0, 1.0, 1.0], "bf16": [5.0, 0.5, 0.5]}  # the first bf16 run under load
+    probes = []
+
+    def timed(device: torch.device, precision: str, **options: float) -> float:
+        probes.append(precision)
+        return runs[precision].pop(0)
+
+    monkeypatch.setattr(tuning, "_time_probe", timed)
+    choice = tuning.measure_precision(torch.device("cpu"), tmp_path / "a")
+    assert choice.precision == "bf16" and choice.seconds == {"fp32": 1.0, "bf16": 0.5}
+    runs.update(fp32=[1.0, 1.0, 1.0], bf16=[9.0, 0.1, 0.1])  # 9x fp32: emulated, one round
+    probes.clear()
+    choice = tuning.measure_precision(torch.device("cpu"), tmp_path / "b")
+    assert choice.precision == "fp32" and probes == ["fp32", "bf16"]
 
 
 @pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"k": {"precision": "int4"}}'])

@@ -247,6 +247,20 @@ def test_a_malformed_vqgan_yaml_is_named(tmp_path: Path, params: dict | None, me
         read_vqgan_spec(tmp_path / "bad.yaml")
 
 
+def test_our_tokenizer_is_clips_and_vqclip_starts_without_torchvision(tiny_models: dict) -> None:
+    import subprocess
+
+    from vqclip.models import tokenize
+
+    model = load_clip(tiny_models["clip"])
+    texts = ["a red circle", "Ünïcode & punctuation!", " ".join(["long"] * 40), ""]
+    expected = clip.tokenize(texts, context_length=model.context_length, truncate=True)
+    assert torch.equal(tokenize(model, texts), expected)
+    code = "import sys, vqclip.pipeline; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
 def test_clip_imports_without_pkg_resources() -> None:
     # setuptools 81 removed pkg_resources, which clip-anytorch imports; vqclip keeps working
     # with it gone, and leaves no stand-in behind for other code to find.

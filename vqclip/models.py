@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.machinery
+import importlib.util
 import io
 import logging
 import sys
@@ -32,22 +34,47 @@ from vqclip.checkpoints import is_torchscript, load_checkpoint, read_torchscript
 
 
 def _import_clip() -> types.ModuleType:
-    """clip-anytorch's ``from pkg_resources import packaging`` (only to compare torch versions)
-    with a stand-in for that import: setuptools 81 removed pkg_resources, and pinning an older
-    setuptools would downgrade the user's."""
+    """clip-anytorch's ``clip`` package with its model classes and tokenizer, without running the
+    package's ``__init__`` until an attribute only it defines is used (``clip.load``).
+
+    That ``__init__`` imports torchvision's transforms (for ``clip.load``'s preprocessing, which
+    vqclip does not use), and torchvision imports torch's compiler: 1.2 s of the 3.9 s that every
+    run spent starting. When it does run, it gets a stand-in for its ``from pkg_resources import
+    packaging`` (only to compare torch versions): setuptools 81 removed pkg_resources, and
+    pinning an older setuptools would downgrade the user's.
+    """
+    if "clip" not in sys.modules:
+        spec = importlib.util.find_spec("clip")
+        if spec is None or spec.loader is None:
+            raise ImportError("clip-anytorch is not installed: pip install clip-anytorch")
+        package = importlib.util.module_from_spec(spec)
+        package.__getattr__ = functools.partial(_run_clip_init, package, spec)
+        sys.modules["clip"] = package
+    import clip.model
+    import clip.simple_tokenizer  # noqa: F401  (tokenize's)
+
+    return sys.modules["clip"]
+
+
+def _run_clip_init(
+    package: types.ModuleType, spec: importlib.machinery.ModuleSpec, name: str
+) -> Any:
+    """``clip``'s module ``__getattr__``: run its ``__init__`` once, then look ``name`` up."""
+    if name.startswith("__"):  # probes such as inspect's, not clip's API
+        raise AttributeError(name)
+    del package.__getattr__
     stand_in = types.ModuleType("pkg_resources")
     stand_in.packaging = packaging
     before = sys.modules.get("pkg_resources", _MISSING)
     sys.modules["pkg_resources"] = stand_in
     try:
-        import clip
-        import clip.model
+        spec.loader.exec_module(package)
     finally:
         if before is _MISSING:
             del sys.modules["pkg_resources"]
         else:
             sys.modules["pkg_resources"] = before
-    return clip
+    return getattr(package, name)
 
 
 _MISSING = object()
@@ -438,5 +465,18 @@ def save_clip(model: clip.model.CLIP, path: str | Path, fp16: bool = True) -> No
 
 
 def tokenize(model: clip.model.CLIP, texts: list[str]) -> torch.Tensor:
-    """Token ids (N, context_length) for this model's own context length, truncating."""
-    return clip.tokenize(texts, context_length=model.context_length, truncate=True)
+    """Token ids (N, context_length) for this model's own context length, truncated as
+    ``clip.tokenize(..., truncate=True)`` does (its last kept token made the end of text)."""
+    tokenizer = _tokenizer()
+    start, end = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+    length = model.context_length
+    tokens = torch.zeros(len(texts), length, dtype=torch.long)
+    for row, text in zip(tokens, texts, strict=True):
+        ids = [start, *tokenizer.encode(text)][: length - 1] + [end]
+        row[: len(ids)] = torch.tensor(ids)
+    return tokens
+
+
+@functools.cache
+def _tokenizer() -> clip.simple_tokenizer.SimpleTokenizer:
+    return clip.simple_tokenizer.SimpleTokenizer()  # reads its vocabulary file: once

@@ -144,6 +144,36 @@ def test_the_pull_moves_an_image_toward_the_redrawing() -> None:
     assert (stepped - redrawn).pow(2).mean() < (image.detach() - redrawn).pow(2).mean()
 
 
+def test_the_pull_in_a_generators_parameters_goes_toward_the_redrawings_encoding() -> None:
+    from vqclip import presets
+    from vqclip.config import GenerationConfig
+    from vqclip.generators import VQGANGenerator
+    from vqclip.objective import PriorTerm
+    from vqclip.prepare import prepare, resolve_device
+
+    prior = _prior()
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    params = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(4))
+    params.requires_grad_(True)
+
+    def encode(images: torch.Tensor) -> torch.Tensor:  # a stand-in encoder: 4x4 blocks, 8 channels
+        return F.avg_pool2d(images, 4).repeat(1, 3, 1, 1)[:, :8] * 2 - 1
+
+    loss = prior_loss(image, prior, 3.0, params=params, encode=encode)
+    (grad,) = torch.autograd.grad(loss, params)
+    target = encode(prior(image))
+    assert torch.allclose(grad, 3.0 * 2 * 2 * (params - target) / params.numel(), atol=1e-9)
+    # The shapes VQGAN's preset pulls its latent; a diffusion sample is pulled in pixels.
+    config = presets.apply(GenerationConfig(prompts="a red circle", device="cpu", max_iterations=1))
+    loop, _ = prepare(config, resolve_device("cpu"))
+    (term,) = [t for t in loop.objective.pulls if isinstance(t, PriorTerm)]
+    assert isinstance(loop.generator, VQGANGenerator) and term.encode == loop.generator.encode
+    config = config.replace(generator="diffusion", diffusion_model="shapes-diffusion", prior="shapes-prior", prior_weight=1.0)  # fmt: skip
+    loop, _ = prepare(presets.apply(config), resolve_device("cpu"))
+    (term,) = [t for t in loop.objective.pulls if isinstance(t, PriorTerm)]
+    assert term.encode is None
+
+
 def test_the_per_image_pulls_add_up_to_the_loss() -> None:
     prior = _prior()
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))

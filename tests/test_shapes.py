@@ -270,7 +270,7 @@ def generations(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return evaluate.run_cases(evaluate.prompt_cases(24), [0], out, jobs=2, precision="fp32")
 
 
-@pytest.mark.slow  # the 24 generations: about 10 minutes on a 2-core CPU
+@pytest.mark.slow  # the 24 generations: about 2 minutes on a 2-core CPU
 def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     firsts, seconds = evaluate.split_pairs(generations, seeds=1)
     assert [a["prompt"].replace(a["color"], "?") for a in firsts] == [
@@ -278,8 +278,8 @@ def test_steering_follows_the_prompted_colour(generations: list[dict]) -> None:
     ]
     rate = evaluate.steering_rate(firsts, seconds)
     print(f"steering: {rate:.0%} of {2 * len(firsts)} comparisons")
-    # Chance is 0.5. Measured 0.96 (palette start, 3 latent levels, the scene prior, best of 3);
-    # issue 3: 0.9.
+    # Chance is 0.5. Measured 1.0 over seeds 0-3 (palette start, 3 latent levels, the scene
+    # prior's pull in the latent, best of 3; 0.96 with the pull in pixels); issue 3: 0.9.
     assert rate >= 0.85
 
 
@@ -290,14 +290,13 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     assert rates["runs"] == 24
     # Chance that the two prompted colours are the two largest of six is 1/15, and of the right
     # shape 1/3 at best. Measured with the palette start, 3 latent levels, the best of 3
-    # candidates and the scene prior's pull ramping up to 12, toward the redrawing CLIP picks
-    # among the scenes one change away from the prior's reading: colours 0.96, in their roles
-    # 0.96, shapes 0.85 (0.98, 0.98, 0.77 with shape and role changes only; 0.94, 0.81, 0.50 with
-    # the prior's own reading at a constant weight 2; 0.94, 0.81, 0.15 with no prior).
-    # Issue 3 asks for 0.7 (aim 0.9) and 0.5 for shapes (aim 0.75): all met. The bounds are
-    # issue 3's, below the measured rates by several of the 24 runs: another CPU sums floats in
-    # another order.
-    assert rates["colors"] >= 0.8 and rates["roles"] >= 0.75 and rates["shapes"] >= 0.5, rates
+    # candidates and the scene prior's pull in the VQGAN's latent, ramping up to 24 over 15 of
+    # 30 steps, toward the redrawing CLIP picks among the scenes one change away from the
+    # prior's reading: colours 1.0, in their roles 1.0, shapes 0.95 over 96 runs of seeds 0-3
+    # (the pull in pixels, to 12 over 60 steps: 0.96, 0.96, 0.75 to 0.85; no prior: 0.94, 0.81,
+    # 0.15). Issue 30 aims at 0.9 shapes on every CPU; the bounds sit a few of the 24 runs below
+    # the measured rates: another CPU sums floats in another order.
+    assert rates["colors"] >= 0.85 and rates["roles"] >= 0.85 and rates["shapes"] >= 0.8, rates
 
 
 @pytest.mark.slow

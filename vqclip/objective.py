@@ -167,10 +167,15 @@ class PriorTerm(Term):
 
     name: str = "prior"
     prior: nn.Module | None = None
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = (
+        None  # the generator's: images -> parameters
+    )
 
     def __call__(self, view: View) -> Loss:
         weight = self.weight_at(view.iteration)
-        return Loss(prior_loss(view.image, self.prior, weight, view.score))
+        return Loss(
+            prior_loss(view.image, self.prior, weight, view.score, view.latent, self.encode)
+        )
 
     def rank(self, images: torch.Tensor, score: Score) -> torch.Tensor:
         return prior_pull(images, self.prior, self.weight, score)

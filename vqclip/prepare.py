@@ -356,7 +356,9 @@ def _prompt_term(
     )  # fmt: skip
 
 
-def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
+def _pulls(
+    config: GenerationConfig, device: torch.device, generator: Generator
+) -> tuple[Term, ...]:
     """The objective's pulls that the config turns on, in the order the loss adds them."""
     pulls: list[Term] = []
     if config.init_weight:
@@ -365,7 +367,9 @@ def _pulls(config: GenerationConfig, device: torch.device) -> tuple[Term, ...]:
         pulls.append(SmoothnessTerm("smoothness", config.smoothness))
     if config.prior and config.prior_weight:
         prior = _load_prior(config.prior, device)
-        pulls.append(PriorTerm("prior", config.prior_weight, config.prior_ramp, prior))
+        # An optimised generator is pulled in its own parameters; a diffusion sample's pixels.
+        encode = None if config.generator == "diffusion" else generator.encode
+        pulls.append(PriorTerm("prior", config.prior_weight, config.prior_ramp, prior, encode))
     if config.generator == "diffusion":  # Crowson's tv on [-1, 1] is 4x ours on [0, 1] pixels
         if config.tv_scale:
             pulls.append(SmoothnessTerm("tv", 4 * config.tv_scale))
@@ -380,7 +384,9 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     generator, perceptors = load_parts(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     rng = torch.Generator(device=device).manual_seed(config.seed)
-    objective = Objective(_prompt_term(config, perceptors, rng, device), _pulls(config, device))
+    objective = Objective(
+        _prompt_term(config, perceptors, rng, device), _pulls(config, device, generator)
+    )
     augments = tuple(make_augments(config.augments, p.input_resolution) for p in perceptors)
     cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches)
     loop = Loop(generator, perceptors, objective, cuts, config.seed, config.precision, config.ema)

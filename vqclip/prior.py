@@ -122,12 +122,29 @@ def redraw(images: torch.Tensor, prior: nn.Module, score: Score | None = None) -
 
 
 def prior_loss(
-    image: torch.Tensor, prior: nn.Module, weight: float, score: Score | None = None
+    image: torch.Tensor,
+    prior: nn.Module,
+    weight: float,
+    score: Score | None = None,
+    params: torch.Tensor | None = None,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``weight * MSE(image, redraw(image))`` per image, the redrawing held fixed, so the pull
-    moves the image toward it (times the batch size: each image's pull does not shrink)."""
+    moves the image toward it (times the batch size: each image's pull does not shrink).
+
+    Given the generator's ``params`` (B, C, h, w) and its ``encode`` (images -> parameters), the
+    pull is ``weight * MSE(params, encode(redrawing))`` instead: straight toward the parameters
+    that draw the redrawing. Through a VQGAN's decoder the pixel pull reached the prior's clean
+    outline in 60% of runs, the parameter pull in 85% (docs/shapes.md); for RGB parameters the
+    two are one.
+    """
     image = image.float()
-    return F.mse_loss(image, redraw(image, prior, score)) * (weight * image.shape[0])
+    target = redraw(image, prior, score)
+    if params is None or encode is None:
+        return F.mse_loss(image, target) * (weight * image.shape[0])
+    with torch.no_grad():
+        target = encode(target).float()
+    return F.mse_loss(params.float(), target) * (weight * image.shape[0])
 
 
 @torch.no_grad()

@@ -23,13 +23,13 @@ SETTINGS: dict[str, Any] = {
     "width": 64,
     "height": 64,
     "cutn": 16,
-    "max_iterations": 60,
+    "max_iterations": 30,  # with the pull in the VQGAN's latent, 60 drew no better
     "step_size": 0.2,
     "start": "palette",
     "latent_levels": 3,  # regions move together: the share of right shapes doubles
     "prior": "shapes-prior",  # pulls the loop's blobs toward clean shapes
-    "prior_weight": 12.0,  # reached at the last step: CLIP sets colours early, the pull shapes late
-    "prior_ramp": 60,
+    "prior_weight": 24.0,  # reached halfway: CLIP sets colours early, the pull the outline late
+    "prior_ramp": 15,
     "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one
     "clip_guidance_scale": 0.0,  # (the diffusion generator's; see DIFFUSION_SETTINGS)
     "tv_scale": 0.0,
@@ -38,8 +38,11 @@ SETTINGS: dict[str, Any] = {
     "upscaler": "shapes-upscaler",
     "augments": ("Af", "Pe", "Ji", "Er"),
 }
-# The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
-PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
+# The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps;
+# its pull as measured (60 steps, reaching 12 at the last).
+PIXEL_SETTINGS: dict[str, Any] = {
+    **SETTINGS, "step_size": 0.03, "max_iterations": 60, "prior_weight": 12.0, "prior_ramp": 60
+}  # fmt: skip
 # The shapes diffusion model samples at its training size; it draws clean shapes, so no prior.
 DIFFUSION_SETTINGS: dict[str, Any] = {
     **SETTINGS,

@@ -331,7 +331,7 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
     assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.2
 
 
-@pytest.mark.slow  # 24 generations with two CLIPs, one candidate each: about 3 minutes
+@pytest.mark.slow  # 24 generations with two CLIPs, one candidate each: about 1.5 minutes
 def test_an_ensemble_of_the_two_shapes_clips_steers_the_colour(
     tmp_path: Path, generations: list[dict]
 ) -> None:
@@ -352,7 +352,7 @@ def test_an_ensemble_of_the_two_shapes_clips_steers_the_colour(
     assert rate >= 0.9 and both["colors"] >= 0.8, (rate, both)
 
 
-@pytest.mark.slow  # 24 generations: about 4 minutes on a 2-core CPU
+@pytest.mark.slow  # 24 generations: about 1.5 minutes on a 2-core CPU
 def test_the_pixels_generator_steers_the_colour(tmp_path: Path) -> None:
     """The pixels generator in the shapes world (its preset): each of 12 colour pairs, seed 0."""
     rows = evaluate.run_cases(
@@ -362,7 +362,8 @@ def test_the_pixels_generator_steers_the_colour(tmp_path: Path) -> None:
     rates = evaluate.success_rates(rows)
     print(f"pixels: steering {rate:.0%} of 24 comparisons; {rates}")
     print("pixels, judged colours:", [(r["prompt"], r["top_two"]) for r in rows])
-    assert rate >= 0.9 and rates["colors"] >= 0.7, (rate, rates)
+    # Measured 100% steering, colours, roles and shapes (seeds 1-3: 100%, 100%, 100%, 99%).
+    assert rate >= 0.9 and rates["colors"] >= 0.85 and rates["shapes"] >= 0.8, (rate, rates)
 
 
 @pytest.mark.slow  # 48 samples of 6 candidates x 25 guided steps at 32x32: about 4 minutes

@@ -38,11 +38,8 @@ SETTINGS: dict[str, Any] = {
     "upscaler": "shapes-upscaler",
     "augments": ("Af", "Pe", "Ji", "Er"),
 }
-# The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps;
-# its pull as measured (60 steps, reaching 12 at the last).
-PIXEL_SETTINGS: dict[str, Any] = {
-    **SETTINGS, "step_size": 0.03, "max_iterations": 60, "prior_weight": 12.0, "prior_ramp": 60
-}  # fmt: skip
+# The pixels generator on the shapes CLIP: an RGB image moves a step per pixel, so smaller steps.
+PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
 # The shapes diffusion model samples at its training size; it draws clean shapes, so no prior.
 DIFFUSION_SETTINGS: dict[str, Any] = {
     **SETTINGS,

@@ -228,7 +228,10 @@ def _mean_change(paths: list) -> float:
 def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: Path) -> None:
     """Issue 34's check: a moving circle restyled with the shapes models. Consecutive results
     change less, relative to the input's change, when each frame starts from the previous
-    result; every frame still shows the prompted colours by the judge."""
+    result and is pulled toward it (docs/usage.md's settings); every frame still shows the
+    prompted colours by the judge. Measured: 0.53 against 1.37 independent (the start alone,
+    frame_init_weight 0.6: 1.59, since the prior's pull toward each frame's own clean
+    redrawing outweighs where it started)."""
     from vqclip.shapes.judge import judge
 
     video = _moving_circle(tmp_path / "circle.mp4")
@@ -238,10 +241,11 @@ def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: P
         max_iterations=20, device="cpu", precision="fp32", output_dir=str(tmp_path / "out"),
     )  # fmt: skip
     ratios = {}
-    for name, changes in (("independent", {}), ("frame_init_weight 0.6", {"frame_init_weight": 0.6})):  # fmt: skip
+    following = {"frame_init_weight": 0.6, "temporal_weight": 5.0}
+    for name, changes in (("independent", {}), ("following", following)):
         frames = frame_paths(generate(base.replace(**changes)).run_dir)
         ratios[name] = _mean_change(frames) / source
         verdicts = [judge(png_pixels(p)) for p in frames]
         print(f"{name}: output change / input change {ratios[name]:.3f}; top colours {[sorted(v.top_two()) for v in verdicts]}")  # fmt: skip
         assert all(v.top_two() == {"green", "yellow"} for v in verdicts), name
-    assert ratios["frame_init_weight 0.6"] < ratios["independent"], ratios
+    assert ratios["following"] < ratios["independent"], ratios

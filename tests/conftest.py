@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,7 @@ from vqclip.config import GenerationConfig
 # The suite's own model cache and precision choice: a probe timed while the suite loads the
 # machine would otherwise be kept for the user's runs.
 os.environ["VQCLIP_HOME"] = tempfile.mkdtemp(prefix="vqclip-tests-home-")
+atexit.register(shutil.rmtree, os.environ["VQCLIP_HOME"], ignore_errors=True)
 
 TINY_VQGAN = {
     "double_z": False, "z_channels": 32, "resolution": 32, "in_channels": 3, "out_ch": 3,

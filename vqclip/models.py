@@ -38,8 +38,9 @@ def _import_clip() -> types.ModuleType:
     package's ``__init__`` until an attribute only it defines is used (``clip.load``).
 
     That ``__init__`` imports torchvision's transforms (for ``clip.load``'s preprocessing, which
-    vqclip does not use), and torchvision imports torch's compiler: 1.2 s of the 3.9 s that every
-    run spent starting. When it does run, it gets a stand-in for its ``from pkg_resources import
+    vqclip does not use), and torchvision imports torch's compiler: ``import vqclip.pipeline``
+    took 2.4 s with it, 1.3 s without (a generation's optimizer imports the compiler anyway,
+    docs/performance.md). When it does run, it gets a stand-in for its ``from pkg_resources import
     packaging`` (only to compare torch versions): setuptools 81 removed pkg_resources, and
     pinning an older setuptools would downgrade the user's.
     """

@@ -167,9 +167,8 @@ class PriorTerm(Term):
 
     name: str = "prior"
     prior: nn.Module | None = None
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = (
-        None  # the generator's: images -> parameters
-    )
+    # The generator's images -> parameters: the pull goes to its parameters (None: the pixels).
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, view: View) -> Loss:
         weight = self.weight_at(view.iteration)

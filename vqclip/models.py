@@ -121,8 +121,9 @@ def prepare_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> N
     computes the same function (to float rounding; the tests check it).
 
     The VQGAN goes channels-last (oneDNN's and cuDNN's fast convolution and group-norm kernels
-    work in that layout), runs taming's swish as ``F.silu`` (:func:`_fuse_swish`) and its
-    attention by SDPA (:class:`_Attention`); CLIP's patch embedding becomes one matrix product
+    work in that layout), runs taming's swish as ``F.silu`` (:func:`_fuse_swish`), its
+    attention by SDPA (:class:`_Attention`) and its group norms in fp32 under autocast
+    (:class:`_FloatGroupNorm`); CLIP's patch embedding becomes one matrix product
     (:class:`_PatchEmbedding`) and its QuickGELU a fused SiLU (:func:`_fuse_quick_gelu`). What
     each bought: docs/performance.md. Only for the loop: the folded CLIP weights are not the
     file's, so a prepared CLIP must not be saved.
@@ -136,6 +137,9 @@ def prepare_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> N
 def _prepare_vqgan(vqgan: nn.Module) -> None:
     vqgan.to(memory_format=torch.channels_last)
     _fuse_swish(vqgan)
+    for norm in vqgan.modules():
+        if type(norm) is nn.GroupNorm:
+            norm.__class__ = _FloatGroupNorm  # in place: the same parameters and state dict
     for parent in list(vqgan.modules()):
         for name, child in parent.named_children():
             if isinstance(child, taming_blocks.AttnBlock):
@@ -176,6 +180,17 @@ class _Attention(nn.Module):
         with sdpa_kernel(SDPBackend.MATH) if x.is_cpu else contextlib.nullcontext():
             out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj_out(out.reshape(b, h, w, c).permute(0, 3, 1, 2))
+
+
+class _FloatGroupNorm(nn.GroupNorm):
+    """A group norm of fp32 inputs, whatever autocast made of its input, as CUDA's autocast
+    already runs group norms (a CPU's autocast passes bf16 through): torch's channels-last
+    bf16 group-norm kernel on a CPU was the slow one, 6.5 ms against 1.9 ms in fp32 for the
+    shapes decoder's 64 channels at 64x64, forward and backward (docs/performance.md). In
+    fp32 it is the stock group norm, bit for bit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
 
 
 class _PatchEmbedding(nn.Module):

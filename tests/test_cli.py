@@ -310,6 +310,27 @@ def test_a_closed_pipe_ends_the_listing_quietly() -> None:
     assert process.stderr.read() == b""  # no "error: [Errno 32] Broken pipe", no traceback
 
 
+def test_the_command_exits_with_its_code_its_output_and_its_exit_handlers(tmp_path: Path) -> None:
+    """``vqclip`` leaves without the interpreter's teardown (``cli.run``): what it printed, its
+    exit code and the exit handlers (Ray's shutdown is one) must all still be there."""
+    marker = tmp_path / "handler-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        "from vqclip import cli\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "sys.argv = ['vqclip', *sys.argv[1:]]\n"
+        "cli.run()\n"
+    )
+    listing = subprocess.run([sys.executable, "-c", script, "models"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert "shapes-clip" in listing.stdout and marker.read_text() == "yes"
+    marker.unlink()
+    bad = subprocess.run([sys.executable, "-c", script, "generate", "x", "--width", "-3"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == ["vqclip generate: error: width: expected a positive integer, got -3"]  # fmt: skip
+    assert marker.read_text() == "yes"
+
+
 def test_the_loop_reads_nothing_back_between_display_steps(
     tiny_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,3 +1,3 @@
-from vqclip.cli import main
+from vqclip.cli import run
 
-main()
+run()

@@ -76,6 +76,56 @@ def test_prepare_for_loop_keeps_both_functions_and_the_loop_gets_it(
     assert not any(isinstance(m, torch.nn.Conv2d) for m in loaded_clip.visual.modules())
 
 
+def _resnet_clips() -> list[torch.nn.Module]:
+    """A tiny CLIP ResNet tower of OpenAI's classes and one of OpenCLIP's, with batch-norm
+    statistics and affine parameters that are not the identity."""
+    from vqclip.openclip import build_open_clip
+
+    torch.manual_seed(0)
+    shape = {**TINY_CLIP, "vision_layers": (1, 1, 1, 1), "vision_width": 16}
+    openai = build_clip(**shape)
+    open_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+    }
+    models = [openai, build_open_clip(open_cfg)]
+    for model in models:
+        for norm in model.visual.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                for buffer, low in ((norm.running_mean, -0.5), (norm.running_var, 0.2)):
+                    buffer.copy_(torch.rand_like(buffer) + low)
+                torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+                torch.nn.init.uniform_(norm.bias, -0.3, 0.3)
+        model.eval().requires_grad_(False)
+    return models
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["openai", "open_clip"])
+def test_prepared_resnet_clip_folds_its_batch_norms_and_keeps_its_function(which: int) -> None:
+    from vqclip.models import prepare_for_loop
+
+    model = _resnet_clips()[which]
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = image.clone().requires_grad_(True)
+        embeds = model.encode_image(pixels)
+        embeds.square().sum().backward()
+        return embeds, pixels.grad
+
+    before = run()
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual.modules())
+    prepare_for_loop(None, model)
+    prepare_for_loop(None, model)  # a second call changes nothing more
+    assert norms >= 9 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.visual.modules())  # fmt: skip
+    convs = [m for m in model.visual.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.bias is not None for c in convs)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    for old, new in zip(before, run(), strict=True):
+        assert torch.allclose(new, old, rtol=1e-4, atol=1e-5), (new - old).abs().max()
+
+
 def test_prepared_vqgan_attention_does_not_overflow_fp16(tiny_models: dict[str, Path]) -> None:
     from vqclip.latents import decode_latent
     from vqclip.models import prepare_for_loop

@@ -123,8 +123,10 @@ def prepare_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> N
     The VQGAN goes channels-last (oneDNN's and cuDNN's fast convolution and group-norm kernels
     work in that layout), runs taming's swish as ``F.silu`` (:func:`_fuse_swish`), its
     attention by SDPA (:class:`_Attention`) and its group norms in fp32 under autocast
-    (:class:`_FloatGroupNorm`); CLIP's patch embedding becomes one matrix product
-    (:class:`_PatchEmbedding`) and its QuickGELU a fused SiLU (:func:`_fuse_quick_gelu`). What
+    (:class:`_FloatGroupNorm`); a CLIP ViT's patch embedding becomes one matrix product
+    (:class:`_PatchEmbedding`) and its QuickGELU a fused SiLU (:func:`_fuse_quick_gelu`); a
+    CLIP ResNet's batch norms are folded into its convolutions and it goes channels-last
+    (:func:`_fold_batch_norms`). What
     each bought: docs/performance.md. Only for the loop: the folded CLIP weights are not the
     file's, so a prepared CLIP must not be saved.
     """
@@ -150,6 +152,9 @@ def _prepare_clip(clip_model: nn.Module) -> None:
     visual = clip_model.visual
     if isinstance(visual, clip.model.VisionTransformer) and isinstance(visual.conv1, nn.Conv2d):
         visual.conv1 = _PatchEmbedding(visual.conv1)  # once: a second call finds it replaced
+    if (type(visual).__module__, type(visual).__name__) in _RESNET_TOWERS:
+        _fold_batch_norms(visual)
+        visual.to(memory_format=torch.channels_last)
     for block in clip_model.modules():
         if isinstance(block, clip.model.ResidualAttentionBlock):
             _fuse_quick_gelu(block.mlp)
@@ -180,6 +185,38 @@ class _Attention(nn.Module):
         with sdpa_kernel(SDPBackend.MATH) if x.is_cpu else contextlib.nullcontext():
             out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj_out(out.reshape(b, h, w, c).permute(0, 3, 1, 2))
+
+
+# The CLIP ResNet image towers (OpenAI's and OpenCLIP's copy of it): each batch norm follows the
+# convolution of its number (bn2 after conv2) or, in a downsample, the convolution before it.
+_RESNET_TOWERS = {("clip.model", "ModifiedResNet"), ("open_clip.modified_resnet", "ModifiedResNet")}
+
+
+def _fold_batch_norms(tower: nn.Module) -> None:
+    """Fold each batch norm of a CLIP ResNet tower (frozen: its running statistics) into the
+    convolution before it, which gains a bias: the same function without the norm's pass and
+    its backward. With the tower channels-last (where the CPU's average pooling is vectorised:
+    0.25 ms against 1.2 ms for 90 images of 16 channels at 32x32), the shapes world's step went
+    from about 175 to 135 ms in bf16 and 190 to 155 ms in fp32 (docs/performance.md)."""
+    for parent in list(tower.modules()):
+        children = list(parent.named_children())
+        for index, (name, norm) in enumerate(children):
+            if not isinstance(norm, nn.BatchNorm2d) or norm.training:
+                continue
+            if isinstance(parent, nn.Sequential):
+                conv = children[index - 1][1] if index else None
+            else:
+                conv = getattr(parent, "conv" + name.removeprefix("bn"), None)
+            if not isinstance(conv, nn.Conv2d) or conv.out_channels != norm.num_features:
+                continue
+            with torch.no_grad():
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                shift = norm.bias - norm.running_mean * scale
+                if conv.bias is not None:
+                    shift = shift + conv.bias * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(shift, requires_grad=conv.weight.requires_grad)
+            setattr(parent, name, nn.Identity())
 
 
 class _FloatGroupNorm(nn.GroupNorm):

@@ -229,9 +229,10 @@ def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: P
     """Issue 34's check: a moving circle restyled with the shapes models. Consecutive results
     change less, relative to the input's change, when each frame starts from the previous
     result and is pulled toward it (docs/usage.md's settings); every frame still shows the
-    prompted colours by the judge. Measured: 0.53 against 1.37 independent (the start alone,
-    frame_init_weight 0.6: 1.59, since the prior's pull toward each frame's own clean
-    redrawing outweighs where it started)."""
+    prompted colours by the judge. Measured over seeds 0-3: 0.61 to 0.76 against 1.29 to 1.69
+    independent; with temporal_weight 5, 0.70 to 1.19, too close to call on another CPU's
+    rounding (the start alone, frame_init_weight 0.6: 1.59, since the prior's pull toward each
+    frame's own clean redrawing outweighs where it started)."""
     from vqclip.shapes.judge import judge
 
     video = _moving_circle(tmp_path / "circle.mp4")
@@ -241,7 +242,7 @@ def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: P
         max_iterations=20, device="cpu", precision="fp32", output_dir=str(tmp_path / "out"),
     )  # fmt: skip
     ratios = {}
-    following = {"frame_init_weight": 0.6, "temporal_weight": 5.0}
+    following = {"frame_init_weight": 0.6, "temporal_weight": 10.0}
     for name, changes in (("independent", {}), ("following", following)):
         frames = frame_paths(generate(base.replace(**changes)).run_dir)
         ratios[name] = _mean_change(frames) / source

@@ -139,13 +139,12 @@ def prepare_for_loop(vqgan: nn.Module | None, clip_model: nn.Module | None) -> N
 def _prepare_vqgan(vqgan: nn.Module) -> None:
     vqgan.to(memory_format=torch.channels_last)
     _fuse_swish(vqgan)
-    for norm in vqgan.modules():
-        if type(norm) is nn.GroupNorm:
-            norm.__class__ = _FloatGroupNorm  # in place: the same parameters and state dict
     for parent in list(vqgan.modules()):
         for name, child in parent.named_children():
             if isinstance(child, taming_blocks.AttnBlock):
                 setattr(parent, name, _Attention(child))
+            elif type(child) is nn.GroupNorm:
+                child.__class__ = _FloatGroupNorm  # in place: the same parameters and state dict
 
 
 def _prepare_clip(clip_model: nn.Module) -> None:
@@ -195,9 +194,8 @@ _RESNET_TOWERS = {("clip.model", "ModifiedResNet"), ("open_clip.modified_resnet"
 def _fold_batch_norms(tower: nn.Module) -> None:
     """Fold each batch norm of a CLIP ResNet tower (frozen: its running statistics) into the
     convolution before it, which gains a bias: the same function without the norm's pass and
-    its backward. With the tower channels-last (where the CPU's average pooling is vectorised:
-    0.25 ms against 1.2 ms for 90 images of 16 channels at 32x32), the shapes world's step went
-    from about 175 to 135 ms in bf16 and 190 to 155 ms in fp32 (docs/performance.md)."""
+    its backward. The caller puts the tower channels-last, where a CPU's average pooling is
+    vectorised; what the two bought: docs/performance.md."""
     for parent in list(tower.modules()):
         children = list(parent.named_children())
         for index, (name, norm) in enumerate(children):
@@ -222,9 +220,8 @@ def _fold_batch_norms(tower: nn.Module) -> None:
 class _FloatGroupNorm(nn.GroupNorm):
     """A group norm of fp32 inputs, whatever autocast made of its input, as CUDA's autocast
     already runs group norms (a CPU's autocast passes bf16 through): torch's channels-last
-    bf16 group-norm kernel on a CPU was the slow one, 6.5 ms against 1.9 ms in fp32 for the
-    shapes decoder's 64 channels at 64x64, forward and backward (docs/performance.md). In
-    fp32 it is the stock group norm, bit for bit."""
+    bf16 group-norm kernel is a CPU's slow one (docs/performance.md). In fp32 it is the stock
+    group norm, bit for bit."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)

@@ -91,7 +91,7 @@ def test_config_from_a_png_or_config_json_makes_the_same_image(
         (
             "bad.json",
             b"{prompts",
-            r"--config: .*bad.json is not JSON .*expected a run's config.json",
+            r"--config: .*bad.json: not valid JSON .*expected a run's config.json",
         ),
         ("text.png", b"hello", r"--config: cannot read .*text.png"),
         ("list.json", b"[1, 2]", r"--config: .*list.json holds list, expected an object"),

@@ -65,3 +65,43 @@ def test_seed_minus_one_is_resolved_and_recorded() -> None:
     config = resolve_seed(GenerationConfig(prompts="x", seed=-1))
     assert 0 <= config.seed < 2**31
     assert resolve_seed(GenerationConfig(prompts="x", seed=5)).seed == 5
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"width": 10**400}, "width: an integer of about 401 digits is over 16384"),
+        ({"zoom_scale": 10**400}, "zoom_scale: an integer of about 401 digits is beyond"),
+        ({"step_size": 1e300}, "step_size: 1e\\+300 is beyond"),
+        ({"cutn": 100_000_000}, "cutn: 100000000 is over 2048"),
+        ({"batch_size": 8, "best_of": 16}, "batch_size, best_of: 8 x 16 images"),
+        ({"max_iterations": 10**12}, "max_iterations: expected a positive integer or -1"),
+        ({"prompts": "a |" * 20_000}, "prompts: 20001 prompts; expected at most 256"),
+        ({"prompts": "a ^" * 300}, "prompts: 301 prompts; expected at most 256"),
+        ({"noise_prompt_seeds": (1,) * 300, "noise_prompt_weights": (1.0,) * 300}, "noise_prompt_seeds: 300 items"),  # fmt: skip
+        ({"prompts": "a red \udc00 circle"}, "prompts: .* holds a lone surrogate"),
+        ({"run_name": "x" * 70_000}, "run_name: 70000 characters"),
+    ],
+)
+def test_every_size_and_count_is_bounded_before_work(changes: dict, message: str) -> None:
+    """Issue 45: settings that asked for 147 GB (cutn), 10 GB (60,000 prompts), or ended in
+    OverflowError (numbers beyond a float) are one ValueError naming the field."""
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig(**{"prompts": "a red circle", **changes})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested over 32 levels"),  # was RecursionError
+        ('{"prompts": "x", "width": 1e999}', "inf is not a finite number"),
+        ('{"prompts": "x", "width": NaN}', "NaN is not a number JSON allows"),
+        ('{"prompts": "x", "seed": 1' + "0" * 400 + "}", "has 401 digits"),
+        ('{"prompts": "\\ud800"}', "lone surrogate"),
+        ('["prompts"]', "holds list, expected an object"),
+        ('{"prompts": "x", "3": 1}', r"unknown config keys \['3'\]"),
+    ],
+)
+def test_a_crafted_config_json_is_one_value_error(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig.from_json(text)

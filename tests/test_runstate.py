@@ -137,7 +137,7 @@ def test_a_broken_state_is_named_on_resume(
 
 def test_a_config_json_that_is_not_json_is_named(unbroken: Path) -> None:
     (unbroken / "config.json").write_text('{"prompts": "a red circle",')
-    with pytest.raises(ValueError, match=f"resume: {unbroken / 'config.json'} is not valid JSON"):
+    with pytest.raises(ValueError, match=f"resume: {unbroken / 'config.json'}: not valid JSON"):
         resume(unbroken, max_iterations=20)
     (unbroken / "config.json").write_text('{"width": "abc"}')
     with pytest.raises(ValueError, match="config.json: width: expected a positive integer"):

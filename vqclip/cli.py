@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import sys
 import textwrap
@@ -239,25 +238,24 @@ def _config_file(path: Path) -> dict[str, Any]:
     """The settings saved in a run's ``config.json``, or in the text of a PNG that vqclip wrote
     (every frame and final image carries its run's whole config)."""
     from vqclip.frames import read_png_metadata
+    from vqclip.limits import parse_json, read_text
 
-    try:
-        if path.suffix.lower() == ".png":
+    if path.suffix.lower() == ".png":
+        try:
             text = read_png_metadata(path).get("config")
-            if text is None:
-                raise ValueError(
-                    f"--config: {path} carries no vqclip config; expected a frame or final image "
-                    "that vqclip wrote, or a run's config.json"
-                )
-        else:
-            text = path.read_text()
-        values = json.loads(text)
-    except OSError as error:  # missing, unreadable, or not a PNG at all
-        raise ValueError(f"--config: cannot read {path}: {error}") from error
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(
-            f"--config: {path} is not JSON ({error}); expected a run's config.json or a PNG "
-            "that vqclip wrote"
-        ) from error
+        except OSError as error:  # missing, unreadable, or not a PNG at all
+            raise ValueError(f"--config: cannot read {path}: {error}") from error
+        if text is None:
+            raise ValueError(
+                f"--config: {path} carries no vqclip config; expected a frame or final image "
+                "that vqclip wrote, or a run's config.json"
+            )
+    else:
+        text = read_text(path, "--config")
+    try:
+        values = parse_json(text, f"--config: {path}")
+    except ValueError as error:
+        raise ValueError(f"{error}; expected a run's config.json or a PNG that vqclip wrote") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config: {path} holds {type(values).__name__}, expected an object")
     return values

@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
+from vqclip import limits
 from vqclip.prompts import parse_prompts, split_phases, split_prompts
 
 __all__ = [
@@ -35,6 +36,14 @@ _TEXT_FIELDS = (
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_MAX_TEXT = 65_536  # characters in one text field
+# The largest value of each integer field (MAX_STEPS for the others): bounds checked before any
+# work, so that no setting can ask for an allocation or a loop beyond what a run could use.
+_MAXIMA = {
+    "width": limits.MAX_SIDE, "height": limits.MAX_SIDE, "cutn": limits.MAX_CUTN,
+    "cutn_batches": limits.MAX_CUTN, "batch_size": limits.MAX_IMAGES,
+    "best_of": limits.MAX_IMAGES, "latent_levels": 8, "pixel_scale": 64,
+}  # fmt: skip
 
 
 def _field(default: Any, help: str, group: str, flag: bool = True) -> Any:  # noqa: A002
@@ -157,8 +166,10 @@ class GenerationConfig:
             value = getattr(self, name)
             if not isinstance(value, str) and not (value is None and name in _OPTIONAL):
                 raise ValueError(f"{name}: expected a string, got {value!r}")
-            if isinstance(value, str) and "\0" in value:
-                raise ValueError(f"{name}: expected text without NUL characters, got {value!r}")
+            if isinstance(value, str):
+                limits.check_text(value, name)
+                if len(value) > _MAX_TEXT:
+                    raise ValueError(f"{name}: {len(value)} characters; expected at most {_MAX_TEXT}")  # fmt: skip
         name = self.run_name
         if name is not None and (name in ("", ".", "..") or re.search(r"[/\\]", name)):
             raise ValueError(
@@ -184,6 +195,11 @@ class GenerationConfig:
             for name in names:
                 if getattr(self, name) is not None or name not in optional:
                     check(name, getattr(self, name))
+        if (self.batch_size or 1) * (self.best_of or 1) > limits.MAX_IMAGES:
+            raise ValueError(
+                f"batch_size, best_of: {self.batch_size} x {self.best_of} images in one batch; "
+                f"expected at most {limits.MAX_IMAGES}"
+            )
         if self.cutn is not None and self.cutn_batches > self.cutn:
             raise ValueError(
                 f"cutn_batches: {self.cutn_batches} batches of {self.cutn} cutouts would leave "
@@ -200,13 +216,14 @@ class GenerationConfig:
             )
         if self.max_iterations is not None and (
             not _is_int(self.max_iterations)
-            or not (self.max_iterations >= 1 or self.max_iterations == -1)
+            or not (1 <= self.max_iterations <= limits.MAX_STEPS or self.max_iterations == -1)
         ):
             raise ValueError(
-                f"max_iterations: expected a positive integer or -1, got {self.max_iterations!r}"
+                f"max_iterations: expected a positive integer or -1 (at most {limits.MAX_STEPS}), "
+                f"got {_shown(self.max_iterations)}"
             )
         if not _is_int(self.seed) or not -1 <= self.seed < 2**63:
-            raise ValueError(f"seed: expected an integer in [0, 2**63) or -1, got {self.seed!r}")
+            raise ValueError(f"seed: expected an integer in [0, 2**63) or -1, got {_shown(self.seed)}")
 
     def _check_choices(self) -> None:
         if not isinstance(self.compile, bool):
@@ -338,7 +355,23 @@ class GenerationConfig:
         """How many prompt phases the run has; an image whose story is shorter keeps its last."""
         return max(len(phases) for phases in self.stories())
 
+    def _check_counts(self) -> None:
+        """Bounded before anything is split further or embedded."""
+        for name in ("prompts", "image_prompts", "target_images", *(("batch_prompts",) * bool(self.batch_prompts))):  # fmt: skip
+            for text in getattr(self, name) if name == "batch_prompts" else (getattr(self, name),):
+                count = text.count("|") + text.count("^") + 1 if isinstance(text, str) else 0
+                if count > limits.MAX_PROMPTS:
+                    raise ValueError(
+                        f"{name}: {count} prompts; expected at most "
+                        f"{limits.MAX_PROMPTS} (joined by '|', phases by '^')"
+                    )
+        for name in ("batch_prompts", "noise_prompt_seeds", "noise_prompt_weights", "augments"):
+            count = len(getattr(self, name) or ())
+            if count > limits.MAX_PROMPTS:
+                raise ValueError(f"{name}: {count} items; expected at most {limits.MAX_PROMPTS}")
+
     def _check_prompts(self) -> None:
+        self._check_counts()
         for phases in self.stories():
             for phase in phases:
                 parse_prompts(phase)  # raises ValueError naming a malformed prompt
@@ -354,7 +387,7 @@ class GenerationConfig:
                 f"{len(self.noise_prompt_seeds)} and {len(self.noise_prompt_weights)}"
             )
         for seed in self.noise_prompt_seeds:
-            if not _is_int(seed) or seed < 0:
+            if not _is_int(seed) or not 0 <= seed < 2**63:
                 raise ValueError(f"noise_prompt_seeds: expected integers >= 0, got {seed!r}")
         for weight in self.noise_prompt_weights:
             _finite_number("noise_prompt_weights", weight)
@@ -378,15 +411,18 @@ class GenerationConfig:
     def from_dict(cls, values: dict[str, Any]) -> GenerationConfig:
         """Build a config from a dict; unknown keys are an error that lists the valid ones."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(map(repr, set(values) - known))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+            raise ValueError(f"unknown config keys [{', '.join(unknown)[:300]}]; valid keys are {sorted(known)}")  # fmt: skip
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> GenerationConfig:
-        """Parse a config saved by :meth:`to_json`."""
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, field: str = "config") -> GenerationConfig:
+        """Parse a config saved by :meth:`to_json` (within :mod:`vqclip.limits`' bounds)."""
+        values = limits.parse_json(text, field)
+        if not isinstance(values, dict):
+            raise ValueError(f"{field}: holds {type(values).__name__}, expected an object")
+        return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with some fields changed (validated again)."""
@@ -440,29 +476,50 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _shown(value: Any) -> str:
+    """A value for an error line: a huge integer in short."""
+    if _is_int(value) and abs(value) >= 10**20:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return repr(value)[:80]
+
+
+def _check_int(name: str, value: Any, low: int, expected: str) -> None:
+    top = _MAXIMA.get(name, limits.MAX_STEPS)
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name}: expected {expected}, got {_shown(value)}")
+    if value > top:
+        raise ValueError(f"{name}: {_shown(value)} is over {top}; expected at most {top}")
+
+
+def _check_number(name: str, value: Any, low: float | None, expected: str) -> None:
+    """A finite number, at least ``low`` (above it when ``low`` is 0 and ``expected`` says
+    positive), within :data:`limits.MAX_MAGNITUDE` (an int beyond a float's range is not)."""
+    if not _is_number(value) or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError(f"{name}: expected {expected}, got {_shown(value)}")
+    if low is not None and (value < low or (value == low and "positive" in expected)):
+        raise ValueError(f"{name}: expected {expected}, got {_shown(value)}")
+    if abs(value) > limits.MAX_MAGNITUDE:
+        raise ValueError(f"{name}: {_shown(value)} is beyond ±{limits.MAX_MAGNITUDE:g}; expected {expected}")  # fmt: skip
+
+
 def _non_negative_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    _check_int(name, value, 0, "an integer >= 0")
 
 
 def _positive_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    _check_int(name, value, 1, "a positive integer")
 
 
 def _positive_number(name: str, value: Any) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    _check_number(name, value, 0, "a positive number")
 
 
 def _non_negative_number(name: str, value: Any) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    _check_number(name, value, 0, "a number >= 0")
 
 
 def _finite_number(name: str, value: Any) -> None:
-    if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    _check_number(name, value, None, "a finite number")
 
 
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from vqclip.config import GenerationConfig
+from vqclip.limits import check_regular
 
 __all__ = [
     "check_output_dir",
@@ -116,9 +117,11 @@ def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, Any]) -> None:
 
 
 def read_png_metadata(path: str | Path) -> dict[str, str]:
-    """The text chunks of a PNG."""
+    """The text chunks that come before a PNG's pixels (where vqclip writes them), read without
+    decoding the pixels; a FIFO or device is refused before it is opened."""
+    check_regular(path, "png")
     with Image.open(path) as image:
-        return dict(image.text)
+        return {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 _FRAME_NAME = re.compile(r"^(\d+)(?:-(\d+))?\.png$")  # NNNNNN.png, or NNNNNN-K.png in a batch

@@ -9,7 +9,6 @@ a zoom video), or the restyling of a video, a run per frame.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from vqclip import distributed, presets
 from vqclip.config import GenerationConfig, resolve_seed
 from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
 from vqclip.images import to_uint8
+from vqclip.limits import read_text
 from vqclip.loop import Callback, best_candidates, render
 from vqclip.prepare import check_inputs, prepare, prepare_loop, resolve_device
 from vqclip.restyle import last_frames, restyle_frames
@@ -150,17 +150,10 @@ def read_run_config(run_dir: Path) -> GenerationConfig:
     if not path.is_file():
         raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(
-            f"resume: {path} is not valid JSON ({error}); expected a run's config"
-        ) from None
-    if not isinstance(values, dict):
-        raise ValueError(f"resume: {path} holds {type(values).__name__}, expected an object")
-    try:
-        return GenerationConfig.from_dict(values)
+        return GenerationConfig.from_json(read_text(path, "resume"), f"resume: {path}")
     except (ValueError, TypeError) as error:
-        raise ValueError(f"resume: {path}: {error}") from None
+        message = str(error)
+        raise ValueError(message if message.startswith("resume") else f"resume: {path}: {message}") from None
 
 
 def drive(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,35 @@ def test_no_entry_point_runs_a_crafted_archive(
     result = _cli("resume", str(run), "--max_iterations", "4", cwd=tmp_path)
     assert result.returncode == 2 and "TorchScript archive" in result.stderr, result.stderr
     assert not marker.exists()
+
+
+def _deflated(source: Path, target: Path) -> None:
+    """``source``'s members written again deflated, as no torch.save file is."""
+    with zipfile.ZipFile(source) as plain, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as packed:  # fmt: skip
+        for info in plain.infolist():
+            packed.writestr(info.filename, plain.read(info.filename))
+
+
+def test_a_deflated_checkpoint_is_refused_before_it_inflates(tmp_path: Path) -> None:
+    """Issue 45: 400 KB of deflated zeros inflated to 400 MB in torch.load before any check;
+    now refused from the archive's declared sizes, in a process whose peak RSS stays low."""
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(100_000_000, dtype=torch.uint8)}, plain)
+    bomb = tmp_path / "state.pt"
+    _deflated(plain, bomb)
+    plain.unlink()
+    assert bomb.stat().st_size < 1_000_000
+    script = (
+        "import resource, sys\n"
+        "from vqclip.checkpoints import load_checkpoint\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    load_checkpoint(sys.argv[1])\nexcept ValueError as error:\n    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    message, grown = done.stdout.strip().splitlines()
+    assert message.startswith(f"{bomb} is not a checkpoint vqclip reads: its entries unpack to")
+    assert int(grown) < 50_000, f"peak RSS grew {grown} KiB while refusing it"
+    small = tmp_path / "small.pt"
+    torch.save({"weight": torch.arange(10)}, small)  # what torch.save writes still loads
+    assert torch.equal(load_checkpoint(small)["weight"], torch.arange(10))

@@ -78,7 +78,10 @@ def test_seed_minus_one_is_resolved_and_recorded() -> None:
         ({"max_iterations": 10**12}, "max_iterations: expected a positive integer or -1"),
         ({"prompts": "a |" * 20_000}, "prompts: 20001 prompts; expected at most 256"),
         ({"prompts": "a ^" * 300}, "prompts: 301 prompts; expected at most 256"),
-        ({"noise_prompt_seeds": (1,) * 300, "noise_prompt_weights": (1.0,) * 300}, "noise_prompt_seeds: 300 items"),  # fmt: skip
+        (
+            {"noise_prompt_seeds": (1,) * 300, "noise_prompt_weights": (1.0,) * 300},
+            "noise_prompt_seeds: 300 items",
+        ),  # fmt: skip
         ({"prompts": "a red \udc00 circle"}, "prompts: .* holds a lone surrogate"),
         ({"run_name": "x" * 70_000}, "run_name: 70000 characters"),
     ],

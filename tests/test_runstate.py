@@ -198,3 +198,39 @@ def test_a_state_saved_before_ema_still_resumes(tiny_config: GenerationConfig, u
     torch.save(saved, short / STATE)
     resume(short, max_iterations=12)
     _assert_same_frames(short, unbroken)
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"iteration": -5}, "iteration -5 is outside 0 to"),  # had moved every frame aside
+        ({"iteration": "7"}, "iteration is str; expected an integer"),
+        ({"iteration": 10**30}, "iteration 1000000000000000000000000000000 is outside"),
+        ({"iteration": True}, "iteration is bool"),
+        ({"levels": [torch.zeros(3)] * 9}, "9 latent levels"),
+        ({"levels": ["x"]}, "levels holds something other than float tensors"),
+        ({"start": torch.zeros(2, 2)}, "the saved starting latent is \\(2, 2\\)"),
+        ({"generator": torch.zeros(3, dtype=torch.uint8)}, "generator state does not fit"),
+        (
+            {"optimizer": {"state": {}, "param_groups": []}},
+            "optimizer or generator state does not fit",
+        ),  # fmt: skip
+        ({"average": 3}, "average is int; expected a tensor or None"),
+    ],
+)
+def test_a_crafted_state_is_refused_and_nothing_the_run_wrote_moves(
+    unbroken: Path, change: dict, message: str
+) -> None:
+    """Issue 45: out-of-range or mistyped fields were accepted, then renamed or overwrote what
+    the run had written."""
+    saved = torch.load(unbroken / STATE, weights_only=True)
+    saved["iteration"] = 4  # a state to go on from, then the crafted field
+    torch.save({**saved, **change}, unbroken / STATE)
+    before = _files(unbroken)
+    with pytest.raises(ValueError, match=message):
+        resume(unbroken, max_iterations=20)
+    assert _files(unbroken) == before

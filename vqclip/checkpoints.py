@@ -69,6 +69,12 @@ def load_checkpoint(path: str | Path) -> Any:
             f"refused to load {path}: it is a TorchScript archive, whose code runs when loaded; "
             "expected a file written by torch.save"
         )
+    if zipfile.is_zipfile(path):  # torch.save's format: its members are stored, not deflated
+        try:
+            with zipfile.ZipFile(path) as archive:
+                _check_sizes(archive, Path(path))
+        except (ValueError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} is not a checkpoint vqclip reads: {error}") from None
     stand_ins = [(type(n.rsplit(".", 1)[1], (_InertStandIn,), {}), n) for n in STAND_INS]
     try:
         with torch.serialization.safe_globals(stand_ins):
@@ -202,7 +208,8 @@ def read_torchscript_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _check_sizes(archive: zipfile.ZipFile, path: Path) -> None:
-    """Refuse an archive whose entries unpack to far more than the file holds (a zip bomb)."""
+    """Refuse an archive whose entries unpack to far more than the file holds (a zip bomb):
+    the readers allocate each member at its declared size before inflating it."""
     unpacked = sum(info.file_size for info in archive.infolist())
     if unpacked > 2 * path.stat().st_size + (1 << 20):
         raise ValueError(f"its entries unpack to {unpacked} bytes, more than the file could hold")

@@ -255,7 +255,9 @@ def _config_file(path: Path) -> dict[str, Any]:
     try:
         values = parse_json(text, f"--config: {path}")
     except ValueError as error:
-        raise ValueError(f"{error}; expected a run's config.json or a PNG that vqclip wrote") from None
+        raise ValueError(
+            f"{error}; expected a run's config.json or a PNG that vqclip wrote"
+        ) from None
     if not isinstance(values, dict):
         raise ValueError(f"--config: {path} holds {type(values).__name__}, expected an object")
     return values

@@ -223,7 +223,9 @@ class GenerationConfig:
                 f"got {_shown(self.max_iterations)}"
             )
         if not _is_int(self.seed) or not -1 <= self.seed < 2**63:
-            raise ValueError(f"seed: expected an integer in [0, 2**63) or -1, got {_shown(self.seed)}")
+            raise ValueError(
+                f"seed: expected an integer in [0, 2**63) or -1, got {_shown(self.seed)}"
+            )
 
     def _check_choices(self) -> None:
         if not isinstance(self.compile, bool):

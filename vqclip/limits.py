@@ -152,7 +152,9 @@ def check_tree(value: Any, field: str) -> None:
         elif isinstance(node, float) and not math.isfinite(node):
             raise ValueError(f"{field}: {node} is not a finite number")
         elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 2**64:
-            raise ValueError(f"{field}: an integer of {node.bit_length()} bits; expected at most 64")
+            raise ValueError(
+                f"{field}: an integer of {node.bit_length()} bits; expected at most 64"
+            )
         elif isinstance(node, str):
             check_text(node, field)
 

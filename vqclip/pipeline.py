@@ -153,7 +153,9 @@ def read_run_config(run_dir: Path) -> GenerationConfig:
         return GenerationConfig.from_json(read_text(path, "resume"), f"resume: {path}")
     except (ValueError, TypeError) as error:
         message = str(error)
-        raise ValueError(message if message.startswith("resume") else f"resume: {path}: {message}") from None
+        raise ValueError(
+            message if message.startswith("resume") else f"resume: {path}: {message}"
+        ) from None
 
 
 def drive(

@@ -26,6 +26,7 @@ import torch
 from vqclip.checkpoints import load_checkpoint
 from vqclip.diffusion import SampleState
 from vqclip.frames import write_atomic
+from vqclip.limits import MAX_STEPS
 from vqclip.loop import LoopState
 
 __all__ = ["STATE", "save_state", "read_state", "restore_state", "stop_between_steps"]
@@ -76,7 +77,40 @@ def read_state(path: Path) -> dict[str, Any]:
             f"resume: {path} is not a saved loop state (expected keys {sorted(_KEYS)}, or a "
             f"diffusion sample's {sorted(_SAMPLE_KEYS)})"
         )
+    for key, (kinds, expected) in _FIELDS.items():
+        if key in saved and not _is(saved[key], kinds):
+            raise ValueError(f"resume: {path}: {key} is {_kind(saved[key])}; expected {expected}")
+    iteration = saved["iteration"]
+    if isinstance(iteration, bool) or not 0 <= iteration <= MAX_STEPS:
+        raise ValueError(f"resume: {path}: iteration {iteration} is outside 0 to {MAX_STEPS}")
+    if "levels" in saved and not 1 <= len(saved["levels"]) <= 8:
+        raise ValueError(f"resume: {path}: {len(saved['levels'])} latent levels; expected 1 to 8")
+    if not all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in saved.get("levels", [])):  # fmt: skip
+        raise ValueError(f"resume: {path}: levels holds something other than float tensors")
     return saved
+
+
+# What each saved field must be, so that a crafted state.pt is refused before it is used
+# (an iteration of -5 or "7" would have moved the run's frames aside, or named files by it).
+_TENSOR, _NONE = (torch.Tensor,), (type(None),)
+_FIELDS = {
+    "iteration": ((int,), "an integer"),
+    "levels": ((list,), "a list of tensors"),
+    "start": (_TENSOR, "a tensor"),
+    "sample": (_TENSOR, "a tensor"),
+    "pred": (_TENSOR + _NONE, "a tensor or None"),
+    "average": (_TENSOR + _NONE, "a tensor or None"),
+    "optimizer": ((dict,), "an optimizer's state dict"),
+    "generator": (_TENSOR, "a torch.Generator's state (a byte tensor)"),
+}
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
 
 
 @torch.no_grad()
@@ -93,6 +127,8 @@ def restore_state(state: LoopState | SampleState, saved: dict[str, Any]) -> None
             f"resume: the saved latent has levels {[tuple(x.shape) for x in saved['levels']]}, "
             f"but the run's config builds {shapes}; was config.json edited?"
         )
+    if saved["start"].shape != state.start.shape:
+        raise ValueError(f"resume: the saved starting latent is {tuple(saved['start'].shape)}, not {tuple(state.start.shape)}; was state.pt edited?")  # fmt: skip
     for level, value in zip(state.levels, saved["levels"], strict=True):
         level.copy_(value)
     state.start.copy_(saved["start"])
@@ -105,8 +141,12 @@ def restore_state(state: LoopState | SampleState, saved: dict[str, Any]) -> None
             "was state.pt edited?"
         )
     state.average = None if average is None else average.to(state.start.device)
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.generator.set_state(saved["generator"])
+    try:
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.generator.set_state(saved["generator"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        detail = " ".join(str(error).split())[:200]
+        raise ValueError(f"resume: the saved optimizer or generator state does not fit the run ({detail}); was state.pt edited?") from None  # fmt: skip
     state.iteration = saved["iteration"]
 
 
@@ -121,11 +161,17 @@ def _restore_sample(state: SampleState, saved: dict[str, Any]) -> None:
     iteration = saved["iteration"]
     if not isinstance(iteration, int) or not 0 <= iteration <= state.first + 1:
         raise ValueError(f"resume: the saved step {iteration!r} is outside the run's schedule")
+    pred = saved["pred"]
+    if saved["start"].shape != state.start.shape or (pred is not None and pred.shape != sample.shape):  # fmt: skip
+        raise ValueError("resume: the saved start or estimate does not fit the run's sample; was state.pt edited?")  # fmt: skip
     device = state.sample.device
     state.sample = sample.to(device)
     state.pred = None if saved["pred"] is None else saved["pred"].to(device)
     state.start = saved["start"].to(device)
-    state.generator.set_state(saved["generator"])
+    try:
+        state.generator.set_state(saved["generator"])
+    except (TypeError, RuntimeError) as error:
+        raise ValueError(f"resume: the saved generator state does not fit ({' '.join(str(error).split())[:200]})") from None  # fmt: skip
     state.iteration = iteration
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,37 @@ def test_the_cli_samples_and_names_bad_diffusion_input(
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and "Traceback" not in err
     assert len(list((tmp_path / "out").glob("*/final.png"))) == 1  # nothing else written
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"num_channels": 4096}, "num_channels is 4096, expected an integer from 1 to 1024"),
+        ({"num_channels": 10**400}, "num_channels is 1000"),  # was a build at full size
+        ({"num_head_channels": 0}, "num_head_channels is 0, expected -1 or 1 to 1024"),
+        ({"diffusion_steps": 1e9}, "diffusion_steps is 1000000000.0, expected an integer"),
+        ({"diffusion_steps": 10**9}, "diffusion_steps is 1000000000, expected an integer from 1 to 10000"),  # fmt: skip
+        ({"channel_mult": [1] * 100}, "channel_mult is .*, expected 1 to 8 numbers"),
+        ({"channel_mult": 7}, "channel_mult is 7, expected a list"),
+        ({"channel_mult": "1,x"}, "channel_mult holds 'x'"),
+        ({"num_channels": 40}, "are not all multiples of 32"),
+        ({"learn_sigma": "yes"}, "learn_sigma is 'yes', expected true or false"),
+        ({"attention_resolutions": [10**9]}, "attention_resolutions is"),
+    ],
+)
+def test_flags_are_bounded_before_any_model_is_built(flags: dict, message: str) -> None:
+    """Issue 45: a diffusion model's flags built the model at full size, or crashed."""
+    with pytest.raises(ValueError, match=message):
+        UNetSpec.from_dict({**TINY, **flags})
+
+
+def test_weights_that_do_not_fit_their_flags_are_refused_on_the_meta_device(
+    tiny_diffusion: Path, tmp_path: Path
+) -> None:
+    """Flags that build a larger U-Net than the file holds are compared with its tensors on the
+    meta device: refused without allocating the model they describe."""
+    big = UNetSpec.from_dict({**TINY, "num_channels": 1024, "num_res_blocks": 4})  # 1.6 GB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="does not fit the architecture its config describes"):
+        load_unet(tiny_diffusion, big)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB

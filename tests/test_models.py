@@ -1,6 +1,7 @@
 import pickle
 import sys
 import types
+import resource
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,14 @@ def test_strict_loading_lists_missing_and_unexpected_keys(
         match=r"missing keys \['decoder.conv_out.weight'\].*unexpected keys \['decoder.extra.weight'\]",
     ):
         load_vqgan(tiny_models["yaml"], tmp_path / "bad.ckpt")
+    # Issue 45: a YAML whose sizes describe a far larger model is refused on the meta device.
+    config = yaml.safe_load(tiny_models["yaml"].read_text())
+    config["model"]["params"]["ddconfig"].update(ch=1 << 14, num_res_blocks=64)
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="describes .* weights; expected at most"):
+        load_vqgan(tmp_path / "huge.yaml", tiny_models["ckpt"])
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
 def test_unknown_yaml_target_is_refused(tmp_path: Path) -> None:

@@ -146,6 +146,10 @@ def test_generate_with_upscale_and_video_on_the_cli(
             lambda p: torch.save({"conv_first.weight": torch.zeros(1).expand(201_000_000)}, p),
             "holds over 200000000 weights",
         ),
+        (  # issue 45: gave a black final_x4 with exit 0
+            lambda p: torch.save({k: v.fill_(float("nan")) for k, v in tiny_rrdb_state(4)["params_ema"].items()}, p),  # fmt: skip
+            "weights that are NaN or infinite",
+        ),
     ],
 )
 def test_hostile_or_wrong_upscaler_files_are_one_line_errors(

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,11 @@ __all__ = [
     "load_weights",
     "is_torchscript",
     "read_torchscript_state",
+    "MAX_PARAMETERS",
+    "check_fits",
 ]
+
+MAX_PARAMETERS = 2_000_000_000  # weights a model may have: OpenCLIP's bigG holds 2.5B / 2
 
 
 class UnsafeCheckpointError(ValueError):
@@ -101,6 +107,33 @@ def load_weights(path: str | Path, field: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{field}: {path} holds no state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_fits(
+    build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], field: str, path: Path
+) -> None:
+    """Build the model that a config describes on the meta device (no memory) and compare it
+    with the file's own tensors, name by name and shape by shape; raise ``ValueError`` before
+    anything is allocated if it is larger than :data:`MAX_PARAMETERS` or does not fit."""
+    with torch.device("meta"):
+        try:
+            model = build()
+        except (ValueError, TypeError, KeyError, ZeroDivisionError, RuntimeError, AssertionError) as error:  # fmt: skip
+            detail = " ".join(str(error).split())[:200] or type(error).__name__
+            raise ValueError(f"{field}: the config beside {path} builds no model ({detail})") from None  # fmt: skip
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    count = sum(math.prod(shape) for shape in expected.values())
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{field}: the config beside {path} describes {count:,} weights; expected at most {MAX_PARAMETERS:,}")  # fmt: skip
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        shapes = [f"{k} {got[k]} (config: {expected[k]})" for k in wrong[:3]]
+        raise ValueError(
+            f"{field}: {path} does not fit the architecture its config describes: missing "
+            f"keys {missing[:5]}, unexpected keys {unexpected[:5]}, shapes {shapes}"
+        )
 
 
 def _explain(path: str | Path, error: Exception) -> ValueError:

@@ -30,7 +30,8 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vqclip.checkpoints import is_torchscript, load_checkpoint, read_torchscript_state
+from vqclip.checkpoints import check_fits, is_torchscript, load_checkpoint, read_torchscript_state
+from vqclip.limits import parse_yaml, read_text
 
 
 def _import_clip() -> types.ModuleType:
@@ -306,10 +307,7 @@ class VQGANSpec:
 
 def read_vqgan_spec(config_path: str | Path) -> VQGANSpec:
     """Parse a taming YAML (VQModel, GumbelVQ, or a Net2Net's first stage) without building it."""
-    try:
-        config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"VQGAN config {config_path} is not valid YAML: {error}") from None
+    config = parse_yaml(read_text(config_path, "vqgan"), f"VQGAN config {config_path}")
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or "target" not in model:
         raise ValueError(f"VQGAN config {config_path}: expected a 'model' with a 'target'")
@@ -433,8 +431,9 @@ def load_vqgan(
     if not isinstance(state, dict):
         raise ValueError(f"VQGAN checkpoint {checkpoint_path}: expected a state dict")
     state = _first_stage_weights(state, spec.prefix)
+    check_fits(lambda: VQGAN(spec), state, "vqgan", Path(checkpoint_path))  # before any memory
     model = VQGAN(spec)
-    _load_strict(model, state, checkpoint_path)
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False).to(device)
 
 
@@ -442,18 +441,6 @@ def _first_stage_weights(state: dict[str, Any], prefix: str) -> dict[str, torch.
     """The autoencoder's weights: strip ``prefix``, drop other stages and training-only parts."""
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return {k: v for k, v in weights.items() if not k.startswith(_TRAINING_ONLY_PREFIXES)}
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not match the model: "
-            f"missing keys {missing[:20]}{'...' if len(missing) > 20 else ''}, "
-            f"unexpected keys {unexpected[:20]}{'...' if len(unexpected) > 20 else ''}"
-        )
-    model.load_state_dict(state, strict=True)
 
 
 def save_vqgan(

@@ -9,7 +9,9 @@ tokenizer, pretrained timm weights) is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqclip.checkpoints import load_weights
+from vqclip.checkpoints import check_fits, load_weights
+from vqclip.limits import parse_json, read_text
 
-__all__ = ["CONFIG", "is_open_clip", "load_open_clip", "save_open_clip", "build_open_clip"]
+__all__ = [
+    "CONFIG", "is_open_clip", "load_open_clip", "save_open_clip", "build_open_clip",
+    "check_model_cfg",
+]  # fmt: skip
 
 CONFIG = (
     "open_clip_config.json"  # open_clip's hub format: {"model_cfg": ..., "preprocess_cfg": ...}
 )
-_MAX_CONFIG_BYTES = 1 << 20
-_FETCHING = ("hf_model_name", "hf_tokenizer_name", "timm_model_pretrained")  # would download
 
 
 def is_open_clip(path: Path) -> bool:
@@ -45,26 +49,107 @@ def build_open_clip(model_cfg: dict[str, Any]) -> nn.Module:
 
 def _read_config(path: Path) -> dict[str, Any]:
     config_path = path.parent / CONFIG
-    if config_path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ValueError(f"clip_model: {config_path} is over 1 MB; expected an open_clip config")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"clip_model: {config_path} is not JSON ({error})") from None
+    config = parse_json(read_text(config_path, "clip_model"), f"clip_model: {config_path}")
     model_cfg = config.get("model_cfg") if isinstance(config, dict) else None
-    if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("text_cfg", {}), dict):
+    if not isinstance(model_cfg, dict):
         raise ValueError(
             f"clip_model: {config_path} has no 'model_cfg' object; expected open_clip's hub "
             "config ({'model_cfg': {...}, 'preprocess_cfg': {...}})"
         )
-    towers = {**model_cfg.get("vision_cfg", {}), **model_cfg.get("text_cfg", {})}
-    fetching = sorted(k for k in _FETCHING if towers.get(k))
-    if fetching:
-        raise ValueError(
-            f"clip_model: {config_path} names {fetching}, which open_clip would download; "
-            "expected a model of open_clip's own towers"
-        )
+    check_model_cfg(model_cfg, config_path)
+    _check_preprocess(config.get("preprocess_cfg", {}), config_path)
     return config
+
+
+def check_model_cfg(model_cfg: dict[str, Any], where: Path | str) -> None:
+    """Raise ``ValueError`` unless every key of ``model_cfg`` is one of open_clip's own
+    settings, of the type its default has, within vqclip's bounds; nothing may name another
+    library's model (a timm or Hugging Face tower or tokenizer, which would reach the network
+    when built) or hand a library arbitrary keyword arguments."""
+    import open_clip.model as oc
+
+    towers = ("vision_cfg", "text_cfg")
+    _check_keys({k: v for k, v in model_cfg.items() if k not in towers}, _TOP, where, "model_cfg")
+    for tower, cls in (("vision_cfg", oc.CLIPVisionCfg), ("text_cfg", oc.CLIPTextCfg)):
+        cfg = model_cfg.get(tower, {})
+        if not isinstance(cfg, dict):
+            raise ValueError(f"clip_model: {where}: model_cfg.{tower} is {type(cfg).__name__}; expected a mapping")  # fmt: skip
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        _check_keys(cfg, {k: v for k, v in defaults.items() if k not in _REFUSED}, where, f"model_cfg.{tower}")  # fmt: skip
+
+
+def _check_keys(cfg: dict[str, Any], allowed: dict[str, Any], where: Path | str, name: str) -> None:
+    for key, value in cfg.items():
+        if key in _REFUSED and value not in (None, False):
+            raise ValueError(
+                f"clip_model: {where}: {name}.{key} is {str(value)[:60]!r}, which would build "
+                "another library's model (and may download it); expected open_clip's own towers"
+            )
+        if key in _REFUSED:
+            continue
+        if key not in allowed:
+            raise ValueError(f"clip_model: {where}: unknown setting {name}.{str(key)[:40]}; expected some of {sorted(allowed)}")  # fmt: skip
+        _check_value(value, allowed[key], f"{name}.{key}", _INT_BOUNDS.get(key, 1_000_000), where)
+
+
+def _check_value(value: Any, default: Any, name: str, top: int, where: Path | str) -> None:
+    """``value`` of the kind ``default`` has: a bool, a bounded integer (or a short list of
+    them: ResNet layers, image sizes), a finite number, or short text."""
+    ints = value if isinstance(value, list) and len(value) <= 8 else [value]
+    if isinstance(default, bool) or default is False:
+        ok = isinstance(value, bool)
+    elif isinstance(default, int) and name != "model_cfg.init_logit_scale":
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top for v in ints)
+        ok = ok and sum(ints) <= top
+    elif isinstance(default, float):
+        ok = _is_real(value) and abs(value) <= 1e6
+    else:  # a string or None by default: short text, a number or nothing
+        ok = value is None or _is_real(value) and abs(value) <= 1e6 or isinstance(value, str) and len(value) <= 64 and ":" not in value  # fmt: skip
+    if not ok:
+        raise ValueError(f"clip_model: {where}: {name} is {str(value)[:60]!r}; expected {_expected(default, top)}")  # fmt: skip
+
+
+def _expected(default: Any, top: int) -> str:
+    if isinstance(default, bool) or default is False:
+        return "true or false"
+    if isinstance(default, int):
+        return f"an integer from 0 to {top} (or a short list of them)"
+    if isinstance(default, float):
+        return "a finite number"
+    return "nothing, a number or a short name"
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_preprocess(preprocess: Any, where: Path) -> None:
+    if not isinstance(preprocess, dict):
+        raise ValueError(f"clip_model: {where}: preprocess_cfg is {type(preprocess).__name__}; expected a mapping")  # fmt: skip
+    for key in ("mean", "std"):
+        value = preprocess.get(key, (0.5, 0.5, 0.5))
+        if not (isinstance(value, list | tuple) and len(value) == 3 and all(_is_real(v) and 0 < abs(v) <= 10 for v in value)):  # fmt: skip
+            raise ValueError(f"clip_model: {where}: preprocess_cfg.{key} is {str(value)[:60]}; expected three numbers")  # fmt: skip
+
+
+# Keys that name another library's model or hand it keyword arguments: building them reaches
+# timm's or Hugging Face's hub (hf-hub: names), or runs what the kwargs say.
+_REFUSED = {
+    "timm_model_name", "timm_model_pretrained", "hf_model_name", "hf_tokenizer_name",
+    "act_kwargs", "norm_kwargs", "cast_dtype", "tokenizer_kwargs", "tokenizer_mode",
+}  # fmt: skip
+_TOP = {
+    "embed_dim": 512, "quick_gelu": False,
+    "init_logit_scale": 2.66, "init_logit_bias": None, "nonscalar_logit_scale": False,
+    "custom_text": False, "output_dict": False,
+}  # fmt: skip
+# The largest value of each size (1,000,000 for the others): OpenCLIP's bigG (48 layers of
+# width 1664) inside; a 154 GB tower is refused here or by the weight count on the meta device.
+_INT_BOUNDS = {
+    "layers": 128, "width": 16_384, "head_width": 4_096, "heads": 256, "patch_size": 1_024,
+    "image_size": 2_048, "context_length": 1_024, "embed_dim": 16_384,
+    "attn_pooler_queries": 4_096, "attn_pooler_heads": 256,
+}  # fmt: skip
 
 
 def load_open_clip(
@@ -76,35 +161,16 @@ def load_open_clip(
 
     path = Path(path)
     config = _read_config(path)
+    state = load_weights(path, "clip_model")
+    check_fits(lambda: build_open_clip(config["model_cfg"]), state, "clip_model", path)
     model = build_open_clip(config["model_cfg"])
-    state = {
-        k: v.float() if v.is_floating_point() else v
-        for k, v in load_weights(path, "clip_model").items()
-    }
-    missing, unexpected = _key_mismatch(model, state)
-    if missing or unexpected:
-        raise ValueError(
-            f"clip_model: {path} does not fit its {CONFIG}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:  # shapes that differ from the config's
-        detail = " ".join(str(error).split())  # one line
-        raise ValueError(f"clip_model: {path} does not fit its {CONFIG}: {detail}") from None
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)  # fmt: skip
     preprocess = config.get("preprocess_cfg", {})
     mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
     text_cfg = config["model_cfg"].get("text_cfg", {})
-    tokenizer = open_clip.SimpleTokenizer(
-        context_length=text_cfg.get("context_length", 77), **text_cfg.get("tokenizer_kwargs", {})
-    )
+    tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
     return model.eval().requires_grad_(False).to(device), mean, std, tokenizer
-
-
-def _key_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list, list]:
-    expected = set(model.state_dict())
-    return sorted(expected - set(state)), sorted(set(state) - expected)
 
 
 def save_open_clip(

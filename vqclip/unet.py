@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.checkpoints import load_checkpoint
+from vqclip.checkpoints import check_fits, load_checkpoint
 from vqclip.frames import write_atomic
 
 __all__ = ["UNetSpec", "UNet", "build_unet", "load_unet", "save_unet"]
@@ -54,17 +54,18 @@ class UNetSpec:
         for name in ("channel_mult", "attention_resolutions"):
             value = getattr(self, name)
             if isinstance(value, str):  # OpenAI's command-line form, "32,16,8"
-                value = tuple(float(x) if "." in x else int(x) for x in value.split(",") if x)
+                value = tuple(_number(x, name) for x in value.split(",")[:64] if x)
+            if not isinstance(value, list | tuple):
+                raise ValueError(f"diffusion model: {name} is {str(value)[:40]}, expected a list or '32,16,8'")  # fmt: skip
             object.__setattr__(self, name, tuple(value))
-        positive = ("image_size", "num_channels", "num_res_blocks", "num_heads", "diffusion_steps")
-        for name in positive:
+        for name, top in _BOUNDS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"diffusion model: {name} is {value!r}, expected an integer > 0")
-        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
-            raise ValueError(
-                f"diffusion model: channel_mult is {self.channel_mult!r}, expected numbers > 0"
-            )
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top:
+                raise ValueError(f"diffusion model: {name} is {str(value)[:40]}, expected an integer from 1 to {top}")  # fmt: skip
+        for name in ("learn_sigma", "sigma_small", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"diffusion model: {name} is {getattr(self, name)!r}, expected true or false")  # fmt: skip
+        self._check_shape()
         if self.noise_schedule not in ("linear", "cosine"):
             raise ValueError(
                 f"diffusion model: noise_schedule {self.noise_schedule!r}, expected 'linear' or "
@@ -75,6 +76,21 @@ class UNetSpec:
                 f"diffusion model: image_size {self.image_size} does not halve "
                 f"{len(self.channel_mult) - 1} times (channel_mult {self.channel_mult})"
             )
+
+    def _check_shape(self) -> None:
+        """Levels and widths that build: every width a multiple of the 32 groups of the group
+        norms (heads that do not split a width are found by building on the meta device)."""
+        mults, sides = self.channel_mult, self.attention_resolutions
+        if not 0 < len(mults) <= 8 or not all(_is_real(m) and 0 < m <= 16 for m in mults):
+            raise ValueError(f"diffusion model: channel_mult is {str(mults)[:60]}, expected 1 to 8 numbers in (0, 16]")  # fmt: skip
+        if len(sides) > 16 or not all(isinstance(r, int) and 0 < r <= self.image_size for r in sides):  # fmt: skip
+            raise ValueError(f"diffusion model: attention_resolutions is {str(sides)[:60]}, expected up to 16 sides from 1 to image_size")  # fmt: skip
+        widths = {int(self.num_channels * m) for m in (1, *mults)}
+        if any(w % 32 for w in widths):
+            raise ValueError(f"diffusion model: widths {sorted(widths)} (num_channels x channel_mult) are not all multiples of 32, as the group norms need")  # fmt: skip
+        heads = self.num_head_channels
+        if not isinstance(heads, int) or isinstance(heads, bool) or not (heads == -1 or 0 < heads <= 1024):  # fmt: skip
+            raise ValueError(f"diffusion model: num_head_channels is {str(heads)[:40]}, expected -1 or 1 to 1024")  # fmt: skip
 
     @property
     def factor(self) -> int:
@@ -96,6 +112,25 @@ class UNetSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# The largest value of each integer flag: OpenAI's largest published model (512x512, 256
+# channels, 2 blocks, 4000 steps) well inside, a 10**400 or a 4096-wide U-Net refused.
+_BOUNDS = {
+    "image_size": 2048, "num_channels": 1024, "num_res_blocks": 8, "num_heads": 64,
+    "diffusion_steps": 10_000,
+}  # fmt: skip
+
+
+def _number(text: str, name: str) -> float | int:
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise ValueError(f"diffusion model: {name} holds {text[:20]!r}, expected numbers") from None  # fmt: skip
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -314,16 +349,12 @@ def load_unet(path: str | Path, spec: UNetSpec, device: str | torch.device = "cp
             f"diffusion model: {path} is not a U-Net state dict (expected parameter names "
             "mapped to tensors, as OpenAI's 256x256_diffusion_uncond.pt)"
         )
+    try:  # the flags' model on the meta device first: nothing is allocated for a misfit
+        check_fits(lambda: UNet(spec), state, "diffusion model", Path(path))
+    except ValueError as error:
+        raise ValueError(f"{error}; check the flags (image_size, num_channels, channel_mult, num_res_blocks, learn_sigma, ...)") from None  # fmt: skip
     model = UNet(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).split("\n\t")[1] if "\n\t" in str(error) else str(error)
-        raise ValueError(
-            f"diffusion model: {path} does not fit the architecture its flags describe "
-            f"({first.strip()[:300]}); check the flags (image_size, num_channels, channel_mult, "
-            "num_res_blocks, learn_sigma, ...)"
-        ) from None
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False).to(device)
 
 

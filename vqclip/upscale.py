@@ -125,6 +125,8 @@ def load_upscaler(name_or_path: str, device: str | torch.device = "cpu") -> Upsc
     tensors = [v for v in _leaves(state) if isinstance(v, torch.Tensor)]
     if sum(t.numel() for t in tensors) > MAX_PARAMETERS:
         raise ValueError(f"upscaler: {path} holds over {MAX_PARAMETERS} weights; refused")
+    if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+        raise ValueError(f"upscaler: {path} holds weights that are NaN or infinite; expected a trained model's")  # fmt: skip
     try:
         with torch.device("meta"), warnings.catch_warnings():  # the keys' model, in no memory
             warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op"

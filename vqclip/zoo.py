@@ -322,8 +322,6 @@ def resolve_diffusion(name_or_path: str, fetch: bool = True) -> tuple[Path, dict
     """A registry name (``"256x256_diffusion_uncond"``, ``"shapes-diffusion"``) or a path to a
     U-Net state dict with its flags in a JSON file of the same name beside it. Returns the
     weights' path and the flags (read, not yet checked)."""
-    import json
-
     entry = registry().get(name_or_path)
     if entry is None and Path(name_or_path).suffix:
         weights, flags_path = Path(name_or_path), Path(name_or_path).with_suffix(".json")
@@ -339,10 +337,9 @@ def resolve_diffusion(name_or_path: str, fetch: bool = True) -> tuple[Path, dict
         return weights, dict(entry.flags)
     else:
         flags_path, weights = entry_paths(_entry(name_or_path, "diffusion"), fetch=fetch)
-    try:
-        flags = json.loads(flags_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"diffusion_model: cannot read {flags_path} as JSON ({error})") from None
+    from vqclip.limits import parse_json, read_text
+
+    flags = parse_json(read_text(flags_path, "diffusion_model"), f"diffusion_model: {flags_path}")
     if not isinstance(flags, dict):
         raise ValueError(f"diffusion_model: {flags_path} holds no flags (expected an object)")
     return weights, flags

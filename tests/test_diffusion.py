@@ -265,7 +265,10 @@ def test_the_cli_samples_and_names_bad_diffusion_input(
         ({"num_channels": 10**400}, "num_channels is 1000"),  # was a build at full size
         ({"num_head_channels": 0}, "num_head_channels is 0, expected -1 or 1 to 1024"),
         ({"diffusion_steps": 1e9}, "diffusion_steps is 1000000000.0, expected an integer"),
-        ({"diffusion_steps": 10**9}, "diffusion_steps is 1000000000, expected an integer from 1 to 10000"),  # fmt: skip
+        (
+            {"diffusion_steps": 10**9},
+            "diffusion_steps is 1000000000, expected an integer from 1 to 10000",
+        ),  # fmt: skip
         ({"channel_mult": [1] * 100}, "channel_mult is .*, expected 1 to 8 numbers"),
         ({"channel_mult": 7}, "channel_mult is 7, expected a list"),
         ({"channel_mult": "1,x"}, "channel_mult holds 'x'"),

@@ -1,7 +1,7 @@
 import pickle
+import resource
 import sys
 import types
-import resource
 from pathlib import Path
 
 import pytest

@@ -78,14 +78,39 @@ def test_state_dict_weights_load_weights_only(tmp_path: Path, tiny_models: dict)
         (lambda c: c.pop("model_cfg"), "no 'model_cfg' object"),
         (lambda c: c["model_cfg"].update(embed_dim=16), "does not fit"),
         # Issue 45: timm reached the Hugging Face hub for this (five requests, 29 s).
-        (lambda c: c["model_cfg"]["vision_cfg"].update(timm_model_name="hf-hub:timm/vit_tiny_patch16_224.augreg_in21k"), "timm_model_name .* another library's model"),  # fmt: skip
+        (
+            lambda c: c["model_cfg"]["vision_cfg"].update(
+                timm_model_name="hf-hub:timm/vit_tiny_patch16_224.augreg_in21k"
+            ),
+            "timm_model_name .* another library's model",
+        ),  # fmt: skip
         # A 154 GB vision tower, refused on the meta device before any memory is taken.
-        (lambda c: c["model_cfg"]["vision_cfg"].update(layers=128, width=16_384, head_width=128), "describes .* weights; expected at most"),  # fmt: skip
-        (lambda c: c["model_cfg"]["vision_cfg"].update(layers=10**6), "vision_cfg.layers is .1000000.; expected an integer from 0 to 128"),  # fmt: skip
-        (lambda c: c["model_cfg"].update(vision_cfg=[1, 2]), "vision_cfg is list; expected a mapping"),  # fmt: skip
-        (lambda c: c["model_cfg"]["text_cfg"].update(rope=True), "unknown setting model_cfg.text_cfg.rope"),  # fmt: skip
-        (lambda c: c["model_cfg"]["text_cfg"].update(tokenizer_kwargs={"bpe_path": "/etc/passwd"}), "tokenizer_kwargs"),  # fmt: skip
-        (lambda c: c["model_cfg"]["vision_cfg"].update(mlp_ratio="4"), "mlp_ratio is '4'; expected a finite number"),  # fmt: skip
+        (
+            lambda c: c["model_cfg"]["vision_cfg"].update(layers=128, width=16_384, head_width=128),
+            "describes .* weights; expected at most",
+        ),  # fmt: skip
+        (
+            lambda c: c["model_cfg"]["vision_cfg"].update(layers=10**6),
+            "vision_cfg.layers is .1000000.; expected an integer from 0 to 128",
+        ),  # fmt: skip
+        (
+            lambda c: c["model_cfg"].update(vision_cfg=[1, 2]),
+            "vision_cfg is list; expected a mapping",
+        ),  # fmt: skip
+        (
+            lambda c: c["model_cfg"]["text_cfg"].update(rope=True),
+            "unknown setting model_cfg.text_cfg.rope",
+        ),  # fmt: skip
+        (
+            lambda c: c["model_cfg"]["text_cfg"].update(
+                tokenizer_kwargs={"bpe_path": "/etc/passwd"}
+            ),
+            "tokenizer_kwargs",
+        ),  # fmt: skip
+        (
+            lambda c: c["model_cfg"]["vision_cfg"].update(mlp_ratio="4"),
+            "mlp_ratio is '4'; expected a finite number",
+        ),  # fmt: skip
         (lambda c: c.update(preprocess_cfg={"mean": [0.5]}), "preprocess_cfg.mean"),
     ],
 )

@@ -147,7 +147,9 @@ def test_generate_with_upscale_and_video_on_the_cli(
             "holds over 200000000 weights",
         ),
         (  # issue 45: gave a black final_x4 with exit 0
-            lambda p: torch.save({k: v.fill_(float("nan")) for k, v in tiny_rrdb_state(4)["params_ema"].items()}, p),  # fmt: skip
+            lambda p: torch.save(
+                {k: v.fill_(float("nan")) for k, v in tiny_rrdb_state(4)["params_ema"].items()}, p
+            ),  # fmt: skip
             "weights that are NaN or infinite",
         ),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from tests.conftest import free_port, png_pixels
+from tests.test_limits import LAUGHS
 from vqclip import cli
 from vqclip.cluster import read_sweep, run_sweep
 from vqclip.config import GenerationConfig
@@ -104,6 +106,21 @@ def test_a_sweep_runs_retries_skips_and_shows_a_gallery(cluster: str, tmp_path: 
         assert f'src="{run.name}/final.png"' in page and f'href="{run.name}/video.mp4"' in page
     again = run_sweep(read_sweep(tmp_path / "four.yaml"), cluster)
     assert again["done"] == [] and len(again["skipped"]) == 4 and again["failed"] == {}
+    # Issue 45: a symlink planted at a run's name, to a stopped run elsewhere, was resumed
+    # into and written through; now it is left alone, reported, and out of the gallery.
+    victim = tmp_path / "victim"
+    shutil.copytree(runs[1], victim)
+    (victim / "final.png").unlink()
+    before = {p.name: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+    shutil.rmtree(runs[0])
+    runs[0].symlink_to(victim)
+    planted = run_sweep(read_sweep(tmp_path / "four.yaml"), cluster)
+    assert planted["done"] == [] and len(planted["skipped"]) == 3
+    assert (
+        "is a symlink or a file, not this sweep's run directory" in planted["failed"][runs[0].name]
+    )
+    assert {p.name: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+    assert (sweep_dir / "gallery.html").read_text().count("<figure>") == 3
 
 
 @pytest.mark.slow
@@ -148,6 +165,20 @@ def test_sweep_files_are_checked_before_anything_runs(tmp_path: Path) -> None:
         (tmp_path / "s.yaml").write_text(text)
         with pytest.raises(ValueError, match=message):
             read_sweep(tmp_path / "s.yaml")
+    # Issue 45: counted before the grid is built (10**9 runs from a few hundred bytes), YAML
+    # aliases counted as they expand, a FIFO refused without blocking.
+    grid = (
+        "grid: {" + ", ".join(f"k{n}: [{', '.join(map(str, range(10)))}]" for n in range(9)) + "}"
+    )
+    (tmp_path / "s.yaml").write_text(f"prompts: [a]\n{grid}\n")
+    with pytest.raises(ValueError, match="sweep: 1000000000 runs, over 10000"):
+        read_sweep(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text(LAUGHS.replace("a: &a", "x: &a") + "prompts: *i\n")
+    with pytest.raises(ValueError, match="over 200000 values"):
+        read_sweep(tmp_path / "s.yaml")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(ValueError, match="is not a regular file"):
+        read_sweep(tmp_path / "fifo.yaml")
     (tmp_path / "s.yaml").write_text("prompts: [a, b]\nseeds: [0, 1]\ngrid: {cutn: [4, 8]}\n")
     sweep = read_sweep(tmp_path / "s.yaml")
     assert len(sweep.runs) == 8 and len({r["run_name"] for r in sweep.runs}) == 8

@@ -22,6 +22,7 @@ import html
 import itertools
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vqclip.config import GenerationConfig
+from vqclip.limits import parse_yaml, read_text
 
 __all__ = ["Sweep", "read_sweep", "run_sweep", "write_gallery", "restyle_on_ray", "connect"]
 
@@ -51,13 +53,8 @@ class Sweep:
 def read_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (YAML, safe loader); raise ``ValueError`` naming what is
     wrong and what was expected."""
-    import yaml
-
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"sweep: cannot read {path} as YAML ({error})") from None
+    spec = parse_yaml(read_text(path, "sweep"), f"sweep: {path}")  # aliases counted, bounded
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"sweep: {path} holds no sweep; expected a mapping with prompts, seeds, grid or configs")  # fmt: skip
     unknown = sorted(set(map(str, spec)) - _KEYS)
@@ -73,6 +70,9 @@ def read_sweep(path: str | Path) -> Sweep:
         _list(spec.get("seeds", []), "seeds"),
     )
     configs = _list(spec.get("configs", []), "configs")
+    count = len(prompts or [0]) * len(seeds or [0]) * math.prod(map(len, grid.values())) + len(configs)  # fmt: skip
+    if count > MAX_RUNS:  # counted before the grid is built
+        raise ValueError(f"sweep: {count} runs, over {MAX_RUNS}; expected a smaller sweep")
     runs = []
     if prompts or seeds or grid:
         for prompt, seed, combo in itertools.product(
@@ -84,8 +84,6 @@ def read_sweep(path: str | Path) -> Sweep:
         runs.append({**settings, **_mapping(values, f"configs[{n}]")})
     if not runs:
         raise ValueError(f"sweep: {path} describes no runs; give prompts, seeds, grid or configs")
-    if len(runs) > MAX_RUNS:
-        raise ValueError(f"sweep: {len(runs)} runs, over {MAX_RUNS}; expected a smaller sweep")
     retries = spec.get("retries", 2)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 10:
         raise ValueError(f"sweep: retries is {retries!r}; expected 0 to 10")
@@ -93,7 +91,7 @@ def read_sweep(path: str | Path) -> Sweep:
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
         raise ValueError(f"sweep: name {name!r} is not a plain folder name")
     directory = Path(spec.get("output_dir", "outputs")) / name
-    varied = sorted({k for r in runs for k in r if any(o.get(k) != r.get(k) for o in runs)})
+    varied = _varied(runs)
     named = []
     for n, values in enumerate(runs):
         if "output_dir" in values or "run_name" in values:
@@ -105,6 +103,16 @@ def read_sweep(path: str | Path) -> Sweep:
             raise ValueError(f"sweep: run {n} ({_describe(values, varied)}): {error}") from None
         named.append(values)
     return Sweep(directory, tuple(named), retries, tuple(varied))
+
+
+def _varied(runs: list[dict[str, Any]]) -> list[str]:
+    """The settings whose values differ between runs: one pass over them (a pairwise
+    comparison was quadratic in the runs)."""
+    values: dict[str, set[str]] = {}
+    for run in runs:
+        for key in run:
+            values.setdefault(key, set()).add(json.dumps(run[key], sort_keys=True, default=str))
+    return sorted(k for k, seen in values.items() if len(seen) > 1 or any(k not in r for r in runs))  # fmt: skip
 
 
 def _mapping(value: Any, name: str) -> dict[str, Any]:
@@ -172,6 +180,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, Any]:
     and failed (with its error), and writes ``gallery.html``."""
     ray = _ray()
     connect(address)
+    _check_own_dir(sweep.directory)
     sweep.directory.mkdir(parents=True, exist_ok=True)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     remote = ray.remote(_make).options(
@@ -179,8 +188,12 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, Any]:
         retry_exceptions=_transient(),
     )  # fmt: skip
     pending, skipped = {}, []
+    failed: dict[str, str] = {}
     for values in sweep.runs:
         run_dir = sweep.directory / values["run_name"]
+        if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+            failed[values["run_name"]] = f"{run_dir} is a symlink or a file, not this sweep's run directory; left alone"  # fmt: skip
+            continue
         state = _state(run_dir) if run_dir.is_dir() else "new"
         if state == "done":
             skipped.append(str(run_dir))
@@ -188,7 +201,7 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, Any]:
         if state == "new" and run_dir.is_dir():  # stopped before its first state: start afresh
             run_dir.rename(_free_name(run_dir.with_name(run_dir.name + ".incomplete")))
         pending[values["run_name"]] = remote.remote(values, str(run_dir) if state == "stopped" else None)  # fmt: skip
-    done, failed = [], {}
+    done = []
     for name, ref in pending.items():
         try:
             done.append(ray.get(ref)["run_dir"])
@@ -196,6 +209,12 @@ def run_sweep(sweep: Sweep, address: str | None = None) -> dict[str, Any]:
             failed[name] = _first_line(error)
     write_gallery(sweep)
     return {"done": done, "skipped": skipped, "failed": failed, "gallery": str(sweep.directory / "gallery.html")}  # fmt: skip
+
+
+def _check_own_dir(directory: Path) -> None:
+    """Refuse a sweep directory that is a symlink (its runs would be written elsewhere)."""
+    if directory.is_symlink():
+        raise ValueError(f"sweep: {directory} is a symlink; expected the sweep's own directory (or a new name)")  # fmt: skip
 
 
 def _transient() -> list[type[BaseException]]:
@@ -234,7 +253,8 @@ def write_gallery(sweep: Sweep) -> Path:
     cards = []
     for values in sweep.runs:
         run_dir = sweep.directory / values["run_name"]
-        finals = sorted(run_dir.glob("final*.png")) if run_dir.is_dir() else []
+        own = run_dir.is_dir() and not run_dir.is_symlink()
+        finals = sorted(p for p in run_dir.glob("final*.png") if _is_own_file(p)) if own else []
         finals = [p for p in finals if "_x" not in p.stem]  # the upscaled copies are links away
         if not finals:
             continue
@@ -252,6 +272,10 @@ def write_gallery(sweep: Sweep) -> Path:
     path = sweep.directory / "gallery.html"
     write_atomic(path, page.encode())
     return path
+
+
+def _is_own_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _restyle_task(config_json: str, pixels: np.ndarray) -> list[np.ndarray]:

@@ -99,6 +99,8 @@ def resume(
     """
     distributed.start()
     run_dir = Path(run_dir)
+    if run_dir.is_symlink():  # its writes would land in the directory it points to
+        raise ValueError(f"resume: {run_dir} is a symlink; give the run directory itself ({run_dir.resolve()})")  # fmt: skip
     config = read_run_config(run_dir)
     distributed.check(config)
     saved = None

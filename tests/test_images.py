@@ -53,3 +53,15 @@ def test_bad_image_files_name_the_field_and_the_path(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=f"init_image: .*{message}") as error:
             check_image(path, "init_image")
         assert str(path) in str(error.value)
+
+
+def test_a_16_bit_greyscale_image_is_scaled_not_clipped(tmp_path: Path) -> None:
+    """Issue 45: PIL's convert("RGB") clipped 16-bit samples at 255: mid grey read as white."""
+    ramp = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16)  # (1, 4)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.mode.startswith("I")  # read back as PIL's wide greyscale
+    loaded = load_image(tmp_path / "grey16.png")
+    expected = torch.tensor([0, 64, 128, 255]) / 255
+    torch.testing.assert_close(loaded[0, 0, 0], expected, atol=1 / 255, rtol=0)
+    assert torch.equal(loaded[0, 0], loaded[0, 2])

@@ -3,6 +3,10 @@ seconds, motion interpolation; real ffmpeg through imageio-ffmpeg."""
 
 from __future__ import annotations
 
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -129,3 +133,39 @@ def test_a_video_ffmpeg_could_not_write_is_an_error_not_a_broken_file(tmp_path: 
     with pytest.raises(OSError, match="ffmpeg"):
         assemble_video(run, output=tmp_path / "no such folder" / "video.mp4")
     assert not (tmp_path / "no such folder").exists()
+
+
+def test_frames_too_large_to_encode_are_refused_from_their_headers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Issue 45: 12000x12000 frames from small PNGs were decoded and sent to the encoder."""
+    run = _save_run(tmp_path / "run", batch=1)
+    Image.new("1", (12_000, 12_000)).save(run / "frames" / "000020.png")  # 1-bit: a small file
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["video", str(run), "--first", "20"])
+    assert stop.value.code == 2
+    assert "is 12000x12000 pixels; expected at most 35389440" in capsys.readouterr().err
+    assert count_video_frames(assemble_video(run, last=15, output=tmp_path / "ok.mp4")) == 4
+    big = _save_run(tmp_path / "big", batch=1, iterations=[0])
+    Image.new("RGB", (4_000, 3_000)).save(big / "frames" / "000000.png")
+    with pytest.raises(ValueError, match="upscaled x4 make 16000x12000 frames"):
+        assemble_video(big, upscale=4, upscaler="lanczos")
+    assert not list(big.glob("*.mp4")) and not list(big.glob(".*"))
+
+
+def test_an_encoder_that_stops_part_way_is_an_error_not_a_short_video(tmp_path: Path) -> None:
+    """Issue 45: ffmpeg unable to write past its first frames (here: a file size limit, as a
+    full disk) was reported as success with 1 of 4 frames written."""
+    run = tmp_path / "run"
+    (run / "frames").mkdir(parents=True)
+    noise = np.random.default_rng(0)
+    for step in range(8):
+        Image.fromarray(noise.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(run / "frames" / f"{step:06d}.png")  # fmt: skip
+
+    def small_files() -> None:  # in the child: files stop growing at 40 KB, writes then fail
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    vqclip = str(Path(sys.executable).parent / "vqclip")
+    done = subprocess.run([vqclip, "video", str(run)], capture_output=True, text=True, timeout=120, preexec_fn=small_files)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "frames of" in done.stderr and "nothing was kept" in done.stderr
+    assert not (run / "video.mp4").exists() and not list(run.glob(".*"))

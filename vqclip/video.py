@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from vqclip.frames import FRAMES, frame_iteration, frame_paths, temp_beside
+from vqclip.images import image_size, read_pixels
+from vqclip.limits import MAX_VIDEO_PIXELS
 
 __all__ = [
     "assemble_video",
@@ -68,6 +69,7 @@ def tile_images(images: list[np.ndarray]) -> np.ndarray:
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     height, width = images[0].shape[:2]
+    _check_frame_size(columns * width, rows * height, f"{len(images)} images tiled")
     grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
     for n, pixels in enumerate(images):
         row, column = divmod(n, columns)
@@ -83,6 +85,14 @@ def watchable_length(run_dir: str | Path) -> float:
     :data:`MIN_VIDEO_SECONDS`."""
     steps = len({frame_iteration(p) for p in frame_paths(run_dir)})  # a batch's tiles count once
     return max(MIN_VIDEO_SECONDS, steps / 10)
+
+
+def _check_frame_size(width: int, height: int, what: str) -> None:
+    if width * height > MAX_VIDEO_PIXELS:
+        raise ValueError(
+            f"video: {what} make {width}x{height} frames; expected at most {MAX_VIDEO_PIXELS} "
+            "pixels a frame (8192x4320)"
+        )
 
 
 def _read_step(paths: list[Path], grow: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
@@ -155,6 +165,8 @@ def assemble_video(
     steps = select_frames(run_dir, first, last, image)
     rate = _frame_rate(run_dir, len(steps), fps, length)
     grow = _frame_upscaler(run_dir, upscale, upscaler)
+    width, height = image_size(steps[0][0], "frames", MAX_VIDEO_PIXELS)  # before decoding any
+    _check_frame_size(width * upscale, height * upscale, f"{steps[0][0].name} upscaled x{upscale}")
     first_frame = _read_step(steps[0], grow)
     size = (first_frame.shape[1], first_frame.shape[0])
     options = ["-crf", "18", *_smoothing(rate, interpolate, size)]
@@ -176,14 +188,29 @@ def assemble_video(
                 )
             writer.send(np.ascontiguousarray(pixels))
         writer.close()
-        if not tmp.is_file() or tmp.stat().st_size == 0:  # imageio-ffmpeg ignores ffmpeg's status
-            raise OSError(f"ffmpeg could not write {output}; its messages are above")
+        _check_written(tmp, len(steps), output)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)  # no half-written video is left behind
         raise
     os.replace(tmp, output)
     return output
+
+
+def _check_written(path: Path, frames: int, output: Path) -> None:
+    """Raise ``OSError`` unless ``path`` holds at least ``frames`` decodable frames:
+    imageio-ffmpeg ignores ffmpeg's exit status, so a full disk or a failing encoder left a
+    truncated video that was reported as made."""
+    import imageio_ffmpeg
+
+    written = 0
+    if path.is_file() and path.stat().st_size:
+        try:
+            written = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+        except (RuntimeError, OSError, ValueError):
+            written = 0
+    if written < frames:
+        raise OSError(f"ffmpeg wrote {written} of {frames} frames of {output} (a full disk, or an encoder error above); nothing was kept")  # fmt: skip
 
 
 def _frame_upscaler(
@@ -234,11 +261,8 @@ def _frame_files(folder: Path, field: str) -> list[Path]:
 
 
 def _read_image(path: Path, field: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"{field}: frame {str(path)!r} is not a readable image: {error}") from None
+    """(H, W, 3) uint8, of at most :data:`MAX_VIDEO_PIXELS` (checked before decoding)."""
+    return read_pixels(path, field, MAX_VIDEO_PIXELS)
 
 
 def count_video_frames(path: str | Path, limit: int = 0, stride: int = 1) -> int:
@@ -260,7 +284,7 @@ def _open_video(path: str | Path, field: str) -> tuple[Iterator[Any], dict[str, 
     import imageio_ffmpeg
 
     if not Path(path).is_file():
-        raise ValueError(f"{field}: video file {str(path)!r} does not exist")
+        raise ValueError(f"{field}: video file {str(path)!r} does not exist, or is not a regular file")  # fmt: skip
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
         meta = next(reader)
@@ -270,6 +294,10 @@ def _open_video(path: str | Path, field: str) -> tuple[Iterator[Any], dict[str, 
             f"{field}: {str(path)!r} is not a readable video (expected MP4, WebM, GIF, ...): "
             f"{str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}"
         ) from None
+    width, height = meta.get("size") or (0, 0)
+    if width * height > MAX_VIDEO_PIXELS:
+        reader.close()
+        raise ValueError(f"{field}: {str(path)!r} has {width}x{height} frames; expected at most {MAX_VIDEO_PIXELS} pixels a frame (8192x4320)")  # fmt: skip
     return reader, meta
 
 
@@ -302,7 +330,7 @@ def read_video_frames(path: str | Path, limit: int = 0, stride: int = 1) -> Iter
             yield _read_image(file, "init_video")
         return
     reader, meta = _open_video(path, "init_video")
-    width, height = meta["size"]
+    width, height = meta["size"]  # checked by _open_video
     try:
         for index, raw in enumerate(reader):
             if limit and index >= limit * stride:

@@ -142,7 +142,9 @@ def tiny_config(tiny_models: dict[str, Path], tmp_path: Path) -> GenerationConfi
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]  # fmt: skip
+                  "--disable-component-update", "--disable-sync",
+                  "--host-resolver-rules=MAP rebind.test 127.0.0.1"]  # fmt: skip
+# rebind.test: a second name for loopback, as a DNS-rebinding site would have it.
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ import os
 import re
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,63 @@ def _wait_status(page, word: str, after: str = "") -> str:
         assert time.monotonic() < deadline and "error" not in status, status
         time.sleep(0.2)
     return status
+
+
+def _request(url: str, headers: dict[str, str], data: bytes | None = None) -> tuple[int, dict, bytes]:  # fmt: skip
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+    except urllib.error.URLError as error:  # refused mid-upload: the server closed on us
+        assert isinstance(error.reason, ConnectionResetError | BrokenPipeError), error
+        return 0, {}, b""
+
+
+def test_the_page_answers_only_its_user(tiny_config: GenerationConfig, tmp_path: Path, browser) -> None:  # noqa: ANN001  # fmt: skip
+    """Issue 45: the page answered any Host (DNS rebinding) and echoed any Origin, served
+    .html inline, took 50 MB uploads, broke on one unreadable run, and its clicks indexed a
+    list that had changed since it was drawn."""
+    out = Path(tiny_config.output_dir)
+    good = generate(tiny_config.replace(max_iterations=2, seed=5, run_name="good")).run_dir
+    (good / "page.html").write_text("<script>alert(1)</script>")
+    stray = generate(tiny_config.replace(max_iterations=2, seed=6, run_name="stray")).run_dir
+    (stray / "frames" / "evil.png").write_bytes((stray / "final.png").read_bytes())
+    (stray / "final.png").unlink()  # its picture would be its latest frame: unreadable now
+    port, temp = free_port(), tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "VQCLIP_HOME": str(tmp_path / "home"), "TMPDIR": str(temp)}
+    vqclip = str(Path(sys.executable).parent / "vqclip")
+    command = [vqclip, "ui", "--output_dir", str(out), "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with serving(command, base + "/", tmp_path, env, tmp_path / "ui.log"):
+        for headers in ({"Host": f"rebind.test:{port}"}, {"Origin": "http://evil.example"}):
+            status, answer, body = _request(base + "/config", headers)
+            assert status == 403 and b"refused" in body, (headers, status)
+            assert "access-control-allow-origin" not in {k.lower() for k in answer}
+        assert _request(base + "/config", {"Origin": base})[0] == 200
+        status, _, body = _request(f"{base}/gradio_api/file={good / 'page.html'}", {})
+        assert status == 403 and b"images and videos only" in body
+        status, answer, _ = _request(f"{base}/gradio_api/file={good / 'final.png'}", {})
+        assert status == 200 and answer.get("x-content-type-options") == "nosniff"
+        assert _request(f"{base}/gradio_api/file=http://example.com/x.png", {})[0] == 403
+        boundary = "vqclipboundary"
+        upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n\r\n").encode() + b"\0" * (50 << 20) + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        status, _, _ = _request(f"{base}/gradio_api/upload", {"Content-Type": f"multipart/form-data; boundary={boundary}"}, upload)  # fmt: skip
+        assert status in (413, 0), status  # refused (or cut off) at 10 MB, not stored
+        page = browser.new_page()
+        assert page.goto(f"http://rebind.test:{port}/").status == 403  # the rebinding site
+        page.goto(base + "/")
+        page.wait_for_selector("#gallery .thumbnail-item")
+        captions = page.locator("#gallery .thumbnail-item").count()
+        assert captions == 2  # the unreadable run shown as such, beside the good one
+        newer = generate(tiny_config.replace(max_iterations=2, seed=7, run_name="newer")).run_dir
+        assert newer.is_dir()  # the list on disk changed since the page drew it
+        page.locator("#gallery .thumbnail-item").nth(1).click()  # "good", drawn second
+        page.wait_for_function("() => document.querySelector('#config').innerText.includes('seed')")
+        assert '"seed": 5' in page.inner_text("#config")
+        page.close()
+        grown = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
+        assert grown < 5 << 20, f"{grown} bytes left in the temp dir"
+    assert not any(temp.iterdir()), list(temp.iterdir())  # gradio's cache removed at the end

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 import threading
 import types
@@ -423,14 +425,21 @@ def _upscale(args: argparse.Namespace) -> None:
 
 
 def _ui(args: argparse.Namespace) -> None:
+    # gradio's cache (previews, uploads) in a folder of this server's own, removed at the end;
+    # set before gradio is imported, which reads it then.
+    cache = tempfile.mkdtemp(prefix="vqclip-ui-")
+    os.environ["GRADIO_TEMP_DIR"] = cache
     try:
-        from vqclip.ui import serve
-    except ModuleNotFoundError as error:
-        raise ValueError(
-            f"ui: needs the package {error.name!r}; install the ui extra: pip install 'vqclip[ui]'"
-        ) from None
-    print(f"vqclip ui: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    serve(args.output_dir, args.host, args.port)
+        try:
+            from vqclip.ui import serve
+        except ModuleNotFoundError as error:
+            raise ValueError(
+                f"ui: needs the package {error.name!r}; install the ui extra: pip install 'vqclip[ui]'"
+            ) from None
+        print(f"vqclip ui: http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+        serve(args.output_dir, args.host, args.port)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def _models(args: argparse.Namespace) -> None:

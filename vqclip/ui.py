@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ def form_config(
     ``numbers`` are width, height, max_iterations, cutn and display_frequency (0: preset)."""
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
     vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
+    _check_registry_names(vqgan, clip_model)
     form = dict(width=width, height=height, max_iterations=max_iterations, cutn=cutn)
     return resolve(
         GenerationConfig(
@@ -75,6 +77,21 @@ def form_config(
             **preset_settings(**form),
         )  # fmt: skip
     )
+
+
+def _check_registry_names(vqgan: str, clip_model: str) -> None:
+    """The page takes models by registry name only: a path typed into it would tell a visitor
+    whether that file exists (the errors differ), and the page is no file browser."""
+    from vqclip.config import parse_clip_models
+
+    wanted = [("vqgan", vqgan)] + [("clip_model", name) for name, _ in parse_clip_models(clip_model)]  # fmt: skip
+    for setting, name in wanted:
+        known = zoo.model_names("vqgan" if setting == "vqgan" else "clip")
+        if name not in known:
+            raise ValueError(
+                f"{setting}: {name[:80]!r} is not a registry model; the page takes the names that "
+                "`vqclip models` lists (give a file's path with the CLI)"
+            )
 
 
 def describe_preset(generator: str, vqgan: str, clip_model: str) -> str:
@@ -152,11 +169,21 @@ def run_steps(config: GenerationConfig, max_iterations: int | None = None) -> in
     return per_frame * frames_to_restyle(config) if per_frame > 0 else -1
 
 
-def gallery_items(output_dir: str | Path) -> list[tuple[str, str]]:
-    """(picture, caption) for each run in ``output_dir`` that has one, newest first."""
-    items = []
+# What a run that cannot be read shows in the gallery: a grey tile, its caption says why.
+_UNREADABLE = np.full((64, 64, 3), 96, dtype=np.uint8)
+
+
+def gallery_items(output_dir: str | Path) -> list[tuple[str | np.ndarray, str]]:
+    """(picture, caption) for each run in ``output_dir`` that has one, newest first; a run
+    that cannot be read (a stray frame name, a frames link) shows as such, the others as ever.
+    Each caption ends with `` · RUN_NAME``, which is how a click names its run."""
+    items: list[tuple[str | np.ndarray, str]] = []
     for run_dir in list_runs(output_dir):
-        picture = run_picture(run_dir)
+        try:
+            picture = run_picture(run_dir)
+        except USER_ERRORS as error:
+            items.append((_UNREADABLE, f"unreadable: {str(error)[:120]} · {run_dir.name}"))
+            continue
         if picture is not None:
             items.append((str(picture), _caption(run_dir)))
     return items
@@ -166,16 +193,29 @@ def _caption(run_dir: Path) -> str:
     try:
         config = read_run_config(run_dir)
     except USER_ERRORS:
-        return f"{run_dir.name} (unreadable config.json)"
+        return f"unreadable config.json · {run_dir.name}"
     prompts = config.prompts or " / ".join(config.batch_prompts)
     return f"{prompts} · seed {config.seed} · {run_dir.name}"
 
 
-def make_video(run_dir: str | Path) -> Path:
-    """The run's video, made again from its frames, long enough to watch."""
+def run_named(output_dir: str | Path, name: str | None) -> Path:
+    """The run directory ``name`` in ``output_dir``: a plain name of a run there (not a link,
+    not a path), or ``ValueError``."""
+    runs = {run.name: run for run in list_runs(output_dir)}  # no links, each with config.json
+    if not name or name not in runs:
+        raise ValueError(f"run {str(name)[:80]!r} is not a run in {output_dir}; choose one in the gallery")  # fmt: skip
+    return runs[name]
+
+
+def make_video(run_dir: str | Path) -> tuple[Path, bool]:
+    """The run's video, long enough to watch: made from its frames, or the one it has (the
+    page never overwrites: delete it to make it again); and whether it was made now."""
     run_dir = Path(run_dir)
+    video = run_dir / "video.mp4"
+    if video.is_file() and not video.is_symlink():
+        return video, False
     length = None if read_run_config(run_dir).init_video else watchable_length(run_dir)
-    return assemble_video(run_dir, None, run_dir / "video.mp4", overwrite=True, length=length)
+    return assemble_video(run_dir, None, video, length=length), True
 
 
 def _settings_text(values: dict[str, Any]) -> str:
@@ -201,32 +241,27 @@ class _Page:
         try:
             config = form_config(*form).replace(output_dir=str(self.output_dir))
         except USER_ERRORS as error:
-            yield None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}', None
+            yield None, _error(error), None
             return
         yield from self._drive(lambda cb: generate(config, callback=cb), run_steps(config))
 
-    def resume(self, run_dir: str | None) -> Iterator[tuple]:
-        if not run_dir:
-            yield None, "choose a run in the gallery, or stop one, to resume it", None
-            return
+    def resume(self, name: str | None) -> Iterator[tuple]:
         try:
-            total = run_steps(read_run_config(Path(run_dir)))
+            run_dir = run_named(self.output_dir, name)
+            total = run_steps(read_run_config(run_dir))
         except USER_ERRORS as error:
-            yield None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}', run_dir
+            yield None, _error(error), name
             return
         yield from self._drive(lambda cb: resume(run_dir, callback=cb), total)
 
-    def replay(self, run_dir: str | None) -> Iterator[tuple]:
+    def replay(self, name: str | None) -> Iterator[tuple]:
         """A new run with a chosen run's whole config: the same image, bit for bit on a CPU."""
-        if not run_dir:
-            yield None, "choose a run in the gallery to replay it", None
-            return
         try:
-            config = read_run_config(Path(run_dir)).replace(
+            config = read_run_config(run_named(self.output_dir, name)).replace(
                 output_dir=str(self.output_dir), run_name=None
             )
         except USER_ERRORS as error:
-            yield None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}', run_dir
+            yield None, _error(error), name
             return
         yield from self._drive(lambda cb: generate(config, callback=cb), run_steps(config))
 
@@ -236,7 +271,7 @@ class _Page:
             return
         self.run = run = run_in_thread(work)
         for image, status in follow(run, total):
-            chosen = str(run.result.run_dir) if run.result is not None else gr.skip()
+            chosen = run.result.run_dir.name if run.result is not None else gr.skip()
             yield (image if image is not None else gr.skip()), status, chosen
 
     def stop(self) -> str:
@@ -245,27 +280,36 @@ class _Page:
         self.run.stop.set()
         return "stopping after the step under way..."
 
-    def choose(self, event: gr.SelectData) -> tuple[str, str]:
-        runs = [r for r in list_runs(self.output_dir) if run_picture(r) is not None]
-        run_dir = runs[event.index]
-        return str(run_dir), _settings_text(json.loads((run_dir / "config.json").read_text()))
-
-    def video(self, run_dir: str | None) -> tuple[Any, str]:
-        if not run_dir:
-            return None, "choose a run in the gallery to make its video"
+    def choose(self, event: gr.SelectData) -> tuple[str | None, str]:
+        """The clicked run, by the name its caption ends with (never by its place in a list
+        that may have changed since the page drew it), and its settings."""
+        caption = event.value.get("caption") if isinstance(event.value, dict) else None
+        name = str(caption or "").rpartition(" · ")[2]
         try:
-            return str(make_video(run_dir)), f"video: {html.escape(str(run_dir))}/video.mp4"
+            return name, _settings_text(read_run_config(run_named(self.output_dir, name)).to_dict())
         except USER_ERRORS as error:
-            return None, f'<b class="vqclip-error">error:</b> {html.escape(str(error))}'
+            return None, f"// {error}"
+
+    def video(self, name: str | None) -> tuple[Any, str]:
+        try:
+            path, made = make_video(run_named(self.output_dir, name))
+        except USER_ERRORS as error:
+            return None, _error(error)
+        note = "made" if made else "made before (delete it to make it again)"
+        return str(path), f"video, {note}: {html.escape(str(path))}"
+
+
+def _error(error: BaseException) -> str:
+    return f'<b class="vqclip-error">error:</b> {html.escape(str(error))}'
 
 
 def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
     """The page: a form, the live run, and the gallery of ``output_dir``'s runs."""
     page = _Page(output_dir)
     vqgans, clips = ["auto", *zoo.model_names("vqgan")], ["auto", *zoo.model_names("clip")]
-    with gr.Blocks(title="vqclip") as ui:
+    with gr.Blocks(title="vqclip", analytics_enabled=False, delete_cache=(600, 3600)) as ui:
         gr.Markdown("# vqclip\n" + SYNTAX)
-        chosen = gr.State(None)  # the run that Resume, Replay and Video act on
+        chosen = gr.State(None)  # the name of the run that Resume, Replay and Video act on
         with gr.Row():
             with gr.Column():
                 prompts = gr.Textbox("a red circle on a blue background", label="prompts", elem_id="prompts")  # fmt: skip
@@ -315,15 +359,39 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
         replay.click(page.replay, chosen, shown).then(**show_runs)
         stop.click(page.stop, None, status, concurrency_limit=None)
         refresh.click(**show_runs)
+        ui.load(**show_runs)  # the runs as they are when the page is opened, not when served
         gallery.select(page.choose, None, [chosen, config_view])
         video_button.click(page.video, chosen, [video, status])
     return ui
 
 
+MAX_UPLOAD = 10 * 1024 * 1024  # bytes a request may upload: an init image, not a video
+
+
 def serve(output_dir: str | Path = "outputs", host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Serve the page until interrupted; only ``output_dir``'s files are served beside it."""
+    """Serve the page until interrupted (Ctrl-C or SIGTERM), to its user only
+    (:mod:`vqclip.webguard`): only ``output_dir``'s images and videos are served beside it,
+    and uploads are bounded. What gradio caches goes to ``$GRADIO_TEMP_DIR`` (the ``vqclip ui``
+    command makes it a temporary folder, removed at the end)."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from vqclip.webguard import LocalOnly, page_hosts
+
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    build_ui(output_dir).queue(default_concurrency_limit=1).launch(
-        server_name=host, server_port=port, allowed_paths=[str(Path(output_dir).resolve())],
-        inbrowser=False, share=False, show_error=True, quiet=True,
-    )  # fmt: skip
+    # uvicorn stops on SIGTERM, then raises it again under the handler it found: this one, so
+    # that the process ends through its finally blocks rather than at once.
+    previous = signal.signal(signal.SIGTERM, _end)
+    try:
+        page = build_ui(output_dir).queue(default_concurrency_limit=1)
+        app = gr.mount_gradio_app(
+            FastAPI(), page, path="/", allowed_paths=[str(Path(output_dir).resolve())],
+            max_file_size=MAX_UPLOAD, show_error=True, server_name=host, server_port=port,
+        )  # fmt: skip
+        uvicorn.run(LocalOnly(app, page_hosts(host, port)), host=host, port=port, log_level="warning")  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

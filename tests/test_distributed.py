@@ -20,13 +20,18 @@ FLAGS = ["--seed", "0", "--display_frequency", "3", "--precision", "fp32", "--de
 PROMPT = "a red circle on a blue background"
 
 
-def _run(command: list[str], processes: int, out: Path) -> subprocess.CompletedProcess:
+def _run(
+    command: list[str], processes: int, out: Path, cwd_by_rank: Path | None = None
+) -> subprocess.CompletedProcess:
     """``vqclip COMMAND`` in ``processes`` processes under torchrun (gloo on loopback), or in
-    one plain process; each with one thread, as torchrun gives its workers."""
+    one plain process; each with one thread, as torchrun gives its workers. ``cwd_by_rank``:
+    each rank starts in ``{cwd_by_rank}{LOCAL_RANK}``, as ranks on separate machines would."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes > 1:
         launcher = [str(BIN / "torchrun"), "--nproc_per_node", str(processes),
                     "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "vqclip"]  # fmt: skip
+        if cwd_by_rank is not None:
+            launcher[-2:] = ["--no-python", "sh", "-c", 'cd "$0$LOCAL_RANK" && exec "$@"', str(cwd_by_rank), str(BIN / "vqclip")]  # fmt: skip
     else:
         launcher = [str(BIN / "vqclip")]
     done = subprocess.run(
@@ -59,8 +64,13 @@ def test_two_processes_make_the_single_process_image_and_only_rank_0_writes(
     _run(["generate", PROMPT, *FLAGS, "--max_iterations", "6", "--cutn_batches", "2", "--output_dir", str(alone)], 1, alone)  # fmt: skip
     (single,) = alone.iterdir()
     _same_run(run, single)
-    # Resumed in two processes, extended to 9 steps: as one process extends its own.
-    _run(["resume", str(run), "--max_iterations", "9"], 2, shared)
+    # Resumed in two processes, extended to 9 steps: as one process extends its own. Each rank
+    # names "run" in its own folder, and rank 1's holds none (issue 45: rank 1 read its own,
+    # and rank 0 died on a closed connection): rank 0 reads the run and shares what it read.
+    (tmp_path / "rank0").mkdir()
+    (tmp_path / "rank1").mkdir()
+    run = run.rename(tmp_path / "rank0" / "run")
+    _run(["resume", "run", "--max_iterations", "9"], 2, shared, cwd_by_rank=tmp_path / "rank")
     _run(["resume", str(single), "--max_iterations", "9"], 1, alone)
     _same_run(run, single)
     assert [p.name for p in frame_paths(run)][-1] == "000009.png"

@@ -314,9 +314,11 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _resume(args: argparse.Namespace) -> None:
+    from vqclip import distributed
     from vqclip.pipeline import read_run_config, resume
 
-    config = read_run_config(args.run_dir)
+    distributed.start()  # under torchrun: rank 0's run, read once, for every rank
+    config = distributed.from_main(lambda: read_run_config(args.run_dir))
     result = _with_progress(
         config, args.max_iterations, lambda cb: resume(args.run_dir, args.max_iterations, cb)
     )

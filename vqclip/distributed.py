@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from vqclip.config import GenerationConfig
 
 __all__ = ["start", "world", "rank", "is_main", "device_name", "from_main", "check", "my_batches"]
-__all__ += ["sum_"]
+__all__ += ["sum_", "share_from_main"]
 
 
 def launched() -> bool:
@@ -70,19 +70,35 @@ def from_main(resolve: Callable[[], GenerationConfig]) -> GenerationConfig:
     (nothing unpickled), so that each rank runs with rank 0's seed and precision."""
     from vqclip.config import GenerationConfig
 
+    data = share_from_main(lambda: resolve().to_json().encode())
+    return GenerationConfig.from_json(data.decode())
+
+
+def share_from_main(read: Callable[[], bytes]) -> bytes:
+    """``read()`` on rank 0, its bytes on every rank; if it raises, every rank raises a
+    ``ValueError`` with its message (rank 0 its own error), so that no rank waits for a
+    broadcast that will never come or goes on with what it read itself."""
     if world() == 1:
-        return resolve()
-    device = _wire()
+        return read()
+    device, error = _wire(), None
     if is_main():
-        data = torch.tensor(list(resolve().to_json().encode()), dtype=torch.uint8, device=device)
-        size = torch.tensor([len(data)], device=device)
+        try:
+            data = read()
+        except Exception as failure:  # every rank must hear of it; re-raised below
+            error, data = failure, str(failure).encode()
+        head = torch.tensor([len(data), error is not None], dtype=torch.int64, device=device)
     else:
-        size = torch.zeros(1, dtype=torch.int64, device=device)
-    dist.broadcast(size, 0)
-    if not is_main():
-        data = torch.empty(int(size), dtype=torch.uint8, device=device)
-    dist.broadcast(data, 0)
-    return GenerationConfig.from_json(bytes(data.cpu().tolist()).decode())
+        head = torch.zeros(2, dtype=torch.int64, device=device)
+    dist.broadcast(head, 0)
+    payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if is_main() and len(data) else torch.empty(int(head[0]), dtype=torch.uint8, device=device)  # fmt: skip
+    if int(head[0]):
+        dist.broadcast(payload, 0)
+    if error is not None:
+        raise error
+    received = bytes(payload.cpu().numpy().tobytes())
+    if int(head[1]):
+        raise ValueError(f"rank 0: {received.decode(errors='replace')}")
+    return received
 
 
 def _wire() -> torch.device:

@@ -9,6 +9,7 @@ a zoom video), or the restyling of a video, a run per frame.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,21 @@ def resume(
     """
     distributed.start()
     run_dir = Path(run_dir)
+    # Rank 0 reads the run; every rank resumes what it read (their own copies may differ).
+    shared = distributed.share_from_main(lambda: _read_resumable(run_dir, max_iterations))
+    config, saved = _unpack(shared)
+    distributed.check(config)
+    device = resolve_device(distributed.device_name(config.device))
+    check_inputs(config, device)
+    return drive(config, run_dir, device, saved, callback)
+
+
+def _read_resumable(run_dir: Path, max_iterations: int | None) -> bytes:
+    """The config (as JSON) and the saved state (as torch.save bytes) of a run to go on
+    with, checked; ``max_iterations`` applied."""
     if run_dir.is_symlink():  # its writes would land in the directory it points to
         raise ValueError(f"resume: {run_dir} is a symlink; give the run directory itself ({run_dir.resolve()})")  # fmt: skip
     config = read_run_config(run_dir)
-    distributed.check(config)
     saved = None
     if config.init_video:
         _check_restyle_resumable(run_dir, config, max_iterations)
@@ -117,9 +129,15 @@ def resume(
                 f"max_iterations: the run in {run_dir} has done {saved['iteration']} of its "
                 f"{config.max_iterations} iterations; give a larger max_iterations to go on"
             )
-    device = resolve_device(distributed.device_name(config.device))
-    check_inputs(config, device)
-    return drive(config, run_dir, device, saved, callback)
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)  # what read_state returned: tensors and containers only
+    return config.to_json().encode() + b"\0" + buffer.getvalue()
+
+
+def _unpack(data: bytes) -> tuple[GenerationConfig, dict | None]:
+    text, _, state = data.partition(b"\0")  # JSON holds no NUL: it escapes one as \\u0000
+    saved = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
+    return GenerationConfig.from_json(text.decode(), "resume"), saved
 
 
 def _check_restyle_resumable(

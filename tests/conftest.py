@@ -48,6 +48,58 @@ TINY_OPEN_CLIP = {
 OPEN_CLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
+# Tests talk to loopback only: any connection (or DNS lookup) for another address from this
+# process is refused and recorded, and the test that made it fails, even where a library
+# catches the error. UDP "connects" send nothing (Ray finds its own address that way).
+_REACHED: list[str] = []
+_LOOPBACK_NAMES = {"localhost", "::1", "0.0.0.0", "::", ""}
+
+
+def _is_loopback(host: object) -> bool:
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    return host in _LOOPBACK_NAMES or host.startswith(("127.", "::ffff:127."))
+
+
+def _guarded(method):  # noqa: ANN001, ANN202
+    def connect(sock: socket.socket, address, *args):  # noqa: ANN001, ANN202
+        streams = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM  # fmt: skip
+        if streams and not _is_loopback(address[0]):
+            _REACHED.append(f"{method.__name__} {address}")
+            raise ConnectionRefusedError(f"tests talk to loopback only, not {address}")
+        return method(sock, address, *args)
+
+    return connect
+
+
+def _lookup(real):  # noqa: ANN001, ANN202
+    def getaddrinfo(host, *args, **kwargs):  # noqa: ANN001, ANN202
+        if host is not None and not _is_loopback(host):
+            _REACHED.append(f"getaddrinfo {host!r}")
+            raise socket.gaierror(socket.EAI_NONAME, f"tests resolve loopback names only, not {host!r}")  # fmt: skip
+        return real(host, *args, **kwargs)
+
+    getaddrinfo.reached = _REACHED  # for the test of this guard, whatever name imported it
+    return getaddrinfo
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loopback_only():
+    saved = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    socket.socket.connect = _guarded(saved[0])
+    socket.socket.connect_ex = _guarded(saved[1])
+    socket.getaddrinfo = _lookup(saved[2])
+    yield
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_test_leaves_loopback():
+    _REACHED.clear()
+    yield
+    reached, _REACHED[:] = list(_REACHED), []
+    assert not reached, f"the test reached beyond loopback: {reached}"
+
+
 def png_pixels(path: Path) -> np.ndarray:
     """A saved image's pixels, as written."""
     with Image.open(path) as image:

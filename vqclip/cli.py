@@ -97,8 +97,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         # argparse quotes the user's words as they are: a "\r" or "\n" in one would split the line
-        message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+        message = _one_line(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(message: str) -> str:
+    """An error message as one line: characters that would break it (a newline or carriage
+    return from a file's key or value) written escaped, as Python writes them."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -500,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         sys.exit(1)
     except USER_ERRORS as error:
-        print(f"vqclip {args.command}: error: {error}", file=sys.stderr)
+        print(f"vqclip {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

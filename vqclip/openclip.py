@@ -88,7 +88,7 @@ def _check_keys(cfg: dict[str, Any], allowed: dict[str, Any], where: Path | str,
         if key in _REFUSED:
             continue
         if key not in allowed:
-            raise ValueError(f"clip_model: {where}: unknown setting {name}.{str(key)[:40]}; expected some of {sorted(allowed)}")  # fmt: skip
+            raise ValueError(f"clip_model: {where}: unknown setting {name}.{str(key)[:40]!r}; expected some of {sorted(allowed)}")  # fmt: skip
         _check_value(value, allowed[key], f"{name}.{key}", _INT_BOUNDS.get(key, 1_000_000), where)
 
 

@@ -126,7 +126,7 @@ def test_a_folder_of_frames_restyles_as_the_video_does(
         ),
         ({"init_video": "TEXT"}, "init_video: 'TEXT' is not a readable video"),
         ({"init_video": "empty"}, "init_video: folder 'empty' holds no frames"),
-        ({"init_video": "broken"}, "init_video: frame 'broken/1.png' is not a readable image"),
+        ({"init_video": "broken"}, "init_video: 'broken/1.png' is not a readable image"),
         ({"init_image": "x.png"}, "init_image: 'x.png' does not combine with init_video"),
         ({"zoom_every": 2}, "zoom_every: 2 does not combine with init_video"),
         ({"prompts": "a ^ b"}, r"prompts: .phases \('\^'\). does not combine"),

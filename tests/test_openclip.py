@@ -99,7 +99,7 @@ def test_state_dict_weights_load_weights_only(tmp_path: Path, tiny_models: dict)
         ),  # fmt: skip
         (
             lambda c: c["model_cfg"]["text_cfg"].update(rope=True),
-            "unknown setting model_cfg.text_cfg.rope",
+            "unknown setting model_cfg.text_cfg.'rope'",
         ),  # fmt: skip
         (
             lambda c: c["model_cfg"]["text_cfg"].update(

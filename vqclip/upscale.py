@@ -23,6 +23,7 @@ import torch
 
 from vqclip.config import SCALES
 from vqclip.images import image_tensor, load_image, to_uint8
+from vqclip.limits import read_text
 
 __all__ = [
     "LANCZOS",
@@ -206,7 +207,7 @@ def default_upscaler(path: str | Path) -> str:
     text = None
     try:
         if path.is_dir():
-            text = (path / "config.json").read_text(encoding="utf-8")
+            text = read_text(path / "config.json", "upscale")
         elif path.suffix.lower() == ".png":
             text = read_png_metadata(path).get("config")
         config = GenerationConfig.from_json(text) if text else None

@@ -14,7 +14,7 @@ import numpy as np
 
 from vqclip.frames import FRAMES, frame_iteration, frame_paths, temp_beside
 from vqclip.images import image_size, read_pixels
-from vqclip.limits import MAX_VIDEO_PIXELS
+from vqclip.limits import MAX_VIDEO_PIXELS, read_text
 
 __all__ = [
     "assemble_video",
@@ -232,7 +232,7 @@ def default_fps(run_dir: str | Path) -> float:
     from vqclip.config import GenerationConfig
 
     path = Path(run_dir) / "config.json"
-    config = GenerationConfig.from_json(path.read_text()) if path.is_file() else None
+    config = GenerationConfig.from_json(read_text(path, "video"), f"video: {path}") if path.is_file() else None  # fmt: skip
     if config is None or not config.init_video:
         return 10.0
     source = config.init_video

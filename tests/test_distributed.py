@@ -21,7 +21,7 @@ PROMPT = "a red circle on a blue background"
 
 
 def _run(
-    command: list[str], processes: int, out: Path, cwd_by_rank: Path | None = None
+    command: list[str], processes: int, out: Path, cwd_by_rank: Path | None = None, ok: bool = True
 ) -> subprocess.CompletedProcess:
     """``vqclip COMMAND`` in ``processes`` processes under torchrun (gloo on loopback), or in
     one plain process; each with one thread, as torchrun gives its workers. ``cwd_by_rank``:
@@ -37,7 +37,7 @@ def _run(
     done = subprocess.run(
         [*launcher, *command], env=env, capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
     return done
 
 
@@ -73,6 +73,12 @@ def test_two_processes_make_the_single_process_image_and_only_rank_0_writes(
     _run(["resume", "run", "--max_iterations", "9"], 2, shared, cwd_by_rank=tmp_path / "rank")
     _run(["resume", str(single), "--max_iterations", "9"], 1, alone)
     _same_run(run, single)
+    # What rank 0 cannot read, every rank reports (rank 1 had waited for a broadcast).
+    (run / "state.pt").write_bytes(b"not a state")
+    done = _run(["resume", "run", "--max_iterations", "12"], 2, shared, cwd_by_rank=tmp_path / "rank", ok=False)  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("vqclip resume: error:")]
+    assert len(errors) == 2 and all("refused to load run/state.pt" in e for e in errors), done.stderr[-3000:]  # fmt: skip
+    assert "rank 0: " in errors[0] + errors[1]
     assert [p.name for p in frame_paths(run)][-1] == "000009.png"
 
 

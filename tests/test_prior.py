@@ -40,8 +40,14 @@ def test_a_file_that_is_not_a_prior_is_refused(tmp_path: Path) -> None:
         load_prior(tmp_path / "unknown.pt")
     state = {k: v for k, v in _prior().state_dict().items() if not k.startswith("encoder.0")}
     torch.save({"kind": "shapes-scene", "state_dict": state}, tmp_path / "mismatch.pt")
-    with pytest.raises(ValueError, match="does not match its architecture"):
+    with pytest.raises(
+        ValueError, match="does not fit the architecture of its kind 'shapes-scene'"
+    ):
         load_prior(tmp_path / "mismatch.pt")
+    for crafted in ({"kind": ["x"], "state_dict": {}}, {"kind": "shapes-scene", "state_dict": [1]}):
+        torch.save(crafted, tmp_path / "crafted.pt")  # were TypeError and AttributeError
+        with pytest.raises(ValueError, match="unknown kind|not names mapped to tensors"):
+            load_prior(tmp_path / "crafted.pt")
     with pytest.raises(ValueError, match="Linear is not a known prior kind"):
         save_prior(torch.nn.Linear(2, 2), tmp_path / "linear.pt")
 

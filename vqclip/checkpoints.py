@@ -110,7 +110,11 @@ def load_weights(path: str | Path, field: str) -> dict[str, torch.Tensor]:
 
 
 def check_fits(
-    build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], field: str, path: Path
+    build: Callable[[], torch.nn.Module],
+    state: dict[str, torch.Tensor],
+    field: str,
+    path: Path,
+    source: str = "its config describes",
 ) -> None:
     """Build the model that a config describes on the meta device (no memory) and compare it
     with the file's own tensors, name by name and shape by shape; raise ``ValueError`` before
@@ -131,7 +135,7 @@ def check_fits(
     if missing or unexpected or wrong:
         shapes = [f"{k} {got[k]} (config: {expected[k]})" for k in wrong[:3]]
         raise ValueError(
-            f"{field}: {path} does not fit the architecture its config describes: missing "
+            f"{field}: {path} does not fit the architecture {source}: missing "
             f"keys {missing[:5]}, unexpected keys {unexpected[:5]}, shapes {shapes}"
         )
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.checkpoints import load_checkpoint
+from vqclip.checkpoints import check_fits, load_checkpoint
 from vqclip.plugins import load_plugins
 
 __all__ = [
@@ -65,17 +65,16 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
             f"prior file {path}: expected a dict with 'kind' and 'state_dict' (as "
             "vqclip.prior.save_prior writes)"
         )
-    kinds = prior_kinds()
-    if saved["kind"] not in kinds:
+    kinds, kind, state = prior_kinds(), saved["kind"], saved["state_dict"]
+    if not isinstance(kind, str) or kind not in kinds:
         raise ValueError(
-            f"prior file {path}: unknown kind {saved['kind']!r}; known kinds are {list(kinds)}"
+            f"prior file {path}: unknown kind {str(kind)[:60]!r}; known kinds are {list(kinds)}"
         )
-    model = kinds[saved["kind"]]()
-    state = {k: v.float() for k, v in saved["state_dict"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"prior file {path} does not match its architecture: {error}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):  # fmt: skip
+        raise ValueError(f"prior file {path}: its state_dict is not names mapped to tensors")
+    check_fits(kinds[kind], state, "prior", Path(path), f"of its kind {kind!r}")
+    model = kinds[kind]()
+    model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval().requires_grad_(False).to(device)
 
 

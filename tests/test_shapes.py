@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from vqclip.loop import NOISE
 from vqclip.models import load_clip, load_vqgan
 from vqclip.prior import load_prior, redraw
 from vqclip.shapes import evaluate
-from vqclip.shapes.data import COLORS, SHAPES, caption, render, sample_scenes
+from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, render, sample_scenes
 from vqclip.shapes.judge import judge
 from vqclip.shapes.plugin import WEIGHTS
 from vqclip.shapes.prior import reading_accuracy
@@ -45,8 +46,84 @@ def test_data_set_is_seeded_and_varied() -> None:
 
 
 def test_judge_on_fresh_data_set_images() -> None:
+    """Rendering is deterministic and the judge fits shapes exactly enough: every image."""
     accuracy = evaluate.judge_accuracy(count=200, seed=2026)
-    assert accuracy["colors"] >= 0.98 and accuracy["shapes"] >= 0.95, accuracy
+    assert accuracy == {"joint": 1.0, "colors": 1.0, "shapes": 1.0}, accuracy
+
+
+def test_judge_accepts_every_clean_rendering() -> None:
+    """Every colour x shape x background, small and large, centred and near the corners."""
+    places = [(10, 12, 12), (17, 40, 25), (24, 24, 24), (13, 52, 11)]  # radius, cx, cy
+    for color, shape, background in itertools.product(COLORS, SHAPES, COLORS):
+        if color == background:
+            continue
+        scenes = [Scene(color, background, shape, float(x), float(y), float(r)) for r, x, y in places]  # fmt: skip
+        for scene, image in zip(scenes, render(scenes), strict=True):
+            verdict = judge(to_uint8(image))
+            assert verdict.matches(color, shape, background), (scene, verdict)
+
+
+def _drawn(mask: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """A red ``mask`` on blue, 64x64 (or on ``fill``, a whole image under it)."""
+    image = np.empty((64, 64, 3), np.uint8)
+    image[:] = COLORS["blue"] if fill is None else fill
+    image[mask] = COLORS["red"]
+    return image
+
+
+_Y, _X = np.mgrid[:64, :64] + 0.5
+_R, _A = np.hypot(_X - 32, _Y - 32), np.arctan2(_Y - 32, _X - 32)
+
+
+def _grey_with_a_blue_edge() -> np.ndarray:
+    image = np.full((64, 64, 3), 128, np.uint8)  # 94% grey: no colour of the palette
+    image[[0, -1], :], image[:, [0, -1]] = COLORS["blue"], COLORS["blue"]
+    image[_R <= 6] = COLORS["red"]
+    return image
+
+
+@pytest.mark.parametrize(
+    "name, image",
+    [
+        ("ellipse 1.6:1", _drawn(((_X - 32) / 20) ** 2 + ((_Y - 32) / 12.5) ** 2 <= 1)),
+        ("rectangle 1.6:1", _drawn((abs(_X - 32) <= 16) & (abs(_Y - 32) <= 10))),
+        ("trapezoid", _drawn((_Y >= 18) & (_Y <= 46) & (abs(_X - 32) <= 9 + (_Y - 18) / 28 * 9))),
+        (
+            "mild trapezoid",
+            _drawn((_Y >= 18) & (_Y <= 46) & (abs(_X - 32) <= 11 + (_Y - 18) / 28 * 5)),
+        ),  # fmt: skip
+        ("lumpy blob, 5 lobes", _drawn(_R <= 16 * (1 + 0.2 * np.sin(5 * _A)))),
+        ("lumpy blob, 3 lobes", _drawn(_R <= 16 * (1 + 0.2 * np.sin(3 * _A)))),
+        (
+            "three small discs",
+            _drawn(
+                (np.hypot(_X - 14, _Y - 14) <= 7)
+                | (np.hypot(_X - 45, _Y - 20) <= 7)
+                | (np.hypot(_X - 30, _Y - 48) <= 7)
+            ),
+        ),  # fmt: skip
+        (
+            "square, 15% punched out",
+            _drawn(
+                (abs(_X - 32) <= 14)
+                & (abs(_Y - 32) <= 14)
+                & (np.random.default_rng(0).random((64, 64)) >= 0.15)
+            ),
+        ),  # fmt: skip
+        ("grey, a thin blue edge, a small red disc", _grey_with_a_blue_edge()),
+        (
+            "speckle",
+            np.where(
+                np.random.default_rng(1).random((64, 64, 1)) < 0.5, COLORS["red"], COLORS["blue"]
+            ).astype(np.uint8),
+        ),  # fmt: skip
+    ],
+)
+def test_judge_rejects_what_is_not_a_red_shape_on_blue(name: str, image: np.ndarray) -> None:
+    """Issue 46: the box-fill judge read an ellipse, a trapezoid, a blob as circles or squares
+    and a grey image with a blue edge as blue; none is any prompted shape in its colours now."""
+    verdict = judge(image)
+    assert not any(verdict.matches("red", shape, "blue") for shape in SHAPES), (name, verdict)
 
 
 def test_shipped_models_load_through_the_registry_and_are_small() -> None:
@@ -308,6 +385,9 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     # (the pull in pixels, to 12 over 60 steps: 0.96, 0.96, 0.75 to 0.85; no prior: 0.94, 0.81,
     # 0.15). Issue 30 aims at 0.9 shapes on every CPU; the bounds sit a few of the 24 runs below
     # the measured rates: another CPU sums floats in another order.
+    # Joint (colour, shape and background right in the same image) with the fitting judge:
+    # 0.96 (23 of 24) here (2026-12-06, AMD EPYC); asserted 4 runs lower, as the shapes are.
+    assert rates["joint"] >= 0.8, rates
     assert rates["colors"] >= 0.85 and rates["roles"] >= 0.85 and rates["shapes"] >= 0.8, rates
 
 
@@ -329,6 +409,7 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
     print("fp32:", exact, "bf16:", fast)
     assert fast["runs"] == exact["runs"] == 24
     assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.2
+    assert fast["joint"] >= exact["joint"] - 0.2  # measured 0.92 against 0.96 (AMD EPYC)
 
 
 @pytest.mark.slow  # 24 generations with two CLIPs, one candidate each: about 1.5 minutes
@@ -350,7 +431,8 @@ def test_an_ensemble_of_the_two_shapes_clips_steers_the_colour(
     print(f"single model, best of 3: {single}")
     # Measured 100% steering, colours 0.92, shapes 0.88 (with the pull in pixels over 60 steps:
     # 100%, 0.96, 0.71).
-    assert rate >= 0.9 and both["colors"] >= 0.8, (rate, both)
+    # Joint with the fitting judge: 0.79 (19 of 24; AMD EPYC, 2026-12-06), asserted 4 runs lower.
+    assert rate >= 0.9 and both["colors"] >= 0.8 and both["joint"] >= 0.62, (rate, both)
 
 
 @pytest.mark.slow  # 24 generations: about 1.5 minutes on a 2-core CPU
@@ -364,6 +446,8 @@ def test_the_pixels_generator_steers_the_colour(tmp_path: Path) -> None:
     print(f"pixels: steering {rate:.0%} of 24 comparisons; {rates}")
     print("pixels, judged colours:", [(r["prompt"], r["top_two"]) for r in rows])
     # Measured 100% steering, colours, roles and shapes (seeds 1-3: 100%, 100%, 100%, 99%).
+    # Joint with the fitting judge: 1.0 (24 of 24; AMD EPYC, 2026-12-06), asserted 4 runs lower.
+    assert rates["joint"] >= 0.8, rates
     assert rate >= 0.9 and rates["colors"] >= 0.85 and rates["shapes"] >= 0.8, (rate, rates)
 
 
@@ -382,4 +466,7 @@ def test_the_diffusion_generator_steers_the_colour_and_draws_the_shapes(tmp_path
     # 88%; docs/shapes.md); chance is 50%, 7% and about 1/3 of the clean shapes. The issue's
     # steering target is asserted; the colours' and shapes' bounds (targets 85% and 70%) sit a
     # few runs lower, since another CPU sums floats in another order.
+    # Joint with the fitting judge: 0.79 (38 of 48), steering 94% with a win only above 2% of
+    # the image (AMD EPYC, 2026-12-06): short of issue 46's 85%; asserted 7 runs lower.
+    assert rates["joint"] >= 0.65, rates
     assert rate >= 0.9 and rates["colors"] >= 0.8 and rates["shapes"] >= 0.65, (rate, rates)

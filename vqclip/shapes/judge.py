@@ -1,9 +1,12 @@
 """A judge that uses no CLIP: from pixels alone, the background, the shape's colour and class.
 
 Every pixel is classified to its nearest palette colour. The background is the colour that
-covers most of the border; the shape's colour is the largest other colour; the shape class
-comes from the largest connected region of that colour: how much of its bounding box it fills
-(square ~1.0, circle ~0.79, triangle ~0.5) and how its width grows from top to bottom.
+covers most of the border, if it covers a fair share of the image; the shape's colour is the
+largest other colour. The shape is read by fitting: the largest connected region of that
+colour is compared with the data set's ideal disc, square and upright equilateral triangle of
+the same area and centre (intersection over union), and the best is taken only when it fits
+closely, the region is about as tall as wide, and it holds most of its colour (one object);
+anything else is ``"other"``. The rule and its thresholds: docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -15,21 +18,30 @@ import numpy as np
 
 from vqclip.shapes.data import COLORS
 
-__all__ = ["Judgement", "judge", "color_shares"]
+__all__ = ["Judgement", "judge", "color_shares", "fit_shape"]
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # (C, 3)
 _NAMES = list(COLORS)
 _FAR = 90.0  # RGB distance beyond which a pixel matches no palette colour
+FIT = 0.86  # least intersection over union with the ideal shape (clean renderings: >= 0.96)
+ASPECT = 1.3  # most height:width, either way, of the region's box (the triangle's is 1.15)
+ONE_OBJECT = 0.8  # least share of its colour's pixels that the largest region holds
+FAIR_SHARE = 0.3  # least share of the image the background covers (the data set's: >= 0.44)
+MIN_PIXELS = 30  # a smaller region is no shape
 
 
 @dataclass(frozen=True)
 class Judgement:
     """What the judge sees in one image."""
 
-    background: str | None
+    background: str | None  # None: no colour covers the border and a fair share
     color: str | None  # the shape's colour
-    shape: str | None  # "circle", "square", "triangle", or None when no clean region
+    shape: str | None  # "circle", "square", "triangle", "other" (no close fit), None: no shape
     shares: dict[str, float]  # share of the image in each palette colour ("other": none)
+
+    def matches(self, color: str, shape: str, background: str) -> bool:
+        """Whether the image shows ``color`` ``shape`` on ``background``, all three at once."""
+        return (self.color, self.shape, self.background) == (color, shape, background)
 
     def top_two(self) -> set[str]:
         """The two colours that cover most of the image."""
@@ -80,25 +92,40 @@ def _largest_region(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _classify_shape(region: np.ndarray) -> str | None:
+def fit_shape(region: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The shape a boolean (H, W) region is, by fitting, and its intersection over union with
+    each ideal shape of its area and centre; ``"other"`` when none fits closely or the region
+    is too small or too elongated."""
     ys, xs = np.nonzero(region)
-    if len(ys) < 30:
-        return None
-    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-    box_h, box_w = bottom - top + 1, right - left + 1
-    if max(box_h, box_w) > 1.6 * min(box_h, box_w):
-        return None  # too elongated to be any of the three
-    fill = len(ys) / (box_h * box_w)
-    band = max(1, box_h // 4)
-    top_width = region[top : top + band].sum() / band
-    bottom_width = region[bottom - band + 1 : bottom + 1].sum() / band
-    if top_width < 0.55 * bottom_width and fill < 0.7:
-        return "triangle"
-    if fill >= 0.88:
-        return "square"
-    if 0.68 <= fill < 0.88 and top_width > 0.45 * bottom_width:
-        return "circle"
-    return None
+    if len(ys) < MIN_PIXELS:
+        return "other", {}
+    height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    ious = {name: _iou(region, ideal) for name, ideal in _ideals(region.shape, ys, xs).items()}
+    best = max(ious, key=ious.get)
+    if max(height, width) > ASPECT * min(height, width) or ious[best] < FIT:
+        return "other", ious
+    return best, ious
+
+
+def _ideals(size: tuple[int, ...], ys: np.ndarray, xs: np.ndarray) -> dict[str, np.ndarray]:
+    """The data set's three shapes (data._inside) with the region's area and centroid, sampled
+    at pixel centres: a disc, a square, an upright equilateral triangle (centroid at its
+    circumcentre)."""
+    area, cy, cx = len(ys), ys.mean() + 0.5, xs.mean() + 0.5
+    y, x = np.mgrid[: size[0], : size[1]] + 0.5
+    r = np.sqrt(area / np.pi)
+    half = np.sqrt(area) / 2
+    big = np.sqrt(4 * area / (3 * np.sqrt(3)))  # circumradius of the triangle of that area
+    below = y - (cy - big)  # depth under the apex
+    return {
+        "circle": (x - cx) ** 2 + (y - cy) ** 2 <= r**2,
+        "square": (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half),
+        "triangle": (below >= 0) & (y <= cy + big / 2) & (np.abs(x - cx) <= below / np.sqrt(3)),
+    }
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def judge(pixels: np.ndarray) -> Judgement:
@@ -110,10 +137,13 @@ def judge(pixels: np.ndarray) -> Judgement:
     if len(border) == 0:
         return Judgement(None, None, None, shares)
     bg = int(np.bincount(border, minlength=len(_NAMES)).argmax())
+    background = _NAMES[bg] if shares[_NAMES[bg]] >= FAIR_SHARE else None
     counts = np.bincount(labels[labels >= 0], minlength=len(_NAMES))
     counts[bg] = 0
     if counts.max() == 0:
-        return Judgement(_NAMES[bg], None, None, shares)
+        return Judgement(background, None, None, shares)
     fg = int(counts.argmax())
-    shape = _classify_shape(_largest_region(labels == fg))
-    return Judgement(_NAMES[bg], _NAMES[fg], shape, shares)
+    region = _largest_region(labels == fg)
+    one_object = region.sum() >= ONE_OBJECT * counts[fg]
+    shape = fit_shape(region)[0] if one_object else "other"
+    return Judgement(background, _NAMES[fg], shape, shares)

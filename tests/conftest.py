@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import hypothesis.configuration
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,13 @@ from vqclip.config import GenerationConfig
 # machine would otherwise be kept for the user's runs.
 os.environ["VQCLIP_HOME"] = tempfile.mkdtemp(prefix="vqclip-tests-home-")
 atexit.register(shutil.rmtree, os.environ["VQCLIP_HOME"], ignore_errors=True)
+# Nothing of the suite's own in the checkout or the user's home: hypothesis's example database,
+# IPython's profile and Jupyter's runtime files (the notebook tests' kernels) go to temp folders.
+_SANDBOX = tempfile.mkdtemp(prefix="vqclip-tests-sandbox-")
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
+hypothesis.configuration.set_hypothesis_home_dir(os.path.join(_SANDBOX, "hypothesis"))
+os.environ["IPYTHONDIR"] = os.path.join(_SANDBOX, "ipython")
+os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(_SANDBOX, "jupyter-runtime")
 
 TINY_VQGAN = {
     "double_z": False, "z_channels": 32, "resolution": 32, "in_channels": 3, "out_ch": 3,

@@ -23,13 +23,14 @@ from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
 from vqclip.pipeline import generate
 
-ray = pytest.importorskip("ray")  # the dev extra installs it; `make test` has it
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """A Ray head on 127.0.0.1 with two CPU workers, stopped at the end; yields its address."""
+    """A Ray head on 127.0.0.1 with two CPU workers, stopped at the end; yields its address.
+    Only the tests that need it skip without Ray (the dev extra installs it)."""
+    ray = pytest.importorskip("ray")
     home = tmp_path_factory.mktemp("ray")
     # A cluster on loopback for this test alone: no token (the driver here would need it).
     quiet = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vqclip.limits import check_regular
+
 if TYPE_CHECKING:  # torch is imported where tensors are made: `vqclip video` runs without it
     import torch
 
@@ -41,8 +43,8 @@ def check_image(path: str | Path, field: str) -> None:
 def _open_image(path: Path, field: str, limit: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
     """An image whose header is read and whose size is within ``limit`` pixels, not yet
     decoded; a FIFO or device is refused before it is opened."""
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{field}: {str(path)!r} is not a regular file; expected an image file")
+    if path.exists():
+        check_regular(path, field)
     try:
         with warnings.catch_warnings():  # PIL's warning for what the cap below refuses
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

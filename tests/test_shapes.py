@@ -45,20 +45,23 @@ def test_data_set_is_seeded_and_varied() -> None:
     assert len(captions) > 40
 
 
-def test_judge_on_fresh_data_set_images() -> None:
+@pytest.mark.parametrize("size", [32, 64])
+def test_judge_on_fresh_data_set_images(size: int) -> None:
     """Rendering is deterministic and the judge fits shapes exactly enough: every image."""
-    accuracy = evaluate.judge_accuracy(count=200, seed=2026)
+    accuracy = evaluate.judge_accuracy(count=400, seed=2026, size=size)
     assert accuracy == {"joint": 1.0, "colors": 1.0, "shapes": 1.0}, accuracy
 
 
-def test_judge_accepts_every_clean_rendering() -> None:
-    """Every colour x shape x background, small and large, centred and near the corners."""
-    places = [(10, 12, 12), (17, 40, 25), (24, 24, 24), (13, 52, 11)]  # radius, cx, cy
+@pytest.mark.parametrize("size", [32, 64, 128])  # the diffusion model's, the data set's, 2x
+def test_judge_accepts_every_clean_rendering(size: int) -> None:
+    """Every colour x shape x background, small and large, centred and near the corners, at
+    each size the shapes world draws (the smallest triangle at 32x32 is 25 pixels)."""
+    places = [(10, 12, 12), (17, 40, 25), (24, 24, 24), (13, 52, 11), (10.2, 50, 40)]
     for color, shape, background in itertools.product(COLORS, SHAPES, COLORS):
         if color == background:
             continue
         scenes = [Scene(color, background, shape, float(x), float(y), float(r)) for r, x, y in places]  # fmt: skip
-        for scene, image in zip(scenes, render(scenes), strict=True):
+        for scene, image in zip(scenes, render(scenes, size), strict=True):
             verdict = judge(to_uint8(image))
             assert verdict.matches(color, shape, background), (scene, verdict)
 
@@ -86,6 +89,8 @@ def _grey_with_a_blue_edge() -> np.ndarray:
     "name, image",
     [
         ("ellipse 1.6:1", _drawn(((_X - 32) / 20) ** 2 + ((_Y - 32) / 12.5) ** 2 <= 1)),
+        ("small ellipse 1.6:1", _drawn(((_X - 32) / 8) ** 2 + ((_Y - 32) / 5) ** 2 <= 1)),
+        ("small rectangle 1.6:1", _drawn((abs(_X - 32) <= 6.5) & (abs(_Y - 32) <= 4))),
         ("rectangle 1.6:1", _drawn((abs(_X - 32) <= 16) & (abs(_Y - 32) <= 10))),
         ("trapezoid", _drawn((_Y >= 18) & (_Y <= 46) & (abs(_X - 32) <= 9 + (_Y - 18) / 28 * 9))),
         (

@@ -46,11 +46,12 @@ __all__ = [
 ]
 
 
-def judge_accuracy(count: int = 200, seed: int = 7) -> dict[str, float]:
-    """The judge on freshly drawn data-set images: the share judged right in colour, shape and
-    background at once (``joint``), then colours and shapes alone."""
+def judge_accuracy(count: int = 200, seed: int = 7, size: int = 64) -> dict[str, float]:
+    """The judge on freshly drawn data-set images (``size`` pixels square): the share judged
+    right in colour, shape and background at once (``joint``), then colours and shapes alone."""
     scenes = sample_scenes(count, torch.Generator().manual_seed(seed))
-    pairs = list(zip((judge(to_uint8(image)) for image in render(scenes)), scenes, strict=True))
+    images = render(scenes, size)
+    pairs = list(zip((judge(to_uint8(image)) for image in images), scenes, strict=True))
     return {
         "joint": sum(v.matches(s.color, s.shape, s.background) for v, s in pairs) / count,
         "colors": sum(v.color == s.color and v.background == s.background for v, s in pairs)

@@ -24,10 +24,11 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # (C, 3)
 _NAMES = list(COLORS)
 _FAR = 90.0  # RGB distance beyond which a pixel matches no palette colour
 FIT = 0.86  # least intersection over union with the ideal shape (clean renderings: >= 0.96)
-ASPECT = 1.3  # most height:width, either way, of the region's box (the triangle's is 1.15)
+ASPECT = 1.3  # most height:width, either way, of the region's box (the triangle's is 1.15),
+# give or take a pixel: a small triangle's box on the pixel grid is 6 by 8
 ONE_OBJECT = 0.8  # least share of its colour's pixels that the largest region holds
 FAIR_SHARE = 0.3  # least share of the image the background covers (the data set's: >= 0.44)
-MIN_PIXELS = 30  # a smaller region is no shape
+MIN_SHARE = 30 / 64**2  # a region under this share of the image is no shape (30 pixels at 64x64)
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,12 @@ def fit_shape(region: np.ndarray) -> tuple[str, dict[str, float]]:
     each ideal shape of its area and centre; ``"other"`` when none fits closely or the region
     is too small or too elongated."""
     ys, xs = np.nonzero(region)
-    if len(ys) < MIN_PIXELS:
+    if len(ys) < MIN_SHARE * region.size:
         return "other", {}
     height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     ious = {name: _iou(region, ideal) for name, ideal in _ideals(region.shape, ys, xs).items()}
     best = max(ious, key=ious.get)
-    if max(height, width) > ASPECT * min(height, width) or ious[best] < FIT:
+    if max(height, width) - 1 > ASPECT * min(height, width) or ious[best] < FIT:
         return "other", ious
     return best, ious
 

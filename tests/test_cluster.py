@@ -115,7 +115,12 @@ def test_a_sweep_runs_retries_skips_and_shows_a_gallery(cluster: str, tmp_path: 
     before = {p.name: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
     shutil.rmtree(runs[0])
     runs[0].symlink_to(victim)
+    page_victim = tmp_path / "page_victim.html"
+    page_victim.write_text("keep me")
+    (sweep_dir / "gallery.html").unlink()
+    (sweep_dir / "gallery.html").symlink_to(page_victim)  # the page is replaced, not followed
     planted = run_sweep(read_sweep(tmp_path / "four.yaml"), cluster)
+    assert page_victim.read_text() == "keep me" and not (sweep_dir / "gallery.html").is_symlink()
     assert planted["done"] == [] and len(planted["skipped"]) == 3
     assert (
         "is a symlink or a file, not this sweep's run directory" in planted["failed"][runs[0].name]

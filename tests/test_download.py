@@ -355,10 +355,16 @@ def test_a_cached_url_image_is_checked_on_every_use(
         fetch_url(url, home / "images")
 
 
-def test_a_planted_part_symlink_is_not_written_through(server: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["m.ckpt", "m.ckpt.part", "m.ckpt.sha256"])
+def test_no_planted_symlink_in_the_cache_is_written_through(
+    server: str, tmp_path: Path, name: str
+) -> None:
+    """Every name a download writes (the file, its partial file, its recorded hash): a link
+    planted there is replaced, never followed."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "m.ckpt.part").symlink_to(victim)
-    download((f"{server}/ok/model.ckpt",), tmp_path / "cache" / "m.ckpt")
+    (tmp_path / "cache" / name).symlink_to(victim)
+    path = download((f"{server}/ok/model.ckpt",), tmp_path / "cache" / "m.ckpt")
     assert victim.read_bytes() == b"keep me"
+    assert not path.is_symlink() and path.read_bytes() == _Handler.files["model.ckpt"]

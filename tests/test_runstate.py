@@ -144,15 +144,35 @@ def test_a_config_json_that_is_not_json_is_named(unbroken: Path) -> None:
         resume(unbroken, max_iterations=20)
 
 
-def test_resume_writes_through_no_planted_symlink(unbroken: Path, tmp_path: Path) -> None:
-    """The fixed temp names of before (``.state.pt.part``, ``frames/.NNNNNN.png.part``) were
-    written through: a crafted run directory could overwrite any file of the user's."""
-    victim = tmp_path / "victim"
+# Every name a resume from iteration 12 to 20 writes, moves or makes in its run directory; the
+# dot-names are the fixed temp names of before, which were written through.
+_WRITTEN = (
+    STATE, "config.json", "final.png", "frames/000012.png", "frames/000015.png",
+    "frames/000020.png", "video.mp4", "superseded-000012", ".state.pt.part",
+    ".config.json.part", "frames/.000015.png.part",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _WRITTEN)
+def test_resume_writes_through_no_planted_symlink(
+    unbroken: Path, tmp_path: Path, name: str
+) -> None:
+    """A crafted run directory with a link at a name vqclip writes: the resume either refuses
+    in one line or replaces the link; the file or folder it points to is untouched."""
+    victim, folder = tmp_path / "victim", tmp_path / "folder"
     victim.write_bytes(b"keep me")
-    for name in (".state.pt.part", ".config.json.part", "frames/.000015.png.part"):
-        (unbroken / name).symlink_to(victim)
-    resume(unbroken, max_iterations=20)
-    assert victim.read_bytes() == b"keep me"
+    folder.mkdir()
+    planted = unbroken / name
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(folder if name.startswith("superseded") else victim)
+    try:
+        resumed = resume(unbroken, max_iterations=20)
+    except (ValueError, FileExistsError) as error:  # refused: one line naming the link
+        assert "\n" not in str(error) and name.split("/")[-1] in str(error), error
+    else:
+        assert read_state(resumed.run_dir / STATE)["iteration"] == 20
+        assert (unbroken / "final.png").is_file() and not (unbroken / "final.png").is_symlink()
+    assert victim.read_bytes() == b"keep me" and not any(folder.iterdir())
 
 
 def test_a_frames_symlink_or_a_stray_frame_name_is_named(unbroken: Path, tmp_path: Path) -> None:

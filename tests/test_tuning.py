@@ -85,3 +85,17 @@ def test_the_probe_runs_each_precision_on_this_cpu_and_gives_up_on_a_slow_one() 
     started = time.perf_counter()  # a precision slower than the limit is timed by one run
     seconds = tuning._time_probe(torch.device("cpu"), "fp32", repeats=50, give_up=0.0)
     assert time.perf_counter() - started < 20 * seconds + 1
+
+
+def test_a_planted_cache_symlink_is_replaced_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``precision.json`` in a shared cache: a link there is neither read nor written through."""
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"planted": {"precision": "fp16", "why": "x", "seconds": {}}}')
+    (tmp_path / "precision.json").symlink_to(victim)
+    monkeypatch.setattr(tuning, "_time_probe", lambda device, precision, **options: 1.0)
+    choice = tuning.measure_precision(torch.device("cpu"), tmp_path)
+    assert choice.precision == "fp32" and not choice.why.endswith("(cached)")
+    assert victim.read_text().startswith('{"planted"')
+    assert not (tmp_path / "precision.json").is_symlink()

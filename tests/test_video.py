@@ -169,3 +169,20 @@ def test_an_encoder_that_stops_part_way_is_an_error_not_a_short_video(tmp_path: 
     assert done.returncode == 2, done.stdout + done.stderr
     assert "frames of" in done.stderr and "nothing was kept" in done.stderr
     assert not (run / "video.mp4").exists() and not list(run.glob(".*"))
+
+
+@pytest.mark.parametrize("target", ["a file", "nothing"])
+def test_a_planted_video_symlink_is_replaced_not_followed(tmp_path: Path, target: str) -> None:
+    """A link at ``video.mp4`` (to a file, or dangling): never written through, even when
+    told to overwrite."""
+    run = _save_run(tmp_path / "run", batch=1)
+    victim = tmp_path / "victim.mp4"
+    if target == "a file":
+        victim.write_bytes(b"keep me")
+    (run / "video.mp4").symlink_to(victim)
+    if target == "a file":
+        with pytest.raises(FileExistsError, match="video.mp4 exists"):
+            assemble_video(run)
+    path = assemble_video(run, overwrite=True)
+    assert not path.is_symlink() and count_video_frames(path) == len(ITERATIONS)
+    assert victim.read_bytes() == b"keep me" if target == "a file" else not victim.exists()

@@ -173,12 +173,13 @@ def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
     assert preference["prefers_prompted"] >= 0.9 and preference["median_margin"] > 0.05, preference
 
 
-def test_the_shipped_upscaler_beats_lanczos_on_held_out_scenes() -> None:
-    """Issue 34's condition for shipping a trained upscaler: higher PSNR than Lanczos at 4x,
-    restoring held-out renderings from their 4x4 averages (docs/shapes.md)."""
+def test_the_shipped_upscaler_beats_lanczos_and_nearest_on_held_out_scenes() -> None:
+    """Issue 34's condition for shipping a trained upscaler: higher PSNR than Lanczos and than
+    nearest neighbour (which the model adds its correction to) at 4x, restoring 64 held-out
+    renderings from their 4x4 averages (docs/shapes.md: 35.2, 31.8 and 29.1 dB)."""
     psnr = upscaler_psnr("shapes-upscaler")
-    print(f"shapes-upscaler x4: {psnr['psnr']:.2f} dB, Lanczos {psnr['lanczos_psnr']:.2f} dB")
-    assert psnr["psnr"] > psnr["lanczos_psnr"] + 1.0, psnr
+    print("shapes-upscaler x4, PSNR in dB:", psnr)
+    assert psnr["psnr"] > max(psnr["lanczos_psnr"], psnr["nearest_psnr"]) + 1.0, psnr
 
 
 def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> None:

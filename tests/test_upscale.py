@@ -78,6 +78,12 @@ def test_the_cli_writes_a_4x_copy_close_to_the_image_with_its_text(
     error = (back - image_tensor(pixels)).abs().mean().item()
     print(f"shapes-upscaler x4, 4x4 average back: mean error {error * 255:.2f} levels of 255")
     assert error < 4 / 255
+    # Nearest neighbour gives the image back exactly too: what was written is the bundled
+    # model's upscale (its quality against nearest and Lanczos over 64 held-out scenes:
+    # test_shapes.py's test_the_shipped_upscaler_beats_lanczos_and_nearest_on_held_out_scenes).
+    model = load_upscaler("shapes-upscaler")(image_tensor(pixels), 4)[0]
+    assert np.abs(big.astype(int) - model.permute(1, 2, 0).mul(255).round().numpy()).max() <= 1
+    assert np.abs(big.astype(int) - pixels.repeat(4, 0).repeat(4, 1)).max() > 32
     text = read_png_metadata(out)
     assert json.loads(text["upscale"]) == {"scale": 4, "model": "shapes-upscaler", "source": "shapes.png"}  # fmt: skip
     with pytest.raises(SystemExit) as stop:  # a second time: refuses to overwrite, one line

@@ -501,13 +501,18 @@ def train_upscaler(steps: int, out: Path, seed: int = 0, batch: int = 16, lr: fl
 
 
 def upscaler_psnr(model: str, seed: int = 0, count: int = 64) -> dict[str, float]:
-    """PSNR (dB) of ``model`` (a path or name) and of Lanczos, restoring held-out renderings
-    at 4x from their 4x4 averages (64x64 from 16x16 ... here 256x256 from 64x64)."""
+    """PSNR (dB) of ``model`` (a path or name), of Lanczos and of nearest neighbour, restoring
+    held-out renderings at 4x from their 4x4 averages (here 256x256 from 64x64)."""
     from vqclip.upscale import LANCZOS, load_upscaler
 
     small, large = upscaler_pairs(count, torch.Generator().manual_seed(20_000 + seed), 64)
+    ups = {
+        "psnr": load_upscaler(model),
+        "lanczos_psnr": load_upscaler(LANCZOS),
+        "nearest_psnr": lambda images, scale: F.interpolate(images, scale_factor=scale),
+    }
     psnr = {}
-    for name, upscaler in (("psnr", load_upscaler(model)), ("lanczos_psnr", load_upscaler(LANCZOS))):  # fmt: skip
+    for name, upscaler in ups.items():
         error = (upscaler(small, 4) - large).pow(2).mean()
         psnr[name] = float(10 * torch.log10(1 / error))
     return psnr

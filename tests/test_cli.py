@@ -160,12 +160,23 @@ def test_ctrl_c_keeps_the_run_and_resume_goes_on(tiny_models: dict, tmp_path: Pa
     done = int(read_png_metadata(run / "final.png")["iteration"])
     assert done >= 1 and frame_paths(run)[-1].name == f"{done:06d}.png"
 
+    # Resumed in a fresh process, as a user would the next day; an unbroken run of the same
+    # length, also in its own process (the same thread count), draws the same pixels.
     total = (done // 5 + 2) * 5 + 1  # past two more display steps, and not on one
-    cli.main(["resume", str(run), "--max_iterations", str(total), "--video", "--fps", "5"])
+    resume = [sys.executable, "-m", "vqclip", "resume", str(run), "--max_iterations", str(total)]
+    subprocess.run([*resume, "--video", "--fps", "5"], check=True, capture_output=True)
     frames = frame_paths(run)
     assert [int(p.stem) for p in frames] == [*range(0, total, 5), total]
     assert int(read_png_metadata(run / "final.png")["iteration"]) == total
     assert count_video_frames(run / "video.mp4") == len(frames)
+    unbroken = tmp_path / "unbroken"
+    flags = _flags(tiny_models, unbroken, "--max_iterations", str(total), "--display_frequency", "5")  # fmt: skip
+    command = [sys.executable, "-m", "vqclip", "generate", "a red circle", *flags]
+    subprocess.run(command, check=True, capture_output=True)
+    reference = frame_paths(_only_run(unbroken))
+    assert [p.name for p in reference] == [p.name for p in frames]
+    for mine, theirs in zip([*frames, run / "final.png"], [*reference, reference[-1]], strict=True):  # fmt: skip
+        assert np.array_equal(png_pixels(mine), png_pixels(theirs)), mine.name
 
 
 @pytest.mark.parametrize(

@@ -265,16 +265,27 @@ def test_two_processes_fetching_one_file_end_with_one_intact_file(
     """Before the folder lock, both appended to one .part: a file of the wrong length, and a
     raw FileNotFoundError in the process whose .part was renamed away."""
     target = tmp_path / "cache" / "m.ckpt"
+    # Each process says it is ready and waits for the other, so that both ask at once; each
+    # prints when its download call began and ended.
     code = (
-        "import sys; from pathlib import Path; from vqclip.download import download; "
-        "download((sys.argv[1],), Path(sys.argv[2]))"
+        "import sys, time; from pathlib import Path; from vqclip.download import download; "
+        "ready = Path(sys.argv[3]); (ready / sys.argv[4]).touch(); "
+        "stop = time.monotonic() + 60\n"
+        "while len(list(ready.iterdir())) < 2 and time.monotonic() < stop: time.sleep(0.01)\n"
+        "began = time.time(); download((sys.argv[1],), Path(sys.argv[2])); "
+        "print(began, time.time())"
     )
-    command = [sys.executable, "-c", code, f"{server}/slow/model.ckpt", str(target)]
-    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errors = [run.communicate(timeout=120)[1] for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], errors
+    (tmp_path / "ready").mkdir()
+    command = [sys.executable, "-c", code, f"{server}/slow/model.ckpt", str(target), str(tmp_path / "ready")]  # fmt: skip
+    runs = [subprocess.Popen([*command, str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    (began_a, ended_a), (began_b, ended_b) = [map(float, out.split()) for out, _ in outputs]
+    assert max(began_a, began_b) < min(ended_a, ended_b)  # they overlapped
     assert target.read_bytes() == tiny_models["ckpt"].read_bytes()
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.ckpt", "m.ckpt.sha256"]
+    # One fetch: the second waited for the folder's lock, then found and verified the file.
+    assert [path for path, _ in _Handler.log] == ["/slow/model.ckpt"]
 
 
 def test_a_complete_part_against_a_server_that_answers_416(

@@ -454,6 +454,61 @@ def test_any_prompt_or_config_value_is_a_clear_error_or_gets_through(
     pytest.fail("generate neither failed nor reached the models")
 
 
+# Values that pass the config's own checks (the property above covers those), with the kinds
+# of wrong that only the models can tell: a size the VQGAN cannot draw, a prior or a target
+# image that is not there, a start the generator does not have.
+_PREPARED = {
+    "generator": st.sampled_from(["vqgan", "vqgan", "pixels", "diffusion"]),
+    "width": st.sampled_from([32, 48, 64, 64, 42]),
+    "height": st.sampled_from([32, 40, 64, 64, 30]),
+    "cutn": st.integers(1, 24),
+    "best_of": st.integers(1, 3),
+    "batch_size": st.integers(1, 2),
+    "latent_levels": st.integers(1, 5),
+    "start": st.sampled_from(["palette", "random", "palette", "nonsense"]),
+    "prior": st.sampled_from(["shapes-prior", "shapes-prior", "no-such-prior", "/no/such/file.pt"]),  # fmt: skip
+    "prior_weight": st.floats(0, 50),
+    "augments": st.lists(st.sampled_from(["Af", "Pe", "Ji", "Er", "Hf"]), max_size=4),
+    "clip_model": st.sampled_from(["shapes-clip", "shapes-clip", "shapes-clip + shapes-clip-vit:0.5"]),  # fmt: skip
+    "target_images": st.sampled_from(["", "", "missing.png"]),
+}
+_PROMPTS = st.sampled_from(["a red circle on a blue background", "a green square:2 | blurry:-0.5", "x:1:-0.2"]) | st.text(max_size=40)  # fmt: skip
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(prompt=_PROMPTS, values=st.fixed_dictionaries({}, optional=_PREPARED))
+def test_any_input_through_model_preparation_is_a_clear_error_or_a_prepared_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    prompt: str,
+    values: dict,
+) -> None:
+    """The property above, carried through model preparation on the shapes models (their
+    files loaded, the prompts embedded, the prior and the start built): each input ends in one
+    line and exit 2, or in a prepared run whose loop is about to start."""
+    from vqclip import pipeline
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise _Reached
+
+    monkeypatch.setattr(pipeline, "run_schedule", reached)
+    root = tmp_path_factory.mktemp("prepared")
+    base = {"vqgan": "shapes-vqgan", "device": "cpu", "output_dir": str(root / "out")}
+    (root / "config.json").write_text(json.dumps({**base, **values}))
+    capsys.readouterr()
+    try:
+        cli.main(["generate", prompt, "--config", str(root / "config.json")])
+    except _Reached:
+        return
+    except SystemExit as exit_info:
+        assert exit_info.code == 2, values
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and re.match(r"vqclip( generate)?: error: ", lines[0]), (values, lines)  # fmt: skip
+        return
+    pytest.fail(f"generate neither failed nor reached the loop: {values}")
+
+
 def test_out_of_device_memory_ends_the_run_in_one_line_keeping_its_frames(
     tiny_models: dict,
     tmp_path: Path,

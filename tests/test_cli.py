@@ -466,10 +466,14 @@ _PREPARED = {
     "batch_size": st.integers(1, 2),
     "latent_levels": st.integers(1, 5),
     "start": st.sampled_from(["palette", "random", "palette", "nonsense"]),
-    "prior": st.sampled_from(["shapes-prior", "shapes-prior", "no-such-prior", "/no/such/file.pt"]),  # fmt: skip
+    "prior": st.sampled_from(
+        ["shapes-prior", "shapes-prior", "no-such-prior", "/no/such/file.pt"]
+    ),  # fmt: skip
     "prior_weight": st.floats(0, 50),
     "augments": st.lists(st.sampled_from(["Af", "Pe", "Ji", "Er", "Hf"]), max_size=4),
-    "clip_model": st.sampled_from(["shapes-clip", "shapes-clip", "shapes-clip + shapes-clip-vit:0.5"]),  # fmt: skip
+    "clip_model": st.sampled_from(
+        ["shapes-clip", "shapes-clip", "shapes-clip + shapes-clip-vit:0.5"]
+    ),  # fmt: skip
     "target_images": st.sampled_from(["", "", "missing.png"]),
 }
 _PROMPTS = st.sampled_from(["a red circle on a blue background", "a green square:2 | blurry:-0.5", "x:1:-0.2"]) | st.text(max_size=40)  # fmt: skip

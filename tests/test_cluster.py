@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 from tests.conftest import free_port, png_pixels
 from tests.test_limits import LAUGHS
 from vqclip import cli
-from vqclip.cluster import read_sweep, run_sweep
+from vqclip.cluster import read_sweep, run_sweep, stop_local_ray
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
 from vqclip.pipeline import generate
@@ -46,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield f"127.0.0.1:{port}"
     finally:
         ray.shutdown()
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)  # fmt: skip
+        stop_local_ray(home / "tmp")  # this cluster only: ray stop --force ends a user's too
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
@@ -197,3 +198,39 @@ def test_ray_with_frames_that_follow_or_without_a_video_is_refused(tiny_config: 
         generate(tiny_config, ray="local")
     with pytest.raises(ValueError, match="made one after another"):
         generate(tiny_config.replace(init_video="in.mp4", frame_init_weight=0.5), ray="local")
+
+
+def test_stopping_a_local_ray_ends_its_processes_and_no_one_elses(tmp_path: Path) -> None:
+    """What the fixture above does instead of ``ray stop --force``: the processes that name the
+    instance's temp folder and their children end; a process of another instance (another
+    folder) goes on. Real processes, no Ray needed."""
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"  # fmt: skip
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    started = [subprocess.Popen([sys.executable, "-c", code, f"--temp-dir={d}"]) for d in (ours, theirs)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(_children(p.pid) for p in started):
+            time.sleep(0.05)  # each has started its child
+        (child,) = _children(started[0].pid)
+        assert stop_local_ray(ours, grace=5) == 2
+        assert started[0].wait(timeout=10) is not None and _ended(child)
+        assert started[1].poll() is None and _children(started[1].pid)
+    finally:
+        for process in started:
+            for pid in _children(process.pid):
+                os.kill(pid, 9)
+            process.kill()
+            process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie (ended; whoever adopted it has not yet collected it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

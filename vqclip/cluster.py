@@ -23,6 +23,9 @@ import itertools
 import json
 import logging
 import math
+import os
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,10 @@ import numpy as np
 from vqclip.config import GenerationConfig
 from vqclip.limits import parse_yaml, read_text
 
-__all__ = ["Sweep", "read_sweep", "run_sweep", "write_gallery", "restyle_on_ray", "connect"]
+__all__ = [
+    "Sweep", "read_sweep", "run_sweep", "write_gallery", "restyle_on_ray", "connect",
+    "stop_local_ray",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 _KEYS = {"name", "output_dir", "settings", "prompts", "seeds", "grid", "configs", "retries"}
@@ -313,3 +319,48 @@ def restyle_on_ray(
             yield index, ray.get(ref)
     for index, ref in flight:
         yield index, ray.get(ref)
+
+
+def stop_local_ray(temp_dir: str | Path, grace: float = 10.0) -> int:
+    """Stop the local Ray instance started with ``ray start --temp-dir TEMP_DIR``, and nothing
+    else: the processes whose command line names that folder, with their descendants (Ray's
+    agents and workers), asked to end and killed after ``grace`` seconds. ``ray stop --force``
+    would end every Ray process of the user on the machine. Returns how many were signalled."""
+    mark = str(Path(temp_dir).resolve())
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    roots = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")  # fmt: skip
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile, or not ours to read
+        children[parent].append(int(entry.name))
+        if mark in command and int(entry.name) != os.getpid():
+            roots.append(int(entry.name))
+    found, queue = set(), list(roots)
+    while queue:
+        pid = queue.pop()
+        if pid not in found:
+            found.add(pid)
+            queue.extend(children.get(pid, ()))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in found:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(pid) for pid in found):
+            time.sleep(0.1)
+    return len(found)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended and waiting for its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from vqclip.cluster import stop_local_ray
+
 __all__ = ["run_scaling_benchmark", "format_scaling_table"]
 
 PROMPT = "a red circle on a blue background"
@@ -50,12 +52,13 @@ def run_scaling_benchmark(quick: bool = False) -> dict[str, Any]:
             spec = {"name": f"cpus{cpus}", "output_dir": root, "settings": settings, "prompts": [PROMPT], "seeds": seeds}  # fmt: skip
             (Path(root) / "sweep.yaml").write_text(yaml.safe_dump(spec))
             ray = str(bin_dir / "ray")
-            subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6390", "--num-cpus", str(cpus), "--include-dashboard", "false", "--disable-usage-stats"], env=env, check=True, capture_output=True)  # fmt: skip
+            temp = Path(root) / f"ray{cpus}"  # so that only this instance is stopped after
+            subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6390", "--num-cpus", str(cpus), "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp)], env=env, check=True, capture_output=True)  # fmt: skip
             try:
                 sweep = [str(bin_dir / "vqclip"), "sweep", str(Path(root) / "sweep.yaml"), "--address", "127.0.0.1:6390"]  # fmt: skip
                 rows[f"sweep of {len(seeds)} images, Ray with {cpus} CPU(s)"] = _timed(sweep, env)
             finally:
-                subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+                stop_local_ray(temp)
     return {"steps": int(steps), "cutn": int(cutn), "seconds": rows}
 
 

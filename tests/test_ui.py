@@ -86,6 +86,7 @@ def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
     url = f"http://127.0.0.1:{port}/"
     with serving(command, url, tmp_path, env, tmp_path / "ui.log"):
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.set_default_timeout(120_000)  # each Playwright wait (a generation takes ~10 s)
         page.goto(url)
         page.wait_for_selector("#generate")
         assert "preset shapes" in page.inner_text("#preset")
@@ -94,7 +95,9 @@ def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
         page.fill("#steps input", "60")
         page.click("#generate")
         previews, progress = set(), []
+        deadline = time.monotonic() + 300  # every wait has one: a hung page fails, not hangs
         while (value := _progress(page)) is None or value < 25:
+            assert time.monotonic() < deadline, f"progress stayed at {progress[-5:]}"
             progress.append(value or 0)
             previews.add(page.get_attribute("#preview img", "src") or "")
             time.sleep(0.2)
@@ -179,6 +182,7 @@ def test_the_page_answers_only_its_user(tiny_config: GenerationConfig, tmp_path:
         status, _, _ = _request(f"{base}/gradio_api/upload", {"Content-Type": f"multipart/form-data; boundary={boundary}"}, upload)  # fmt: skip
         assert status in (413, 0), status  # refused (or cut off) at 10 MB, not stored
         page = browser.new_page()
+        page.set_default_timeout(120_000)
         assert page.goto(f"http://rebind.test:{port}/").status == 403  # the rebinding site
         page.goto(base + "/")
         page.wait_for_selector("#gallery .thumbnail-item")

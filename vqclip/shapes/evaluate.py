@@ -14,9 +14,9 @@ import argparse
 import itertools
 import json
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "prompt_cases",
     "shapes_config",
     "run_cases",
+    "worker_pool",
     "success_rates",
     "steering_rate",
     "split_pairs",
@@ -170,21 +171,36 @@ def run_cases(
 ) -> list[dict[str, Any]]:
     """Generate every case with every seed and judge the final images, in order.
 
-    With ``jobs > 1`` the runs are spread over that many spawned processes, each with its share
-    of the CPU's threads: the shapes world's tensors are small, so two one-thread workers do
-    about 1.3x the work of one two-thread process on a 2-core machine.
+    With ``jobs > 1`` the runs go to :func:`worker_pool`'s processes of one thread each, so
+    that a run's result does not depend on how many cores the machine has (thread counts change
+    the order of floating-point sums); the shapes world's tensors are small, so two one-thread
+    workers also do about 1.3x the work of one two-thread process on a 2-core machine.
     """
     work = [
         (case, seed, str(output_dir), changes) for case, seed in itertools.product(cases, seeds)
     ]
     if jobs <= 1:
         return [_run_case(*item) for item in work]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    with ProcessPoolExecutor(
-        jobs, context, initializer=torch.set_num_threads, initargs=(threads,)
-    ) as pool:
-        return list(pool.map(_run_case, *zip(*work, strict=True)))
+    try:
+        return list(worker_pool(jobs).map(_run_case, *zip(*work, strict=True)))
+    except BrokenProcessPool:  # a worker died (killed, out of memory): the next call starts anew
+        _POOLS.pop(jobs).shutdown(wait=False)
+        raise
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes of one thread each, started on first use and kept
+    until this process ends: later calls (the test suite's quality checks) find the workers
+    started and their models loaded."""
+    if jobs not in _POOLS:
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+        _POOLS[jobs] = ProcessPoolExecutor(
+            jobs, context, initializer=torch.set_num_threads, initargs=(1,)
+        )
+    return _POOLS[jobs]
 
 
 def _run_case(

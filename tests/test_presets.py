@@ -95,8 +95,7 @@ def test_the_model_cache_is_explicit_and_can_be_cleared(tiny_config: GenerationC
 
     first = load_models(tiny_config, resolve_device("cpu"))
     assert load_models(tiny_config, resolve_device("cpu"))[1][0] is first[1][0]  # loaded once
-    MODELS.clear()
-    assert len(MODELS) == 0
+    MODELS.clear()  # what the notebook's "free memory" does: the next run loads afresh
     assert load_models(tiny_config, resolve_device("cpu"))[1][0] is not first[1][0]
 
 

@@ -19,10 +19,11 @@ import yaml
 from tests.conftest import free_port, png_pixels
 from tests.test_limits import LAUGHS
 from vqclip import cli
-from vqclip.cluster import read_sweep, run_sweep, stop_local_ray
+from vqclip.cluster import stop_local_ray
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
 from vqclip.pipeline import generate
+from vqclip.sweep import read_sweep, run_sweep
 
 BIN = Path(sys.executable).parent
 

@@ -206,9 +206,9 @@ _SWEEP_KEYS = ["name", "settings", "prompts", "seeds", "grid", "configs", "retri
 @_FUZZ
 @given(spec=st.dictionaries(st.sampled_from(_SWEEP_KEYS), _JSON, max_size=4), raw=st.none() | st.text(max_size=80))  # fmt: skip
 def test_fuzzed_sweep_yaml(tmp_path_factory: pytest.TempPathFactory, capsys, monkeypatch, spec: dict, raw: str | None) -> None:  # noqa: ANN001  # fmt: skip
-    from vqclip import cluster
+    from vqclip import sweep
 
-    monkeypatch.setattr(cluster, "run_sweep", _raise_reached)
+    monkeypatch.setattr(sweep, "run_sweep", _raise_reached)
     path = tmp_path_factory.mktemp("sweep") / "s.yaml"
     spec.setdefault("prompts", ["a red circle"])
     spec["output_dir"] = str(path.parent / "out")

@@ -305,7 +305,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from vqclip.cluster import read_sweep, run_sweep
+    from vqclip.sweep import read_sweep, run_sweep
 
     sweep = read_sweep(args.file)
     print(f"sweep: {len(sweep.runs)} runs into {sweep.directory}", flush=True)

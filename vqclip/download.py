@@ -27,16 +27,27 @@ from pathlib import Path
 import yaml
 
 from vqclip.frames import write_atomic
-from vqclip.zoo import ModelFile
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent fetches there are not guarded
     fcntl = None
 
-__all__ = ["DownloadError", "ensure_file", "download", "fetch_url", "sha256_file"]
+__all__ = ["DownloadError", "ModelFile", "ensure_file", "download", "fetch_url", "sha256_file"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model: where it lives in the cache and where it can be fetched."""
+
+    name: str  # file name in the model's cache directory
+    urls: tuple[str, ...] = ()  # the source first, then mirrors, tried in turn
+    sha256: str | None = None  # published hash, if any; otherwise recorded at first download
+    kind: str = "checkpoint"  # checkpoint, yaml, clip, json or safetensors: checked after download
+
+
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 20
 # (path, size, mtime, inode, ctime) -> the SHA-256 already checked; ctime changes with any write

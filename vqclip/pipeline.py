@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from vqclip import distributed, presets
+from vqclip.cluster import restyle_on_ray
 from vqclip.config import GenerationConfig, resolve_seed
 from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
 from vqclip.images import to_uint8
@@ -310,7 +312,8 @@ class _Restyle(_Job):
         set_aside_from(run_dir, done)  # an earlier video of the frames
 
     def run(self, report: Callback) -> None:
-        restyle_frames(self.config, self.loop, self.rng, self.writer, report, self.ray)
+        remote = partial(restyle_on_ray, address=self.ray) if self.ray else None
+        restyle_frames(self.config, self.loop, self.rng, self.writer, report, remote)
 
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         if not self.writer.saved:

@@ -14,6 +14,7 @@ that a stopped restyle goes on, from the first frame missing, exactly as it woul
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from vqclip.loop import Callback, Loop, best_candidates, run_loop, start_state
 from vqclip.objective import TemporalTerm
 from vqclip.video import count_video_frames, frame_stride, read_video_frames
 
-__all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames"]
+__all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames", "Remote"]
+
+# Restyles frames elsewhere: (config, (index, pixels) frames) -> (index, uint8 images), in order.
+Remote = Callable[
+    [GenerationConfig, Iterator[tuple[int, np.ndarray]]], Iterator[tuple[int, list[np.ndarray]]]
+]
 
 
 def frames_to_restyle(config: GenerationConfig) -> int:
@@ -48,19 +54,19 @@ def restyle_frames(
     generator: torch.Generator | None,
     writer: FrameWriter,
     callback: Callback | None = None,
-    ray: str | None = None,
+    remote: Remote | None = None,
 ) -> int:
     """Restyle every frame of ``config.init_video`` that ``writer`` has not saved yet; returns
-    how many it made. Reports carry the frame index as ``"frame"``. ``ray``: a Ray cluster's
-    address ("local": a local instance) whose workers restyle the frames (:mod:`vqclip.cluster`)."""
+    how many it made. Reports carry the frame index as ``"frame"``. ``remote``: where the
+    frames are restyled instead of here (handed in by the caller, such as
+    :func:`vqclip.cluster.restyle_on_ray` bound to a cluster's address): it takes the config and
+    the ``(index, pixels)`` frames, and yields ``(index, images)`` in order."""
     done = {frame_iteration(path) for path in writer.saved}
     made = 0
     frames = read_video_frames(config.init_video, config.video_frames, _stride(config))
-    if ray is not None:  # the workers build the loop: ``loop`` and ``generator`` are None
-        from vqclip.cluster import restyle_on_ray
-
+    if remote is not None:  # the workers build the loop: ``loop`` and ``generator`` are None
         todo = ((index, pixels) for index, pixels in enumerate(frames) if index not in done)
-        for index, images in restyle_on_ray(config, todo, ray):
+        for index, images in remote(config, todo):
             writer.saved += writer.save(f"frames/{index:06d}", images, config.max_iterations)
             if callback:
                 callback({"iteration": config.steps() - 1, "frame": index})

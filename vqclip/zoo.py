@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vqclip.download import ModelFile, ensure_file
+
 __all__ = [
-    "ModelFile",
+    "ModelFile",  # defined with the downloader, which fetches it; named here for plugins
     "ModelEntry",
     "REGISTRY",
     "register_model",
@@ -25,16 +27,6 @@ __all__ = [
 ]
 
 _HEIBOX = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2F{}&dl=1"
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One file of a model: where it lives in the cache and where it can be fetched."""
-
-    name: str  # file name in the model's cache directory
-    urls: tuple[str, ...] = ()  # the source first, then mirrors, tried in turn
-    sha256: str | None = None  # published hash, if any; otherwise recorded at first download
-    kind: str = "checkpoint"  # checkpoint, yaml, clip, json or safetensors: checked after download
 
 
 @dataclass(frozen=True)
@@ -243,12 +235,9 @@ def _entry(name: str, family: str) -> ModelEntry:
 
 def entry_paths(entry: ModelEntry, fetch: bool = True, progress=None) -> tuple[Path, ...]:  # noqa: ANN001
     """Local paths of an entry's files, downloading missing ones when ``fetch``."""
-    from vqclip import download
-
     directory = entry_dir(entry)
     return tuple(
-        download.ensure_file(f, directory, fetch, progress, max_file_bytes(entry, f))
-        for f in entry.files
+        ensure_file(f, directory, fetch, progress, max_file_bytes(entry, f)) for f in entry.files
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from vqclip.frames import write_atomic
+from vqclip.files import write_atomic
 
 try:
     import fcntl

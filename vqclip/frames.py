@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from vqclip.config import GenerationConfig
+from vqclip.files import temp_beside, write_atomic
 from vqclip.limits import check_regular
 
 __all__ = [
     "check_output_dir",
     "create_run_dir",
     "save_png",
-    "temp_beside",
-    "write_atomic",
     "read_png_metadata",
     "FrameWriter",
     "frame_paths",
@@ -74,25 +72,6 @@ def create_run_dir(config: GenerationConfig) -> Path:
         write_atomic(path / "config.json", config.to_json().encode())
         return path
     raise FileExistsError(f"no free run directory name under {root} for {base!r}")
-
-
-def temp_beside(path: Path, suffix: str = ".part") -> Path:
-    """A new, empty temporary file in ``path``'s folder: created exclusively (``O_EXCL``) under a
-    unique name, so that no file or symlink planted there is written through."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    return Path(name)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new temporary file beside ``path``, then rename it into place (a
-    symlink at ``path`` is replaced, not followed)."""
-    tmp = temp_beside(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ import torch
 from vqclip import distributed, presets
 from vqclip.cluster import restyle_on_ray
 from vqclip.config import GenerationConfig, resolve_seed
-from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from, write_atomic
+from vqclip.files import write_atomic
+from vqclip.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from
 from vqclip.images import to_uint8
 from vqclip.limits import read_text
 from vqclip.loop import Callback, best_candidates, render

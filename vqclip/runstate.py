@@ -25,7 +25,7 @@ import torch
 
 from vqclip.checkpoints import load_checkpoint
 from vqclip.diffusion import SampleState
-from vqclip.frames import write_atomic
+from vqclip.files import write_atomic
 from vqclip.limits import MAX_STEPS
 from vqclip.loop import LoopState
 

@@ -226,7 +226,7 @@ def _first_line(error: BaseException) -> str:
 def write_gallery(sweep: Sweep) -> Path:
     """``gallery.html`` in the sweep's directory: every finished run's final image(s), with
     its prompt, seed and the settings that vary, linking its run directory and video."""
-    from vqclip.frames import write_atomic
+    from vqclip.files import write_atomic
 
     cards = []
     for values in sweep.runs:

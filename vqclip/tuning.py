@@ -188,7 +188,7 @@ def _is_choice(value: object) -> bool:
 
 def _write_cache(path: Path, key: str, choice: Choice) -> None:
     """Add ``choice`` to the cache file, atomically; a cache that cannot be written is skipped."""
-    from vqclip.frames import write_atomic
+    from vqclip.files import write_atomic
 
     values = _read_cache(path)
     values[key] = {"precision": choice.precision, "why": choice.why, "seconds": choice.seconds}

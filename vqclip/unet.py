@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqclip.checkpoints import check_fits, load_checkpoint
-from vqclip.frames import write_atomic
+from vqclip.files import write_atomic
 
 __all__ = ["UNetSpec", "UNet", "build_unet", "load_unet", "save_unet"]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from vqclip.frames import FRAMES, frame_iteration, frame_paths, temp_beside
+from vqclip.files import temp_beside
+from vqclip.frames import FRAMES, frame_iteration, frame_paths
 from vqclip.images import image_size, read_pixels
 from vqclip.limits import MAX_VIDEO_PIXELS, read_text
 

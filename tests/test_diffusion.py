@@ -22,7 +22,7 @@ from vqclip import cli, zoo
 from vqclip.config import GenerationConfig
 from vqclip.diffusion import DiffusionGenerator, make_schedule, pred_xstart, predict
 from vqclip.frames import read_png_metadata
-from vqclip.pipeline import generate, resume
+from vqclip.pipeline import generate, progress_of, resume
 from vqclip.runstate import STATE, read_state
 from vqclip.unet import UNet, UNetSpec, load_unet, save_unet
 from vqclip.video import count_video_frames
@@ -199,8 +199,10 @@ def test_ddim_batches_perceptors_and_an_init_image(
         clip_model=f"{tiny_models['clip']} + {tiny_models['clip']}:0.5", init_image=str(init),
         skip_timesteps=6, cutn_batches=2,
     )  # fmt: skip
-    result = generate(config)
+    done = []
+    result = generate(config, callback=lambda info: done.append(progress_of(config).done(info)))
     assert len(result.finals) == 2 and result.image.shape == (2, 3, 32, 32)
+    assert done == [1, 2] and progress_of(config).total == 2  # every frontend's bar: 2 of 2
     # Two of eight steps from the init image noised to their level: it still shows.
     red = result.image[:, 0, 8:24, 8:24].mean() - result.image[:, 2, 8:24, 8:24].mean()
     assert red > 0.2

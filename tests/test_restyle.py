@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -13,7 +14,7 @@ from tests.conftest import png_pixels
 from vqclip import cli
 from vqclip.config import GenerationConfig
 from vqclip.frames import frame_paths
-from vqclip.pipeline import generate, resume
+from vqclip.pipeline import generate, progress_of, read_run_config, resume
 from vqclip.video import assemble_video, count_video_frames, read_video_frames
 
 
@@ -70,7 +71,14 @@ def test_a_stopped_restyle_keeps_its_frames_and_resumes(
     stopped = generate(_config(tiny_config, clip_mp4, run_name="stopped"), stop_in_frame_2)
     assert stopped.interrupted and not (stopped.run_dir / "final.png").exists()
     assert [p.name for p in stopped.frames] == ["000000.png", "000001.png"]
-    resumed = resume(stopped.run_dir)
+    # Resumed from the web page: its progress goes on from frame 2's first step, of 4 x 3.
+    from vqclip.ui import follow, run_in_thread
+
+    page = run_in_thread(lambda callback: resume(stopped.run_dir, callback=callback))
+    views = list(follow(page, progress_of(read_run_config(stopped.run_dir))))
+    shown = [re.search(r"step (\d+) of (\d+)", status).groups() for _, status in views[:-1]]
+    assert shown == [(str(n), "12") for n in range(7, 13)], shown
+    resumed = page.result
     assert not resumed.interrupted and len(resumed.frames) == 4
     for a, b in zip(frame_paths(stopped.run_dir), frame_paths(unbroken), strict=True):
         assert np.array_equal(png_pixels(a), png_pixels(b))

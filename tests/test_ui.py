@@ -15,7 +15,7 @@ from conftest import free_port, png_pixels, serving, video_duration
 
 from vqclip import presets
 from vqclip.config import GenerationConfig
-from vqclip.pipeline import generate, resume
+from vqclip.pipeline import generate, progress_of, resume
 from vqclip.runstate import STATE, read_state
 from vqclip.ui import _Page, follow, form_config, gallery_items, run_in_thread
 
@@ -36,13 +36,13 @@ def test_a_run_stopped_from_the_page_keeps_its_state_and_resumes(
 ) -> None:
     run = run_in_thread(lambda callback: generate(tiny_config, callback=callback))
     run.stop.set()  # as the Stop button does: the run ends after the step under way
-    views = list(follow(run, tiny_config.max_iterations))
+    views = list(follow(run, progress_of(tiny_config)))
     assert views[-1][1].startswith("stopped (Resume goes on)")
     run_dir = run.result.run_dir
     stopped_at = read_state(run_dir / STATE)["iteration"]
     assert 1 <= stopped_at < tiny_config.max_iterations
     again = run_in_thread(lambda callback: resume(run_dir, callback=callback))
-    views = list(follow(again, tiny_config.max_iterations))
+    views = list(follow(again, progress_of(tiny_config)))
     assert views[-1][1].startswith("done: ") and views[-1][0] is not None
     steps = [int(m[1]) for _, status in views[:-1] if (m := re.search(r"step (\d+) of", status))]
     assert steps == list(range(stopped_at + 1, tiny_config.max_iterations + 1))

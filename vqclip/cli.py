@@ -342,21 +342,20 @@ def _with_progress(
     from tqdm import tqdm
 
     from vqclip import distributed
-    from vqclip.restyle import frames_to_restyle
+    from vqclip.pipeline import progress_of
 
-    per_frame = max_iterations or config.steps()
-    total = None if per_frame == -1 else per_frame * frames_to_restyle(config)
+    steps = progress_of(config, max_iterations)
     bar = None  # drawn at the first step, so that an input error comes with no empty bar
 
     def progress(info: dict) -> None:  # a resumed run starts part-way
         nonlocal bar
         if not distributed.is_main():  # one progress bar: rank 0's
             return
-        done = info.get("frame", 0) * per_frame + info["iteration"] + 1
+        done = steps.done(info)
         if bar is None:  # from the first step on: its rate counts from there
             if note:
                 print(note, file=sys.stderr)
-            bar = tqdm(total=total, initial=done, unit="it", dynamic_ncols=True)
+            bar = tqdm(total=steps.total, initial=done, unit="it", dynamic_ncols=True)
         else:
             bar.update(done - bar.n)
         if "image" in info:  # read the loss only at display steps: no per-step device sync

@@ -89,15 +89,15 @@ def _png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, int]:
-    """The label, progress bar and image of a run's preview, shown; and the steps per frame."""
+def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, Any]:
+    """The label, progress bar and image of a run's preview, shown; and the run's progress."""
     import ipywidgets as widgets
     from IPython.display import display
 
-    from vqclip.restyle import frames_to_restyle
+    from vqclip.pipeline import progress_of
 
-    per_frame = config.steps() if config.max_iterations > 0 else 0
-    total = per_frame * frames_to_restyle(config)
+    steps = progress_of(config)
+    total = steps.total or 0
     # No image until the first frame: an empty PNG widget shows a broken-image icon.
     image = widgets.Image(
         format="png", width=max(256, config.width), height=max(256, config.height)
@@ -106,7 +106,7 @@ def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, int]:
     label = widgets.HTML("starting...")
     bar = widgets.IntProgress(min=0, max=max(total, 1), description="progress")
     display(widgets.VBox([label, bar, image]))
-    return label, bar, image, per_frame
+    return label, bar, image, steps
 
 
 def _show(image_widget: Any, image: Any) -> None:
@@ -125,8 +125,8 @@ def run_with_preview(config: GenerationConfig, resume_run: str | Path | None = N
 
     if resume_run:
         return resume_with_preview(resume_run, config.max_iterations)
-    label, bar, image, per_frame = _preview_widgets(config)
-    result = generate(config, callback=_reporter(label, bar, image, per_frame))
+    label, bar, image, steps = _preview_widgets(config)
+    result = generate(config, callback=_reporter(label, bar, image, steps))
     return _finish(label, result)
 
 
@@ -145,8 +145,8 @@ def resume_with_preview(run_dir: str | Path, max_iterations: int | None = None) 
     if finished and (saved.init_video or (target or saved.max_iterations) <= read_state(run_dir / STATE)["iteration"]):  # fmt: skip
         return _complete(run_dir, saved)
     config = saved.replace(max_iterations=target) if target else saved
-    label, bar, image, per_frame = _preview_widgets(config)
-    result = resume(run_dir, target, callback=_reporter(label, bar, image, per_frame))
+    label, bar, image, steps = _preview_widgets(config)
+    result = resume(run_dir, target, callback=_reporter(label, bar, image, steps))
     return _finish(label, result)
 
 
@@ -166,9 +166,9 @@ def _complete(run_dir: Path, config: GenerationConfig) -> Any:
     return RunResult(run_dir, image, config, tuple(frame_paths(run_dir)), False, finals)
 
 
-def _reporter(label: Any, bar: Any, image: Any, per_frame: int) -> Any:
+def _reporter(label: Any, bar: Any, image: Any, steps: Any) -> Any:
     def preview(info: dict) -> None:
-        bar.value = min(info.get("frame", 0) * per_frame + info["iteration"] + 1, bar.max)
+        bar.value = min(steps.done(info), bar.max)
         if "image" in info:
             _show(image, info["image"])
             frame = f"frame {info['frame']}, " if "frame" in info else ""

@@ -26,12 +26,15 @@ from vqclip.images import to_uint8
 from vqclip.limits import read_text
 from vqclip.loop import Callback, best_candidates, render
 from vqclip.prepare import check_inputs, prepare, prepare_loop, resolve_device
-from vqclip.restyle import last_frames, restyle_frames
+from vqclip.restyle import frames_to_restyle, last_frames, restyle_frames
 from vqclip.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
 from vqclip.schedule import loop_at, run_schedule
 from vqclip.tuning import keep_freed_memory, measure_precision
 
-__all__ = ["generate", "resume", "drive", "resolve_config", "read_run_config", "RunResult"]
+__all__ = [
+    "generate", "resume", "drive", "resolve_config", "read_run_config", "RunResult",
+    "Progress", "progress_of",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,32 @@ class RunResult:
     interrupted: bool  # stopped by KeyboardInterrupt; everything made so far is kept
     finals: tuple[Path, ...]  # final.png, or final-K.png per image of a batch
     upscaled: tuple[Path, ...] = ()  # final_x4.png (with upscale 4), ... beside them
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A run's steps for a progress bar, the one formula of every frontend (the CLI's bar, the
+    notebook's, the web page's): per frame of a restyled video (else the run's) and in all
+    (None: a run until stopped)."""
+
+    per_frame: int
+    total: int | None
+
+    def done(self, info: dict) -> int:
+        """Steps done once the step that ``info`` reports (its ``frame``, ``iteration``) ends:
+        a resumed run or restyle starts part-way."""
+        return info.get("frame", 0) * self.per_frame + info["iteration"] + 1
+
+
+def progress_of(config: GenerationConfig, max_iterations: int | None = None) -> Progress:
+    """The :class:`Progress` of a run of ``config`` (resumed up to ``max_iterations``, if
+    given): a diffusion sample skips its ``skip_timesteps``, a restyle has a run per frame."""
+    config = presets.apply(config)
+    iterations = max_iterations or config.max_iterations
+    if iterations == -1:
+        return Progress(0, None)
+    per_frame = iterations - config.skip_timesteps
+    return Progress(per_frame, per_frame * frames_to_restyle(config))
 
 
 def resolve_config(config: GenerationConfig, device: torch.device) -> GenerationConfig:

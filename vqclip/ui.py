@@ -29,9 +29,8 @@ from vqclip.download import USER_ERRORS
 from vqclip.forms import choose_models, preset_settings, resolve
 from vqclip.frames import list_runs, run_picture
 from vqclip.images import to_uint8
-from vqclip.pipeline import RunResult, generate, read_run_config, resume
+from vqclip.pipeline import Progress, RunResult, generate, progress_of, read_run_config, resume
 from vqclip.presets import preset_for
-from vqclip.restyle import frames_to_restyle
 from vqclip.video import assemble_video, tile_images, watchable_length
 
 __all__ = ["build_ui", "serve"]
@@ -133,23 +132,25 @@ def run_in_thread(work: Callable[[Callable], RunResult]) -> Run:
     return run
 
 
-def follow(run: Run, total: int) -> Iterator[tuple[np.ndarray | None, str]]:
+def follow(run: Run, steps: Progress) -> Iterator[tuple[np.ndarray | None, str]]:
     """The page's view of ``run`` as it goes: (the latest frame or None, a status line with a
-    progress bar over ``total`` steps), until the run ends."""
+    progress bar over the run's ``steps``), until the run ends."""
     image, loss = None, None
     while (report := run.reports.get()) is not None:
         frame, iteration, new_loss, new_image = report
         image = new_image if new_image is not None else image
         loss = new_loss if new_loss is not None else loss
-        done = frame * max(total, 1) + iteration + 1
-        yield image, _progress(done, total, loss)
+        done = steps.done({"frame": frame, "iteration": iteration})
+        yield image, _progress(done, steps.total, loss)
     if run.result is not None:  # the final image: each one's best candidate
         image = tile_images([to_uint8(x) for x in run.result.image])
     yield image, _outcome(run)
 
 
-def _progress(done: int, total: int, loss: float | None) -> str:
+def _progress(done: int, total: int | None, loss: float | None) -> str:
     shown = f", loss {loss:.4f}" if loss is not None else ""
+    if total is None:  # a run until stopped
+        return f"<progress></progress> step {done}{shown}"
     return f'<progress value="{done}" max="{max(total, done)}"></progress> step {done} of {total}{shown}'  # fmt: skip
 
 
@@ -161,12 +162,6 @@ def _outcome(run: Run) -> str:
     if result.interrupted:
         return f"stopped (Resume goes on): {where}"
     return f"done: {where}"
-
-
-def run_steps(config: GenerationConfig, max_iterations: int | None = None) -> int:
-    """The steps a run of ``config`` makes in all, for its progress bar (-1: unknown)."""
-    per_frame = max_iterations or config.max_iterations
-    return per_frame * frames_to_restyle(config) if per_frame > 0 else -1
 
 
 # What a run that cannot be read shows in the gallery: a grey tile, its caption says why.
@@ -243,16 +238,16 @@ class _Page:
         except USER_ERRORS as error:
             yield None, _error(error), None
             return
-        yield from self._drive(lambda cb: generate(config, callback=cb), run_steps(config))
+        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config))
 
     def resume(self, name: str | None) -> Iterator[tuple]:
         try:
             run_dir = run_named(self.output_dir, name)
-            total = run_steps(read_run_config(run_dir))
+            steps = progress_of(read_run_config(run_dir))
         except USER_ERRORS as error:
             yield None, _error(error), name
             return
-        yield from self._drive(lambda cb: resume(run_dir, callback=cb), total)
+        yield from self._drive(lambda cb: resume(run_dir, callback=cb), steps)
 
     def replay(self, name: str | None) -> Iterator[tuple]:
         """A new run with a chosen run's whole config: the same image, bit for bit on a CPU."""
@@ -263,14 +258,14 @@ class _Page:
         except USER_ERRORS as error:
             yield None, _error(error), name
             return
-        yield from self._drive(lambda cb: generate(config, callback=cb), run_steps(config))
+        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config))
 
-    def _drive(self, work: Callable[[Callable], RunResult], total: int) -> Iterator[tuple]:
+    def _drive(self, work: Callable[[Callable], RunResult], steps: Progress) -> Iterator[tuple]:
         if self.run is not None and self.run.thread.is_alive():
             yield gr.skip(), "a run is under way: stop it first", gr.skip()
             return
         self.run = run = run_in_thread(work)
-        for image, status in follow(run, total):
+        for image, status in follow(run, steps):
             chosen = run.result.run_dir.name if run.result is not None else gr.skip()
             yield (image if image is not None else gr.skip()), status, chosen
 

@@ -441,17 +441,23 @@ def test_any_prompt_or_config_value_is_a_clear_error_or_gets_through(
     base = {"vqgan": str(tiny_models["yaml"]), "clip_model": str(tiny_models["clip"])}
     base |= {"width": 32, "height": 32, "device": "cpu", "output_dir": str(root / "out")}
     (root / "config.json").write_text(json.dumps({**base, **values}))
+    _one_line_or_reached(["generate", prompt, "--config", str(root / "config.json")], capsys, values)  # fmt: skip
+
+
+def _one_line_or_reached(argv: list[str], capsys: pytest.CaptureFixture, values: dict) -> None:
+    """``vqclip ARGV`` ends in one error line and exit 2, or gets as far as the patched
+    ``_Reached``; anything else (a traceback, a silent success) fails with ``values``."""
     capsys.readouterr()
     try:
-        cli.main(["generate", prompt, "--config", str(root / "config.json")])
+        cli.main(argv)
     except _Reached:
         return
     except SystemExit as exit_info:
-        assert exit_info.code == 2
+        assert exit_info.code == 2, values
         lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and re.match(r"vqclip( generate)?: error: ", lines[0]), lines
+        assert len(lines) == 1 and re.match(r"vqclip( generate)?: error: ", lines[0]), (values, lines)  # fmt: skip
         return
-    pytest.fail("generate neither failed nor reached the models")
+    pytest.fail(f"generate neither failed nor reached the patched step: {values}")
 
 
 # Values that pass the config's own checks (the property above covers those), with the kinds
@@ -500,17 +506,7 @@ def test_any_input_through_model_preparation_is_a_clear_error_or_a_prepared_run(
     root = tmp_path_factory.mktemp("prepared")
     base = {"vqgan": "shapes-vqgan", "device": "cpu", "output_dir": str(root / "out")}
     (root / "config.json").write_text(json.dumps({**base, **values}))
-    capsys.readouterr()
-    try:
-        cli.main(["generate", prompt, "--config", str(root / "config.json")])
-    except _Reached:
-        return
-    except SystemExit as exit_info:
-        assert exit_info.code == 2, values
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and re.match(r"vqclip( generate)?: error: ", lines[0]), (values, lines)  # fmt: skip
-        return
-    pytest.fail(f"generate neither failed nor reached the loop: {values}")
+    _one_line_or_reached(["generate", prompt, "--config", str(root / "config.json")], capsys, values)  # fmt: skip
 
 
 def test_out_of_device_memory_ends_the_run_in_one_line_keeping_its_frames(

@@ -103,14 +103,15 @@ def stop_local_ray(temp_dir: str | Path, grace: float = 10.0) -> int:
         if pid not in found:
             found.add(pid)
             queue.extend(children.get(pid, ()))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in found:
+    running = found
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # the second only to those still running
+        for pid in running:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(pid) for pid in found):
+        while (running := {pid for pid in running if _alive(pid)}) and time.monotonic() < deadline:
             time.sleep(0.1)
     return len(found)
 

@@ -11,10 +11,13 @@ import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vqclip.config import GenerationConfig
 from vqclip.forms import choose_models, preset_settings, prompt_settings, resolve
+
+if TYPE_CHECKING:  # the pipeline (torch, the models) is imported when a run starts
+    from vqclip.pipeline import Progress
 
 __all__ = [
     "in_colab",
@@ -89,7 +92,7 @@ def _png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, Any]:
+def _preview_widgets(config: GenerationConfig) -> tuple[Any, Any, Any, Progress]:
     """The label, progress bar and image of a run's preview, shown; and the run's progress."""
     import ipywidgets as widgets
     from IPython.display import display
@@ -166,7 +169,7 @@ def _complete(run_dir: Path, config: GenerationConfig) -> Any:
     return RunResult(run_dir, image, config, tuple(frame_paths(run_dir)), False, finals)
 
 
-def _reporter(label: Any, bar: Any, image: Any, steps: Any) -> Any:
+def _reporter(label: Any, bar: Any, image: Any, steps: Progress) -> Any:
     def preview(info: dict) -> None:
         bar.value = min(steps.done(info), bar.max)
         if "image" in info:

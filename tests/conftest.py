@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip.config import GenerationConfig
+from vqclip.core.config import GenerationConfig
 
 # The suite's own model cache and precision choice: a probe timed while the suite loads the
 # machine would otherwise be kept for the user's runs.
@@ -115,7 +115,7 @@ def png_pixels(path: Path) -> np.ndarray:
 
 
 def tiny_vqgan_spec(target: str = "taming.models.vqgan.VQModel"):
-    from vqclip.models import VQGANSpec
+    from vqclip.models.vqgan_clip import VQGANSpec
 
     gumbel = target.endswith("GumbelVQ")
     return VQGANSpec(target, dict(TINY_VQGAN), 64, 32 if gumbel else 16, gumbel, "")
@@ -124,8 +124,8 @@ def tiny_vqgan_spec(target: str = "taming.models.vqgan.VQModel"):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A randomly initialised tiny VQGAN (YAML + ckpt) and CLIP (state dict), saved once."""
-    from vqclip.models import build_clip, build_vqgan, save_clip, save_vqgan
-    from vqclip.openclip import build_open_clip, save_open_clip
+    from vqclip.models.openclip import build_open_clip, save_open_clip
+    from vqclip.models.vqgan_clip import build_clip, build_vqgan, save_clip, save_vqgan
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def tiny_upscalers(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 def tiny_config(tiny_models: dict[str, Path], tmp_path: Path) -> GenerationConfig:
     """A fast config on the tiny models: 32x32, 8 cutouts, no augments, CPU; the rest from the
     classic preset, resolved here so that tests read its values."""
-    from vqclip import presets
+    from vqclip.core import presets
 
     return presets.apply(
         GenerationConfig(

@@ -7,7 +7,7 @@ import taming.modules.diffusionmodules.model as taming_blocks
 import torch
 
 from vqclip.bench import loops as bench
-from vqclip.cli import main
+from vqclip.frontends.cli import main
 
 
 def test_quick_bench_reports_both_loops_as_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,5 @@
 """The package's import graph, read from the source (imports inside functions included): no
-circles, frontends imported only by frontends, the loop importing nothing of the run or above."""
+circles, and every folder importing only its own layer and those below it."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from pathlib import Path
 import vqclip
 
 ROOT = Path(vqclip.__file__).parent
-FRONTENDS = {"vqclip.cli", "vqclip.notebook", "vqclip.ui", "vqclip.forms", "vqclip.webguard"}
-LOOP = {
-    "vqclip.loop", "vqclip.objective", "vqclip.cutouts", "vqclip.perceptors",
-    "vqclip.generators", "vqclip.latents", "vqclip.losses", "vqclip.optimizers",
-    "vqclip.prompts", "vqclip.embeddings", "vqclip.diffusion",
-}  # fmt: skip
-ABOVE_THE_LOOP = FRONTENDS | {
-    "vqclip.pipeline", "vqclip.prepare", "vqclip.schedule", "vqclip.runstate", "vqclip.restyle",
-    "vqclip.frames", "vqclip.video", "vqclip.cluster", "vqclip.sweep", "vqclip.upscale",
-}  # fmt: skip
+# The layers, lowest first: a module imports only its own folder and the folders before it.
+LAYERS = ("core", "models", "loop", "run", "scale", "frontends")
+PLUGINS = ("shapes", "bench")  # above everything; nothing in the layers imports them
+
+
+def layer(module: str) -> int:
+    folder = module.split(".")[1] if module.count(".") else ""
+    if folder in LAYERS:
+        return LAYERS.index(folder)
+    return len(LAYERS)  # the package itself (its lazy re-exports), __main__ and the plugins
 
 
 def _modules() -> dict[str, Path]:
@@ -31,7 +31,7 @@ def _modules() -> dict[str, Path]:
 
 def import_graph() -> dict[str, set[str]]:
     """Each vqclip module -> the vqclip modules it imports anywhere in its source. ``from
-    vqclip import presets`` counts as importing ``vqclip.presets``, not the package."""
+    vqclip import presets`` counts as importing ``vqclip.core.presets``, not the package."""
     modules = _modules()
     graph = {}
     for name, path in modules.items():
@@ -86,10 +86,23 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_reader_sees_a_circle_and_imports_inside_functions() -> None:
     """The check itself can fail: a planted circle through an import inside a function."""
     graph = import_graph()
-    assert "vqclip.download" in graph["vqclip.zoo"]  # imported at the top
-    assert "vqclip.restyle" in graph["vqclip.cluster"]  # or inside a function (a Ray task)
-    planted = {**graph, "vqclip.download": graph["vqclip.download"] | {"vqclip.zoo"}}
-    assert ["vqclip.download", "vqclip.zoo"] in circles(planted)
+    assert "vqclip.models.download" in graph["vqclip.models.registry"]  # imported at the top
+    assert (
+        "vqclip.run.restyle" in graph["vqclip.scale.cluster"]
+    )  # or inside a function (a Ray task)
+    planted = {**graph, "vqclip.models.download": graph["vqclip.models.download"] | {"vqclip.models.registry"}}  # fmt: skip
+    assert ["vqclip.models.download", "vqclip.models.registry"] in circles(planted)
+    assert broken_layers({"vqclip.loop.optimise": {"vqclip.scale.distributed"}}) == {
+        "vqclip.loop.optimise": ["vqclip.scale.distributed"]
+    }
+
+
+def broken_layers(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    return {
+        module: sorted(i for i in imported if layer(i) > layer(module))
+        for module, imported in graph.items()
+        if any(layer(i) > layer(module) for i in imported)
+    }
 
 
 def test_no_import_circles() -> None:
@@ -97,12 +110,13 @@ def test_no_import_circles() -> None:
     assert circles(import_graph()) == []
 
 
-def test_frontends_are_imported_only_by_frontends() -> None:
-    graph = import_graph()
-    wrong = {m: sorted(i & FRONTENDS) for m, i in graph.items() if i & FRONTENDS}
-    assert {m: i for m, i in wrong.items() if m not in FRONTENDS | {"vqclip.__main__"}} == {}
+def test_every_folder_imports_only_its_layer_and_those_below() -> None:
+    """core < models < loop < run < scale < frontends: the loop imports nothing of a run, a run
+    is handed its scale-out, and only frontends import frontends."""
+    assert broken_layers(import_graph()) == {}
 
 
-def test_the_loop_imports_nothing_of_the_run_or_above() -> None:
-    graph = import_graph()
-    assert {m: sorted(graph[m] & ABOVE_THE_LOOP) for m in LOOP if graph[m] & ABOVE_THE_LOOP} == {}
+def test_every_module_lives_in_a_layer_or_a_plugin() -> None:
+    top = {p.stem for p in ROOT.glob("*.py")} - {"__init__", "__main__"}
+    folders = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert (top, folders) == (set(), set(LAYERS + PLUGINS))

@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqclip import zoo
-from vqclip.images import to_uint8
-from vqclip.loop import NOISE
-from vqclip.models import load_clip, load_vqgan
-from vqclip.prior import load_prior, redraw
+from vqclip.core.images import to_uint8
+from vqclip.loop.optimise import NOISE
+from vqclip.models import registry
+from vqclip.models.prior import load_prior, redraw
+from vqclip.models.tuning import fast_precision
+from vqclip.models.unet import UNetSpec, load_unet
+from vqclip.models.vqgan_clip import load_clip, load_vqgan
 from vqclip.shapes import evaluate
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, render, sample_scenes
 from vqclip.shapes.judge import judge
@@ -30,8 +32,6 @@ from vqclip.shapes.train import (
     train_vqgan,
     upscaler_psnr,
 )
-from vqclip.tuning import fast_precision
-from vqclip.unet import UNetSpec, load_unet
 
 
 def test_data_set_is_seeded_and_varied() -> None:
@@ -132,12 +132,12 @@ def test_judge_rejects_what_is_not_a_red_shape_on_blue(name: str, image: np.ndar
 
 
 def test_shipped_models_load_through_the_registry_and_are_small() -> None:
-    yaml_path, ckpt_path = zoo.resolve_vqgan("shapes-vqgan")
-    clip_path = zoo.resolve_clip("shapes-clip")
-    vit_path = zoo.resolve_clip("shapes-clip-vit")
-    prior_path = zoo.resolve_prior("shapes-prior")
-    diffusion_path, flags = zoo.resolve_diffusion("shapes-diffusion")
-    upscaler_path = zoo.resolve_upscaler("shapes-upscaler")
+    yaml_path, ckpt_path = registry.resolve_vqgan("shapes-vqgan")
+    clip_path = registry.resolve_clip("shapes-clip")
+    vit_path = registry.resolve_clip("shapes-clip-vit")
+    prior_path = registry.resolve_prior("shapes-prior")
+    diffusion_path, flags = registry.resolve_diffusion("shapes-diffusion")
+    upscaler_path = registry.resolve_upscaler("shapes-upscaler")
     assert yaml_path.parent == clip_path.parent == vit_path.parent == prior_path.parent == WEIGHTS
     assert diffusion_path.parent == upscaler_path.parent == WEIGHTS
     files = (yaml_path, ckpt_path, clip_path, vit_path, prior_path, diffusion_path, diffusion_path.with_suffix(".json"), upscaler_path)  # fmt: skip
@@ -157,7 +157,7 @@ def test_shipped_models_load_through_the_registry_and_are_small() -> None:
 # it brings colours to an ensemble, the ResNet the shapes.
 @pytest.mark.parametrize(("name", "shapes"), [("shapes-clip", 0.9), ("shapes-clip-vit", 0.5)])
 def test_shipped_clip_zero_shot_is_far_above_chance(name: str, shapes: float) -> None:
-    clip_model = load_clip(zoo.resolve_clip(name))
+    clip_model = load_clip(registry.resolve_clip(name))
     accuracy = evaluate.zero_shot_accuracy(clip_model)
     print(f"{name} zero-shot accuracy:", accuracy)
     assert accuracy["color"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
@@ -165,7 +165,7 @@ def test_shipped_clip_zero_shot_is_far_above_chance(name: str, shapes: float) ->
 
 
 def test_shipped_clip_prefers_the_prompted_shape_over_the_other_two() -> None:
-    clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
+    clip_model = load_clip(registry.resolve_clip("shapes-clip"))
     preference = evaluate.shape_preference(clip_model)
     print("shape preference:", preference)
     # Chance: 1/3. Measured 0.98 with a median margin of 0.13 in cosine similarity (0.57 and
@@ -205,7 +205,7 @@ def test_training_scripts_run_and_save_loadable_checkpoints(tmp_path: Path) -> N
 
 
 def test_shipped_prior_reads_blobs_as_the_scenes_they_came_from() -> None:
-    prior = load_prior(zoo.resolve_prior("shapes-prior"))
+    prior = load_prior(registry.resolve_prior("shapes-prior"))
     scenes = sample_scenes(300, torch.Generator().manual_seed(2027))
     clean = render(scenes)
     blobs = corrupt(clean, torch.Generator().manual_seed(8))  # warped, noisy, speckled
@@ -223,7 +223,7 @@ def test_shipped_prior_reads_blobs_as_the_scenes_they_came_from() -> None:
 
 
 def test_scenes_render_at_any_size_and_the_prior_redraws_them_there() -> None:
-    prior = load_prior(zoo.resolve_prior("shapes-prior"))
+    prior = load_prior(registry.resolve_prior("shapes-prior"))
     scenes = sample_scenes(60, torch.Generator().manual_seed(2028))
     small = render(scenes)
     # The scene's 64-pixel canvas drawn at twice the size, averaged back down: the same image
@@ -253,7 +253,7 @@ def test_scenes_render_at_any_size_and_the_prior_redraws_them_there() -> None:
 def test_the_shapes_world_draws_at_other_sizes(tmp_path: Path) -> None:
     from PIL import Image
 
-    from vqclip import cli
+    from vqclip.frontends import cli
 
     # The shapes models were trained at 64x64; the prior reads the image letterboxed at that
     # size and redraws it at the image's (24 prompts: at 128x128 right colours 100%, shapes
@@ -289,12 +289,12 @@ def test_clip_training_is_reproducible_and_noise_changes_it(tmp_path: Path) -> N
 
 
 def test_adversarial_images_stay_close_and_fool_clip() -> None:
-    from vqclip.embeddings import embed_texts, similarity
-    from vqclip.perceptors import Perceptor
+    from vqclip.loop.embeddings import embed_texts, similarity
+    from vqclip.loop.perceptors import Perceptor
     from vqclip.shapes.data import canonical_caption, render, sample_scenes
     from vqclip.shapes.train import adversarial_images
 
-    clip_model = load_clip(zoo.resolve_clip("shapes-clip"))
+    clip_model = load_clip(registry.resolve_clip("shapes-clip"))
     scenes = sample_scenes(8, torch.Generator().manual_seed(3))
     images = render(scenes)
     captions = [canonical_caption(s.color, s.shape, s.background) for s in scenes]
@@ -320,9 +320,9 @@ def test_candidates_are_ranked_by_clip_and_the_priors_pull() -> None:
     from dataclasses import replace
     from functools import partial
 
-    from vqclip.loop import best_candidates, image_losses
-    from vqclip.prepare import prepare, resolve_device
-    from vqclip.prior import prior_pull
+    from vqclip.loop.optimise import best_candidates, image_losses
+    from vqclip.models.prior import prior_pull
+    from vqclip.run.build import prepare, resolve_device
     from vqclip.shapes.data import Scene
 
     config = evaluate.shapes_config("a red circle on a blue background", 0, ".")

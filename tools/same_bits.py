@@ -3,7 +3,8 @@
     .venv/bin/python tools/same_bits.py REV [--only NAME ...]
 
 Each config covers one feature (plain, init image, image and noise prompts, story, zoom, batch
-of prompts, best_of, bf16, restyle of a short video, resume after an interrupt). Both sides run
+of prompts, best_of, bf16, restyle of a short video, resume after an interrupt), then the
+pixels generator and the diffusion sampler (each plain, from an init image, and resumed). Both sides run
 in this venv, the revision from a git worktree on ``PYTHONPATH``; every final PNG's pixels are
 compared (their text differs: a newer config records more fields). Prints a Markdown table and
 exits 1 if any image differs.
@@ -36,6 +37,16 @@ SHORT = [
     "--precision",
     "fp32",
 ]
+DIFFUSION = [
+    "--generator",
+    "diffusion",
+    "--diffusion_model",
+    "shapes-diffusion",
+    "--best_of",
+    "1",
+    "--precision",
+    "fp32",
+]
 CONFIGS: dict[str, list[str]] = {
     "plain": [PROMPT, "--seed", "0", *SHORT],
     "init image": [PROMPT, "--seed", "1", "--init_image", "{init}", "--init_weight", "0.5", *SHORT],
@@ -56,6 +67,19 @@ CONFIGS: dict[str, list[str]] = {
                         "--best_of", "1", "--init_weight", "0.5", "--precision", "fp32"],
     "resume after an interrupt": [PROMPT, "--seed", "9", "--max_iterations", "60",
                                   "--display_frequency", "4", "--best_of", "1", "--precision", "fp32"],
+    # The pixels generator (its shapes preset): plain, init image, and resumed.
+    "pixels": [PROMPT, "--generator", "pixels", "--seed", "10", *SHORT],
+    "pixels, init image": [PROMPT, "--generator", "pixels", "--seed", "11", "--init_image",
+                           "{init}", "--init_weight", "0.3", *SHORT],
+    "resume pixels": [PROMPT, "--generator", "pixels", "--seed", "12", "--max_iterations", "80",
+                      "--display_frequency", "4", "--best_of", "1", "--precision", "fp32"],
+    # The diffusion sampler (the shapes U-Net): DDPM, DDIM from an init image, and resumed.
+    "diffusion ddpm": [PROMPT, *DIFFUSION, "--seed", "13", "--max_iterations", "8"],
+    "diffusion ddim, init image": [PROMPT, *DIFFUSION, "--seed", "14", "--sampler", "ddim",
+                                   "--max_iterations", "8", "--init_image", "{init}",
+                                   "--skip_timesteps", "3"],
+    "resume diffusion": [PROMPT, *DIFFUSION, "--seed", "15", "--max_iterations", "40",
+                         "--display_frequency", "2"],
 }  # fmt: skip
 
 
@@ -125,7 +149,7 @@ def main() -> None:
                 if args.only and name not in args.only:
                     continue
                 config = [a.format(**inputs) for a in template]
-                wait = 0.5 if name.startswith("resume") else 0
+                wait = 0.5 if name.startswith("resume") else 0  # Ctrl-C after a state, resume
                 digests = []
                 for side, source in (("old", old), ("new", ROOT)):
                     (work / side).mkdir(exist_ok=True)

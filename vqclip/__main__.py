@@ -1,3 +1,3 @@
-from vqclip.cli import run
+from vqclip.frontends.cli import run
 
 run()

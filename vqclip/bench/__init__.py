@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vqclip.plugins import Command, register_command
+from vqclip.core.plugins import Command, register_command
 
 __all__ = ["register"]
 

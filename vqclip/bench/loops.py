@@ -9,7 +9,7 @@ The classic loop is the one of the original notebooks: a Python loop over cutout
 at an integer offset and resampled with its own Lanczos kernel then bicubic interpolation; fp32
 throughout; the loss read back to the host and a PNG frame written every step; taming's swish
 as taming wrote it, CLIP as published, kornia's stock colour jitter and glibc's default
-allocator (vqclip's process settings and :func:`~vqclip.models.prepare_for_loop` are applied
+allocator (vqclip's process settings and :func:`~vqclip.models.vqgan_clip.prepare_for_loop` are applied
 only after every classic case has been timed).
 """
 
@@ -30,14 +30,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vqclip.cutouts import make_augments
-from vqclip.embeddings import embed_texts
-from vqclip.generators import VQGANGenerator
-from vqclip.images import to_uint8
-from vqclip.latents import decode_latent, random_latent
-from vqclip.loop import Cuts, Loop, start_state, step
-from vqclip.losses import Targets, prompt_losses
-from vqclip.models import (
+from vqclip.core.images import to_uint8
+from vqclip.loop.cutouts import make_augments
+from vqclip.loop.embeddings import embed_texts
+from vqclip.loop.generators import VQGANGenerator
+from vqclip.loop.latents import decode_latent, random_latent
+from vqclip.loop.losses import Targets, prompt_losses
+from vqclip.loop.objective import Objective, PromptTerm
+from vqclip.loop.optimise import Cuts, Loop, start_state, step
+from vqclip.loop.perceptors import Perceptor, normalize
+from vqclip.models.tuning import keep_freed_memory, measure_precision
+from vqclip.models.vqgan_clip import (
     VQ_TARGET,
     VQGAN,
     VQGANSpec,
@@ -46,10 +49,7 @@ from vqclip.models import (
     compile_for_loop,
     prepare_for_loop,
 )
-from vqclip.objective import Objective, PromptTerm
-from vqclip.perceptors import Perceptor, normalize
-from vqclip.prepare import resolve_device
-from vqclip.tuning import keep_freed_memory, measure_precision
+from vqclip.run.build import resolve_device
 
 __all__ = [
     "run_benchmark", "format_table", "run_batches_benchmark", "format_batches_table",
@@ -248,7 +248,7 @@ def run_benchmark(
     """Time both loops; ``quick`` uses tiny models and one repeat (for smoke tests).
 
     Every classic case runs first, in the process as a classic user has it; then vqclip's
-    process settings (:mod:`vqclip.tuning`) are applied and vqclip's loop is timed.
+    process settings (:mod:`vqclip.models.tuning`) are applied and vqclip's loop is timed.
     """
     dev = resolve_device(device or "auto")
     choice = "given"
@@ -424,10 +424,10 @@ def run_diffusion_benchmark(
     """Time one guided sampling step (U-Net forward and backward, cutouts, CLIP, the pulls) of
     OpenAI's 256x256 unconditional architecture (random weights) under CLIP ViT-B/32 guidance
     at 256², for cutn 16 and 32: what each of a sample's 250 steps costs."""
-    from vqclip import zoo
-    from vqclip.diffusion import DiffusionGenerator, sample_step, start_sample
-    from vqclip.objective import RangeTerm, SmoothnessTerm
-    from vqclip.unet import UNet, UNetSpec
+    from vqclip.loop.diffusion import DiffusionGenerator, sample_step, start_sample
+    from vqclip.loop.objective import RangeTerm, SmoothnessTerm
+    from vqclip.models import registry
+    from vqclip.models.unet import UNet, UNetSpec
 
     dev = resolve_device(device or "auto")
     if precision in (None, "auto"):
@@ -438,7 +438,7 @@ def run_diffusion_benchmark(
 
         spec, clip_model, cutns, warmup, repeats = DIFFUSION_SPEC, build_clip(**CLIP_SHAPE), (4, 8), 1, 1  # fmt: skip
     else:
-        spec = UNetSpec.from_dict(zoo.registry()["256x256_diffusion_uncond"].flags)
+        spec = UNetSpec.from_dict(registry.registry()["256x256_diffusion_uncond"].flags)
         clip_model, cutns, warmup, repeats = build_clip(**VIT_B_32), (16, 32), 1, 1
     unet = UNet(spec).eval().requires_grad_(False).to(dev)
     clip_model = clip_model.eval().requires_grad_(False).to(dev)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from vqclip.cluster import stop_local_ray
+from vqclip.scale.cluster import stop_local_ray
 
 __all__ = ["run_scaling_benchmark", "format_scaling_table"]
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from vqclip import presets
-from vqclip.config import GenerationConfig
-from vqclip.embeddings import embed_texts, similarity
-from vqclip.images import to_uint8
-from vqclip.perceptors import Perceptor
+from vqclip.core import presets
+from vqclip.core.config import GenerationConfig
+from vqclip.core.images import to_uint8
+from vqclip.loop.embeddings import embed_texts, similarity
+from vqclip.loop.perceptors import Perceptor
 from vqclip.shapes.data import COLORS, SHAPES, Scene, canonical_caption, render, sample_scenes
 from vqclip.shapes.judge import judge
 
@@ -207,7 +207,7 @@ def _run_case(
     case: PromptCase, seed: int, output_dir: str, changes: dict[str, Any]
 ) -> dict[str, Any]:
     """One generation, judged: a row of :func:`run_cases`."""
-    from vqclip.pipeline import generate
+    from vqclip.run.driver import generate
 
     start = time.perf_counter()
     result = generate(shapes_config(case.prompt, seed, output_dir, **changes))
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print the shapes world's figures as JSON."""
     import tempfile
 
-    from vqclip.prepare import load_models, resolve_device
+    from vqclip.run.build import load_models, resolve_device
 
     parser = argparse.ArgumentParser(prog="python -m vqclip.shapes.evaluate", description=__doc__)
     parser.add_argument("--seeds", type=int, default=2)

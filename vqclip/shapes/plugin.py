@@ -1,4 +1,5 @@
-"""The shapes world's registrations: its bundled models, their presets and its prior's kind.
+"""The shapes world's registrations: its bundled models, their presets, its prior's kind, and one
+objective term, image transform and depth estimator (:mod:`vqclip.shapes.kinds`).
 
 Named in ``pyproject.toml`` under the ``vqclip.plugins`` entry points; vqclip calls
 :func:`register` the first time it looks up a model, a preset or a prior kind.
@@ -9,9 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vqclip.presets import Preset, register_preset
-from vqclip.prior import register_prior_kind
-from vqclip.zoo import ModelEntry, ModelFile, register_model
+from vqclip.core.plugins import (
+    Estimator,
+    TermKind,
+    TransformKind,
+    register_estimator,
+    register_term,
+    register_transform,
+)  # fmt: skip
+from vqclip.core.presets import Preset, register_preset
+from vqclip.models.prior import register_prior_kind
+from vqclip.models.registry import ModelEntry, ModelFile, register_model
 
 __all__ = ["WEIGHTS", "SETTINGS", "PIXEL_SETTINGS", "DIFFUSION_SETTINGS", "register"]
 
@@ -98,3 +107,8 @@ def register() -> None:
         )
     )
     register_prior_kind("shapes-scene", ScenePrior)
+    from vqclip.shapes.kinds import load_depth, make_mirror, make_palette_term
+
+    register_term(TermKind("shapes-palette", "pixels toward the data set's six flat colours", make_palette_term))  # fmt: skip
+    register_transform(TransformKind("shapes-mirror", "the left half mirrored onto the right", make_mirror))  # fmt: skip
+    register_estimator(Estimator("shapes-depth", "depth", "a shape at 1 before its background at 2", load_depth))  # fmt: skip

@@ -23,7 +23,7 @@ _WIDTHS = (3, 32, 64, 128, 128)  # channels from the image down to a 4x4 grid
 
 class ScenePrior(nn.Module):
     """(B, 3, 64, 64) in [0, 1] -> (B, 3, size, size): the clean rendering of the scene it
-    reads, drawn ``size`` pixels square, by default its own 64 (:func:`vqclip.prior.redraw`
+    reads, drawn ``size`` pixels square, by default its own 64 (:func:`vqclip.models.prior.redraw`
     reads images of any size at 64x64 and asks for the redrawing at theirs)."""
 
     resolution = SIZE

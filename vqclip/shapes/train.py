@@ -21,7 +21,7 @@ mismatch its caption before CLIP learns from it. A CLIP that such small changes 
 gradients that mean something to the eye, so the generation loop paints flat regions of the
 prompted colours instead of textures that fool it.
 
-The diffusion model is a small :class:`vqclip.unet.UNet` (OpenAI's guided-diffusion
+The diffusion model is a small :class:`vqclip.models.unet.UNet` (OpenAI's guided-diffusion
 architecture) trained at 32x32 to predict the noise of noised renderings (the plain DDPM loss,
 linear schedule as OpenAI's models (so that guidance scales carry over), fixed
 variances), its weights averaged over the steps (EMA), as OpenAI's.
@@ -48,10 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.checkpoints import load_checkpoint
-from vqclip.cutouts import augment, make_augments
-from vqclip.loop import NOISE
-from vqclip.models import (
+from vqclip.loop.cutouts import augment, make_augments
+from vqclip.loop.optimise import NOISE
+from vqclip.loop.perceptors import normalize
+from vqclip.models.checkpoints import load_checkpoint
+from vqclip.models.prior import load_prior, save_prior
+from vqclip.models.unet import UNet, UNetSpec, save_unet
+from vqclip.models.vqgan_clip import (
     VQ_TARGET,
     VQGANSpec,
     build_clip,
@@ -61,11 +64,8 @@ from vqclip.models import (
     save_vqgan,
     tokenize,
 )  # fmt: skip
-from vqclip.perceptors import normalize
-from vqclip.prior import load_prior, save_prior
 from vqclip.shapes.data import COLORS, SHAPES, Scene, caption, draw_shape, render, sample_scenes
 from vqclip.shapes.prior import ScenePrior, reading_accuracy, scene_targets
-from vqclip.unet import UNet, UNetSpec, save_unet
 
 __all__ = [
     "VQGAN_SPEC",
@@ -408,7 +408,7 @@ def train_diffusion(
     """Train and save ``shapes_diffusion.pt`` (and its flags, ``.json``) into ``out``: the noise
     of renderings noised to a uniform random step, mean squared error; the EMA weights saved.
     ``init``: go on from those weights (with a fresh optimiser and schedule)."""
-    from vqclip.diffusion import _betas
+    from vqclip.loop.diffusion import _betas
 
     torch.manual_seed(seed)  # the layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
@@ -503,7 +503,7 @@ def train_upscaler(steps: int, out: Path, seed: int = 0, batch: int = 16, lr: fl
 def upscaler_psnr(model: str, seed: int = 0, count: int = 64) -> dict[str, float]:
     """PSNR (dB) of ``model`` (a path or name), of Lanczos and of nearest neighbour, restoring
     held-out renderings at 4x from their 4x4 averages (here 256x256 from 64x64)."""
-    from vqclip.upscale import LANCZOS, load_upscaler
+    from vqclip.run.upscale import LANCZOS, load_upscaler
 
     small, large = upscaler_pairs(count, torch.Generator().manual_seed(20_000 + seed), 64)
     ups = {

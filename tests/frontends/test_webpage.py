@@ -1,0 +1,199 @@
+"""The web UI: its handlers on tiny models, and the page itself in Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import free_port, png_pixels, serving, video_duration
+
+from vqclip.core import presets
+from vqclip.core.config import GenerationConfig
+from vqclip.frontends.webpage import _Page, follow, form_config, gallery_items, run_in_thread
+from vqclip.run.driver import generate, progress_of, resume
+from vqclip.run.runstate import STATE, read_state
+
+PROMPT = "a red circle on a blue background"
+
+
+def test_the_form_leaves_zeros_to_the_preset_and_takes_what_is_given() -> None:
+    form = [PROMPT, "vqgan", "auto", "auto", 4]
+    left = form_config(*form, 0, 0, 0, 0, 0)
+    assert left == presets.apply(GenerationConfig(prompts=PROMPT, seed=4))  # as the CLI's
+    given = form_config(*form, 128, 96, 7, 8, 2)
+    assert (given.width, given.height, given.max_iterations, given.cutn) == (128, 96, 7, 8)
+    assert given.display_frequency == 2 and given.start == left.start  # the rest: the preset
+
+
+def test_a_run_stopped_from_the_page_keeps_its_state_and_resumes(
+    tiny_config: GenerationConfig,
+) -> None:
+    run = run_in_thread(lambda callback: generate(tiny_config, callback=callback))
+    run.stop.set()  # as the Stop button does: the run ends after the step under way
+    views = list(follow(run, progress_of(tiny_config)))
+    assert views[-1][1].startswith("stopped (Resume goes on)")
+    run_dir = run.result.run_dir
+    stopped_at = read_state(run_dir / STATE)["iteration"]
+    assert 1 <= stopped_at < tiny_config.max_iterations
+    again = run_in_thread(lambda callback: resume(run_dir, callback=callback))
+    views = list(follow(again, progress_of(tiny_config)))
+    assert views[-1][1].startswith("done: ") and views[-1][0] is not None
+    steps = [int(m[1]) for _, status in views[:-1] if (m := re.search(r"step (\d+) of", status))]
+    assert steps == list(range(stopped_at + 1, tiny_config.max_iterations + 1))
+    assert read_state(run_dir / STATE)["iteration"] == tiny_config.max_iterations
+
+
+def test_a_bad_field_is_one_line_on_the_page(tmp_path: Path) -> None:
+    page = _Page(tmp_path / "out")
+    form = [PROMPT, "vqgan", "auto", "auto", 0, 30, 30, 5, 0, 0]  # 30: not a multiple of 16
+    status = list(page.start(*form))[-1][1]
+    assert status.startswith('<b class="vqclip-error">error:</b> width') and "\n" not in status
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_gallery_shows_runs_newest_first_and_no_planted_links(
+    tiny_config: GenerationConfig, tmp_path: Path
+) -> None:
+    first = generate(tiny_config.replace(max_iterations=2, seed=5)).run_dir
+    time.sleep(0.01)  # config.json's times order the runs
+    second = generate(tiny_config.replace(max_iterations=2, seed=6)).run_dir
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((first / "final.png").read_bytes())
+    (second.parent / "planted").symlink_to(first)  # a link to a run, and a link as a picture
+    (second / "final.png").unlink()
+    (second / "final.png").symlink_to(outside)
+    items = gallery_items(second.parent)
+    assert [Path(p).parent.parent if "frames" in p else Path(p).parent for p, _ in items] == [second, first]  # fmt: skip
+    assert "frames" in items[0][0]  # the linked final image is passed over for a frame
+    assert items[1][1] == f"a red circle · seed 5 · {first.name}"
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
+    """Chromium against ``vqclip ui``: generate with a live preview, stop, resume, replay from
+    the gallery (the same pixels), show a run's config and its video."""
+    port = free_port()
+    env = {**os.environ, "VQCLIP_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+    vqclip = str(Path(sys.executable).parent / "vqclip")
+    out = tmp_path / "out"
+    command = [vqclip, "ui", "--output_dir", str(out), "--port", str(port)]
+    url = f"http://127.0.0.1:{port}/"
+    with serving(command, url, tmp_path, env, tmp_path / "ui.log"):
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.set_default_timeout(120_000)  # each Playwright wait (a generation takes ~10 s)
+        page.goto(url)
+        page.wait_for_selector("#generate")
+        assert "preset shapes" in page.inner_text("#preset")
+        page.fill("#prompts textarea", PROMPT)
+        page.fill("#seed input", "5")
+        page.fill("#steps input", "60")
+        page.click("#generate")
+        previews, progress = set(), []
+        deadline = time.monotonic() + 300  # every wait has one: a hung page fails, not hangs
+        while (value := _progress(page)) is None or value < 25:
+            assert time.monotonic() < deadline, f"progress stayed at {progress[-5:]}"
+            progress.append(value or 0)
+            previews.add(page.get_attribute("#preview img", "src") or "")
+            time.sleep(0.2)
+        page.click("#stop")
+        stopped = _wait_status(page, "stopped")
+        assert len(previews - {""}) >= 2 and len(set(progress)) >= 3, (previews, progress)
+        run_dir = Path(re.search(r"run directory (\S+)", stopped)[1])
+        assert 25 <= read_state(run_dir / STATE)["iteration"] < 60
+        page.click("#resume")
+        assert f"done: seed 5, run directory {run_dir}" in _wait_status(page, "done")
+        assert read_state(run_dir / STATE)["iteration"] == 60
+        page.wait_for_selector("#gallery .thumbnail-item")
+        page.locator("#gallery .thumbnail-item").first.click()
+        page.wait_for_function("() => document.querySelector('#config').innerText.includes('seed')")
+        assert '"seed": 5' in page.inner_text("#config")
+        page.click("#replay")
+        replayed = _wait_status(page, "done", after=str(run_dir))
+        replay_dir = Path(re.search(r"run directory (\S+)", replayed)[1])
+        assert replay_dir != run_dir
+        assert (png_pixels(replay_dir / "final.png") == png_pixels(run_dir / "final.png")).all()
+        page.click("#video-button")
+        page.wait_for_selector("#video video")
+        assert video_duration(page, "#video video") > 2
+        assert page.locator(".vqclip-error").count() == 0
+        page.close()
+
+
+def _progress(page) -> float | None:
+    return page.evaluate("() => document.querySelector('#status progress')?.value ?? null")
+
+
+def _wait_status(page, word: str, after: str = "") -> str:
+    """The status line once it starts with ``word`` (and no longer names ``after``)."""
+    deadline = time.monotonic() + 300
+    while not ((status := page.inner_text("#status")).startswith(word) and (not after or after not in status)):  # fmt: skip
+        assert time.monotonic() < deadline and "error" not in status, status
+        time.sleep(0.2)
+    return status
+
+
+def _request(url: str, headers: dict[str, str], data: bytes | None = None) -> tuple[int, dict, bytes]:  # fmt: skip
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+    except urllib.error.URLError as error:  # refused mid-upload: the server closed on us
+        assert isinstance(error.reason, ConnectionResetError | BrokenPipeError), error
+        return 0, {}, b""
+
+
+def test_the_page_answers_only_its_user(tiny_config: GenerationConfig, tmp_path: Path, browser) -> None:  # noqa: ANN001  # fmt: skip
+    """Issue 45: the page answered any Host (DNS rebinding) and echoed any Origin, served
+    .html inline, took 50 MB uploads, broke on one unreadable run, and its clicks indexed a
+    list that had changed since it was drawn."""
+    out = Path(tiny_config.output_dir)
+    good = generate(tiny_config.replace(max_iterations=2, seed=5, run_name="good")).run_dir
+    (good / "page.html").write_text("<script>alert(1)</script>")
+    stray = generate(tiny_config.replace(max_iterations=2, seed=6, run_name="stray")).run_dir
+    (stray / "frames" / "evil.png").write_bytes((stray / "final.png").read_bytes())
+    (stray / "final.png").unlink()  # its picture would be its latest frame: unreadable now
+    port, temp = free_port(), tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "VQCLIP_HOME": str(tmp_path / "home"), "TMPDIR": str(temp)}
+    vqclip = str(Path(sys.executable).parent / "vqclip")
+    command = [vqclip, "ui", "--output_dir", str(out), "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with serving(command, base + "/", tmp_path, env, tmp_path / "ui.log"):
+        for headers in ({"Host": f"rebind.test:{port}"}, {"Origin": "http://evil.example"}):
+            status, answer, body = _request(base + "/config", headers)
+            assert status == 403 and b"refused" in body, (headers, status)
+            assert "access-control-allow-origin" not in {k.lower() for k in answer}
+        assert _request(base + "/config", {"Origin": base})[0] == 200
+        status, _, body = _request(f"{base}/gradio_api/file={good / 'page.html'}", {})
+        assert status == 403 and b"images and videos only" in body
+        status, answer, _ = _request(f"{base}/gradio_api/file={good / 'final.png'}", {})
+        assert status == 200 and answer.get("x-content-type-options") == "nosniff"
+        assert _request(f"{base}/gradio_api/file=http://example.com/x.png", {})[0] == 403
+        boundary = "vqclipboundary"
+        upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n\r\n").encode() + b"\0" * (50 << 20) + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        status, _, _ = _request(f"{base}/gradio_api/upload", {"Content-Type": f"multipart/form-data; boundary={boundary}"}, upload)  # fmt: skip
+        assert status in (413, 0), status  # refused (or cut off) at 10 MB, not stored
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        assert page.goto(f"http://rebind.test:{port}/").status == 403  # the rebinding site
+        page.goto(base + "/")
+        page.wait_for_selector("#gallery .thumbnail-item")
+        captions = page.locator("#gallery .thumbnail-item").count()
+        assert captions == 2  # the unreadable run shown as such, beside the good one
+        newer = generate(tiny_config.replace(max_iterations=2, seed=7, run_name="newer")).run_dir
+        assert newer.is_dir()  # the list on disk changed since the page drew it
+        page.locator("#gallery .thumbnail-item").nth(1).click()  # "good", drawn second
+        page.wait_for_function("() => document.querySelector('#config').innerText.includes('seed')")
+        assert '"seed": 5' in page.inner_text("#config")
+        page.close()
+        grown = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
+        assert grown < 5 << 20, f"{grown} bytes left in the temp dir"
+    assert not any(temp.iterdir()), list(temp.iterdir())  # gradio's cache removed at the end

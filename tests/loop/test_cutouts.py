@@ -1,0 +1,86 @@
+"""Cutouts in one batched resampling, and every named augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vqclip.core.config import AUGMENTS, GenerationConfig
+from vqclip.loop.cutouts import augment, make_augments, make_cutouts, shift_hue
+
+
+def test_cutouts_are_crops_of_the_image_reproducible_by_generator() -> None:
+    image = torch.rand(2, 3, 48, 40)
+    cuts = make_cutouts(image, 16, 5, 1.0, torch.Generator().manual_seed(0))
+    assert cuts.shape == (10, 3, 16, 16)  # (B * cutn, 3, S, S), image-major
+    assert cuts.min() >= 0 and cuts.max() <= 1
+    again = make_cutouts(image, 16, 5, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(cuts, again)
+    other = make_cutouts(image, 16, 5, 1.0, torch.Generator().manual_seed(1))
+    assert not torch.equal(cuts, other)
+    flat = torch.full((1, 3, 48, 40), 0.25)  # a crop of a flat image is flat
+    assert torch.allclose(make_cutouts(flat, 16, 5, 1.0, torch.Generator()), torch.tensor(0.25))
+
+
+def test_pooling_cutouts_are_the_whole_image_pooled_and_draw_nothing() -> None:
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    image = torch.rand(2, 3, 48, 40)
+    cuts = make_cutouts(image, 16, 5, 1.0, generator, method="pooling")
+    assert cuts.shape == (10, 3, 16, 16) and torch.equal(generator.get_state(), state)
+    assert torch.equal(cuts[0], cuts[4]) and not torch.equal(cuts[4], cuts[5])  # image-major
+    square = torch.tensor([[0.0, 0.2], [0.4, 1.0]]).expand(1, 3, 2, 2)
+    one = make_cutouts(square, 1, 3, 1.0, generator, method="pooling")
+    assert torch.allclose(one, torch.tensor((0.4 + 1.0) / 2))  # (mean + max) / 2
+    with pytest.raises(ValueError, match="cut_method: unknown value 'random'.*'pooling'"):
+        GenerationConfig(cut_method="random")
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_each_augmentation_runs_with_gradients_and_is_seeded(name: str) -> None:
+    augments = make_augments((name,), 32)
+    cutouts = torch.rand(16, 3, 32, 32, requires_grad=True)
+    out = augment(cutouts, augments, 0.0, torch.Generator(), seed=3)
+    assert out.shape == cutouts.shape
+    assert not torch.equal(out, cutouts)  # some of the 16 were changed
+    out.square().sum().backward()
+    assert cutouts.grad is not None and cutouts.grad.abs().sum() > 0
+    again = augment(cutouts.detach(), augments, 0.0, torch.Generator(), seed=3)
+    assert torch.equal(out.detach(), again)
+
+
+def test_shift_hue_is_kornias_hue_with_its_gradient() -> None:
+    import kornia.enhance
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(6, 3, 16, 16, generator=g)
+    radians = torch.tensor([-math.pi, -2.0, -0.3, 0.0, 0.7, 3.0])
+    ours, theirs = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+    shifted = shift_hue(ours, radians)
+    expected = kornia.enhance.adjust_hue(theirs, radians)
+    assert torch.allclose(shifted, expected, atol=1e-5)
+    assert not torch.allclose(shifted[2], image[2], atol=0.01)  # it did turn the hue
+    weights = torch.rand(shifted.shape, generator=g)
+    (shifted * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-4)
+    grey = torch.full((1, 3, 4, 4), 0.3)  # no chroma: no hue to turn, and no division by it
+    assert torch.equal(shift_hue(grey, torch.tensor([1.0])), grey)
+
+
+def test_fast_colour_jitter_draws_and_computes_as_kornias() -> None:
+    image = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    fast, stock = make_augments(("Ji",), 24), make_augments(("Ji",), 24, fast=False)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = fast(image)
+        torch.manual_seed(seed)
+        assert torch.allclose(ours, stock(image), atol=1e-5)
+        assert not torch.allclose(ours, image, atol=0.01)
+
+
+def test_an_unknown_augmentation_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="augments: unknown value 'Xx'.*'Gb'"):
+        GenerationConfig(augments=("Af", "Xx"))

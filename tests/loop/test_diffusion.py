@@ -1,0 +1,298 @@
+"""CLIP-guided diffusion: the U-Net and schedule against OpenAI's own code, the sampler's bits,
+resume, checkpoints, and the generator from the CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import resource
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from guided_diffusion import gaussian_diffusion as gd
+from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+
+import vqclip.loop.diffusion
+from tests.conftest import png_pixels
+from tests.run.test_runstate import _assert_same_frames
+from vqclip.core.config import GenerationConfig
+from vqclip.frontends import cli
+from vqclip.loop.diffusion import DiffusionGenerator, make_schedule, pred_xstart, predict
+from vqclip.models import registry
+from vqclip.models.unet import UNet, UNetSpec, load_unet, save_unet
+from vqclip.run.driver import generate, progress_of, resume
+from vqclip.run.frames import read_png_metadata
+from vqclip.run.runstate import STATE, read_state
+from vqclip.run.video import count_video_frames
+
+# OpenAI's 256x256 model's structure (resblock up/down, scale-shift norm, heads of fixed width,
+# learned variances) at a size a test can run.
+TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
+        "attention_resolutions": "16", "num_head_channels": 16, "learn_sigma": True,
+        "resblock_updown": True, "use_scale_shift_norm": True, "diffusion_steps": 1000,
+        "noise_schedule": "linear"}  # fmt: skip
+
+
+def _reference_model(**changes: object) -> torch.nn.Module:
+    """OpenAI's UNetModel with TINY's flags, its weights randomised (its output layers start
+    at zero)."""
+    flags = {**model_and_diffusion_defaults(), **TINY, **changes}
+    torch.manual_seed(0)
+    model, _ = create_model_and_diffusion(**flags)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OpenAI's own class, saved as OpenAI saves its checkpoints (a plain state dict), with its
+    flags in a JSON file beside it."""
+    root = tmp_path_factory.mktemp("diffusion")
+    torch.save(_reference_model().state_dict(), root / "tiny.pt")
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    return root / "tiny.pt"
+
+
+@pytest.fixture
+def diffusion_config(tiny_config: GenerationConfig, tiny_diffusion: Path) -> GenerationConfig:
+    return tiny_config.replace(
+        generator="diffusion", diffusion_model=str(tiny_diffusion), max_iterations=8,
+        display_frequency=3, clip_guidance_scale=500.0, tv_scale=10.0, range_scale=50.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"use_new_attention_order": True, "resblock_updown": False, "learn_sigma": False,
+          "use_scale_shift_norm": False, "num_head_channels": -1, "num_heads": 2}],
+)  # fmt: skip
+def test_the_unet_computes_what_openais_computes_for_the_same_weights(changes: dict) -> None:
+    reference = _reference_model(**changes)
+    flags = {**TINY, **changes}
+    ours = UNet(UNetSpec.from_dict(flags))
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([3.0, 811.0])
+    with torch.no_grad():
+        expected, got = reference(x, t), ours(x, t)
+    assert got.shape == (2, 6 if flags["learn_sigma"] else 3, 32, 32)
+    assert expected.abs().mean() > 0.01  # not the zero output of an untrained model
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["256x256_diffusion_uncond", "512x512_diffusion_uncond_finetune_008100"])  # fmt: skip
+def test_the_registry_flags_build_openais_parameters(name: str) -> None:
+    flags = registry.registry()[name].flags
+    reference_flags = {**model_and_diffusion_defaults(), **flags, "use_fp16": False}
+    reference_flags["attention_resolutions"] = ",".join(map(str, flags["attention_resolutions"]))
+    reference_flags["channel_mult"] = ""  # OpenAI's for the image size
+    with torch.device("meta"):  # shapes only: no 550M parameters in memory
+        reference, _ = create_model_and_diffusion(**reference_flags)
+        ours = UNet(UNetSpec.from_dict(flags))
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected
+    assert sum(v.numel() for v in ours.parameters()) > 500e6
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("count", [1000, 250, 50, 7])
+def test_the_respaced_schedule_is_openais(schedule: str, count: int) -> None:
+    betas = gd.get_named_beta_schedule(schedule, 1000)
+    reference = SpacedDiffusion(
+        use_timesteps=space_timesteps(1000, str(count)), betas=betas,
+        model_mean_type=gd.ModelMeanType.EPSILON, model_var_type=gd.ModelVarType.LEARNED_RANGE,
+        loss_type=gd.LossType.MSE,
+    )  # fmt: skip
+    ours = make_schedule(1000, schedule, count)
+    assert ours.timesteps.tolist() == sorted(reference.timestep_map)
+    for name in ("betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_variance",
+                 "posterior_mean_coef1", "posterior_mean_coef2", "sqrt_recip_alphas_cumprod",
+                 "sqrt_recipm1_alphas_cumprod"):  # fmt: skip
+        np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(reference, name), rtol=1e-7)  # fmt: skip
+    np.testing.assert_allclose(
+        ours.posterior_log_variance.numpy(), reference.posterior_log_variance_clipped, rtol=1e-7
+    )
+
+
+@pytest.mark.parametrize(("learn_sigma", "sigma_small"), [(True, False), (False, False), (False, True)])  # fmt: skip
+def test_a_denoising_step_is_openais(learn_sigma: bool, sigma_small: bool) -> None:
+    """The clean estimate, mean and variance of one step, as OpenAI's p_mean_variance gives."""
+    reference_model = _reference_model(learn_sigma=learn_sigma)
+    ours = UNet(UNetSpec.from_dict({**TINY, "learn_sigma": learn_sigma, "sigma_small": sigma_small}))  # fmt: skip
+    ours.load_state_dict(reference_model.state_dict())
+    gen = DiffusionGenerator(ours.eval(), 25)
+    reference = SpacedDiffusion(
+        use_timesteps=space_timesteps(1000, "25"), betas=gd.get_named_beta_schedule("linear", 1000),
+        model_mean_type=gd.ModelMeanType.EPSILON,
+        model_var_type=gd.ModelVarType.LEARNED_RANGE if learn_sigma else (
+            gd.ModelVarType.FIXED_SMALL if sigma_small else gd.ModelVarType.FIXED_LARGE),
+        loss_type=gd.LossType.MSE,
+    )  # fmt: skip
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for index in (24, 10, 0):
+        with torch.no_grad():
+            out = reference.p_mean_variance(reference_model, x, torch.tensor([index] * 2), clip_denoised=False)  # fmt: skip
+            eps, log_variance = predict(gen, x, index)
+        pred = pred_xstart(gen.schedule, x, eps, index)
+        mean = gen.schedule.at("posterior_mean_coef1", index, x) * pred + gen.schedule.at("posterior_mean_coef2", index, x) * x  # fmt: skip
+        torch.testing.assert_close(pred, out["pred_xstart"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(mean, out["mean"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(log_variance, out["log_variance"].expand_as(x), rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_a_guided_sample_is_seeded_saved_and_steered(
+    diffusion_config: GenerationConfig,
+) -> None:
+    first = generate(diffusion_config.replace(run_name="first"))
+    again = generate(diffusion_config.replace(run_name="again"))
+    _assert_same_frames(again.run_dir, first.run_dir)
+    assert [p.name for p in first.frames] == ["000000.png", "000003.png", "000006.png", "000008.png"]  # fmt: skip
+    meta = read_png_metadata(first.finals[0])
+    assert json.loads(meta["config"])["generator"] == "diffusion" and meta["iteration"] == "8"
+    assert GenerationConfig.from_json((first.run_dir / "config.json").read_text()).generator == "diffusion"  # fmt: skip
+    assert read_state(first.run_dir / STATE)["iteration"] == 8
+    # Guidance moves the sample: the same seed without CLIP's pull ends elsewhere.
+    unguided = generate(diffusion_config.replace(run_name="unguided", clip_guidance_scale=0.0, tv_scale=0.0, range_scale=0.0))  # fmt: skip
+    assert not np.array_equal(png_pixels(unguided.finals[0]), png_pixels(first.finals[0]))
+
+
+def test_a_stopped_sample_resumes_to_the_bits_of_an_unbroken_one(
+    diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unbroken = generate(diffusion_config.replace(run_name="unbroken"))
+    step = vqclip.loop.diffusion.sample_step
+    calls = {"n": 0}
+
+    def stop_at_five(loop, state):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return step(loop, state)
+
+    monkeypatch.setattr(vqclip.loop.diffusion, "sample_step", stop_at_five)
+    stopped = generate(diffusion_config.replace(run_name="stopped"))
+    monkeypatch.undo()
+    assert stopped.interrupted and read_state(stopped.run_dir / STATE)["iteration"] == 4
+    resumed = resume(stopped.run_dir)
+    assert not resumed.interrupted
+    _assert_same_frames(stopped.run_dir, unbroken.run_dir)
+    with pytest.raises(ValueError, match="every step of its schedule"):
+        resume(stopped.run_dir)
+    with pytest.raises(ValueError, match="follows the schedule it was started on"):
+        resume(stopped.run_dir, max_iterations=20)
+
+
+def test_ddim_batches_perceptors_and_an_init_image(
+    diffusion_config: GenerationConfig, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    init = tmp_path / "init.png"
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[8:24, 8:24] = (220, 40, 40)
+    from PIL import Image
+
+    Image.fromarray(pixels).save(init)
+    config = diffusion_config.replace(
+        sampler="ddim", batch_prompts=("a red circle", "a blue square"), prompts="",
+        clip_model=f"{tiny_models['clip']} + {tiny_models['clip']}:0.5", init_image=str(init),
+        skip_timesteps=6, cutn_batches=2,
+    )  # fmt: skip
+    done = []
+    result = generate(config, callback=lambda info: done.append(progress_of(config).done(info)))
+    assert len(result.finals) == 2 and result.image.shape == (2, 3, 32, 32)
+    assert done == [1, 2] and progress_of(config).total == 2  # every frontend's bar: 2 of 2
+    # Two of eight steps from the init image noised to their level: it still shows.
+    red = result.image[:, 0, 8:24, 8:24].mean() - result.image[:, 2, 8:24, 8:24].mean()
+    assert red > 0.2
+    again = generate(config.replace(cutn_batches=1))
+    torch.testing.assert_close(again.image, result.image, atol=2 / 255, rtol=0)
+
+
+def test_a_checkpoint_that_runs_code_or_does_not_fit_is_refused(
+    tiny_diffusion: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("ran code",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"input_blocks.0.0.weight": Payload()}))
+    spec = UNetSpec.from_dict(TINY)
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_unet(evil, spec)
+    assert "ran code" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="does not fit the architecture"):
+        load_unet(tiny_diffusion, UNetSpec.from_dict({**TINY, "num_channels": 64}))
+    with pytest.raises(ValueError, match="unknown flags"):
+        UNetSpec.from_dict({**TINY, "class_cond": True})
+    saved = tmp_path / "round.pt"
+    save_unet(load_unet(tiny_diffusion, spec), saved)
+    again = load_unet(saved, UNetSpec.from_dict(json.loads(saved.with_suffix(".json").read_text())))
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([5.0])
+    torch.testing.assert_close(again(x, t), load_unet(tiny_diffusion, spec)(x, t))
+
+
+def test_the_cli_samples_and_names_bad_diffusion_input(
+    diffusion_config: GenerationConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["generate", "a red circle", "--generator", "diffusion", "--diffusion_model",
+            diffusion_config.diffusion_model, "--clip_model", diffusion_config.clip_model,
+            "--width", "32", "--height", "32", "--cutn", "4", "--max_iterations", "4",
+            "--device", "cpu", "--seed", "3", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    cli.main([*base, "--video"])
+    assert len(list((tmp_path / "out").glob("*/final.png"))) == 1
+    assert count_video_frames(next((tmp_path / "out").glob("*/video.mp4"))) >= 2
+    bad = {
+        "--zoom_every 5": "does not combine with generator diffusion",
+        "--skip_timesteps 2": "needs an init_image",
+        "--width 31": "not a multiple of the U-Net's factor 2",
+        "--max_iterations 2000": "trained with 1000",
+        "--sampler euler": "sampler: unknown value 'euler'",
+        "--diffusion_model nowhere": "diffusion_model: unknown model 'nowhere'",
+    }
+    for flags, message in bad.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*base, *flags.split()])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert len(list((tmp_path / "out").glob("*/final.png"))) == 1  # nothing else written
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"num_channels": 4096}, "num_channels is 4096, expected an integer from 1 to 1024"),
+        ({"num_channels": 10**400}, "num_channels is 1000"),  # was a build at full size
+        ({"num_head_channels": 0}, "num_head_channels is 0, expected -1 or 1 to 1024"),
+        ({"diffusion_steps": 1e9}, "diffusion_steps is 1000000000.0, expected an integer"),
+        (
+            {"diffusion_steps": 10**9},
+            "diffusion_steps is 1000000000, expected an integer from 1 to 10000",
+        ),  # fmt: skip
+        ({"channel_mult": [1] * 100}, "channel_mult is .*, expected 1 to 8 numbers"),
+        ({"channel_mult": 7}, "channel_mult is 7, expected a list"),
+        ({"channel_mult": "1,x"}, "channel_mult holds 'x'"),
+        ({"num_channels": 40}, "are not all multiples of 32"),
+        ({"learn_sigma": "yes"}, "learn_sigma is 'yes', expected true or false"),
+        ({"attention_resolutions": [10**9]}, "attention_resolutions is"),
+    ],
+)
+def test_flags_are_bounded_before_any_model_is_built(flags: dict, message: str) -> None:
+    """Issue 45: a diffusion model's flags built the model at full size, or crashed."""
+    with pytest.raises(ValueError, match=message):
+        UNetSpec.from_dict({**TINY, **flags})
+
+
+def test_weights_that_do_not_fit_their_flags_are_refused_on_the_meta_device(
+    tiny_diffusion: Path, tmp_path: Path
+) -> None:
+    """Flags that build a larger U-Net than the file holds are compared with its tensors on the
+    meta device: refused without allocating the model they describe."""
+    big = UNetSpec.from_dict({**TINY, "num_channels": 1024, "num_res_blocks": 4})  # 1.6 GB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="does not fit the architecture its config describes"):
+        load_unet(tiny_diffusion, big)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB

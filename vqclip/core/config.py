@@ -1,0 +1,568 @@
+"""GenerationConfig: every setting of one generation, validated, saved as ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import secrets
+from dataclasses import dataclass, fields
+from typing import Any
+
+from vqclip.core import limits
+from vqclip.core.prompts import parse_prompts, split_phases, split_prompts
+
+__all__ = [
+    "GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed",
+    "parse_clip_models",
+]  # fmt: skip
+
+OPTIMIZERS = (
+    "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD", "DiffGrad", "AdamP",
+)  # fmt: skip
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+STARTS = ("random", "plain", "palette", "pixels", "gradient")
+CUT_METHODS = ("crops", "pooling")
+# Augmentation names of the classic scripts: affine, perspective, colour jitter, erasing,
+# horizontal flip, sharpness, resized crop, thin-plate spline, rotation, elastic, padded crop,
+# Gaussian noise, Gaussian blur.
+AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "Gn", "Gb")
+_TEXT_FIELDS = (
+    "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
+    "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
+    "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
+    "upscaler", "terms", "transforms",
+)  # fmt: skip
+_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler")  # fmt: skip
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_MAX_TEXT = 65_536  # characters in one text field
+# The largest value of each integer field (MAX_STEPS for the others): bounds checked before any
+# work, so that no setting can ask for an allocation or a loop beyond what a run could use.
+_MAXIMA = {
+    "width": limits.MAX_SIDE, "height": limits.MAX_SIDE, "cutn": limits.MAX_CUTN,
+    "cutn_batches": limits.MAX_CUTN, "batch_size": limits.MAX_IMAGES,
+    "best_of": limits.MAX_IMAGES, "latent_levels": 8, "pixel_scale": 64,
+}  # fmt: skip
+
+
+def _field(default: Any, help: str, group: str, flag: bool = True) -> Any:  # noqa: A002
+    """A config field with its ``--help`` text and its section (an argument group there);
+    ``flag=False`` for what a run records but nobody sets."""
+    metadata = {"help": help, "group": group, "flag": flag}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, RUN = (
+    "prompts", "model and generator", "image size and output", "optimisation", "start and pulls",
+    "stories, zoom and video", "device and run",
+)  # fmt: skip
+GENERATORS = ("vqgan", "pixels", "diffusion")
+SCALES = (1, 2, 3, 4)  # upscale factors; 1: none
+SAMPLERS = ("ddpm", "ddim")
+_PRESET = "default: the model's preset"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """All settings of one generation; field names are the CLI flags and the JSON keys.
+
+    A field left at ``None`` (``"auto"`` for ``prior``) takes the model's preset
+    (:mod:`vqclip.core.presets`) when the run starts; ``config.json`` records what it took.
+    """
+
+    # -- prompts
+    prompts: str = _field("", '"text:weight:stop | text"; weight may be negative; "a ^ b": two phases', PROMPTS)  # fmt: skip
+    batch_prompts: tuple[str, ...] = _field((), 'prompts (or a "^" story) per image, in one batch', PROMPTS)  # fmt: skip
+    image_prompts: str = _field("", '"path-or-URL:weight | ..." images whose CLIP embedding pulls', PROMPTS)  # fmt: skip
+    noise_prompt_seeds: tuple[int, ...] = _field((), "one random-embedding prompt per seed", PROMPTS)  # fmt: skip
+    noise_prompt_weights: tuple[float, ...] = _field((), "their weights, same length as the seeds", PROMPTS)  # fmt: skip
+    target_images: str = _field("", '"path | path": extra image prompts with weight 1', PROMPTS)
+    # -- model and generator
+    generator: str = _field("vqgan", "what makes the image: an optimised VQGAN latent or pixels, or a diffusion model sampled under CLIP's guidance", MODEL)  # fmt: skip
+    pixel_scale: int = _field(1, "pixels generator: image pixels per optimised pixel, each way", MODEL)  # fmt: skip
+    vqgan: str = _field("shapes-vqgan", "registry name, or a path to a VQGAN YAML config", MODEL)
+    vqgan_checkpoint: str | None = _field(None, "checkpoint for a YAML path; default: YAML with .ckpt", MODEL)  # fmt: skip
+    diffusion_model: str = _field("shapes-diffusion", 'diffusion generator: registry name (e.g. "256x256_diffusion_uncond") or a path to a U-Net state dict with its flags in a .json beside it', MODEL)  # fmt: skip
+    sampler: str = _field("ddpm", 'diffusion generator: "ddpm" (guided mean, fresh noise each step) or "ddim" (deterministic, guided noise estimate)', MODEL)  # fmt: skip
+    clip_model: str = _field("shapes-clip", 'registry name (e.g. "ViT-B/32") or a path to a CLIP file; several at once: "ViT-B/32 + RN50:0.5" (each with its weight)', MODEL)  # fmt: skip
+    # -- image size and output
+    width: int | None = _field(None, f"output width in pixels, a multiple of the generator's factor ({_PRESET})", OUTPUT)  # fmt: skip
+    height: int | None = _field(None, f"output height in pixels, likewise ({_PRESET})", OUTPUT)
+    display_frequency: int = _field(10, "save (and show) a frame every this many steps", OUTPUT)
+    output_dir: str = _field("outputs", "each run gets a new directory under this one", OUTPUT)
+    run_name: str | None = _field(None, "run directory name; default: time, prompt and seed", OUTPUT)  # fmt: skip
+    upscale: int = _field(1, "also write the final image(s) this many times larger (final_x4.png; 1, 2, 3 or 4), and the video's frames with --video", OUTPUT)  # fmt: skip
+    upscaler: str | None = _field(None, f'what upscales: a registry name (e.g. "RealESRGAN_x4plus"), a path to ESRGAN-family weights, or "lanczos" ({_PRESET})', OUTPUT)  # fmt: skip
+    # -- optimisation
+    max_iterations: int | None = _field(None, f"optimisation steps (-1 runs until interrupted); diffusion: the sampling steps its schedule is respaced to ({_PRESET})", STEPS)  # fmt: skip
+    step_size: float | None = _field(None, f"optimiser learning rate ({_PRESET})", STEPS)
+    optimizer: str = _field("Adam", "Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD", STEPS)  # fmt: skip
+    cutn: int | None = _field(None, f"cutouts scored by CLIP per step ({_PRESET})", STEPS)
+    cutn_batches: int = _field(1, "score the cutouts in this many sequential batches, gradients accumulated: the same step in about 1/N of CLIP's memory", STEPS)  # fmt: skip
+    cut_pow: float = _field(1.0, "cutout size exponent: > 1 favours small cutouts", STEPS)
+    cut_method: str = _field("crops", 'random "crops", or "pooling": the whole image, as generate.py', STEPS)  # fmt: skip
+    augments: tuple[str, ...] | None = _field(None, f"kornia augmentations of cutouts ({_PRESET}: the classic Af Pe Ji Er)", STEPS)  # fmt: skip
+    latent_levels: int | None = _field(None, f"optimise as a pyramid of this many resolutions, 1: classic ({_PRESET})", STEPS)  # fmt: skip
+    batch_size: int = _field(1, "images optimised together as one batch (one seed for the batch)", STEPS)  # fmt: skip
+    best_of: int | None = _field(None, f"candidates per image, in the same batch; CLIP keeps the best ({_PRESET})", STEPS)  # fmt: skip
+    seed: int = _field(-1, "seed of every random draw; -1 picks one and records it", STEPS)
+    clip_guidance_scale: float | None = _field(None, f"diffusion: weight of CLIP's prompt loss in the guidance ({_PRESET})", STEPS)  # fmt: skip
+    tv_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's total variation, as Crowson's ({_PRESET})", STEPS)  # fmt: skip
+    range_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's values beyond [-1, 1] ({_PRESET})", STEPS)  # fmt: skip
+    clamp_max: float | None = _field(None, f"diffusion: the guidance gradient's largest RMS per image, 0 = unclamped ({_PRESET})", STEPS)  # fmt: skip
+    skip_timesteps: int = _field(0, "diffusion with init_image: skip this many sampling steps, starting from the init image noised to that level", STEPS)  # fmt: skip
+    # -- start and pulls
+    start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient noise; without init_image" + f" ({_PRESET})", START)  # fmt: skip
+    init_image: str | None = _field(None, "path or URL: start from its latent, not random codes", START)  # fmt: skip
+    init_weight: float = _field(0.0, "pull toward the starting latent (MSE), 0 = off", START)
+    smoothness: float = _field(0.0, "weight of the image's total variation (flat regions), 0 = off", START)  # fmt: skip
+    prior: str | None = _field("auto", f'image prior: registry name (e.g. "shapes-prior"), a path, or none ({_PRESET})', START)  # fmt: skip
+    prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
+    prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
+    terms: str = _field("", 'objective terms from plugins: "NAME:WEIGHT, NAME:WEIGHT"', START)
+    transforms: str = _field("", 'image transforms from plugins, applied to every rendered image before it is scored and shown: "NAME, NAME:ARG"', START)  # fmt: skip
+    # -- stories, zoom and video
+    prompt_every: int = _field(0, 'iterations per phase of a "^" story; 0: max_iterations shared out', VIDEO)  # fmt: skip
+    zoom_every: int = _field(0, "zoom video: zoom the image and start afresh from it this often; 0 = off", VIDEO)  # fmt: skip
+    zoom_start: int = _field(0, "iteration of the first zoom (0: zoom_every), then every zoom_every", VIDEO)  # fmt: skip
+    zoom_scale: float = _field(1.05, "each zoom's factor about the centre (> 1 in, < 1 out)", VIDEO)
+    zoom_shift_x: float = _field(0.0, "each zoom moves the image this many pixels right", VIDEO)
+    zoom_shift_y: float = _field(0.0, "and this many pixels down", VIDEO)
+    zoom_rotate: float = _field(0.0, "and turns it this many degrees anticlockwise", VIDEO)
+    init_video: str | None = _field(None, "restyle a video (or folder of frames): a run per frame", VIDEO)  # fmt: skip
+    video_frames: int = _field(0, "restyle at most this many frames of init_video (0: all)", VIDEO)
+    video_stride: int = _field(1, "restyle every Nth frame of init_video", VIDEO)
+    video_fps: float = _field(0.0, "restyle init_video sampled at this frame rate (the stride that comes nearest); 0: every video_stride-th frame", VIDEO)  # fmt: skip
+    frame_init_weight: float = _field(0.0, "restyle: each frame starts from this blend of the previous frame's result with its own source frame (0: the source alone; 0.5: half each)", VIDEO)  # fmt: skip
+    temporal_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result (pixel MSE), 0 = off", VIDEO)  # fmt: skip
+    ema: float = _field(0.0, "frames show an exponential moving average of the generator's parameters with this decay per step (e.g. 0.9), for zooms and stories that flicker; 0 = off", VIDEO)  # fmt: skip
+    # -- device and run
+    device: str = _field("auto", '"auto", "cpu", "cuda", "cuda:N" or "mps"', RUN)
+    precision: str = _field("auto", '"auto": the fastest here, measured once and recorded; "fp32"; autocast "bf16"/"fp16"', RUN)  # fmt: skip
+    precision_choice: str = _field("", "what auto measured when it picked the precision (recorded; not read)", RUN, flag=False)  # fmt: skip
+    compile: bool = _field(False, "torch.compile decoder and CLIP (the first step compiles, slowly)", RUN)  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts"):
+            value = getattr(self, name)
+            if value is None and name == "augments":  # the preset's
+                continue
+            if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+                raise ValueError(f"{name}: expected a list, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if self.prior in ("", "none"):  # the CLI's way to say no prior
+            object.__setattr__(self, "prior", None)
+        if isinstance(self.clip_model, list | tuple):  # several CLIPs: one string, as the CLI's
+            object.__setattr__(self, "clip_model", " + ".join(map(str, self.clip_model)))
+        self._check_types()
+        self._check_sizes()
+        self._check_choices()
+        self._check_batch_prompts()
+        self._check_prompts()
+        self.term_weights()
+        self.transform_args()
+        self._check_video()
+        self._check_diffusion()
+
+    def _check_types(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (value is None and name in _OPTIONAL):
+                raise ValueError(f"{name}: expected a string, got {value!r}")
+            if isinstance(value, str):
+                limits.check_text(value, name)
+                if len(value) > _MAX_TEXT:
+                    raise ValueError(f"{name}: {len(value)} characters; expected at most {_MAX_TEXT}")  # fmt: skip
+        name = self.run_name
+        if name is not None and (name in ("", ".", "..") or re.search(r"[/\\]", name)):
+            raise ValueError(
+                f"run_name: expected a plain folder name inside output_dir (no '/', '\\', "
+                f"'.' or '..'), got {name!r}"
+            )
+
+    def _check_sizes(self) -> None:
+        checks = {
+            _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
+                            "latent_levels", "best_of", "pixel_scale", "cutn_batches",
+                            "video_stride"),
+            _positive_number: ("cut_pow", "step_size", "zoom_scale"),
+            _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
+            _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
+                                   "tv_scale", "range_scale", "clamp_max", "video_fps",
+                                   "temporal_weight"),
+            _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
+                                "video_frames", "skip_timesteps"),
+        }  # fmt: skip
+        optional = {f.name for f in fields(self) if f.default is None}  # None: the preset's
+        for check, names in checks.items():
+            for name in names:
+                if getattr(self, name) is not None or name not in optional:
+                    check(name, getattr(self, name))
+        if (self.batch_size or 1) * (self.best_of or 1) > limits.MAX_IMAGES:
+            raise ValueError(
+                f"batch_size, best_of: {self.batch_size} x {self.best_of} images in one batch; "
+                f"expected at most {limits.MAX_IMAGES}"
+            )
+        if self.cutn is not None and self.cutn_batches > self.cutn:
+            raise ValueError(
+                f"cutn_batches: {self.cutn_batches} batches of {self.cutn} cutouts would leave "
+                f"some empty; expected 1 to {self.cutn}"
+            )
+        if self.zoom_start and not self.zoom_every:
+            raise ValueError(
+                f"zoom_start: {self.zoom_start} needs zoom_every > 0 (how often to zoom after it)"
+            )
+        if self.prior_weight and not self.prior:
+            raise ValueError(
+                f"prior_weight: {self.prior_weight!r} needs an image prior; set prior "
+                "(a registry name such as 'shapes-prior', or a path), or prior_weight 0"
+            )
+        if self.max_iterations is not None and (
+            not _is_int(self.max_iterations)
+            or not (1 <= self.max_iterations <= limits.MAX_STEPS or self.max_iterations == -1)
+        ):
+            raise ValueError(
+                f"max_iterations: expected a positive integer or -1 (at most {limits.MAX_STEPS}), "
+                f"got {_shown(self.max_iterations)}"
+            )
+        if not _is_int(self.seed) or not -1 <= self.seed < 2**63:
+            raise ValueError(
+                f"seed: expected an integer in [0, 2**63) or -1, got {_shown(self.seed)}"
+            )
+
+    def _check_choices(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile: expected true or false, got {self.compile!r}")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.start is not None:
+            _choice("start", self.start, STARTS)
+        _choice("generator", self.generator, GENERATORS)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _choice("cut_method", self.cut_method, CUT_METHODS)
+        if not _is_int(self.upscale) or self.upscale not in SCALES:
+            raise ValueError(f"upscale: expected one of {list(SCALES)}, got {self.upscale!r}")
+        self.clip_models()  # raises ValueError naming a malformed entry
+        for name in self.augments or ():
+            _choice("augments", name, AUGMENTS)
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(
+                f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            )
+
+    def _check_batch_prompts(self) -> None:
+        if not self.batch_prompts:
+            return
+        if self.prompts:
+            raise ValueError(
+                f"prompts: {self.prompts!r} and batch_prompts both given; batch_prompts holds "
+                "the prompts of every image of the batch, so leave prompts empty"
+            )
+        for index, prompts in enumerate(self.batch_prompts):
+            if not isinstance(prompts, str):
+                raise ValueError(
+                    f"batch_prompts: item {index} is {prompts!r}; expected a string of prompts "
+                    "('text:weight | text', or a story 'a ^ b')"
+                )
+            if not split_prompts(prompts) and not (self.image_prompts or self.target_images):
+                raise ValueError(f"batch_prompts: item {index} is empty; nothing to steer it")
+        if self.batch_size not in (1, len(self.batch_prompts)):
+            raise ValueError(
+                f"batch_size: {self.batch_size} does not match the {len(self.batch_prompts)} "
+                "batch_prompts (leave it at 1 and it follows them)"
+            )
+        object.__setattr__(self, "batch_size", len(self.batch_prompts))
+
+    def _check_video(self) -> None:
+        if not _is_number(self.frame_init_weight) or not 0 <= self.frame_init_weight <= 1:
+            raise ValueError(f"frame_init_weight: expected 0 to 1, got {self.frame_init_weight!r}")
+        if not _is_number(self.ema) or not 0 <= self.ema < 1:
+            raise ValueError(f"ema: expected a decay from 0 (off) up to, not including, 1; got {self.ema!r}")  # fmt: skip
+        if not self.init_video:
+            for name in ("video_fps", "frame_init_weight", "temporal_weight"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name}: {getattr(self, name)!r} is for restyling a video; set init_video or leave it at 0"  # fmt: skip
+                    )
+            if self.video_stride != 1:
+                raise ValueError(f"video_stride: {self.video_stride} is for restyling a video; set init_video or leave it at 1")  # fmt: skip
+            return
+        if self.video_fps and self.video_stride != 1:
+            raise ValueError(
+                f"video_fps: {self.video_fps} and video_stride {self.video_stride} both pick the "
+                "frames; give one"
+            )
+        self._refuse_clashes(
+            "init_image",
+            "does not combine with init_video (each frame of the video is restyled by its own "
+            "run of max_iterations steps)",
+        )
+
+    def _refuse_clashes(self, first: str, why: str) -> None:
+        """A restyle and a diffusion sample each run once through their steps: no ``first``
+        (the other one), zoom, story or endless run."""
+        clashes = {
+            first: getattr(self, first),
+            "zoom_every": self.zoom_every,
+            "prompts": self.phase_count() > 1 and "phases ('^')",
+            "max_iterations": self.max_iterations == -1 and -1,
+        }
+        for name, value in clashes.items():
+            if value:
+                raise ValueError(f"{name}: {value!r} {why}")
+
+    def _check_diffusion(self) -> None:
+        if self.generator != "diffusion":
+            if self.skip_timesteps:
+                raise ValueError(
+                    f"skip_timesteps: {self.skip_timesteps} is for generator diffusion, not "
+                    f"{self.generator!r}; leave it at 0"
+                )
+            return
+        self._refuse_clashes(
+            "init_video",
+            "does not combine with generator diffusion (a sample follows its schedule from "
+            "noise to image once); expected it unset",
+        )
+        if self.ema:
+            raise ValueError(
+                f"ema: {self.ema} averages an optimised generator's parameters; a diffusion "
+                "sample has none, so leave it at 0"
+            )
+        if self.skip_timesteps and not self.init_image:
+            raise ValueError(
+                f"skip_timesteps: {self.skip_timesteps} needs an init_image to start from "
+                "(noised to the level of the first step taken)"
+            )
+        steps = self.max_iterations
+        if steps is not None and self.skip_timesteps >= steps:
+            raise ValueError(
+                f"skip_timesteps: {self.skip_timesteps} of {steps} sampling steps leaves none; "
+                f"expected 0 to {steps - 1}"
+            )
+
+    def steps(self) -> int:
+        """The steps a run takes (per frame of a restyle): ``max_iterations``, less the steps a
+        diffusion sample skips; -1 for a run until interrupted."""
+        return self.max_iterations - self.skip_timesteps
+
+    def clip_models(self) -> list[tuple[str, float]]:
+        """The CLIP models that guide the run, each with its weight (see
+        :func:`parse_clip_models`)."""
+        return parse_clip_models(self.clip_model)
+
+    def stories(self) -> list[list[str]]:
+        """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
+        ``batch_prompts``, or the one list of ``prompts`` that every image shares."""
+        return [split_phases(prompts) for prompts in self.batch_prompts or (self.prompts,)]
+
+    def term_weights(self) -> tuple[tuple[str, float], ...]:
+        """``terms`` as (name, weight) pairs, in order."""
+        pairs = []
+        for name, weight in _named_list("terms", self.terms):
+            try:
+                number = float(weight)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                raise ValueError(f"terms: {name}:{weight!r}; expected NAME:WEIGHT, a finite number")  # fmt: skip
+            pairs.append((name, number))
+        return tuple(pairs)
+
+    def transform_args(self) -> tuple[tuple[str, str], ...]:
+        """``transforms`` as (name, argument) pairs, in order; "" where none is given."""
+        return _named_list("transforms", self.transforms)
+
+    def phase_count(self) -> int:
+        """How many prompt phases the run has; an image whose story is shorter keeps its last."""
+        return max(len(phases) for phases in self.stories())
+
+    def _check_counts(self) -> None:
+        """Bounded before anything is split further or embedded."""
+        for name in ("prompts", "image_prompts", "target_images", *(("batch_prompts",) * bool(self.batch_prompts))):  # fmt: skip
+            for text in getattr(self, name) if name == "batch_prompts" else (getattr(self, name),):
+                count = text.count("|") + text.count("^") + 1 if isinstance(text, str) else 0
+                if count > limits.MAX_PROMPTS:
+                    raise ValueError(
+                        f"{name}: {count} prompts; expected at most "
+                        f"{limits.MAX_PROMPTS} (joined by '|', phases by '^')"
+                    )
+        for name in ("batch_prompts", "noise_prompt_seeds", "noise_prompt_weights", "augments"):
+            count = len(getattr(self, name) or ())
+            if count > limits.MAX_PROMPTS:
+                raise ValueError(f"{name}: {count} items; expected at most {limits.MAX_PROMPTS}")
+
+    def _check_prompts(self) -> None:
+        self._check_counts()
+        for phases in self.stories():
+            for phase in phases:
+                parse_prompts(phase)  # raises ValueError naming a malformed prompt
+        if self.phase_count() > 1 and self.max_iterations == -1 and not self.prompt_every:
+            raise ValueError(
+                f"prompt_every: the prompts have {self.phase_count()} phases and max_iterations "
+                "is -1 (until interrupted), so give the iterations per phase (prompt_every > 0)"
+            )
+        parse_prompts(self.image_prompts)
+        if len(self.noise_prompt_seeds) != len(self.noise_prompt_weights):
+            raise ValueError(
+                "noise_prompt_seeds and noise_prompt_weights: expected the same length, got "
+                f"{len(self.noise_prompt_seeds)} and {len(self.noise_prompt_weights)}"
+            )
+        for seed in self.noise_prompt_seeds:
+            if not _is_int(seed) or not 0 <= seed < 2**63:
+                raise ValueError(f"noise_prompt_seeds: expected integers >= 0, got {seed!r}")
+        for weight in self.noise_prompt_weights:
+            _finite_number("noise_prompt_weights", weight)
+        steer = (self.prompts, self.image_prompts, self.noise_prompt_seeds, self.target_images)
+        steer += (self.batch_prompts,)
+        if not any(split_prompts(s) if isinstance(s, str) else s for s in steer):
+            raise ValueError(
+                "prompts: nothing to steer toward; give prompts, image_prompts, "
+                "target_images or noise_prompt_seeds"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able values."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def to_json(self) -> str:
+        """The config as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GenerationConfig:
+        """Build a config from a dict; unknown keys are an error that lists the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(map(repr, set(values) - known))
+        if unknown:
+            raise ValueError(f"unknown config keys [{', '.join(unknown)[:300]}]; valid keys are {sorted(known)}")  # fmt: skip
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str, field: str = "config") -> GenerationConfig:
+        """Parse a config saved by :meth:`to_json` (within :mod:`vqclip.core.limits`' bounds)."""
+        values = limits.parse_json(text, field)
+        if not isinstance(values, dict):
+            raise ValueError(f"{field}: holds {type(values).__name__}, expected an object")
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def parse_clip_models(text: str) -> list[tuple[str, float]]:
+    """``"ViT-B/32 + RN50:0.5"`` -> ``[("ViT-B/32", 1.0), ("RN50", 0.5)]``: models joined by
+    ``+``, each with an optional ``:weight`` (>= 0; default 1), read from the right so that
+    names with colons (``open_clip:ViT-B-32/laion2b_s34b_b79k``) survive."""
+    models = []
+    for entry in text.split("+"):
+        name, _, suffix = entry.strip().rpartition(":")
+        weight = _weight(suffix) if name else None
+        name, weight = (name.strip(), weight) if weight is not None else (entry.strip(), 1.0)
+        if not name or not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"clip_model: {entry.strip()!r} in {text!r}; expected 'name' or 'name:weight' "
+                "with a weight >= 0, entries joined by '+' (e.g. 'ViT-B/32 + RN50:0.5')"
+            )
+        models.append((name, weight))
+    if not any(weight for _, weight in models):
+        raise ValueError(f"clip_model: every weight in {text!r} is 0; expected one above 0")
+    return models
+
+
+def _weight(text: str) -> float | None:
+    """A ``:weight`` suffix as a number, or None when it is part of the name."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def resolve_seed(config: GenerationConfig) -> GenerationConfig:
+    """Pick a seed for ``seed=-1`` (from the OS, not a global RNG); other configs pass through."""
+    if config.seed != -1:
+        return config
+    return config.replace(seed=secrets.randbelow(2**31))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: a huge integer in short."""
+    if _is_int(value) and abs(value) >= 10**20:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return repr(value)[:80]
+
+
+_PLUGIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _named_list(field: str, text: str) -> tuple[tuple[str, str], ...]:
+    """ "name, name:arg" -> ((name, ""), (name, arg)): the names a plugin registers, checked
+    for form here and against what is registered when the run is built."""
+    items = [item.strip() for item in text.split(",")] if text.strip() else []
+    if len(items) > limits.MAX_PROMPTS:
+        raise ValueError(f"{field}: {len(items)} items; expected at most {limits.MAX_PROMPTS}")
+    pairs = []
+    for item in items:
+        name, _, arg = item.partition(":")
+        if not _PLUGIN_NAME.match(name.strip()):
+            raise ValueError(f"{field}: {item!r}; expected NAME or NAME:ARG, NAME in lower-case letters, digits, '-', '_', '.'")  # fmt: skip
+        pairs.append((name.strip(), arg.strip()))
+    return tuple(pairs)
+
+
+def _check_int(name: str, value: Any, low: int, expected: str) -> None:
+    top = _MAXIMA.get(name, limits.MAX_STEPS)
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name}: expected {expected}, got {_shown(value)}")
+    if value > top:
+        raise ValueError(f"{name}: {_shown(value)} is over {top}; expected at most {top}")
+
+
+def _check_number(name: str, value: Any, low: float | None, expected: str) -> None:
+    """A finite number, at least ``low`` (above it when ``low`` is 0 and ``expected`` says
+    positive), within :data:`limits.MAX_MAGNITUDE` (an int beyond a float's range is not)."""
+    if not _is_number(value) or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError(f"{name}: expected {expected}, got {_shown(value)}")
+    if low is not None and (value < low or (value == low and "positive" in expected)):
+        raise ValueError(f"{name}: expected {expected}, got {_shown(value)}")
+    if abs(value) > limits.MAX_MAGNITUDE:
+        raise ValueError(f"{name}: {_shown(value)} is beyond ±{limits.MAX_MAGNITUDE:g}; expected {expected}")  # fmt: skip
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    _check_int(name, value, 0, "an integer >= 0")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _check_int(name, value, 1, "a positive integer")
+
+
+def _positive_number(name: str, value: Any) -> None:
+    _check_number(name, value, 0, "a positive number")
+
+
+def _non_negative_number(name: str, value: Any) -> None:
+    _check_number(name, value, 0, "a number >= 0")
+
+
+def _finite_number(name: str, value: Any) -> None:
+    _check_number(name, value, None, "a finite number")
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}: unknown value {value!r}; valid options are {list(options)}")

@@ -1,0 +1,54 @@
+"""The settings forms of the notebook and the web UI, read into a config the same way.
+
+A form shows every field, so "left to the model" has to be a value: 0 or "auto". These turn a
+form's values into a :class:`~vqclip.core.config.GenerationConfig` as the CLI would build it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vqclip.core.config import GenerationConfig
+
+__all__ = ["choose_models", "preset_settings", "prompt_settings", "resolve"]
+
+
+def choose_models(
+    vqgan: str = "auto", clip_model: str = "auto", diffusion_model: str = "auto"
+) -> tuple[str, str, str]:
+    """Resolve "auto": imagenet_f16_16384, ViT-B/32 and OpenAI's 256x256 diffusion model on a
+    GPU, the shapes world's models on a CPU."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if vqgan == "auto":
+        vqgan = "imagenet_f16_16384" if gpu else "shapes-vqgan"
+    if clip_model == "auto":
+        clip_model = "ViT-B/32" if gpu else "shapes-clip"
+    if diffusion_model == "auto":
+        diffusion_model = "256x256_diffusion_uncond" if gpu else "shapes-diffusion"
+    return vqgan, clip_model, diffusion_model
+
+
+def preset_settings(**form: Any) -> dict[str, Any]:
+    """The form's settings, its "auto" values (0, or "auto") left to the model's preset
+    (:mod:`vqclip.core.presets`): the shapes world's measured settings for its models, the classic
+    ones for the others, as the CLI and the Python API take them."""
+    return {key: None if value in (0, "auto") else value for key, value in form.items()}
+
+
+def resolve(config: GenerationConfig) -> GenerationConfig:
+    """The form's config with its seed picked and its preset applied, as the run will record it
+    (so that the cell can print the seed and size the preview)."""
+    from vqclip.core import presets
+    from vqclip.core.config import resolve_seed
+
+    return presets.apply(resolve_seed(config))
+
+
+def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The config's prompt fields from the form: ``batch_prompts``, when given, replace
+    ``prompts`` (one entry per image of the batch)."""
+    if batch_prompts:
+        return {"prompts": "", "batch_prompts": tuple(batch_prompts)}
+    return {"prompts": prompts, "batch_prompts": ()}

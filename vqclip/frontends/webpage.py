@@ -1,0 +1,395 @@
+"""``vqclip ui``: a local web page (gradio, on 127.0.0.1) over the same library as the CLI.
+
+Prompt and settings as the notebook's form reads them (:mod:`vqclip.frontends.forms`), a live preview
+with a progress bar, stop and resume, and a gallery of the runs in ``output_dir`` with each
+one's config, replay and video. Runs go through :mod:`vqclip.run.driver`; this module only
+lays the page out and moves reports from the run's thread to the page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from vqclip.core.config import GenerationConfig
+from vqclip.core.images import to_uint8
+from vqclip.core.presets import preset_for
+from vqclip.frontends.forms import choose_models, preset_settings, resolve
+from vqclip.models import registry
+from vqclip.models.download import USER_ERRORS
+from vqclip.run.driver import Progress, RunResult, generate, progress_of, read_run_config, resume
+from vqclip.run.frames import list_runs, run_picture
+from vqclip.run.video import assemble_video, tile_images, watchable_length
+
+__all__ = ["build_ui", "serve"]
+
+log = logging.getLogger(__name__)
+
+SYNTAX = """\
+**Prompts**: `text:weight:stop | text:weight | text`. A weight may be negative (push away:
+`blurry:-0.5`); a stop ends that prompt's pull once its distance is below it; `a ^ b` is a story
+of two phases. Fields left at 0 or `auto` take the model's preset.
+"""
+
+
+@dataclass
+class Run:
+    """The run under way: its stop flag, and the reports its thread leaves for the page."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reports: queue.Queue = field(default_factory=queue.Queue)
+    result: RunResult | None = None
+    error: str | None = None
+    thread: threading.Thread | None = None
+
+
+def form_config(
+    prompts: str, generator: str, vqgan: str, clip_model: str, seed: float, *numbers: float
+) -> GenerationConfig:
+    """The form's config, resolved (seed picked, preset applied) as the run will record it;
+    ``numbers`` are width, height, max_iterations, cutn and display_frequency (0: preset)."""
+    width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
+    vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
+    _check_registry_names(vqgan, clip_model)
+    form = dict(width=width, height=height, max_iterations=max_iterations, cutn=cutn)
+    return resolve(
+        GenerationConfig(
+            prompts=prompts,
+            generator=generator,
+            vqgan=vqgan,
+            clip_model=clip_model,
+            diffusion_model=diffusion_model,
+            seed=int(seed),
+            display_frequency=display_frequency or 10,
+            **preset_settings(**form),
+        )  # fmt: skip
+    )
+
+
+def _check_registry_names(vqgan: str, clip_model: str) -> None:
+    """The page takes models by registry name only: a path typed into it would tell a visitor
+    whether that file exists (the errors differ), and the page is no file browser."""
+    from vqclip.core.config import parse_clip_models
+
+    wanted = [("vqgan", vqgan)] + [("clip_model", name) for name, _ in parse_clip_models(clip_model)]  # fmt: skip
+    for setting, name in wanted:
+        known = registry.model_names("vqgan" if setting == "vqgan" else "clip")
+        if name not in known:
+            raise ValueError(
+                f"{setting}: {name[:80]!r} is not a registry model; the page takes the names that "
+                "`vqclip models` lists (give a file's path with the CLI)"
+            )
+
+
+def describe_preset(generator: str, vqgan: str, clip_model: str) -> str:
+    """A line naming the preset these choices take, and its settings."""
+    vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
+    models = GenerationConfig(prompts="-", generator=generator, vqgan=vqgan, clip_model=clip_model, diffusion_model=diffusion_model)  # fmt: skip
+    preset = preset_for(models)  # a preset matches on the generator and models, not prompts
+    settings = ", ".join(f"{k} {v}" for k, v in preset.settings.items())
+    return f"preset **{preset.name}** (for {vqgan} + {clip_model}): {settings}"
+
+
+def run_in_thread(work: Callable[[Callable], RunResult]) -> Run:
+    """Start ``work(callback)`` in a thread; its reports and result arrive on the returned
+    :class:`Run`, and setting ``run.stop`` ends it after the step under way, keeping it."""
+    run = Run()
+
+    def callback(info: dict) -> None:
+        if "image" in info:  # the loss is read only at display steps, as the CLI reads it
+            image = tile_images([to_uint8(x) for x in info["image"]])
+            run.reports.put((info.get("frame", 0), info["iteration"], float(info["loss"]), image))
+        else:
+            run.reports.put((info.get("frame", 0), info["iteration"], None, None))
+        if run.stop.is_set():
+            raise KeyboardInterrupt  # the driver keeps everything and marks the run stopped
+
+    def target() -> None:
+        try:
+            run.result = work(callback)
+        except USER_ERRORS as error:
+            run.error = str(error)
+        except Exception as error:  # a bug, not the user's: its traceback goes to the log
+            log.exception("the run failed")
+            run.error = f"the run failed: {type(error).__name__}: {error} (traceback in the log)"
+        finally:
+            run.reports.put(None)
+
+    run.thread = threading.Thread(target=target, daemon=True)
+    run.thread.start()
+    return run
+
+
+def follow(run: Run, steps: Progress) -> Iterator[tuple[np.ndarray | None, str]]:
+    """The page's view of ``run`` as it goes: (the latest frame or None, a status line with a
+    progress bar over the run's ``steps``), until the run ends."""
+    image, loss = None, None
+    while (report := run.reports.get()) is not None:
+        frame, iteration, new_loss, new_image = report
+        image = new_image if new_image is not None else image
+        loss = new_loss if new_loss is not None else loss
+        done = steps.done({"frame": frame, "iteration": iteration})
+        yield image, _progress(done, steps.total, loss)
+    if run.result is not None:  # the final image: each one's best candidate
+        image = tile_images([to_uint8(x) for x in run.result.image])
+    yield image, _outcome(run)
+
+
+def _progress(done: int, total: int | None, loss: float | None) -> str:
+    shown = f", loss {loss:.4f}" if loss is not None else ""
+    if total is None:  # a run until stopped
+        return f"<progress></progress> step {done}{shown}"
+    return f'<progress value="{done}" max="{max(total, done)}"></progress> step {done} of {total}{shown}'  # fmt: skip
+
+
+def _outcome(run: Run) -> str:
+    if run.error is not None:
+        return f'<b class="vqclip-error">error:</b> {html.escape(run.error)}'
+    result = run.result
+    where = f"seed {result.config.seed}, run directory {html.escape(str(result.run_dir.resolve()))}"
+    if result.interrupted:
+        return f"stopped (Resume goes on): {where}"
+    return f"done: {where}"
+
+
+# What a run that cannot be read shows in the gallery: a grey tile, its caption says why.
+_UNREADABLE = np.full((64, 64, 3), 96, dtype=np.uint8)
+
+
+def gallery_items(output_dir: str | Path) -> list[tuple[str | np.ndarray, str]]:
+    """(picture, caption) for each run in ``output_dir`` that has one, newest first; a run
+    that cannot be read (a stray frame name, a frames link) shows as such, the others as ever.
+    Each caption ends with `` · RUN_NAME``, which is how a click names its run."""
+    items: list[tuple[str | np.ndarray, str]] = []
+    for run_dir in list_runs(output_dir):
+        try:
+            picture = run_picture(run_dir)
+        except USER_ERRORS as error:
+            items.append((_UNREADABLE, f"unreadable: {str(error)[:120]} · {run_dir.name}"))
+            continue
+        if picture is not None:
+            items.append((str(picture), _caption(run_dir)))
+    return items
+
+
+def _caption(run_dir: Path) -> str:
+    try:
+        config = read_run_config(run_dir)
+    except USER_ERRORS:
+        return f"unreadable config.json · {run_dir.name}"
+    prompts = config.prompts or " / ".join(config.batch_prompts)
+    return f"{prompts} · seed {config.seed} · {run_dir.name}"
+
+
+def run_named(output_dir: str | Path, name: str | None) -> Path:
+    """The run directory ``name`` in ``output_dir``: a plain name of a run there (not a link,
+    not a path), or ``ValueError``."""
+    runs = {run.name: run for run in list_runs(output_dir)}  # no links, each with config.json
+    if not name or name not in runs:
+        raise ValueError(f"run {str(name)[:80]!r} is not a run in {output_dir}; choose one in the gallery")  # fmt: skip
+    return runs[name]
+
+
+def make_video(run_dir: str | Path) -> tuple[Path, bool]:
+    """The run's video, long enough to watch: made from its frames, or the one it has (the
+    page never overwrites: delete it to make it again); and whether it was made now."""
+    run_dir = Path(run_dir)
+    video = run_dir / "video.mp4"
+    if video.is_file() and not video.is_symlink():
+        return video, False
+    length = None if read_run_config(run_dir).init_video else watchable_length(run_dir)
+    return assemble_video(run_dir, None, video, length=length), True
+
+
+def _settings_text(values: dict[str, Any]) -> str:
+    """A run's config as JSON, the fields at their defaults left out: what was chosen (and
+    what its preset filled in) fits the view, where all of config.json's would not."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+    chosen = {k: v for k, v in values.items() if k not in defaults or _plain(defaults[k]) != v}
+    return json.dumps(chosen, indent=1)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class _Page:
+    """The handlers behind the page's buttons, over one ``output_dir`` and one run at a time."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.run: Run | None = None
+
+    def start(self, *form: Any) -> Iterator[tuple]:
+        try:
+            config = form_config(*form).replace(output_dir=str(self.output_dir))
+        except USER_ERRORS as error:
+            yield None, _error(error), None
+            return
+        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config))
+
+    def resume(self, name: str | None) -> Iterator[tuple]:
+        try:
+            run_dir = run_named(self.output_dir, name)
+            steps = progress_of(read_run_config(run_dir))
+        except USER_ERRORS as error:
+            yield None, _error(error), name
+            return
+        yield from self._drive(lambda cb: resume(run_dir, callback=cb), steps)
+
+    def replay(self, name: str | None) -> Iterator[tuple]:
+        """A new run with a chosen run's whole config: the same image, bit for bit on a CPU."""
+        try:
+            config = read_run_config(run_named(self.output_dir, name)).replace(
+                output_dir=str(self.output_dir), run_name=None
+            )
+        except USER_ERRORS as error:
+            yield None, _error(error), name
+            return
+        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config))
+
+    def _drive(self, work: Callable[[Callable], RunResult], steps: Progress) -> Iterator[tuple]:
+        if self.run is not None and self.run.thread.is_alive():
+            yield gr.skip(), "a run is under way: stop it first", gr.skip()
+            return
+        self.run = run = run_in_thread(work)
+        for image, status in follow(run, steps):
+            chosen = run.result.run_dir.name if run.result is not None else gr.skip()
+            yield (image if image is not None else gr.skip()), status, chosen
+
+    def stop(self) -> str:
+        if self.run is None or not self.run.thread.is_alive():
+            return "no run under way"
+        self.run.stop.set()
+        return "stopping after the step under way..."
+
+    def choose(self, event: gr.SelectData) -> tuple[str | None, str]:
+        """The clicked run, by the name its caption ends with (never by its place in a list
+        that may have changed since the page drew it), and its settings."""
+        caption = event.value.get("caption") if isinstance(event.value, dict) else None
+        name = str(caption or "").rpartition(" · ")[2]
+        try:
+            return name, _settings_text(read_run_config(run_named(self.output_dir, name)).to_dict())
+        except USER_ERRORS as error:
+            return None, f"// {error}"
+
+    def video(self, name: str | None) -> tuple[Any, str]:
+        try:
+            path, made = make_video(run_named(self.output_dir, name))
+        except USER_ERRORS as error:
+            return None, _error(error)
+        note = "made" if made else "made before (delete it to make it again)"
+        return str(path), f"video, {note}: {html.escape(str(path))}"
+
+
+def _error(error: BaseException) -> str:
+    return f'<b class="vqclip-error">error:</b> {html.escape(str(error))}'
+
+
+def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
+    """The page: a form, the live run, and the gallery of ``output_dir``'s runs."""
+    page = _Page(output_dir)
+    vqgans, clips = (
+        ["auto", *registry.model_names("vqgan")],
+        ["auto", *registry.model_names("clip")],
+    )
+    with gr.Blocks(title="vqclip", analytics_enabled=False, delete_cache=(600, 3600)) as ui:
+        gr.Markdown("# vqclip\n" + SYNTAX)
+        chosen = gr.State(None)  # the name of the run that Resume, Replay and Video act on
+        with gr.Row():
+            with gr.Column():
+                prompts = gr.Textbox("a red circle on a blue background", label="prompts", elem_id="prompts")  # fmt: skip
+                with gr.Row():
+                    generator = gr.Dropdown(
+                        ["vqgan", "pixels", "diffusion"], value="vqgan", label="generator"
+                    )
+                    vqgan = gr.Dropdown(vqgans, value="auto", label="VQGAN")
+                    clip_model = gr.Dropdown(clips, value="auto", label="CLIP (several: A + B:0.5)", allow_custom_value=True)  # fmt: skip
+                preset = gr.Markdown(describe_preset("vqgan", "auto", "auto"), elem_id="preset")
+                with gr.Row():
+                    seed = gr.Number(-1, label="seed (-1: pick one)", precision=0, elem_id="seed")
+                    steps = gr.Number(0, label="max_iterations", precision=0, elem_id="steps")
+                    every = gr.Number(10, label="display_frequency", precision=0)
+                with gr.Row():
+                    width = gr.Number(0, label="width", precision=0)
+                    height = gr.Number(0, label="height", precision=0)
+                    cutn = gr.Number(0, label="cutn", precision=0)
+                with gr.Row():
+                    start = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
+                    go_on = gr.Button("Resume", elem_id="resume")
+            with gr.Column():
+                preview = gr.Image(label="preview", type="numpy", interactive=False, height=320, elem_id="preview")  # fmt: skip
+                status = gr.HTML("", elem_id="status")
+        gr.Markdown(f"## Runs in `{Path(output_dir).resolve()}`")
+        gallery = gr.Gallery(gallery_items(output_dir), columns=6, height=240, object_fit="contain", allow_preview=False, elem_id="gallery")  # fmt: skip
+        with gr.Row():
+            replay = gr.Button("Replay", elem_id="replay")
+            video_button = gr.Button("Video", elem_id="video-button")
+            refresh = gr.Button("Refresh")
+        with gr.Row():
+            config_view = gr.Code(
+                language="json",
+                label="config.json: the settings not at their defaults",
+                elem_id="config",
+            )
+            video = gr.Video(label="video", elem_id="video", interactive=False)
+
+        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every]
+        for choice in (generator, vqgan, clip_model):
+            choice.change(describe_preset, [generator, vqgan, clip_model], preset)
+        shown = [preview, status, chosen]
+        show_runs = dict(fn=lambda: gallery_items(output_dir), outputs=gallery)
+        start.click(page.start, form, shown).then(**show_runs)
+        go_on.click(page.resume, chosen, shown).then(**show_runs)
+        replay.click(page.replay, chosen, shown).then(**show_runs)
+        stop.click(page.stop, None, status, concurrency_limit=None)
+        refresh.click(**show_runs)
+        ui.load(**show_runs)  # the runs as they are when the page is opened, not when served
+        gallery.select(page.choose, None, [chosen, config_view])
+        video_button.click(page.video, chosen, [video, status])
+    return ui
+
+
+MAX_UPLOAD = 10 * 1024 * 1024  # bytes a request may upload: an init image, not a video
+
+
+def serve(output_dir: str | Path = "outputs", host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve the page until interrupted (Ctrl-C or SIGTERM), to its user only
+    (:mod:`vqclip.frontends.webguard`): only ``output_dir``'s images and videos are served beside it,
+    and uploads are bounded. What gradio caches goes to ``$GRADIO_TEMP_DIR`` (the ``vqclip ui``
+    command makes it a temporary folder, removed at the end)."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from vqclip.frontends.webguard import LocalOnly, page_hosts
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    # uvicorn stops on SIGTERM, then raises it again under the handler it found: this one, so
+    # that the process ends through its finally blocks rather than at once.
+    previous = signal.signal(signal.SIGTERM, _end)
+    try:
+        page = build_ui(output_dir).queue(default_concurrency_limit=1)
+        app = gr.mount_gradio_app(
+            FastAPI(), page, path="/", allowed_paths=[str(Path(output_dir).resolve())],
+            max_file_size=MAX_UPLOAD, show_error=True, server_name=host, server_port=port,
+        )  # fmt: skip
+        uvicorn.run(LocalOnly(app, page_hosts(host, port)), host=host, port=port, log_level="warning")  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

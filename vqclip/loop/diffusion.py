@@ -1,0 +1,308 @@
+"""CLIP-guided diffusion: Katherine Crowson's second method, as a generator beside the VQGAN.
+
+An unconditional diffusion model (:mod:`vqclip.models.unet`) is sampled step by step over a respaced
+schedule (its 1000 training steps respaced to ``max_iterations``, as OpenAI's
+``timestep_respacing``). At each step the model predicts the clean image; CLIP scores cutouts of
+it (blended with the noisy sample by the noise level, as Crowson's notebook does) through the
+loop's own cutouts, augments and objective (the prompts weighted by ``clip_guidance_scale``,
+total variation by ``tv_scale``, out-of-range values by ``range_scale``), and the gradient of
+that loss with respect to the noisy sample (its RMS per image at most ``clamp_max``, as Disco
+Diffusion clamps it: at the noisiest steps the clean estimate magnifies the gradient) moves
+the step's mean (DDPM) or its noise estimate (DDIM). Every random draw goes through the run's ``torch.Generator``, so a config gives the same
+bits on a CPU, and the sample, the step and the generator are all a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vqclip.loop.latents import clamp_with_grad
+from vqclip.loop.optimise import (
+    Callback,
+    Loop,
+    backward_objective,
+    fast_math,
+    iterations,
+    make_views,
+    render,
+)
+from vqclip.models.unet import UNet
+
+__all__ = [
+    "Schedule",
+    "DiffusionGenerator",
+    "SampleState",
+    "make_schedule",
+    "respaced_timesteps",
+    "predict",
+    "pred_xstart",
+    "start_sample",
+    "sample_step",
+    "run_sampler",
+]
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _betas(spec_steps: int, schedule: str) -> torch.Tensor:
+    """The training schedule's betas, (T,) float64, as OpenAI's ``get_named_beta_schedule``."""
+    if schedule == "linear":
+        scale = 1000 / spec_steps
+        return torch.linspace(scale * 1e-4, scale * 0.02, spec_steps, dtype=torch.float64)
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [
+        min(1 - alpha_bar((i + 1) / spec_steps) / alpha_bar(i / spec_steps), 0.999)
+        for i in range(spec_steps)
+    ]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def respaced_timesteps(total: int, count: int) -> list[int]:
+    """``count`` of the ``total`` training steps, evenly spaced from 0 to ``total - 1`` (OpenAI's
+    ``space_timesteps`` with one section; Python's rounding, as theirs)."""
+    if not 1 <= count <= total:
+        raise ValueError(
+            f"max_iterations: {count} sampling steps, expected 1 to the model's {total}"
+        )
+    if count == 1:
+        return [0]
+    stride = (total - 1) / (count - 1)
+    return [round(k * stride) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A respaced schedule's per-step quantities, (N,) float64, index 0 the least noisy."""
+
+    timesteps: torch.Tensor  # (N,) the training timestep each respaced step stands for
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance: torch.Tensor  # clipped at step 0, as OpenAI's
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+    sqrt_recip_alphas_cumprod: torch.Tensor
+    sqrt_recipm1_alphas_cumprod: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def at(self, name: str, index: int, like: torch.Tensor) -> torch.Tensor:
+        """The quantity ``name`` at step ``index`` as a float32 scalar on ``like``'s device."""
+        return getattr(self, name)[index].to(device=like.device, dtype=torch.float32)
+
+
+def make_schedule(training_steps: int, noise_schedule: str, count: int) -> Schedule:
+    """The model's schedule respaced to ``count`` steps."""
+    kept = respaced_timesteps(training_steps, count)
+    cumprod = torch.cumprod(1 - _betas(training_steps, noise_schedule), 0)
+    acp = cumprod[kept]
+    prev = torch.cat([acp.new_ones(1), acp[:-1]])
+    betas = 1 - acp / prev
+    variance = betas * (1 - prev) / (1 - acp)
+    log_variance = torch.log(torch.cat([variance[1:2], variance[1:]]))
+    return Schedule(
+        timesteps=torch.tensor(kept),
+        betas=betas,
+        alphas_cumprod=acp,
+        alphas_cumprod_prev=prev,
+        posterior_variance=variance,
+        posterior_log_variance=log_variance,
+        posterior_mean_coef1=betas * prev.sqrt() / (1 - acp),
+        posterior_mean_coef2=(1 - prev) * (1 - betas).sqrt() / (1 - acp),
+        sqrt_recip_alphas_cumprod=(1 / acp).sqrt(),
+        sqrt_recipm1_alphas_cumprod=(1 / acp - 1).sqrt(),
+    )
+
+
+class DiffusionGenerator:
+    """A diffusion model as the loop's generator: its parameters are an image in [-1, 1]."""
+
+    name = "diffusion"
+
+    def __init__(
+        self, model: UNet, steps: int, sampler: str = "ddpm", clamp_max: float = 0.0
+    ) -> None:
+        self.model, self.sampler, self.clamp_max = model, sampler, clamp_max
+        spec = model.spec
+        self.factor = spec.factor
+        self.schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
+
+    def random(
+        self, batch: int, height: int, width: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        shape = (batch, 3, height, width)
+        return torch.randn(shape, generator=generator, device=generator.device)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * 2 - 1
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return ((latent.float() + 1) / 2).clamp(0, 1)
+
+    def clamp(self, levels: list[torch.Tensor]) -> None:
+        """Nothing to keep in range: a sample is not optimised."""
+
+
+@dataclass
+class SampleState:
+    """Everything that changes during sampling; enough to save and resume it."""
+
+    sample: torch.Tensor  # (B, 3, H, W) x_t, the noisy image the next step denoises
+    start: torch.Tensor  # (B, 3, H, W) the init image in [-1, 1] (zeros without one)
+    generator: torch.Generator  # the only source of randomness
+    first: int  # the respaced step sampling started at (its count less skip_timesteps) - 1
+    iteration: int = 0  # steps done
+    pred: torch.Tensor | None = None  # the last step's predicted clean image, in [-1, 1]
+
+    @property
+    def latent(self) -> torch.Tensor:
+        """What the run shows: the last step's clean estimate; the sample before the first
+        step and after the last."""
+        done = self.iteration > self.first
+        return self.sample if self.pred is None or done else self.pred
+
+    @property
+    def index(self) -> int:
+        """The respaced step the next iteration takes."""
+        return self.first - self.iteration
+
+
+def start_sample(
+    loop: Loop,
+    batch: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    init: torch.Tensor | None = None,
+    skip: int = 0,
+) -> SampleState:
+    """The state before the first step: noise, or ``init`` ((B, 3, H, W) in [0, 1]) noised to
+    the level of the first step taken (``skip`` steps into the schedule)."""
+    gen: DiffusionGenerator = loop.generator
+    schedule = gen.schedule
+    if not 0 <= skip < len(schedule):
+        raise ValueError(
+            f"skip_timesteps: {skip}, expected 0 to {len(schedule) - 1} (fewer than the "
+            f"{len(schedule)} sampling steps)"
+        )
+    first = len(schedule) - 1 - skip
+    noise = gen.random(batch, height, width, generator)
+    if init is None:
+        return SampleState(noise, torch.zeros_like(noise), generator, first)
+    x0 = gen.encode(init.to(noise.device)).expand_as(noise)
+    acp = schedule.at("alphas_cumprod", first, noise)
+    sample = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+    return SampleState(sample, x0.clone(), generator, first)
+
+
+def predict(gen: DiffusionGenerator, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The model's noise estimate for ``x`` at respaced step ``index``, and the step's log
+    variance (OpenAI's ``p_mean_variance``: learned within its bounds, or fixed: "large" or
+    with ``sigma_small`` the posterior's)."""
+    schedule = gen.schedule
+    t = schedule.timesteps[index].to(x.device, torch.float32).expand(len(x))
+    out = gen.model(x, t).float()
+    if gen.model.spec.learn_sigma:  # the variance interpolated between its bounds
+        eps, values = out.chunk(2, dim=1)
+        min_log = schedule.at("posterior_log_variance", index, x)
+        max_log = schedule.at("betas", index, x).log()
+        frac = (values + 1) / 2
+        return eps, frac * max_log + (1 - frac) * min_log
+    if gen.model.spec.sigma_small:
+        return out, schedule.at("posterior_log_variance", index, x).expand_as(x)
+    large = schedule.posterior_variance[1] if index == 0 else schedule.betas[index]
+    return out, torch.full_like(x, math.log(float(large)))
+
+
+def pred_xstart(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, index: int) -> torch.Tensor:  # fmt: skip
+    """The clean image that ``x`` at step ``index`` with noise ``eps`` came from."""
+    recip = schedule.at("sqrt_recip_alphas_cumprod", index, x)
+    return recip * x - schedule.at("sqrt_recipm1_alphas_cumprod", index, x) * eps
+
+
+def _guidance(
+    loop: Loop, state: SampleState, x: torch.Tensor, pred: torch.Tensor, index: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The gradient of the objective (CLIP on cutouts, the pulls) with respect to the noisy
+    sample ``x`` (a leaf that requires grad), and the step's report."""
+    schedule: Schedule = loop.generator.schedule
+    fac = (1 - schedule.at("alphas_cumprod", index, x)).sqrt()
+    # Crowson's: the clean estimate, noisier when unsure; kept in range for CLIP (the gradient
+    # passes the clamp), as the step's mean uses it.
+    blend = clamp_with_grad(pred, -1.0, 1.0) * fac + x * (1 - fac)
+    image = (blend + 1) / 2
+    views = make_views(loop, state, image)
+    total, terms, losses = backward_objective(loop, state, image, pred, views)
+    grad = x.grad if x.grad is not None else torch.zeros_like(x)
+    return -grad, {"loss": total.detach(), "losses": losses.detach(), "terms": {k: v.detach() for k, v in terms.items()}}  # fmt: skip
+
+
+def sample_step(loop: Loop, state: SampleState) -> dict[str, Any]:
+    """One guided step from ``state.sample``; returns the predicted clean image (in [0, 1])
+    and the losses (tensors, no host sync)."""
+    gen: DiffusionGenerator = loop.generator
+    schedule, index = gen.schedule, state.index
+    x = state.sample.detach().requires_grad_(True)
+    with fast_math(loop, x.device):
+        eps, log_variance = predict(gen, x, index)
+    pred = pred_xstart(schedule, x, eps, index)
+    grad, report = _guidance(loop, state, x, pred, index)
+    if gen.clamp_max:  # each image's gradient at most clamp_max in RMS, as Disco Diffusion's
+        rms = grad.square().mean((1, 2, 3), keepdim=True).sqrt()
+        grad = grad * (gen.clamp_max / rms.clamp(min=1e-12)).clamp(max=1)
+    x, eps, log_variance = x.detach(), eps.detach(), log_variance.detach()
+    pred = pred.detach().clamp(-1, 1)  # OpenAI's clip_denoised: the mean from a valid image
+    if gen.sampler == "ddpm":  # the mean moved by variance x gradient (OpenAI's condition_mean)
+        mean = schedule.at("posterior_mean_coef1", index, x) * pred
+        mean = mean + schedule.at("posterior_mean_coef2", index, x) * x
+        mean = mean + log_variance.exp() * grad
+        noise = torch.randn(x.shape, generator=state.generator, device=x.device)
+        sample = mean + (0.5 * log_variance).exp() * noise if index else mean
+    else:  # DDIM, eta 0: the noise estimate (that of the clamped clean estimate) moved by the
+        # gradient (OpenAI's condition_score), its clean estimate clamped again (the noisiest
+        # step would magnify the gradient ~1/sqrt(alpha_bar) times into it)
+        acp = schedule.at("alphas_cumprod", index, x)
+        recip = schedule.at("sqrt_recip_alphas_cumprod", index, x)
+        recipm1 = schedule.at("sqrt_recipm1_alphas_cumprod", index, x)
+        eps = (recip * x - pred) / recipm1 - (1 - acp).sqrt() * grad
+        pred = pred_xstart(schedule, x, eps, index).clamp(-1, 1)
+        eps = (recip * x - pred) / recipm1
+        prev = schedule.at("alphas_cumprod_prev", index, x)
+        sample = pred * prev.sqrt() + (1 - prev).sqrt() * eps
+    state.sample, state.pred = sample, pred
+    state.iteration += 1
+    return {"image": gen.decode(pred), **report}
+
+
+def run_sampler(
+    loop: Loop, state: SampleState, display_frequency: int, callback: Callback | None = None
+) -> torch.Tensor:
+    """Sample to the end of the schedule; returns the final image (B, 3, H, W) in [0, 1].
+
+    ``callback`` gets what :func:`vqclip.loop.optimise.run_loop` reports: every step the losses, every
+    ``display_frequency`` steps (and at the last) the predicted clean image.
+    """
+    last = state.first + 1
+    for i in iterations(last, state.iteration):
+        out = sample_step(loop, state)
+        info = {"iteration": i, **{k: out[k] for k in ("loss", "losses", "terms")}}
+        if i % display_frequency == 0:
+            if not torch.isfinite(out["loss"]):
+                raise FloatingPointError(
+                    f"loss became {float(out['loss'])} at sampling step {i} (precision "
+                    f"{loop.precision}); the frames saved so far are kept. Expected a finite "
+                    "loss: try precision fp32 or a smaller clip_guidance_scale."
+                )
+            info["image"] = out["image"]
+        if callback:
+            callback(info)
+    return render(loop, state)

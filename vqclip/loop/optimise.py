@@ -1,0 +1,401 @@
+"""The loop: generator -> image -> cutouts -> perceptors -> objective -> optimiser step.
+
+No printing and no files: progress and frames leave through ``callback({...})``. The loop knows
+its parts only by their interfaces (:mod:`vqclip.loop.generators`, :mod:`vqclip.loop.perceptors`,
+:mod:`vqclip.loop.objective`), so that another generator or perceptor plugs in unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from vqclip.loop.cutouts import augment, draw_places, make_cutouts
+from vqclip.loop.generators import Generator, compose_latent
+from vqclip.loop.losses import Targets, spherical_dist_loss
+from vqclip.loop.objective import Loss, Objective, PerceptorTargets, PromptTerm, View
+from vqclip.loop.optimizers import make_optimizer
+from vqclip.loop.perceptors import Perceptor
+from vqclip.loop.processes import ONE_PROCESS, Processes
+
+__all__ = [
+    "Cuts",
+    "Loop",
+    "LoopState",
+    "compose_latent",
+    "image_losses",
+    "make_views",
+    "backward_objective",
+    "fast_math",
+    "weighted_distances",
+    "best_candidates",
+    "start_state",
+    "step",
+    "render",
+    "run_loop",
+    "Callback",
+]
+
+Callback = Callable[[dict[str, Any]], None]
+NOISE = 0.1  # per-cutout Gaussian noise scale, as in the classic notebooks
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """How each step cuts the image for the perceptors (:mod:`vqclip.loop.cutouts`)."""
+
+    augments: tuple[nn.Module, ...]  # per perceptor: some augments depend on its input size
+    cutn: int  # cutouts per image per step
+    cut_pow: float = 1.0
+    method: str = "crops"
+    batches: int = 1  # scored in this many sequential batches, gradients accumulated
+
+
+@dataclass(frozen=True)
+class Loop:
+    """What stays fixed during a run: its parts and settings."""
+
+    generator: Generator  # what is optimised, and how it becomes pixels
+    perceptors: tuple[Perceptor, ...]  # the CLIPs; their weights are the prompt term's
+    objective: Objective  # the prompts and the pulls
+    cuts: Cuts
+    seed: int  # the run's seed; kornia's per-step seed derives from it and the iteration
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for generator and perceptors
+    ema: float = 0.0  # the shown image's parameters: their moving average with this decay; 0: off
+    processes: Processes = ONE_PROCESS  # who shares each step's cutouts (handed in by the driver)
+    # (image, iteration) -> image, applied in order to every rendered image (plugins' transforms)
+    transforms: tuple[Callable[[torch.Tensor, int], torch.Tensor], ...] = ()
+
+    def at_phase(self, index: int) -> Loop:
+        """The loop with the prompts of phase ``index`` of a story."""
+        return replace(self, objective=self.objective.at_phase(index))
+
+    def with_targets(
+        self, targets: PerceptorTargets, row_targets: tuple[PerceptorTargets, ...] = ()
+    ) -> Loop:
+        """The loop with other prompt targets."""
+        return replace(self, objective=self.objective.with_targets(targets, row_targets))
+
+
+@dataclass
+class LoopState:
+    """Everything that changes during a run; enough to save and resume it.
+
+    The latent is a pyramid: ``levels[-1]`` is the per-cell latent of the classic loop and each
+    earlier level has half its resolution, upsampled and added. Adam moves every parameter by
+    about the step size, so a coarse cell shifts a whole region at once: flat backgrounds and
+    solid shapes form in a few steps instead of cell by cell. One level is the classic loop.
+    """
+
+    levels: list[torch.Tensor]  # coarse to fine, (B, D, h / 2^k, w / 2^k); all require grad
+    start: torch.Tensor  # (B, D, h, w), the starting latent (init pull target)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the only source of randomness in the loop
+    iteration: int = 0
+    average: torch.Tensor | None = None  # (B, D, h, w) with Loop.ema: what the frames show
+
+    @property
+    def latent(self) -> torch.Tensor:
+        """The composed latent (B, D, h, w), differentiable in every level."""
+        return compose_latent(self.levels)
+
+
+def start_state(
+    latent: torch.Tensor,
+    optimizer: str,
+    lr: float,
+    generator: torch.Generator,
+    levels: int = 1,
+) -> LoopState:
+    """A fresh state that optimises a copy of ``latent`` as a pyramid of ``levels`` levels
+    (the coarse ones start at zero)."""
+    batch, dim, height, width = latent.shape
+    params = [
+        latent.new_zeros(batch, dim, max(1, height >> k), max(1, width >> k)).requires_grad_(True)
+        for k in range(levels - 1, 0, -1)
+    ]
+    params.append(latent.detach().clone().requires_grad_(True))
+    return LoopState(
+        params, latent.detach().clone(), make_optimizer(optimizer, params, lr), generator
+    )
+
+
+@contextmanager
+def fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
+    """The loop's autocast and, on a CPU, attention by its plain matrix-product kernel: for
+    CLIP's short sequences torch's fused CPU attention is the slower one in bf16, backward
+    above all (docs/performance.md)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(loop.precision)
+    attention = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
+    with (
+        torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        attention,
+    ):
+        yield
+
+
+def step(loop: Loop, state: LoopState) -> dict[str, Any]:
+    """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
+    latent = state.latent
+    # 1. The generator renders its parameters: (B, 3, H, W) in [0, 1].
+    with fast_math(loop, latent.device):
+        image = transformed(loop, loop.generator.decode(latent), state.iteration)
+    # 2. Cut and augment, for each perceptor at its input size: (B * cutn, 3, S, S) each.
+    views = make_views(loop, state, image)
+    # 3. The perceptors embed them, 4. the objective's terms add up, 5. back to the parameters.
+    state.optimizer.zero_grad(set_to_none=True)
+    total, terms, losses = backward_objective(loop, state, image, latent, views)
+    # 6. Step, then keep the parameters in the generator's range.
+    state.optimizer.step()
+    loop.generator.clamp(state.levels)
+    state.iteration += 1
+    if loop.ema:
+        with torch.no_grad():
+            latent = state.latent
+            if state.average is None:  # from the first step after a start (or a zoom)
+                state.average = latent.clone()
+            else:
+                state.average.lerp_(latent, 1 - loop.ema)
+    return {
+        "image": image.detach(),
+        "loss": total.detach(),
+        "losses": losses.detach(),
+        "terms": {name: loss.detach() for name, loss in terms.items()},
+    }
+
+
+def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, 3, H, W) -> per perceptor, (B * cutn, 3, S, S) augmented cutouts at its input size.
+
+    Every perceptor sees the same crops (the first perceptor's sizes) resampled to its input
+    size, augmented with the same seed. The first draws its noise from the run's generator (so
+    that one perceptor draws what the loop always drew), each other from its own generator
+    seeded by the step: adding a perceptor changes nothing that the first one sees.
+    """
+    cuts, device = loop.cuts, image.device
+    places = draw_places(cuts.cutn, state.generator, device) if cuts.method == "crops" else None
+    seed = _step_seed(loop, state)
+    views = []
+    for index, (perceptor, augments) in enumerate(zip(loop.perceptors, cuts.augments, strict=True)):  # fmt: skip
+        size, first = perceptor.input_resolution, loop.perceptors[0].input_resolution
+        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method, places, first)  # fmt: skip
+        noise = state.generator if index == 0 else _own_generator(seed + index, device)
+        views.append(augment(cutouts, augments, NOISE, noise, seed))
+    return tuple(views)
+
+
+def backward_objective(
+    loop: Loop,
+    state: LoopState,
+    image: torch.Tensor,
+    latent: torch.Tensor,
+    views: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Score the views by the objective and send its gradient back to whatever ``image`` and
+    ``latent`` came from (in ``cuts.batches`` batches); returns the total, each term's loss
+    and the per-prompt losses, detached or not."""
+    if loop.cuts.batches > 1 or loop.processes.world > 1:
+        return _score_in_batches(loop, state, image, latent, views)
+    total, terms, losses = _score(loop, state, image, latent, views)
+    total.backward()
+    return total, terms, losses
+
+
+def _step_seed(loop: Loop, state: LoopState) -> int:
+    return (loop.seed * 1_000_003 + state.iteration) % 2**63
+
+
+def _own_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+def _score(
+    loop: Loop,
+    state: LoopState,
+    image: torch.Tensor,
+    latent: torch.Tensor,
+    views: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The objective of a step whose cutouts are all scored at once."""
+    with fast_math(loop, latent.device):
+        embeds = tuple(p.encode_image(v) for p, v in zip(loop.perceptors, views, strict=True))
+    score = partial(image_losses, loop)
+    return loop.objective(View(image, latent, state.start, embeds, state.iteration, score))
+
+
+def _score_in_batches(
+    loop: Loop,
+    state: LoopState,
+    image: torch.Tensor,
+    latent: torch.Tensor,
+    views: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The objective of a step, its cutouts scored batch by batch, and its gradient; with
+    several processes (``loop.processes``), each scores its share of the batches.
+
+    Each batch's prompt loss (its share of the cutouts) goes backward into detached copies of
+    the cutouts at once, so that the perceptors hold one batch's activations at a time; then
+    those gradients and the pulls go back through cutting and rendering in one pass. The
+    prompts' loss is linear in the cutouts' distances, so the gradient is the unbatched one to
+    float rounding; a prompt's stop is checked on each batch's own mean distance. Processes
+    sum the cutouts' gradients, each a share of them and zeros elsewhere, which adds nothing
+    but zeros, then each goes back through cutting and rendering alike.
+    """
+    leaves = [v.detach().requires_grad_(True) for v in views]
+    cutn, rows = loop.cuts.cutn, len(image)
+    score = partial(image_losses, loop)
+    prompts = None
+    for picks in loop.processes.my_batches(cutn, loop.cuts.batches, image.device):
+        batch = [leaf.view(rows, cutn, *leaf.shape[1:])[:, picks].flatten(0, 1) for leaf in leaves]
+        with fast_math(loop, latent.device):
+            embeds = tuple(p.encode_image(b) for p, b in zip(loop.perceptors, batch, strict=True))
+        share = len(picks) / cutn
+        view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, score, share)  # fmt: skip
+        loss = loop.objective.prompts(view)
+        loss.total.backward()
+        prompts = _accumulate(prompts, loss)
+    view = View(image, latent, state.start, (), state.iteration, score)
+    if loop.processes.world > 1:
+        loop.processes.sum_([leaf.grad for leaf in leaves])
+        total, parts, *shares = loop.processes.sum_([prompts.total, prompts.parts, *prompts.by_perceptor])  # fmt: skip
+        prompts = Loss(total, parts, tuple(shares))
+    pulls, terms = loop.objective.add_pulls(view, torch.zeros((), device=image.device), {})
+    tensors, grads = [*views], [leaf.grad for leaf in leaves]
+    if pulls.requires_grad:  # no pulls: nothing but the cutouts to go back through
+        tensors.append(pulls), grads.append(torch.ones_like(pulls))
+    torch.autograd.backward(tensors, grads)
+    reports = {**loop.objective.report(prompts), **terms}
+    return prompts.total + pulls.detach(), reports, prompts.parts
+
+
+def _accumulate(total: Loss | None, loss: Loss) -> Loss:
+    """``total + loss``, detached: a batch's prompt loss added to what the step reports."""
+    loss = Loss(loss.total.detach(), loss.parts.detach(), tuple(x.detach() for x in loss.by_perceptor))  # fmt: skip
+    if total is None:
+        return loss
+    shares = tuple(a + b for a, b in zip(total.by_perceptor, loss.by_perceptor, strict=True))
+    return Loss(total.total + loss.total, total.parts + loss.parts, shares)
+
+
+@torch.no_grad()
+def render(loop: Loop, state: LoopState) -> torch.Tensor:
+    """The current image, (B, 3, H, W) in [0, 1]: of the parameters' moving average with
+    ``loop.ema``."""
+    latent = state.average if loop.ema and state.average is not None else state.latent
+    with fast_math(loop, latent.device):
+        return transformed(loop, loop.generator.decode(latent), state.iteration).float()
+
+
+def transformed(loop: Loop, image: torch.Tensor, iteration: int) -> torch.Tensor:
+    """The rendered image through the loop's transforms, in order (none: the image itself)."""
+    for transform in loop.transforms:
+        image = transform(image, iteration)
+    return image
+
+
+@torch.no_grad()
+def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B,): each whole image's weighted prompt loss, unaugmented.
+
+    The same distances and weights as the loop (stops aside), on one resized view per image
+    and perceptor: what ranks candidates.
+    """
+    prompts = loop.objective.prompts
+    total = None
+    for index, (perceptor, weight) in enumerate(zip(loop.perceptors, prompts.weights, strict=True)):  # fmt: skip
+        size = perceptor.input_resolution
+        views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
+        with fast_math(loop, images.device):
+            embeds = perceptor.encode_image(views)  # (B, E)
+        losses = _distances(prompts, embeds, index) * weight
+        total = losses if total is None else total + losses
+    return total
+
+
+def _distances(prompts: PromptTerm, embeds: torch.Tensor, index: int) -> torch.Tensor:
+    """(B, E) embeddings of perceptor ``index`` -> (B,) weighted distances to their targets."""
+    if not prompts.row_targets:
+        return weighted_distances(embeds, prompts.targets[index])
+    # A batch of prompts: images come grouped by latent row (one, or a row's alternatives).
+    groups = embeds.view(len(prompts.row_targets), -1, embeds.shape[-1])
+    pairs = zip(groups, prompts.row_targets, strict=True)
+    return torch.cat([weighted_distances(e, t[index]) for e, t in pairs])
+
+
+def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(B, E) image embeddings -> (B,): each one's weighted distance to the targets."""
+    distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
+    per_prompt = distances.new_zeros(len(embeds), targets.count).index_add(
+        1, targets.owner, distances
+    )
+    return (per_prompt / targets.rows * targets.weights).sum(1)
+
+
+def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.Tensor:
+    """(N * candidates, 3, H, W), grouped image-major -> (N, 3, H, W): each group's best, by
+    :func:`image_losses` plus the pulls that rank images (the prior's): its whole objective."""
+    if candidates == 1:
+        return images
+    losses = image_losses(loop, images)
+    for term in loop.objective.pulls:
+        share = term.rank(images, partial(image_losses, loop))
+        if share is not None:
+            losses = losses + share
+    losses = losses.view(-1, candidates)  # (N, candidates)
+    groups = images.view(-1, candidates, *images.shape[1:])
+    return groups[torch.arange(len(groups), device=images.device), losses.argmin(1)]
+
+
+def iterations(max_iterations: int, start: int = 0) -> Iterator[int]:
+    """0, 1, ... up to ``max_iterations`` (exclusive), or forever for -1."""
+    i = start
+    while max_iterations == -1 or i < max_iterations:
+        yield i
+        i += 1
+
+
+def run_loop(
+    loop: Loop,
+    state: LoopState,
+    max_iterations: int,
+    display_frequency: int,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Run steps until ``max_iterations``; returns the final image (B, 3, H, W) in [0, 1].
+
+    ``callback`` gets ``{"iteration", "loss", "losses", "terms"}`` every step (per prompt, and
+    per term by name), plus ``"image"`` (the image
+    that step scored, or with ``loop.ema`` the average after it) every ``display_frequency``
+    steps. A non-finite loss raises
+    ``FloatingPointError`` at the next display step (checking every step would sync the device).
+    """
+    for i in iterations(max_iterations, state.iteration):
+        out = step(loop, state)
+        info = {"iteration": i, **{k: out[k] for k in ("loss", "losses", "terms")}}
+        if i % display_frequency == 0:
+            if not torch.isfinite(out["loss"]):
+                raise FloatingPointError(_not_finite(loop, float(out["loss"]), i))
+            info["image"] = render(loop, state) if loop.ema else out["image"]
+        if callback:
+            callback(info)
+    return render(loop, state)
+
+
+def _not_finite(loop: Loop, loss: float, iteration: int) -> str:
+    """The error for a loss that is no longer a number, with what to try."""
+    hint = {
+        "fp16": "fp16 autocast overflows more easily than bf16 (same speed on recent GPUs) or fp32",
+        "bf16": "rerun with precision fp32 to see whether autocast caused it",
+    }.get(loop.precision, "check the inputs, or try a smaller step_size")
+    return (
+        f"loss became {loss} at iteration {iteration} (precision {loop.precision}); the frames "
+        f"saved so far are kept. Expected a finite loss: {hint}."
+    )

@@ -1,0 +1,383 @@
+"""The run driver: generate, resume and restyle, into a run directory, keeping what was made.
+
+:func:`generate` resolves a config (seed, preset, precision), checks it, and drives a new run;
+:func:`resume` drives a stopped one on from its saved state. One driver, :func:`drive`, owns
+what every run shares: frames and state at display steps, Ctrl-C between steps, the final
+images. What it drives is a :class:`_Job`: the optimisation of one image (a plain run, a story,
+a zoom video), or the restyling of a video, a run per frame.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from vqclip.core import presets
+from vqclip.core.config import GenerationConfig, resolve_seed
+from vqclip.core.files import write_atomic
+from vqclip.core.images import to_uint8
+from vqclip.core.limits import read_text
+from vqclip.loop.optimise import Callback, best_candidates, render
+from vqclip.loop.processes import ONE_PROCESS, Processes
+from vqclip.models.tuning import keep_freed_memory, measure_precision
+from vqclip.run.build import check_inputs, prepare, prepare_loop, resolve_device
+from vqclip.run.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from
+from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames
+from vqclip.run.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
+from vqclip.run.stories import loop_at, run_schedule
+
+__all__ = [
+    "generate", "resume", "drive", "from_main", "resolve_config", "read_run_config", "RunResult",
+    "Progress", "progress_of",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a generation produced."""
+
+    run_dir: Path | None  # holds config.json, frames/, final.png and state.pt; None off rank 0
+    image: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
+    config: GenerationConfig  # the resolved config (seed filled in)
+    frames: tuple[Path, ...]  # saved frames, in order (NNNNNN-K.png: image K of a batch)
+    interrupted: bool  # stopped by KeyboardInterrupt; everything made so far is kept
+    finals: tuple[Path, ...]  # final.png, or final-K.png per image of a batch
+    upscaled: tuple[Path, ...] = ()  # final_x4.png (with upscale 4), ... beside them
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A run's steps for a progress bar, the one formula of every frontend (the CLI's bar, the
+    notebook's, the web page's): per frame of a restyled video (else the run's) and in all
+    (None: a run until stopped)."""
+
+    per_frame: int
+    total: int | None
+
+    def done(self, info: dict) -> int:
+        """Steps done once the step that ``info`` reports (its ``frame``, ``iteration``) ends:
+        a resumed run or restyle starts part-way."""
+        return info.get("frame", 0) * self.per_frame + info["iteration"] + 1
+
+
+def progress_of(config: GenerationConfig, max_iterations: int | None = None) -> Progress:
+    """The :class:`Progress` of a run of ``config`` (resumed up to ``max_iterations``, if
+    given): a diffusion sample skips its ``skip_timesteps``, a restyle has a run per frame."""
+    config = presets.apply(config)
+    iterations = max_iterations or config.max_iterations
+    if iterations == -1:
+        return Progress(0, None)
+    per_frame = iterations - config.skip_timesteps
+    return Progress(per_frame, per_frame * frames_to_restyle(config))
+
+
+def resolve_config(config: GenerationConfig, device: torch.device) -> GenerationConfig:
+    """The config a run records: its seed picked, its preset applied, ``precision="auto"``
+    replaced by what it picks here, so that a rerun of ``config.json`` repeats it."""
+    config = presets.apply(resolve_seed(config))
+    if config.precision == "auto":
+        choice = measure_precision(device)
+        config = config.replace(precision=choice.precision, precision_choice=choice.why)
+    return config
+
+
+def generate(
+    config: GenerationConfig,
+    callback: Callback | None = None,
+    *,
+    processes: Processes = ONE_PROCESS,
+    remote: Remote | None = None,
+) -> RunResult:
+    """Run one generation; frames, ``config.json`` and ``final.png`` go to a new run directory.
+
+    ``callback`` receives the loop's reports (see :func:`vqclip.loop.optimise.run_loop`) after the
+    frame for that step is saved. Ctrl-C stops the run after the step under way (a second one
+    at once) and keeps what was made; :func:`resume` goes on from there. Scale-out is handed
+    in: ``processes`` share each step (:func:`vqclip.scale.distributed.join` under torchrun),
+    ``remote`` restyles ``init_video``'s frames elsewhere
+    (:func:`vqclip.scale.cluster.on_ray`).
+    """
+    device = resolve_device(processes.device_name(config.device))
+    config = from_main(processes, lambda: resolve_config(config, device))
+    processes.check(config)
+    _check_remote(config, remote)
+    check_inputs(config, device)
+    return drive(config, None, device, None, callback, processes=processes, remote=remote)
+
+
+def from_main(processes: Processes, resolve: Callable[[], GenerationConfig]) -> GenerationConfig:
+    """``resolve()`` on rank 0, its result on every rank: sent as the config's JSON (nothing
+    unpickled), so that each rank runs with rank 0's seed and precision."""
+    data = processes.share_from_main(lambda: resolve().to_json().encode())
+    return GenerationConfig.from_json(data.decode())
+
+
+def _check_remote(config: GenerationConfig, remote: Remote | None) -> None:
+    if remote is None:
+        return
+    if not config.init_video:
+        raise ValueError("--ray: spreads a restyle's frames over a cluster (give init_video); for many images, vqclip sweep")  # fmt: skip
+    if config.frame_init_weight or config.temporal_weight:
+        raise ValueError(
+            "--ray: frames that follow the previous result (frame_init_weight, temporal_weight) "
+            "are made one after another; leave them at 0 to restyle on a cluster"
+        )
+
+
+def resume(
+    run_dir: str | Path,
+    max_iterations: int | None = None,
+    callback: Callback | None = None,
+    *,
+    processes: Processes = ONE_PROCESS,
+) -> RunResult:
+    """Go on with a stopped run in its own directory, from its last saved state (the step it
+    was stopped after, or its last display step); ``max_iterations`` extends a finished run.
+
+    What the run made from that step on (frames, final image, video) moves to a
+    ``superseded-NNNNNN`` directory first; on a CPU the run's frames and final image then come
+    out bit-identical to those of a run that was never stopped. A restyled video goes on from
+    its first frame not yet made.
+    """
+    run_dir = Path(run_dir)
+    # Rank 0 reads the run; every rank resumes what it read (their own copies may differ).
+    shared = processes.share_from_main(lambda: _read_resumable(run_dir, max_iterations))
+    config, saved = _unpack(shared)
+    processes.check(config)
+    device = resolve_device(processes.device_name(config.device))
+    check_inputs(config, device)
+    return drive(config, run_dir, device, saved, callback, processes=processes)
+
+
+def _read_resumable(run_dir: Path, max_iterations: int | None) -> bytes:
+    """The config (as JSON) and the saved state (as torch.save bytes) of a run to go on
+    with, checked; ``max_iterations`` applied."""
+    if run_dir.is_symlink():  # its writes would land in the directory it points to
+        raise ValueError(f"resume: {run_dir} is a symlink; give the run directory itself ({run_dir.resolve()})")  # fmt: skip
+    config = read_run_config(run_dir)
+    saved = None
+    if config.init_video:
+        _check_restyle_resumable(run_dir, config, max_iterations)
+    else:
+        saved = read_state(run_dir / STATE)
+        if config.generator == "diffusion":
+            _check_sample_resumable(run_dir, config, saved, max_iterations)
+        elif max_iterations is not None:
+            config = config.replace(max_iterations=max_iterations)
+        if config.max_iterations != -1 and saved["iteration"] >= config.max_iterations:
+            raise ValueError(
+                f"max_iterations: the run in {run_dir} has done {saved['iteration']} of its "
+                f"{config.max_iterations} iterations; give a larger max_iterations to go on"
+            )
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)  # what read_state returned: tensors and containers only
+    return config.to_json().encode() + b"\0" + buffer.getvalue()
+
+
+def _unpack(data: bytes) -> tuple[GenerationConfig, dict | None]:
+    text, _, state = data.partition(b"\0")  # JSON holds no NUL: it escapes one as \\u0000
+    saved = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
+    return GenerationConfig.from_json(text.decode(), "resume"), saved
+
+
+def _check_restyle_resumable(
+    run_dir: Path, config: GenerationConfig, max_iterations: int | None
+) -> None:
+    if max_iterations is not None:
+        raise ValueError(
+            "max_iterations: a restyled video goes on with the iterations per frame it was "
+            f"started with ({config.max_iterations}); leave max_iterations out"
+        )
+    if any(run_dir.glob("final*.png")):
+        raise ValueError(f"resume: every frame of {config.init_video!r} is restyled in {run_dir}")
+
+
+def _check_sample_resumable(
+    run_dir: Path, config: GenerationConfig, saved: dict, max_iterations: int | None
+) -> None:
+    if max_iterations not in (None, config.max_iterations):
+        raise ValueError(
+            f"max_iterations: a diffusion sample follows the schedule it was started on "
+            f"({config.max_iterations} steps); leave max_iterations out"
+        )
+    if saved["iteration"] >= config.max_iterations - config.skip_timesteps:
+        raise ValueError(f"resume: the sample in {run_dir} has taken every step of its schedule")
+
+
+def read_run_config(run_dir: Path) -> GenerationConfig:
+    """The resolved config a run directory was made with (its ``config.json``)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
+    try:
+        return GenerationConfig.from_json(read_text(path, "resume"), f"resume: {path}")
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        raise ValueError(
+            message if message.startswith("resume") else f"resume: {path}: {message}"
+        ) from None
+
+
+def drive(
+    config: GenerationConfig,
+    run_dir: Path | None,
+    device: torch.device,
+    saved: dict | None = None,
+    callback: Callback | None = None,
+    *,
+    processes: Processes = ONE_PROCESS,
+    remote: Remote | None = None,
+) -> RunResult:
+    """Run a resolved, checked config into ``run_dir`` (None: a new one, made once the models
+    are ready), from the ``saved`` state of :func:`~vqclip.run.runstate.read_state` when resuming:
+    the one driver of every run. Under torch.distributed only rank 0 writes: the others'
+    results have no run directory."""
+    if device.type == "cpu":
+        keep_freed_memory()
+    if config.init_video:
+        job: _Job = _Restyle(config, device, remote)
+    else:
+        job = _Optimise(config, device, saved, processes)
+    if processes.is_main():
+        run_dir = run_dir or create_run_dir(config)
+    job.start(run_dir if processes.is_main() else None)
+
+    def report(info: dict) -> None:
+        info = job.report(info)
+        if callback:
+            callback(info)
+        stop_requested()
+        job.between_steps = False
+
+    interrupted = False
+    with stop_between_steps() as stop_requested:
+        try:
+            job.run(report)
+        except KeyboardInterrupt:
+            interrupted = True
+        except torch.OutOfMemoryError:
+            raise MemoryError(_out_of_memory(config, device, job)) from None
+    image, finals = job.finish(interrupted)
+    frames = tuple(job.writer.saved)
+    upscaled = _upscale(finals, config, device) if config.upscale > 1 and finals else []
+    return RunResult(run_dir, image.cpu(), config, frames, interrupted, tuple(finals), tuple(upscaled))  # fmt: skip
+
+
+def _upscale(finals: list[Path], config: GenerationConfig, device: torch.device) -> list[Path]:
+    from vqclip.run.upscale import load_upscaler, upscale_file
+
+    upscaler = load_upscaler(config.upscaler, device)
+    return [upscale_file(path, config.upscale, upscaler) for path in finals]
+
+
+def _out_of_memory(config: GenerationConfig, device: torch.device, job: _Job) -> str:
+    """What to do when a step does not fit the device: the run ends, its frames are kept."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    batches = config.cutn_batches
+    return (
+        f"out of {device} memory at {config.width}x{config.height} with cutn {config.cutn} in "
+        f"{batches} batch(es) and {config.batch_size * config.best_of} image(s) per step; try "
+        f"cutn_batches {min(2 * batches, config.cutn)} or a smaller width and height. The "
+        f"frames saved so far ({len(job.writer.saved)}, in {job.writer.run_dir}) are kept"
+    )
+
+
+class _Job:
+    """What :func:`drive` drives: ``start(run_dir)``, then ``run(report)`` with
+    ``report(info)`` for each step's report, then ``finish(interrupted)``: the final images."""
+
+    between_steps = False  # True while the loop is between two steps: its state is whole
+    writer: FrameWriter
+
+    def report(self, info: dict) -> dict:
+        return info
+
+
+class _Optimise(_Job):
+    """One optimisation (with its story and zooms): frames and state at display steps."""
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        device: torch.device,
+        saved: dict | None,
+        processes: Processes,
+    ) -> None:
+        self.config, self.saved = config, saved
+        loop, self.state = prepare(config, device)
+        self.loop = replace(loop, processes=processes)
+        self.image: torch.Tensor | None = None
+
+    def start(self, run_dir: Path | None) -> None:
+        if self.saved is not None:  # resuming: the state goes in, what came after goes aside
+            restore_state(self.state, self.saved)
+        if self.saved is not None and run_dir is not None:
+            aside = set_aside_from(run_dir, self.state.iteration)
+            if aside:
+                log.info("resume: moved what the run made from iteration %d on to %s", self.state.iteration, aside)  # fmt: skip
+            write_atomic(run_dir / "config.json", self.config.to_json().encode())
+        self.writer = FrameWriter(run_dir, self.config)
+
+    def report(self, info: dict) -> dict:
+        self.between_steps = True
+        if "image" in info:  # frames show each image's best candidate so far
+            current = loop_at(self.loop, info["iteration"], self.config)
+            info = {**info, "image": best_candidates(current, info["image"], self.config.best_of)}
+            self.writer(info)
+            self._save_state()
+        return info
+
+    def _save_state(self) -> None:
+        if self.writer.run_dir is not None:  # the process that writes
+            save_state(self.state, self.writer.run_dir / STATE)
+
+    def run(self, report: Callback) -> None:
+        self.image = run_schedule(self.loop, self.state, self.config, report)
+
+    def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
+        loop, state, writer = self.loop, self.state, self.writer
+        if self.between_steps or not interrupted:  # else the last display step's state stays
+            self._save_state()
+        image = render(loop, state) if self.image is None else self.image
+        image = best_candidates(
+            loop_at(loop, state.iteration, self.config), image, self.config.best_of
+        )
+        if not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration:
+            writer({"iteration": state.iteration, "image": image})
+        return image, writer.save("final", [to_uint8(x) for x in image], state.iteration)
+
+
+class _Restyle(_Job):
+    """A video restyled frame by frame (:mod:`vqclip.run.restyle`), keeping the frames a stopped
+    run made; ``final.png`` is the last frame's result."""
+
+    def __init__(
+        self, config: GenerationConfig, device: torch.device, remote: Remote | None
+    ) -> None:
+        self.config, self.remote = config, remote
+        self.loop, self.rng = (None, None) if remote else prepare_loop(config, device)
+
+    def start(self, run_dir: Path) -> None:
+        self.writer = FrameWriter(run_dir, self.config)
+        done = len({frame_iteration(path) for path in self.writer.saved})
+        set_aside_from(run_dir, done)  # an earlier video of the frames
+
+    def run(self, report: Callback) -> None:
+        restyle_frames(self.config, self.loop, self.rng, self.writer, report, self.remote)
+
+    def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
+        if not self.writer.saved:
+            raise ValueError(f"init_video: no frames could be read from {self.config.init_video!r}")
+        image = last_frames(self.writer.saved)
+        if interrupted:
+            return image, []
+        pixels = [to_uint8(x) for x in image]
+        return image, self.writer.save("final", pixels, self.config.max_iterations)

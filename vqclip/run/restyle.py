@@ -1,0 +1,128 @@
+"""Restyling a video, as the classic scripts' video style transfer does.
+
+Each frame of ``init_video`` (every ``video_stride``-th, or those nearest ``video_fps``) starts
+(and, with ``init_weight``, anchors) its own run of ``max_iterations`` steps toward the prompts;
+``frames/NNNNNN.png`` is frame N's result. Every frame's run makes the same random draws
+(cutouts, augmentations, noise), so that neighbouring frames, which differ little, change alike.
+
+Independent frames still flicker: each finds its own way to the prompts. With
+``frame_init_weight`` a frame starts from the previous frame's result blended with its own
+source frame, and with ``temporal_weight`` it is pulled toward that result, as the video tools
+of pytti-core and Disco Diffusion do. The previous result is read back from its saved PNG, so
+that a stopped restyle goes on, from the first frame missing, exactly as it would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqclip.core.config import GenerationConfig
+from vqclip.core.images import image_tensor, load_image, to_uint8
+from vqclip.loop.objective import TemporalTerm
+from vqclip.loop.optimise import Callback, Loop, best_candidates, run_loop, start_state
+from vqclip.run.frames import FrameWriter, frame_iteration
+from vqclip.run.video import count_video_frames, frame_stride, read_video_frames
+
+__all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames", "Remote"]
+
+# Restyles frames elsewhere: (config, (index, pixels) frames) -> (index, uint8 images), in order.
+Remote = Callable[
+    [GenerationConfig, Iterator[tuple[int, np.ndarray]]], Iterator[tuple[int, list[np.ndarray]]]
+]
+
+
+def frames_to_restyle(config: GenerationConfig) -> int:
+    """How many frames a run makes one after another: those of ``init_video`` that it restyles
+    (at most ``video_frames``), or 1 for a run without one."""
+    if not config.init_video:
+        return 1
+    return count_video_frames(config.init_video, config.video_frames, _stride(config))
+
+
+def _stride(config: GenerationConfig) -> int:
+    return frame_stride(config.init_video, config.video_stride, config.video_fps)
+
+
+def restyle_frames(
+    config: GenerationConfig,
+    loop: Loop | None,
+    generator: torch.Generator | None,
+    writer: FrameWriter,
+    callback: Callback | None = None,
+    remote: Remote | None = None,
+) -> int:
+    """Restyle every frame of ``config.init_video`` that ``writer`` has not saved yet; returns
+    how many it made. Reports carry the frame index as ``"frame"``. ``remote``: where the
+    frames are restyled instead of here (handed in by the caller, such as
+    :func:`vqclip.scale.cluster.on_ray`: the Ray cluster at an address): it takes the config and
+    the ``(index, pixels)`` frames, and yields ``(index, images)`` in order."""
+    done = {frame_iteration(path) for path in writer.saved}
+    made = 0
+    frames = read_video_frames(config.init_video, config.video_frames, _stride(config))
+    if remote is not None:  # the workers build the loop: ``loop`` and ``generator`` are None
+        todo = ((index, pixels) for index, pixels in enumerate(frames) if index not in done)
+        for index, images in remote(config, todo):
+            writer.saved += writer.save(f"frames/{index:06d}", images, config.max_iterations)
+            if callback:
+                callback({"iteration": config.steps() - 1, "frame": index})
+            made += 1
+        return made
+    draws = generator.get_state()  # every frame's run starts its draws here
+    follow = config.frame_init_weight or config.temporal_weight
+    for index, pixels in enumerate(frames):
+        if index in done:
+            continue
+
+        def report(info: dict, index: int = index) -> None:
+            if callback:
+                callback({**info, "frame": index})
+
+        generator.set_state(draws)
+        previous = _frames(writer.saved, index - 1) if follow and index else None
+        image = restyle_frame(config, loop, generator, pixels, report, previous)
+        writer.saved += writer.save(
+            f"frames/{index:06d}", [to_uint8(x) for x in image], config.max_iterations
+        )
+        made += 1
+    return made
+
+
+def restyle_frame(
+    config: GenerationConfig,
+    loop: Loop,
+    generator: torch.Generator,
+    pixels: np.ndarray,
+    callback: Callback | None = None,
+    previous: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One video frame, (H, W, 3) uint8 -> its restyled image (B, 3, H, W) in [0, 1];
+    ``previous``: the previous frame's result (B, 3, H, W), which the frame starts from and is
+    pulled toward as ``frame_init_weight`` and ``temporal_weight`` say."""
+    frame = image_tensor(pixels, (config.width, config.height)).to(generator.device)
+    if previous is not None:  # each image of the batch follows its own; its candidates alike
+        previous = previous.to(frame.device).repeat_interleave(config.best_of, 0)
+        frame = torch.lerp(frame, previous, config.frame_init_weight)
+        if config.temporal_weight:
+            pull = TemporalTerm(weight=config.temporal_weight, target=previous)
+            loop = replace(loop, objective=replace(loop.objective, pulls=(*loop.objective.pulls, pull)))  # fmt: skip
+    latent = loop.generator.encode(frame)
+    if len(latent) == 1:
+        latent = latent.repeat(config.batch_size * config.best_of, 1, 1, 1)
+    state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
+    image = run_loop(loop, state, config.max_iterations, config.display_frequency, callback)
+    return best_candidates(loop, image, config.best_of)
+
+
+def last_frames(saved: list[Path]) -> torch.Tensor:
+    """The saved images of the last frame, (B, 3, H, W) in [0, 1]."""
+    return _frames(saved, frame_iteration(saved[-1]))
+
+
+def _frames(saved: list[Path], index: int) -> torch.Tensor:
+    """The saved images of frame ``index``, (B, 3, H, W) in [0, 1]."""
+    return torch.cat([load_image(path) for path in saved if frame_iteration(path) == index])

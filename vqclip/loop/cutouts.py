@@ -19,10 +19,10 @@ __all__ = [
 ]
 
 
-def draw_places(cutn: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def draw_places(cutn: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
     """The random draws of ``cutn`` crops: (3, cutn) uniform in [0, 1), size, left and top, as
     fractions of their ranges (so that perceptors of any input size can share them)."""
-    return torch.rand(3, cutn, generator=generator, device=device)
+    return torch.rand(3, cutn, generator=rng, device=device)
 
 
 def make_cutouts(
@@ -30,7 +30,7 @@ def make_cutouts(
     cut_size: int,
     cutn: int,
     cut_pow: float,
-    generator: torch.Generator,
+    rng: torch.Generator,
     method: str = "crops",
     places: torch.Tensor | None = None,
     smallest: int | None = None,
@@ -41,7 +41,7 @@ def make_cutouts(
     ``min(H, W, cut_size)`` and ``min(H, W)`` as in the classic notebooks, all resampled at once
     by one affine grid. ``"pooling"``: ``cutn`` copies of the whole image pooled to
     ``cut_size`` (the mean of average and max pooling, as ``generate.py``'s default cut
-    method), for the augments to vary; it draws nothing from ``generator``. ``places``: the
+    method), for the augments to vary; it draws nothing from ``rng``. ``places``: the
     crops' draws (:func:`draw_places`), made by the caller; None draws them here. ``smallest``
     replaces ``cut_size`` as the least crop side, so that perceptors of other input sizes can
     cut the same regions.
@@ -52,7 +52,7 @@ def make_cutouts(
     batch, _, height, width = image.shape
     device = image.device
     max_size, min_size = min(height, width), min(height, width, smallest or cut_size)
-    uniform = draw_places(cutn, generator, device) if places is None else places  # (3, cutn)
+    uniform = draw_places(cutn, rng, device) if places is None else places  # (3, cutn)
     sizes = uniform[0].pow(cut_pow) * (max_size - min_size) + min_size  # (cutn,) in pixels
     left = uniform[1] * (width - sizes)
     top = uniform[2] * (height - sizes)
@@ -129,10 +129,10 @@ def augment(
     cutouts: torch.Tensor,
     augments: nn.Module,
     noise: float,
-    generator: torch.Generator,
+    rng: torch.Generator,
     seed: int,
 ) -> torch.Tensor:
-    """Apply ``augments`` (seeded by ``seed``) and per-cutout Gaussian noise (from ``generator``).
+    """Apply ``augments`` (seeded by ``seed``) and per-cutout Gaussian noise (from ``rng``).
 
     kornia draws from torch's global generator, so it runs inside a forked RNG seeded with
     ``seed`` (the loop passes one derived from the run's seed and the iteration, a host-side
@@ -145,7 +145,7 @@ def augment(
             cutouts = augments(cutouts)
     if noise > 0:
         n = cutouts.shape[0]
-        scale = torch.rand(n, 1, 1, 1, generator=generator, device=cutouts.device) * noise
-        jitter = torch.randn(cutouts.shape, generator=generator, device=cutouts.device)
+        scale = torch.rand(n, 1, 1, 1, generator=rng, device=cutouts.device) * noise
+        jitter = torch.randn(cutouts.shape, generator=rng, device=cutouts.device)
         cutouts = cutouts + scale * jitter.to(cutouts.dtype)
     return cutouts

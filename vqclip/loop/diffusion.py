@@ -136,11 +136,9 @@ class DiffusionGenerator:
         self.factor = spec.factor
         self.schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
 
-    def random(
-        self, batch: int, height: int, width: int, generator: torch.Generator
-    ) -> torch.Tensor:
+    def random(self, batch: int, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
         shape = (batch, 3, height, width)
-        return torch.randn(shape, generator=generator, device=generator.device)
+        return torch.randn(shape, generator=rng, device=rng.device)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images.float() * 2 - 1
@@ -158,7 +156,7 @@ class SampleState:
 
     sample: torch.Tensor  # (B, 3, H, W) x_t, the noisy image the next step denoises
     start: torch.Tensor  # (B, 3, H, W) the init image in [-1, 1] (zeros without one)
-    generator: torch.Generator  # the only source of randomness
+    rng: torch.Generator  # the only source of randomness
     first: int  # the respaced step sampling started at (its count less skip_timesteps) - 1
     iteration: int = 0  # steps done
     pred: torch.Tensor | None = None  # the last step's predicted clean image, in [-1, 1]
@@ -181,7 +179,7 @@ def start_sample(
     batch: int,
     height: int,
     width: int,
-    generator: torch.Generator,
+    rng: torch.Generator,
     init: torch.Tensor | None = None,
     skip: int = 0,
 ) -> SampleState:
@@ -195,13 +193,13 @@ def start_sample(
             f"{len(schedule)} sampling steps)"
         )
     first = len(schedule) - 1 - skip
-    noise = gen.random(batch, height, width, generator)
+    noise = gen.random(batch, height, width, rng)
     if init is None:
-        return SampleState(noise, torch.zeros_like(noise), generator, first)
+        return SampleState(noise, torch.zeros_like(noise), rng, first)
     x0 = gen.encode(init.to(noise.device)).expand_as(noise)
     acp = schedule.at("alphas_cumprod", first, noise)
     sample = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
-    return SampleState(sample, x0.clone(), generator, first)
+    return SampleState(sample, x0.clone(), rng, first)
 
 
 def predict(gen: DiffusionGenerator, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -265,7 +263,7 @@ def sample_step(loop: Loop, state: SampleState) -> dict[str, Any]:
         mean = schedule.at("posterior_mean_coef1", index, x) * pred
         mean = mean + schedule.at("posterior_mean_coef2", index, x) * x
         mean = mean + log_variance.exp() * grad
-        noise = torch.randn(x.shape, generator=state.generator, device=x.device)
+        noise = torch.randn(x.shape, generator=state.rng, device=x.device)
         sample = mean + (0.5 * log_variance).exp() * noise if index else mean
     else:  # DDIM, eta 0: the noise estimate (that of the clamped clean estimate) moved by the
         # gradient (OpenAI's condition_score), its clean estimate clamped again (the noisiest

@@ -23,10 +23,10 @@ def embed_texts(perceptor: Perceptor, texts: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def embed_image(
-    perceptor: Perceptor, image: torch.Tensor, cutn: int, generator: torch.Generator
+    perceptor: Perceptor, image: torch.Tensor, cutn: int, rng: torch.Generator
 ) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1] -> (cutn, D) unit embeddings of its cutouts, as the loop sees it."""
-    cutouts = make_cutouts(image, perceptor.input_resolution, cutn, 1.0, generator)
+    cutouts = make_cutouts(image, perceptor.input_resolution, cutn, 1.0, rng)
     return F.normalize(perceptor.encode_image(cutouts), dim=-1)
 
 
@@ -43,7 +43,7 @@ def build_targets(
     noise_prompts: list[tuple[int, float]],
     load: Callable[[str], torch.Tensor],
     cutn: int,
-    generator: torch.Generator,
+    rng: torch.Generator,
     device: torch.device,
 ) -> Targets:
     """Embed every prompt into one :class:`Targets`; ``load`` reads an image prompt's file."""
@@ -52,7 +52,7 @@ def build_targets(
         texts = embed_texts(perceptor, [p.text for p in text_prompts])  # (P, D)
         blocks += list(texts.split(1))
     for prompt in image_prompts:
-        blocks.append(embed_image(perceptor, load(prompt.text).to(device), cutn, generator))
+        blocks.append(embed_image(perceptor, load(prompt.text).to(device), cutn, rng))
     for prompt in [*text_prompts, *image_prompts]:
         weights.append(prompt.weight), stops.append(prompt.stop), names.append(prompt.text)
     for seed, weight in noise_prompts:

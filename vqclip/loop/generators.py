@@ -29,9 +29,7 @@ class Generator(Protocol):
     name: str
     factor: int  # image pixels per parameter cell, each way
 
-    def random(
-        self, batch: int, height: int, width: int, generator: torch.Generator
-    ) -> torch.Tensor:
+    def random(self, batch: int, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
         """Random parameters for ``batch`` images of ``height`` x ``width`` pixels."""
         ...
 
@@ -57,11 +55,9 @@ class VQGANGenerator:
         self.vqgan = vqgan
         self.factor = vqgan.spec.factor
 
-    def random(
-        self, batch: int, height: int, width: int, generator: torch.Generator
-    ) -> torch.Tensor:
+    def random(self, batch: int, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
         f = self.factor
-        return random_latent(self.vqgan.codebook, batch, height // f, width // f, generator)
+        return random_latent(self.vqgan.codebook, batch, height // f, width // f, rng)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return encode_image(self.vqgan, images)
@@ -83,11 +79,9 @@ class PixelGenerator:
     def __init__(self, scale: int = 1) -> None:
         self.factor = scale
 
-    def random(
-        self, batch: int, height: int, width: int, generator: torch.Generator
-    ) -> torch.Tensor:
+    def random(self, batch: int, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
         shape = (batch, 3, height // self.factor, width // self.factor)
-        return torch.rand(shape, generator=generator, device=generator.device)
+        return torch.rand(shape, generator=rng, device=rng.device)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,28 +15,28 @@ __all__ = [
 
 
 def random_latent(
-    codebook: torch.Tensor, batch: int, height: int, width: int, generator: torch.Generator
+    codebook: torch.Tensor, batch: int, height: int, width: int, rng: torch.Generator
 ) -> torch.Tensor:
     """Random codebook entries per cell, (B, D, h, w), as the classic notebooks start."""
     codes = torch.randint(
-        codebook.shape[0], (batch, height, width), generator=generator, device=codebook.device
+        codebook.shape[0], (batch, height, width), generator=rng, device=codebook.device
     )
     return codebook[codes].permute(0, 3, 1, 2).contiguous()
 
 
 def noise_image(
-    kind: str, batch: int, height: int, width: int, generator: torch.Generator
+    kind: str, batch: int, height: int, width: int, rng: torch.Generator
 ) -> torch.Tensor:
     """A random starting image, (B, 3, H, W) in [0, 1]: ``"pixels"`` of uniform noise, or a
     ``"gradient"`` between two random colours at a random angle (the classic scripts' init
-    noise), drawn from ``generator``."""
-    device = generator.device
+    noise), drawn from ``rng``."""
+    device = rng.device
     if kind == "pixels":
-        return torch.rand(batch, 3, height, width, generator=generator, device=device)
+        return torch.rand(batch, 3, height, width, generator=rng, device=device)
     if kind != "gradient":
         raise ValueError(f"noise_image: unknown kind {kind!r}; expected 'pixels' or 'gradient'")
-    colours = torch.rand(2, batch, 3, 1, 1, generator=generator, device=device)
-    angle = torch.rand(batch, 1, 1, generator=generator, device=device) * (2 * torch.pi)
+    colours = torch.rand(2, batch, 3, 1, 1, generator=rng, device=device)
+    angle = torch.rand(batch, 1, 1, generator=rng, device=device) * (2 * torch.pi)
     y = torch.linspace(-1, 1, height, device=device).view(1, -1, 1)
     x = torch.linspace(-1, 1, width, device=device).view(1, 1, -1)
     along = x * angle.cos() + y * angle.sin()  # (B, H, W)

@@ -98,7 +98,7 @@ class LoopState:
     levels: list[torch.Tensor]  # coarse to fine, (B, D, h / 2^k, w / 2^k); all require grad
     start: torch.Tensor  # (B, D, h, w), the starting latent (init pull target)
     optimizer: torch.optim.Optimizer
-    generator: torch.Generator  # the only source of randomness in the loop
+    rng: torch.Generator  # the only source of randomness in the loop
     iteration: int = 0
     average: torch.Tensor | None = None  # (B, D, h, w) with Loop.ema: what the frames show
 
@@ -112,7 +112,7 @@ def start_state(
     latent: torch.Tensor,
     optimizer: str,
     lr: float,
-    generator: torch.Generator,
+    rng: torch.Generator,
     levels: int = 1,
 ) -> LoopState:
     """A fresh state that optimises a copy of ``latent`` as a pyramid of ``levels`` levels
@@ -123,9 +123,7 @@ def start_state(
         for k in range(levels - 1, 0, -1)
     ]
     params.append(latent.detach().clone().requires_grad_(True))
-    return LoopState(
-        params, latent.detach().clone(), make_optimizer(optimizer, params, lr), generator
-    )
+    return LoopState(params, latent.detach().clone(), make_optimizer(optimizer, params, lr), rng)
 
 
 @contextmanager
@@ -176,18 +174,18 @@ def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch
     """(B, 3, H, W) -> per perceptor, (B * cutn, 3, S, S) augmented cutouts at its input size.
 
     Every perceptor sees the same crops (the first perceptor's sizes) resampled to its input
-    size, augmented with the same seed. The first draws its noise from the run's generator (so
-    that one perceptor draws what the loop always drew), each other from its own generator
+    size, augmented with the same seed. The first draws its noise from the run's rng (so
+    that one perceptor draws what the loop always drew), each other from its own rng
     seeded by the step: adding a perceptor changes nothing that the first one sees.
     """
     cuts, device = loop.cuts, image.device
-    places = draw_places(cuts.cutn, state.generator, device) if cuts.method == "crops" else None
+    places = draw_places(cuts.cutn, state.rng, device) if cuts.method == "crops" else None
     seed = _step_seed(loop, state)
     views = []
     for index, (perceptor, augments) in enumerate(zip(loop.perceptors, cuts.augments, strict=True)):  # fmt: skip
         size, first = perceptor.input_resolution, loop.perceptors[0].input_resolution
-        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.generator, cuts.method, places, first)  # fmt: skip
-        noise = state.generator if index == 0 else _own_generator(seed + index, device)
+        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.rng, cuts.method, places, first)  # fmt: skip
+        noise = state.rng if index == 0 else _own_rng(seed + index, device)
         views.append(augment(cutouts, augments, NOISE, noise, seed))
     return tuple(views)
 
@@ -213,7 +211,7 @@ def _step_seed(loop: Loop, state: LoopState) -> int:
     return (loop.seed * 1_000_003 + state.iteration) % 2**63
 
 
-def _own_generator(seed: int, device: torch.device) -> torch.Generator:
+def _own_rng(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed % 2**63)
 
 

@@ -290,7 +290,7 @@ def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) ->
 
 
 def _start_latent(
-    config: GenerationConfig, loop: Loop, generator: torch.Generator, device: torch.device
+    config: GenerationConfig, loop: Loop, rng: torch.Generator, device: torch.device
 ) -> torch.Tensor:
     """The parameters the run starts from: (B * best_of, C, h, w)."""
     batch, size = config.batch_size * config.best_of, (config.height, config.width)
@@ -300,16 +300,16 @@ def _start_latent(
     if config.start == "palette":
         return palette_start(loop, config, device)
     if config.start in ("pixels", "gradient"):
-        return loop.generator.encode(noise_image(config.start, batch, *size, generator))
+        return loop.generator.encode(noise_image(config.start, batch, *size, rng))
     if config.start == "plain":
         return loop.generator.encode(torch.full((batch, 3, *size), 0.5, device=device))
-    return loop.generator.random(batch, *size, generator)
+    return loop.generator.random(batch, *size, rng)
 
 
 def _build_targets(
     config: GenerationConfig,
     perceptors: tuple[Perceptor, ...],
-    generator: torch.Generator,
+    rng: torch.Generator,
     device: torch.device,
     prompt_lists: list[str],
 ) -> list[PerceptorTargets]:
@@ -317,13 +317,13 @@ def _build_targets(
     perceptor's space, with the image and noise prompts. Every one draws the same image-prompt
     cutouts, and the generator moves on as for one, so a plain run draws what it always did."""
     size = (config.width, config.height)
-    before = generator.get_state()
+    before = rng.get_state()
     after = None
     built = []
     for prompts in prompt_lists:
         targets = []
         for perceptor in perceptors:
-            generator.set_state(before)
+            rng.set_state(before)
             targets.append(
                 build_targets(
                     perceptor,
@@ -332,20 +332,20 @@ def _build_targets(
                     list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
                     lambda path: load_image(registry.local_image(path), size),
                     config.cutn,
-                    generator,
+                    rng,
                     device,
                 )
             )
-            after = generator.get_state() if after is None else after
+            after = rng.get_state() if after is None else after
         built.append(tuple(targets))
-    generator.set_state(after)
+    rng.set_state(after)
     return built
 
 
 def _prompt_term(
     config: GenerationConfig,
     perceptors: tuple[Perceptor, ...],
-    generator: torch.Generator,
+    rng: torch.Generator,
     device: torch.device,
 ) -> PromptTerm:
     """The prompts of every phase: (targets shared by the batch, targets per latent row), the
@@ -354,7 +354,7 @@ def _prompt_term(
     perceptor's space, weighted as ``clip_model`` says."""
     stories = config.stories()
     lists = list(dict.fromkeys(phase for story in stories for phase in story))
-    targets = _build_targets(config, perceptors, generator, device, lists)
+    targets = _build_targets(config, perceptors, rng, device, lists)
     built = dict(zip(lists, targets, strict=True))
     phases = []
     for index in range(config.phase_count()):

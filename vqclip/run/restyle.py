@@ -51,7 +51,7 @@ def _stride(config: GenerationConfig) -> int:
 def restyle_frames(
     config: GenerationConfig,
     loop: Loop | None,
-    generator: torch.Generator | None,
+    rng: torch.Generator | None,
     writer: FrameWriter,
     callback: Callback | None = None,
     remote: Remote | None = None,
@@ -64,7 +64,7 @@ def restyle_frames(
     done = {frame_iteration(path) for path in writer.saved}
     made = 0
     frames = read_video_frames(config.init_video, config.video_frames, _stride(config))
-    if remote is not None:  # the workers build the loop: ``loop`` and ``generator`` are None
+    if remote is not None:  # the workers build the loop: ``loop`` and ``rng`` are None
         todo = ((index, pixels) for index, pixels in enumerate(frames) if index not in done)
         for index, images in remote(config, todo):
             writer.saved += writer.save(f"frames/{index:06d}", images, config.max_iterations)
@@ -72,7 +72,7 @@ def restyle_frames(
                 callback({"iteration": config.steps() - 1, "frame": index})
             made += 1
         return made
-    draws = generator.get_state()  # every frame's run starts its draws here
+    draws = rng.get_state()  # every frame's run starts its draws here
     follow = config.frame_init_weight or config.temporal_weight
     for index, pixels in enumerate(frames):
         if index in done:
@@ -82,9 +82,9 @@ def restyle_frames(
             if callback:
                 callback({**info, "frame": index})
 
-        generator.set_state(draws)
+        rng.set_state(draws)
         previous = _frames(writer.saved, index - 1) if follow and index else None
-        image = restyle_frame(config, loop, generator, pixels, report, previous)
+        image = restyle_frame(config, loop, rng, pixels, report, previous)
         writer.saved += writer.save(
             f"frames/{index:06d}", [to_uint8(x) for x in image], config.max_iterations
         )
@@ -95,7 +95,7 @@ def restyle_frames(
 def restyle_frame(
     config: GenerationConfig,
     loop: Loop,
-    generator: torch.Generator,
+    rng: torch.Generator,
     pixels: np.ndarray,
     callback: Callback | None = None,
     previous: torch.Tensor | None = None,
@@ -103,7 +103,7 @@ def restyle_frame(
     """One video frame, (H, W, 3) uint8 -> its restyled image (B, 3, H, W) in [0, 1];
     ``previous``: the previous frame's result (B, 3, H, W), which the frame starts from and is
     pulled toward as ``frame_init_weight`` and ``temporal_weight`` say."""
-    frame = image_tensor(pixels, (config.width, config.height)).to(generator.device)
+    frame = image_tensor(pixels, (config.width, config.height)).to(rng.device)
     if previous is not None:  # each image of the batch follows its own; its candidates alike
         previous = previous.to(frame.device).repeat_interleave(config.best_of, 0)
         frame = torch.lerp(frame, previous, config.frame_init_weight)
@@ -113,7 +113,7 @@ def restyle_frame(
     latent = loop.generator.encode(frame)
     if len(latent) == 1:
         latent = latent.repeat(config.batch_size * config.best_of, 1, 1, 1)
-    state = start_state(latent, config.optimizer, config.step_size, generator, config.latent_levels)
+    state = start_state(latent, config.optimizer, config.step_size, rng, config.latent_levels)
     image = run_loop(loop, state, config.max_iterations, config.display_frequency, callback)
     return best_candidates(loop, image, config.best_of)
 

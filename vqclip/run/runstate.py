@@ -1,7 +1,7 @@
 """A run's loop state on disk, so that a stopped run goes on exactly where it stopped.
 
 ``RUN_DIR/state.pt`` holds what :class:`vqclip.loop.optimise.LoopState` holds: the latent's levels,
-the starting latent, the optimiser's state, the generator's state and the iteration (or, for a
+the starting latent, the optimiser's state, the rng's state and the iteration (or, for a
 diffusion sample, :class:`vqclip.loop.diffusion.SampleState`'s), as plain tensors and numbers (read back with the weights-only unpickler, so it cannot run code). The
 generation writes it at every display step, at the end, and when it is stopped between steps;
 the rest of the run is its ``config.json``. Resuming builds the models and a fresh state from
@@ -46,7 +46,7 @@ def save_state(state: LoopState | SampleState, path: Path) -> None:
             "sample": state.sample.detach().cpu(),
             "pred": None if state.pred is None else state.pred.detach().cpu(),
             "start": state.start.cpu(),
-            "generator": state.generator.get_state(),
+            "generator": state.rng.get_state(),
         }
     else:
         saved = {
@@ -54,7 +54,7 @@ def save_state(state: LoopState | SampleState, path: Path) -> None:
             "levels": [level.detach().cpu() for level in state.levels],
             "start": state.start.cpu(),
             "optimizer": state.optimizer.state_dict(),
-            "generator": state.generator.get_state(),
+            "generator": state.rng.get_state(),
             "average": None if state.average is None else state.average.cpu(),
         }
     buffer = io.BytesIO()
@@ -143,7 +143,7 @@ def restore_state(state: LoopState | SampleState, saved: dict[str, Any]) -> None
     state.average = None if average is None else average.to(state.start.device)
     try:
         state.optimizer.load_state_dict(saved["optimizer"])
-        state.generator.set_state(saved["generator"])
+        state.rng.set_state(saved["generator"])
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
         detail = " ".join(str(error).split())[:200]
         raise ValueError(f"resume: the saved optimizer or generator state does not fit the run ({detail}); was state.pt edited?") from None  # fmt: skip
@@ -169,7 +169,7 @@ def _restore_sample(state: SampleState, saved: dict[str, Any]) -> None:
     state.pred = None if saved["pred"] is None else saved["pred"].to(device)
     state.start = saved["start"].to(device)
     try:
-        state.generator.set_state(saved["generator"])
+        state.rng.set_state(saved["generator"])
     except (TypeError, RuntimeError) as error:
         raise ValueError(f"resume: the saved generator state does not fit ({' '.join(str(error).split())[:200]})") from None  # fmt: skip
     state.iteration = iteration

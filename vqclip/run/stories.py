@@ -140,7 +140,7 @@ def zoom_state(loop: Loop, state: LoopState, config: GenerationConfig) -> None:
         loop.generator.encode(image),
         config.optimizer,
         config.step_size,
-        state.generator,
+        state.rng,
         config.latent_levels,
     )
     state.levels, state.start, state.optimizer = fresh.levels, fresh.start, fresh.optimizer

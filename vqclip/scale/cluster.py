@@ -44,7 +44,7 @@ def connect(address: str | None = None) -> None:
 
 def _restyle_task(config_json: str, pixels: np.ndarray) -> list[np.ndarray]:
     """One frame of a restyle, in a Ray worker: the models built once per worker (cached), the
-    loop and its generator as one process's restyle has them before each frame."""
+    loop and its rng as one process's restyle has them before each frame."""
     from vqclip.core.images import to_uint8
     from vqclip.run.build import prepare_loop, resolve_device
     from vqclip.run.restyle import restyle_frame

@@ -68,21 +68,21 @@ def canonical_caption(color: str, shape: str, background: str) -> str:
     return _TEMPLATES[0].format(c=color, s=shape, b=background)
 
 
-def caption(scene: Scene, generator: torch.Generator) -> str:
+def caption(scene: Scene, rng: torch.Generator) -> str:
     """A caption from a random template and synonym."""
     t, s = (
-        torch.randint(len(_TEMPLATES), (1,), generator=generator).item(),
-        torch.randint(3, (1,), generator=generator).item(),
+        torch.randint(len(_TEMPLATES), (1,), generator=rng).item(),
+        torch.randint(3, (1,), generator=rng).item(),
     )
     return _TEMPLATES[t].format(c=scene.color, s=_SYNONYMS[scene.shape][s], b=scene.background)
 
 
-def sample_scenes(count: int, generator: torch.Generator) -> list[Scene]:
+def sample_scenes(count: int, rng: torch.Generator) -> list[Scene]:
     """``count`` random scenes; the shape's colour always differs from the background's."""
     names = list(COLORS)
     scenes = []
     for _ in range(count):
-        u = torch.rand(6, generator=generator).tolist()
+        u = torch.rand(6, generator=rng).tolist()
         color = names[int(u[0] * len(names))]
         others = [n for n in names if n != color]
         background = others[int(u[1] * len(others))]

@@ -12,6 +12,7 @@ from typing import Any
 
 from vqclip.core import limits
 from vqclip.core.prompts import parse_prompts, split_phases, split_prompts
+from vqclip.core.schedules import Schedule, parse_schedule
 
 __all__ = [
     "GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed",
@@ -28,11 +29,20 @@ CUT_METHODS = ("crops", "pooling")
 # horizontal flip, sharpness, resized crop, thin-plate spline, rotation, elastic, padded crop,
 # Gaussian noise, Gaussian blur.
 AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "Gn", "Gb")
+ANIMATION_MODES = ("none", "2D", "3D")
+# The settings that are schedules: a number, "0: (1.0), 50: (1.05)", or an expression of t.
+SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z", "rotation_3d_x",
+             "rotation_3d_y", "rotation_3d_z", "fov")  # fmt: skip
+_SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
+PADDINGS = ("reflection", "border", "zeros")
+MAX_FRAMES = 100_000  # an animation's frames: over two hours at 12 a second
+SAMPLINGS = ("bilinear", "bicubic", "nearest")
 _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
-    "upscaler", "terms", "transforms",
+    "upscaler", "terms", "transforms", "animation_mode", "padding_mode", "sampling_mode",
+    "depth_model", *SCHEDULES,
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -53,9 +63,9 @@ def _field(default: Any, help: str, group: str, flag: bool = True) -> Any:  # no
     return dataclasses.field(default=default, metadata=metadata)
 
 
-PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, RUN = (
+PROMPTS, MODEL, OUTPUT, STEPS, START, VIDEO, ANIMATION, RUN = (
     "prompts", "model and generator", "image size and output", "optimisation", "start and pulls",
-    "stories, zoom and video", "device and run",
+    "stories, zoom and video", "animation (docs/animation.md)", "device and run",
 )  # fmt: skip
 GENERATORS = ("vqgan", "pixels", "diffusion")
 SCALES = (1, 2, 3, 4)  # upscale factors; 1: none
@@ -136,6 +146,25 @@ class GenerationConfig:
     video_fps: float = _field(0.0, "restyle init_video sampled at this frame rate (the stride that comes nearest); 0: every video_stride-th frame", VIDEO)  # fmt: skip
     frame_init_weight: float = _field(0.0, "restyle: each frame starts from this blend of the previous frame's result with its own source frame (0: the source alone; 0.5: half each)", VIDEO)  # fmt: skip
     temporal_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result (pixel MSE), 0 = off", VIDEO)  # fmt: skip
+    # -- animation
+    animation_mode: str = _field("none", '"2D" moves the picture, "3D" a camera through it (with depth_model), between frames; "none": one image', ANIMATION)  # fmt: skip
+    max_frames: int = _field(0, "animation: how many frames", ANIMATION)
+    steps_per_frame: int = _field(10, "animation: optimisation steps per frame, each from the moved previous frame", ANIMATION)  # fmt: skip
+    first_frame_steps: int = _field(0, "animation: steps of the first frame, made from the start (0: steps_per_frame)", ANIMATION)  # fmt: skip
+    fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
+    zoom: str = _field("1.0", "2D: each frame this many times larger about the centre" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    angle: str = _field("0", "2D: each frame turned this many degrees anticlockwise" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    translation_x: str = _field("0", "2D: the picture moves this many pixels right each frame; 3D: the camera moves right (the scene left), 1/200 of a depth unit per unit" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    translation_y: str = _field("0", "2D: pixels down; 3D: the camera moves down" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    translation_z: str = _field("0", "3D: the camera moves forward, into the scene" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    rotation_3d_x: str = _field("0", "3D: the camera tilts, degrees per frame (positive: the view turns up)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    rotation_3d_y: str = _field("0", "3D: the camera pans, degrees per frame (positive: the view turns right)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    rotation_3d_z: str = _field("0", "3D: the camera rolls, degrees per frame (positive: clockwise, the scene turns anticlockwise)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    fov: str = _field("40", "3D: the camera's field of view across the shorter side, in degrees" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    padding_mode: str = _field("reflection", "animation: what fills where the moved frame leaves the picture: reflection, border or zeros", ANIMATION)  # fmt: skip
+    sampling_mode: str = _field("bilinear", "animation: resampling of the moved frame: bilinear, bicubic or nearest", ANIMATION)  # fmt: skip
+    depth_model: str = _field("none", '3D: the depth estimator ("none": a plane facing the camera; or an installed one, such as "shapes-depth")', ANIMATION)  # fmt: skip
+    save_depth: bool = _field(False, "3D: write each frame's depth as frames/depth-NNNNNN.png", ANIMATION)  # fmt: skip
     ema: float = _field(0.0, "frames show an exponential moving average of the generator's parameters with this decay per step (e.g. 0.9), for zooms and stories that flicker; 0 = off", VIDEO)  # fmt: skip
     # -- device and run
     device: str = _field("auto", '"auto", "cpu", "cuda", "cuda:N" or "mps"', RUN)
@@ -144,6 +173,10 @@ class GenerationConfig:
     compile: bool = _field(False, "torch.compile decoder and CLIP (the first step compiles, slowly)", RUN)  # fmt: skip
 
     def __post_init__(self) -> None:
+        for name in SCHEDULES:  # a number in a config file is a constant schedule
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                object.__setattr__(self, name, repr(value))
         for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts"):
             value = getattr(self, name)
             if value is None and name == "augments":  # the preset's
@@ -164,6 +197,7 @@ class GenerationConfig:
         self.transform_args()
         self._check_video()
         self._check_diffusion()
+        self._check_animation()
 
     def _check_types(self) -> None:
         for name in _TEXT_FIELDS:
@@ -185,14 +219,15 @@ class GenerationConfig:
         checks = {
             _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
                             "latent_levels", "best_of", "pixel_scale", "cutn_batches",
-                            "video_stride"),
-            _positive_number: ("cut_pow", "step_size", "zoom_scale"),
+                            "video_stride", "steps_per_frame"),
+            _positive_number: ("cut_pow", "step_size", "zoom_scale", "fps"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
                                    "tv_scale", "range_scale", "clamp_max", "video_fps",
                                    "temporal_weight"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
-                                "video_frames", "skip_timesteps"),
+                                "video_frames", "skip_timesteps", "max_frames",
+                                "first_frame_steps"),
         }  # fmt: skip
         optional = {f.name for f in fields(self) if f.default is None}  # None: the preset's
         for check, names in checks.items():
@@ -341,6 +376,65 @@ class GenerationConfig:
                 f"skip_timesteps: {self.skip_timesteps} of {steps} sampling steps leaves none; "
                 f"expected 0 to {steps - 1}"
             )
+
+    def _check_animation(self) -> None:
+        _choice("animation_mode", self.animation_mode, ANIMATION_MODES)
+        _choice("padding_mode", self.padding_mode, PADDINGS)
+        _choice("sampling_mode", self.sampling_mode, SAMPLINGS)
+        if not isinstance(self.save_depth, bool):
+            raise ValueError(f"save_depth: expected true or false, got {self.save_depth!r}")
+        for name in SCHEDULES:
+            parse_schedule(getattr(self, name), name)
+        if self.animation_mode == "none":
+            if self.max_frames:
+                raise ValueError(f"max_frames: {self.max_frames} frames need animation_mode 2D or 3D")  # fmt: skip
+            return
+        if self.max_frames < 1:
+            raise ValueError(f"max_frames: an animation needs at least 1 frame, got {self.max_frames}")  # fmt: skip
+        if self.max_frames > MAX_FRAMES or self.max_frames * self.steps_per_frame > limits.MAX_STEPS:  # fmt: skip
+            raise ValueError(f"max_frames: {self.max_frames} frames of {self.steps_per_frame} steps; expected at most {MAX_FRAMES} frames and {limits.MAX_STEPS} steps in all")  # fmt: skip
+        self._check_schedule_values()
+        first, every = self.first_steps(), self.steps_per_frame
+        if self.max_iterations is None:  # the preset's would not fit the frames
+            object.__setattr__(self, "max_iterations", first + (self.max_frames - 1) * every)
+        if self.best_of is None:  # one image moves from frame to frame
+            object.__setattr__(self, "best_of", 1)
+        if self.max_iterations < first or (self.max_iterations - first) % every:
+            raise ValueError(
+                f"max_iterations: {self.max_iterations} is not a first frame of {first} steps "
+                f"and whole frames of {every}; leave it unset (it follows max_frames)"
+            )
+        for name, value in (("generator", self.generator == "diffusion" and "diffusion"),
+                            ("zoom_every", self.zoom_every), ("init_video", self.init_video),
+                            ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
+            if value:
+                raise ValueError(f"{name}: {value!r} does not combine with animation_mode {self.animation_mode!r} yet")  # fmt: skip
+
+    def _check_schedule_values(self) -> None:
+        """Every frame's value of every schedule, before any work: finite, a zoom above 0, a
+        field of view inside (0, 180) degrees; one line naming the setting and the frame."""
+        for name in SCHEDULES:
+            schedule = self.schedule(name)
+            for frame in range(1, 2 if schedule.constant else self.max_frames + 1):
+                value = schedule.at(frame, self.max_frames, max(self.seed, 0))
+                low, high = {"zoom": (0, math.inf), "fov": (0, 180)}.get(name, (-math.inf, math.inf))  # fmt: skip
+                if not low < value < high:
+                    raise ValueError(f"{name}: {value:g} at frame {frame}; expected above {low}" + (f" and below {high}" if high < math.inf else ""))  # fmt: skip
+
+    def first_steps(self) -> int:
+        """An animation's first frame's steps."""
+        return self.first_frame_steps or self.steps_per_frame
+
+    def frame_ended(self, steps: int) -> int | None:
+        """The animation frame whose last step is step ``steps`` - 1 (None: no frame ends)."""
+        past = steps - self.first_steps()
+        if self.animation_mode == "none" or past < 0 or past % self.steps_per_frame:
+            return None
+        return past // self.steps_per_frame
+
+    def schedule(self, name: str) -> Schedule:
+        """The parsed schedule of the setting ``name`` (one of :data:`SCHEDULES`)."""
+        return parse_schedule(getattr(self, name), name)
 
     def steps(self) -> int:
         """The steps a run takes (per frame of a restyle): ``max_iterations``, less the steps a

@@ -138,7 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--video", action="store_true", help="also assemble the frames into video.mp4")
     gen.add_argument(
-        "--fps", type=float, help="frame rate of --video (default: init_video's, or 10)"
+        "--preview_motion",
+        "--preview-motion",
+        action="store_true",
+        help="an animation's camera path alone, in seconds: the init image (or a test card) "
+        "moved frame by frame, each frame's values printed; no model is loaded",
     )
     gen.add_argument(
         "--ray",
@@ -311,6 +315,8 @@ def _generate(args: argparse.Namespace) -> None:
     from vqclip.scale import cluster, distributed
 
     config, filled = _config_from_args(args)
+    if args.preview_motion:
+        return _preview_motion(config, args)
     note = filled and f"preset {preset_for(config).name!r} (a flag overrides each): {_as_flags(filled)}"  # fmt: skip
     processes = distributed.join(config.device)  # under torchrun: its ranks share each step
     remote = cluster.on_ray(args.ray) if args.ray is not None else None
@@ -322,6 +328,20 @@ def _generate(args: argparse.Namespace) -> None:
         processes,
     )
     _report(result, args)
+
+
+def _preview_motion(config: GenerationConfig, args: argparse.Namespace) -> None:
+    from vqclip.core.config import resolve_seed
+    from vqclip.run.motion import preview_motion
+    from vqclip.run.video import assemble_video
+
+    def report(frame: int, values: dict[str, float]) -> None:
+        print(f"frame {frame:4d}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)  # fmt: skip
+
+    run_dir, frames = preview_motion(resolve_seed(config), report)
+    print(f"preview: {len(frames)} frames in {run_dir}")
+    if args.video:
+        print(f"video:         {assemble_video(run_dir, fps=getattr(args, 'fps', None))}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -412,7 +432,10 @@ def _report(result: Any, args: argparse.Namespace) -> None:
 
         config = result.config
         path = assemble_video(
-            result.run_dir, fps=args.fps, upscale=config.upscale, upscaler=config.upscaler
+            result.run_dir,
+            fps=getattr(args, "fps", None),
+            upscale=config.upscale,
+            upscaler=config.upscaler,
         )
         print(f"video:         {path}")
     else:

@@ -350,7 +350,8 @@ class _Optimise(_Job):
         image = best_candidates(
             loop_at(loop, state.iteration, self.config), image, self.config.best_of
         )
-        if not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration:
+        frame_end = self.config.frame_ended(state.iteration) is not None
+        if not frame_end and (not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration):  # fmt: skip
             writer({"iteration": state.iteration, "image": image})
         return image, writer.save("final", [to_uint8(x) for x in image], state.iteration)
 

@@ -183,8 +183,11 @@ class FrameWriter:
         self.config = config
         self.saved: list[Path] = frame_paths(run_dir) if run_dir else []  # a resumed run's count
 
-    def metadata(self, iteration: int, index: int) -> dict[str, Any]:
+    def metadata(self, iteration: int, index: int, motion: dict | None = None) -> dict[str, Any]:
+        """A PNG's text: its prompts, seed, step and config (and an animation frame's motion)."""
+        extra = {"motion": json.dumps(motion)} if motion else {}
         return {
+            **extra,
             "prompts": self.config.batch_prompts[index]
             if self.config.batch_prompts
             else self.config.prompts,
@@ -195,7 +198,9 @@ class FrameWriter:
             "Software": "vqclip",
         }
 
-    def save(self, name: str, pixels: list[np.ndarray], iteration: int) -> list[Path]:
+    def save(
+        self, name: str, pixels: list[np.ndarray], iteration: int, motion: dict | None = None
+    ) -> list[Path]:
         """Save one PNG per image of the batch under ``name`` (suffixed when batched)."""
         if self.run_dir is None:
             return []
@@ -203,7 +208,7 @@ class FrameWriter:
         for index, array in enumerate(pixels):
             stem = name if len(pixels) == 1 else f"{name}-{index}"
             path = self.run_dir / f"{stem}.png"
-            save_png(path, array, self.metadata(iteration, index))
+            save_png(path, array, self.metadata(iteration, index, motion))
             paths.append(path)
         return paths
 
@@ -212,4 +217,5 @@ class FrameWriter:
             from vqclip.core.images import to_uint8
 
             pixels = [to_uint8(image) for image in info["image"]]
-            self.saved += self.save(f"{FRAMES}/{info['iteration']:06d}", pixels, info["iteration"])
+            name = f"{FRAMES}/{info['iteration']:06d}"
+            self.saved += self.save(name, pixels, info["iteration"], info.get("motion"))

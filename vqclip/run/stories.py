@@ -1,4 +1,5 @@
-"""What changes during a run: the prompts, phase by phase, and the zoom of a zoom video.
+"""What changes during a run: the prompts, phase by phase, the zoom of a zoom video and the
+camera of an animation.
 
 ``"a forest ^ a city at night | neon:0.5"`` is a story of two phases, each a ``|`` list of
 prompts. Each phase holds for ``prompt_every`` iterations (0: an equal share of
@@ -8,6 +9,12 @@ latent, and the optimiser starts afresh from it, so that the run's frames become
 zoom: the classic scripts' zoom-video mode. A zoom belongs to the step it comes before, so a
 state saved at iteration ``k`` is always the state before any zoom at ``k``, and a resumed run
 zooms exactly where an unbroken one does.
+
+An animation (``animation_mode`` 2D or 3D) is the same mechanism with a frame every
+``steps_per_frame`` steps: before each frame's first step the previous frame is moved along the
+camera path (:mod:`vqclip.run.motion`, the schedules' values at that frame) and encoded, and
+the optimiser starts afresh from it; a frame is the image its last step scored, saved with the
+values that moved it.
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from vqclip.core.config import GenerationConfig
 from vqclip.loop.diffusion import SampleState, run_sampler
 from vqclip.loop.optimise import Callback, Loop, LoopState, render, run_loop, start_state
+from vqclip.run.motion import CameraPath, warp_2d
 
 __all__ = [
     "phase_length",
@@ -28,8 +35,9 @@ __all__ = [
     "loop_at",
     "run_schedule",
     "zoom_due",
-    "zoom_image",
     "zoom_state",
+    "frame_due",
+    "move_state",
 ]
 
 
@@ -52,6 +60,9 @@ def next_change(iteration: int, config: GenerationConfig, phases: int) -> int:
     changes = []
     if length and iteration < length * (phases - 1):
         changes.append((iteration // length + 1) * length)
+    if config.animation_mode != "none":
+        first, every = config.first_steps(), config.steps_per_frame
+        changes.append(first if iteration < first else first + ((iteration - first) // every + 1) * every)  # fmt: skip
     if config.zoom_every:
         first, every = _first_zoom(config), config.zoom_every
         changes.append(
@@ -77,27 +88,9 @@ def zoom_due(iteration: int, config: GenerationConfig) -> bool:
     )
 
 
-def zoom_image(
-    image: torch.Tensor, scale: float, shift: tuple[float, float] = (0.0, 0.0), angle: float = 0.0
-) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 3, H, W): ``scale`` times larger about the centre (< 1 zooms out, the
-    border mirrored), then moved by ``shift`` = (x, y) pixels and turned ``angle`` degrees
-    anticlockwise."""
-    batch, _, height, width = image.shape
-    cos, sin = math.cos(math.radians(angle)), -math.sin(math.radians(angle))  # y points down
-    # Output pixel -> input pixel, in grid_sample's [-1, 1] coordinates (x right, y down).
-    theta = torch.tensor(
-        [
-            [cos / scale, sin / scale * height / width, -2 * shift[0] / width],
-            [-sin / scale * width / height, cos / scale, -2 * shift[1] / height],
-        ],
-        dtype=image.dtype,
-        device=image.device,
-    ).expand(batch, 2, 3)
-    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
-    return F.grid_sample(
-        image, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-    )
+def frame_due(iteration: int, config: GenerationConfig) -> bool:
+    """Whether an animation's previous frame is moved into a new one before step ``iteration``."""
+    return config.frame_ended(iteration) is not None
 
 
 def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
@@ -120,14 +113,37 @@ def run_schedule(
     if isinstance(state, SampleState):
         return run_sampler(loop, state, config.display_frequency, callback)
     phases = len(loop.objective.prompts.phases) or 1
+    display, report = config.display_frequency, callback
+    path = None
+    if config.animation_mode != "none":
+        path = CameraPath(config, state.start.device)
+        display, report = 1, _frame_ends(config, path, callback)
     while True:
         current = loop_at(loop, state.iteration, config)
         if zoom_due(state.iteration, config):
             zoom_state(current, state, config)
+        if path is not None and frame_due(state.iteration, config):
+            move_state(current, state, config, path)
         end = next_change(state.iteration, config, phases)
-        image = run_loop(current, state, end, config.display_frequency, callback)
+        image = run_loop(current, state, end, display, report)
         if end == config.max_iterations:
             return image
+
+
+def _frame_ends(config: GenerationConfig, path: CameraPath, callback: Callback | None) -> Callback:
+    """Reports with an image only at each frame's last step, carrying the frame's values."""
+
+    def report(info: dict) -> None:
+        if "image" in info:
+            frame = config.frame_ended(info["iteration"] + 1)
+            if frame is None:
+                info = {k: v for k, v in info.items() if k != "image"}
+            else:
+                info = {**info, "motion": path.values(frame)}
+        if callback:
+            callback(info)
+
+    return report
 
 
 @torch.no_grad()
@@ -135,7 +151,21 @@ def zoom_state(loop: Loop, state: LoopState, config: GenerationConfig) -> None:
     """Zoom the current image and start the optimisation afresh from its parameters (in place:
     the generator and the iteration go on)."""
     shift = (config.zoom_shift_x, config.zoom_shift_y)
-    image = zoom_image(render(loop, state), config.zoom_scale, shift, config.zoom_rotate)
+    image = warp_2d(render(loop, state), config.zoom_scale, config.zoom_rotate, shift)
+    _start_from(loop, state, config, image)
+
+
+@torch.no_grad()
+def move_state(loop: Loop, state: LoopState, config: GenerationConfig, path: CameraPath) -> None:
+    """Move the current image into the next frame and start afresh from it (in place)."""
+    frame = config.frame_ended(state.iteration) + 1
+    _start_from(loop, state, config, path.move(render(loop, state), frame))
+
+
+def _start_from(
+    loop: Loop, state: LoopState, config: GenerationConfig, image: torch.Tensor
+) -> None:
+    """The optimisation afresh from ``image``'s parameters; the rng and the iteration go on."""
     fresh = start_state(
         loop.generator.encode(image),
         config.optimizer,

@@ -228,14 +228,16 @@ def _frame_upscaler(
 
 
 def default_fps(run_dir: str | Path) -> float:
-    """The frame rate for a run's video: a restyled video's own (over the frames it took),
-    else 10."""
+    """The frame rate for a run's video: the config's ``fps``, else a restyled video's own
+    (over the frames it took), an animation's 12, or 10."""
     from vqclip.core.config import GenerationConfig
 
     path = Path(run_dir) / "config.json"
     config = GenerationConfig.from_json(read_text(path, "video"), f"video: {path}") if path.is_file() else None  # fmt: skip
+    if config is not None and config.fps:
+        return config.fps
     if config is None or not config.init_video:
-        return 10.0
+        return 12.0 if config is not None and config.animation_mode != "none" else 10.0
     source = config.init_video
     return video_fps(source) / frame_stride(source, config.video_stride, config.video_fps)
 

@@ -39,6 +39,7 @@ class Judgement:
     color: str | None  # the shape's colour
     shape: str | None  # "circle", "square", "triangle", "other" (no close fit), None: no shape
     shares: dict[str, float]  # share of the image in each palette colour ("other": none)
+    centre: tuple[float, float] | None = None  # (x, y) pixels: the shape's region's centroid
 
     def matches(self, color: str, shape: str, background: str) -> bool:
         """Whether the image shows ``color`` ``shape`` on ``background``, all three at once."""
@@ -147,4 +148,6 @@ def judge(pixels: np.ndarray) -> Judgement:
     region = _largest_region(labels == fg)
     one_object = region.sum() >= ONE_OBJECT * counts[fg]
     shape = fit_shape(region)[0] if one_object else "other"
-    return Judgement(background, _NAMES[fg], shape, shares)
+    ys, xs = np.nonzero(region)
+    centre = (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
+    return Judgement(background, _NAMES[fg], shape, shares, centre)

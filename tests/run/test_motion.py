@@ -1,0 +1,84 @@
+"""The camera's moves against their formulas: the 2D move of a picture and the 3D pinhole warp."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vqclip.run.motion import (
+    FAR,
+    NEAR,
+    TRANSLATION_SCALE,
+    calibration_card,
+    normalised_depth,
+    plane_depth,
+    warp_2d,
+    warp_3d,
+)  # fmt: skip
+
+
+def test_warp_2d_moves_zooms_and_turns() -> None:
+    image = torch.rand(2, 3, 8, 12)
+    assert torch.allclose(warp_2d(image, 1.0), image, atol=1e-6)
+    square = image[..., :8]
+    assert torch.allclose(warp_2d(square, 1.0, angle=90), torch.rot90(square, 1, (2, 3)), atol=1e-6)  # fmt: skip
+    moved = warp_2d(image, 1.0, translation=(2, 1))  # 2 right, 1 down
+    assert torch.allclose(moved[..., 1:, 2:], image[..., :-1, :-2], atol=1e-6)
+    ramp = torch.arange(12.0).expand(1, 3, 8, 12)  # bilinear sampling is exact on a ramp
+    steps = warp_2d(ramp, 2.0).diff(dim=-1)[..., 2:-2]
+    assert torch.allclose(steps, torch.tensor(0.5), atol=1e-5)  # twice as large: half the slope
+
+
+def _centre_x(image: torch.Tensor, rows: slice) -> float:
+    """The x (pixels, from the left edge) of the bright mass in ``rows``."""
+    weight = image[0, 0, rows].double()
+    xs = torch.arange(image.shape[-1], dtype=torch.float64) + 0.5
+    return float((weight * xs).sum() / weight.sum())
+
+
+def test_near_pixels_move_more_than_far_ones_by_the_pinhole_formula() -> None:
+    """A scene of two depths (top half at 1, bottom at 3) with a bright bar in each: a camera
+    moving right moves each bar left by focal * T / depth, in half-sides of the image."""
+    height = width = 96
+    image = torch.zeros(1, 3, height, width)
+    image[..., 10:40, 44:52] = 1.0  # near bar
+    image[..., 56:86, 44:52] = 1.0  # far bar
+    depth = torch.full((1, 1, height, width), 3.0)
+    depth[..., :48, :] = 1.0
+    fov, move = 40.0, 12.0
+    out = warp_3d(image, depth, translation=(move, 0, 0), fov=fov, padding_mode="zeros")
+    focal, half = 1 / math.tan(math.radians(fov) / 2), width / 2
+    for rows, d in ((slice(0, 48), 1.0), (slice(48, 96), 3.0)):
+        shift = _centre_x(out, rows) - _centre_x(image, rows)
+        predicted = -focal * move * TRANSLATION_SCALE / d * half
+        assert abs(shift - predicted) < 0.05, (d, shift, predicted)
+    assert abs(_centre_x(out, slice(0, 48)) - 48) > 2.5 * abs(_centre_x(out, slice(48, 96)) - 48)
+
+
+def test_moving_forward_enlarges_a_plane_by_depth_over_the_new_depth() -> None:
+    image = calibration_card(128, 128)
+    red = image[0, 0] > 0.8
+    for forward in (20.0, -20.0):  # toward the plane at NEAR, and away
+        out = warp_3d(image, plane_depth(image), translation=(0, 0, forward), padding_mode="zeros")
+        grown = ((out[0, 0] > 0.8) & (out[0, 1] < 0.4)).sum() / red.sum()
+        factor = NEAR / (NEAR - forward * TRANSLATION_SCALE)
+        assert abs(math.sqrt(float(grown)) - factor) < 0.02, (forward, float(grown) ** 0.5, factor)
+
+
+def test_a_turn_needs_no_depth_and_a_roll_is_a_rotation() -> None:
+    image = torch.rand(1, 3, 32, 32)
+    near, far = plane_depth(image), torch.full((1, 1, 32, 32), FAR)
+    pan = warp_3d(image, near, rotation_3d=(0, 5, 0))
+    assert torch.allclose(pan, warp_3d(image, far, rotation_3d=(0, 5, 0)), atol=1e-5)
+    rolled = warp_3d(image, near, rotation_3d=(0, 0, 90))  # the camera clockwise, the scene not
+    assert torch.allclose(rolled, torch.rot90(image, 1, (2, 3)), atol=1e-5)
+    assert torch.allclose(warp_3d(image, near), image, atol=1e-5)
+
+
+def test_a_depth_map_is_normalised_and_a_useless_one_is_a_plane() -> None:
+    raw = torch.stack([torch.linspace(5, 9, 16).view(1, 4, 4), torch.full((1, 4, 4), 7.0)])
+    raw[1, 0, 0, 0] = float("nan")
+    depth = normalised_depth(raw)
+    assert (depth[0].min().item(), depth[0].max().item()) == (NEAR, FAR)
+    assert torch.equal(depth[1], torch.full((1, 4, 4), NEAR))

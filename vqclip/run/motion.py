@@ -1,0 +1,219 @@
+"""Camera motion between animation frames: the 2D move of a picture and the 3D move of a
+camera through a scene whose depth is known.
+
+2D (Disco Diffusion's and Deforum's 2D mode): the picture is moved ``translation_x`` pixels right
+and ``translation_y`` down, then scaled ``zoom`` times about its centre and turned ``angle``
+degrees anticlockwise: the order and the units of their 2D mode, and of vqclip's zoom video.
+
+3D: a pinhole camera. Pixel centres, in units of half the shorter side from the image's
+centre, are rays ``(x / f, y / f, 1)`` with ``f = 1 / tan(fov / 2)``: x right, y down, z into the
+scene. The camera moves by ``T = (translation_x, translation_y, translation_z) / 200`` (the
+peers' translation scale; depth is in the same units, 1 to 3 for a normalised depth map) and
+turns by ``R = Rx · Ry · Rz`` (``rotation_3d_x/y/z`` degrees). Each output pixel's point lies on
+its ray at the depth the previous frame had there, less the camera's forward move; in the
+previous camera it is ``R · p + T``, projected back to a pixel, and one ``grid_sample`` reads
+the previous frame there. Exact for any rotation and for any move of a plane facing the
+camera; to first order in the move for a scene of several depths, as the peers' warp.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vqclip.core import plugins
+from vqclip.core.config import GenerationConfig
+from vqclip.core.images import load_image
+from vqclip.run.frames import FrameWriter, create_run_dir
+
+__all__ = [
+    "TRANSLATION_SCALE", "PADDING_MODES", "SAMPLING_MODES", "warp_2d", "warp_3d", "rotation",
+    "plane_depth", "NEAR", "FAR", "normalised_depth", "CameraPath", "MODE_SCHEDULES",
+    "calibration_card", "preview_motion",
+]  # fmt: skip
+
+TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
+NEAR, FAR = 1.0, 3.0  # a normalised depth map's range; a plane facing the camera sits at NEAR
+PADDING_MODES = ("reflection", "border", "zeros")
+SAMPLING_MODES = ("bilinear", "bicubic", "nearest")
+
+
+def warp_2d(
+    image: torch.Tensor,
+    zoom: float,
+    angle: float = 0.0,
+    translation: tuple[float, float] = (0.0, 0.0),
+    padding_mode: str = "reflection",
+    sampling_mode: str = "bilinear",
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H, W): moved by ``translation`` = (x, y) pixels, ``zoom`` times
+    larger about the centre (< 1 zooms out), turned ``angle`` degrees anticlockwise."""
+    batch, _, height, width = image.shape
+    cos, sin = math.cos(math.radians(angle)), -math.sin(math.radians(angle))  # y points down
+    # Output pixel -> input pixel, in grid_sample's [-1, 1] coordinates (x right, y down).
+    theta = torch.tensor(
+        [
+            [cos / zoom, sin / zoom * height / width, -2 * translation[0] / width],
+            [-sin / zoom * width / height, cos / zoom, -2 * translation[1] / height],
+        ],
+        dtype=image.dtype,
+        device=image.device,
+    ).expand(batch, 2, 3)
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    return F.grid_sample(
+        image, grid, mode=sampling_mode, padding_mode=padding_mode, align_corners=False
+    )
+
+
+def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> torch.Tensor:
+    """R = Rx · Ry · Rz, (3, 3) in float64, each a right-handed turn about its axis."""
+    x, y, z = (math.radians(a) for a in (degrees_x, degrees_y, degrees_z))
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(x), -math.sin(x)], [0, math.sin(x), math.cos(x)]])
+    ry = torch.tensor([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rz = torch.tensor([[math.cos(z), -math.sin(z), 0], [math.sin(z), math.cos(z), 0], [0, 0, 1]])
+    return (rx.double() @ ry.double() @ rz.double()).double()
+
+
+def plane_depth(image: torch.Tensor) -> torch.Tensor:
+    """The depth of a plane facing the camera at ``NEAR``: ``depth_model none``."""
+    return torch.full_like(image[:, :1], NEAR)
+
+
+def _rays(height: int, width: int, focal: float, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) rays through the pixel centres, z = 1."""
+    half = min(height, width) / 2
+    xs = (torch.arange(width, device=device, dtype=torch.float64) + 0.5 - width / 2) / half
+    ys = (torch.arange(height, device=device, dtype=torch.float64) + 0.5 - height / 2) / half
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([x / focal, y / focal, torch.ones_like(x)], -1)
+
+
+def warp_3d(
+    image: torch.Tensor,
+    depth: torch.Tensor,
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    rotation_3d: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    fov: float = 40.0,
+    padding_mode: str = "border",
+    sampling_mode: str = "bilinear",
+) -> torch.Tensor:
+    """(B, 3, H, W) and its depth (B, 1, H, W) -> the frame the moved camera sees."""
+    batch, _, height, width = image.shape
+    focal = 1 / math.tan(math.radians(fov) / 2)
+    rays = _rays(height, width, focal, image.device)  # (H, W, 3)
+    move = torch.tensor(translation, dtype=torch.float64, device=image.device) * TRANSLATION_SCALE
+    turn = rotation(*rotation_3d).to(image.device)
+    # Each output pixel's point in the new camera: on its ray, at the depth the previous frame
+    # had there less the forward move (never behind the camera).
+    ahead = (depth[:, 0].double() - move[2]).clamp_min(1e-3 * NEAR)  # (B, H, W)
+    points = ahead[..., None] * rays  # (B, H, W, 3)
+    before = points @ turn.T + move  # in the previous camera
+    z = before[..., 2:].clamp_min(1e-6)
+    half = min(height, width) / 2
+    pixels = focal * before[..., :2] / z  # units of half the shorter side
+    grid = torch.stack([pixels[..., 0] * half / (width / 2), pixels[..., 1] * half / (height / 2)], -1)  # fmt: skip
+    return F.grid_sample(
+        image, grid.to(image.dtype), mode=sampling_mode, padding_mode=padding_mode,
+        align_corners=False,
+    )  # fmt: skip
+
+
+def normalised_depth(raw: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) estimates -> depth in [NEAR, FAR], per image: nearest at NEAR, farthest at
+    FAR; an image whose estimate is not finite or is constant becomes a plane at NEAR."""
+    out = []
+    for depth in raw.double():
+        low, high = depth.min(), depth.max()
+        if not torch.isfinite(depth).all() or float(high - low) < 1e-6:
+            out.append(torch.full_like(depth, NEAR))
+        else:
+            out.append(NEAR + (FAR - NEAR) * (depth - low) / (high - low))
+    return torch.stack(out).to(raw.dtype)
+
+
+# The schedules each mode moves by: the 2D picture's, the 3D camera's.
+MODE_SCHEDULES = {
+    "2D": ("zoom", "angle", "translation_x", "translation_y"),
+    "3D": ("translation_x", "translation_y", "translation_z", "rotation_3d_x", "rotation_3d_y",
+           "rotation_3d_z", "fov"),
+}  # fmt: skip
+
+
+class CameraPath:
+    """An animation's motion from its config: each frame's schedule values, and the move of
+    one frame into the next (with the depth estimator the config names, loaded once)."""
+
+    def __init__(self, config: GenerationConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.mode = config.animation_mode
+        self.schedules = {name: config.schedule(name) for name in MODE_SCHEDULES[self.mode]}
+        self.estimate = None
+        if self.mode == "3D" and config.depth_model != "none":
+            found = plugins.estimators("depth")
+            if config.depth_model not in found:
+                raise ValueError(f"depth_model: unknown estimator {config.depth_model!r}; expected none or one of {sorted(found)} (from the installed plugins)")  # fmt: skip
+            self.estimate = found[config.depth_model].load(device)
+
+    def values(self, frame: int) -> dict[str, float]:
+        """The schedules' values at ``frame``, by setting."""
+        frames, seed = self.config.max_frames, max(self.config.seed, 0)
+        return {name: s.at(frame, frames, seed) for name, s in self.schedules.items()}
+
+    def depth(self, image: torch.Tensor) -> torch.Tensor:
+        """The frame's depth in [NEAR, FAR] (a plane without an estimator)."""
+        if self.estimate is None:
+            return plane_depth(image)
+        return normalised_depth(self.estimate(image))
+
+    def move(self, image: torch.Tensor, frame: int) -> torch.Tensor:
+        """The previous frame ``image`` moved into ``frame``."""
+        v, config = self.values(frame), self.config
+        modes = {"padding_mode": config.padding_mode, "sampling_mode": config.sampling_mode}
+        if self.mode == "2D":
+            shift = (v["translation_x"], v["translation_y"])
+            return warp_2d(image, v["zoom"], v["angle"], shift, **modes)
+        moved = (v["translation_x"], v["translation_y"], v["translation_z"])
+        turned = (v["rotation_3d_x"], v["rotation_3d_y"], v["rotation_3d_z"])
+        return warp_3d(image, self.depth(image), moved, turned, v["fov"], **modes)
+
+
+def calibration_card(width: int, height: int) -> torch.Tensor:
+    """(1, 3, H, W): a grid of 8-pixel squares in two greys with a red disc at the centre and
+    a blue bar to its right, so that a preview shows a move, a turn and a zoom at a glance."""
+    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    grid = ((x // 8 + y // 8) % 2) * 0.25 + 0.5
+    image = grid.expand(3, height, width).clone()
+    radius = min(width, height) / 6
+    disc = (x - width / 2) ** 2 + (y - height / 2) ** 2 <= radius**2
+    bar = (x > width / 2 + radius * 1.5) & (x < width / 2 + radius * 2) & ((y - height / 2).abs() < radius)  # fmt: skip
+    image[:, disc] = torch.tensor([0.86, 0.12, 0.12])[:, None]
+    image[:, bar] = torch.tensor([0.12, 0.24, 0.86])[:, None]
+    return image[None]
+
+
+def preview_motion(
+    config: GenerationConfig, report: Callable[[int, dict[str, float]], None] | None = None
+) -> tuple[Path, list[Path]]:
+    """The camera path alone: the init image (or :func:`calibration_card`) moved frame by frame, no
+    perceptor and no optimisation, into a new run directory's ``frames/``, each PNG with its
+    values. ``report(frame, values)`` hears of each frame. Returns the run directory and the
+    frames."""
+    if config.animation_mode == "none":
+        raise ValueError("preview_motion: expected animation_mode 2D or 3D, with max_frames")
+    size = (config.width, config.height)
+    image = load_image(config.init_image, size, "init_image") if config.init_image else calibration_card(*size)  # fmt: skip
+    path = CameraPath(config)
+    run_dir = create_run_dir(config)
+    writer = FrameWriter(run_dir, config)
+    for frame in range(config.max_frames):
+        if frame:
+            image = path.move(image, frame)
+        values = path.values(frame)
+        writer({"iteration": frame, "image": image, "motion": values})
+        if report:
+            report(frame, values)
+    return run_dir, writer.saved

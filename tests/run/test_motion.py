@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
+from vqclip.core.images import to_uint8
+from vqclip.frontends import cli
+from vqclip.run.frames import frame_paths
 from vqclip.run.motion import (
     FAR,
     NEAR,
@@ -16,6 +24,7 @@ from vqclip.run.motion import (
     warp_2d,
     warp_3d,
 )  # fmt: skip
+from vqclip.run.video import count_video_frames
 
 
 def test_warp_2d_moves_zooms_and_turns() -> None:
@@ -82,3 +91,27 @@ def test_a_depth_map_is_normalised_and_a_useless_one_is_a_plane() -> None:
     depth = normalised_depth(raw)
     assert (depth[0].min().item(), depth[0].max().item()) == (NEAR, FAR)
     assert torch.equal(depth[1], torch.full((1, 4, 4), NEAR))
+
+
+def test_the_preview_moves_the_card_with_no_model_loaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--preview_motion`` with 3D through the shapes world's depth estimator, while the CLIP
+    and VQGAN named do not exist: nothing but the camera path is run."""
+    cli.main([
+        "generate", "a tunnel", "--preview_motion", "--animation_mode", "3D", "--max_frames", "4",
+        "--depth_model", "shapes-depth", "--translation_z", "0: (0), 3: (30)", "--rotation_3d_z",
+        "2", "--clip_model", "nowhere.pt", "--vqgan", "nowhere.yaml", "--width", "64",
+        "--height", "48", "--seed", "3", "--output_dir", str(tmp_path), "--video",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("frame ")]
+    assert len(lines) == 4 and "translation_z 20" in lines[2] and "rotation_3d_z 2" in lines[1]
+    (run,) = tmp_path.iterdir()
+    frames = frame_paths(run)
+    assert [p.name for p in frames] == [f"{i:06d}.png" for i in range(4)]
+    first = np.asarray(Image.open(frames[0]))
+    assert np.array_equal(first, to_uint8(calibration_card(64, 48)[0]))
+    assert all(not np.array_equal(first, np.asarray(Image.open(p))) for p in frames[1:])
+    assert json.loads(Image.open(frames[3]).text["motion"])["translation_z"] == 30.0
+    assert count_video_frames(run / "video.mp4") == 4

@@ -18,7 +18,7 @@ from vqclip.run.build import load_models, resolve_device
 from vqclip.run.driver import generate, resume
 from vqclip.run.frames import frame_paths
 from vqclip.run.motion import warp_2d
-from vqclip.run.stories import next_change, phase_at, phase_length, zoom_due
+from vqclip.run.stories import next_change, phase_at, phase_starts, zoom_due
 
 
 def _frames(run_dir: Path) -> list[np.ndarray]:
@@ -27,13 +27,25 @@ def _frames(run_dir: Path) -> list[np.ndarray]:
 
 def test_phases_and_zooms_change_at_their_iterations() -> None:
     config = GenerationConfig(prompts="a ^ b ^ c", max_iterations=10, zoom_every=4)
-    length = phase_length(config, 3)
-    assert length == 4  # ceil(10 / 3)
-    assert [phase_at(i, length, 3) for i in (0, 3, 4, 8, 9, 50)] == [0, 0, 1, 2, 2, 2]
+    starts = phase_starts(config, 3)
+    assert starts == (0, 4, 8)  # every ceil(10 / 3)
+    assert [phase_at(i, starts) for i in (0, 3, 4, 8, 9, 50)] == [0, 0, 1, 2, 2, 2]
     assert [next_change(i, config, 3) for i in (0, 4, 7, 8, 9)] == [4, 8, 8, 10, 10]
     endless = config.replace(max_iterations=-1, prompt_every=3, zoom_every=0)
     assert [next_change(i, endless, 3) for i in (0, 3, 6, 100)] == [3, 6, -1, -1]
-    assert phase_length(config.replace(prompts="only one"), 1) == 0
+    assert phase_starts(config.replace(prompts="only one"), 1) == (0,)
+    # An animation's prompts keyed by frame start at their frames' first steps.
+    keyed = GenerationConfig(
+        prompts="2: a green circle | 0: a red circle:1.5 | blurry:-0.5 | 5: a blue square",
+        animation_mode="2D", max_frames=8, first_frame_steps=6, steps_per_frame=3,
+    )  # fmt: skip
+    assert keyed.stories() == [["a red circle:1.5 | blurry:-0.5", "a green circle", "a blue square"]]  # fmt: skip
+    assert phase_starts(keyed, 3) == (0, 9, 18)  # frame 2 starts after 6 + 3 steps
+    assert [next_change(i, keyed, 3) for i in (0, 6, 8, 9, 17)] == [6, 9, 9, 12, 18]
+    with pytest.raises(ValueError, match="prompts: frame 3 keyed twice"):
+        keyed.replace(prompts="3: a | 3: b")
+    with pytest.raises(ValueError, match="keyed by frame need animation_mode"):
+        GenerationConfig(prompts="0: a | 4: b")
 
 
 def test_zooms_begin_at_zoom_start(tiny_config: GenerationConfig) -> None:
@@ -210,3 +222,17 @@ def test_the_circle_follows_the_translation_schedule_and_keeps_its_look(tmp_path
         assert abs(j.centre[1] - start[1]) < 2.5
     values = json.loads(Image.open(frame_paths(result.run_dir)[5]).text["motion"])
     assert values == {"zoom": 1.0, "angle": 0.0, "translation_x": 2.0, "translation_y": 0.0}
+
+
+def test_a_prompt_keyed_to_a_frame_changes_the_judged_colour_from_there(tmp_path: Path) -> None:
+    from vqclip.shapes.judge import judge
+
+    config = GenerationConfig(
+        prompts="0: a red circle on a blue background | 3: a green circle on a blue background",
+        generator="pixels", animation_mode="2D", max_frames=6, first_frame_steps=30,
+        steps_per_frame=8, seed=0, device="cpu", precision="fp32", output_dir=str(tmp_path),
+    )  # fmt: skip
+    judged = [judge(pixels) for pixels in _frames(generate(config).run_dir)]
+    seen = [(j.color, j.shape, j.background) for j in judged]
+    assert seen[:3] == [("red", "circle", "blue")] * 3, seen  # before its frame
+    assert seen[4:] == [("green", "circle", "blue")] * 2, seen  # the frame after it on

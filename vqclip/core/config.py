@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vqclip.core import limits
-from vqclip.core.prompts import parse_prompts, split_phases, split_prompts
+from vqclip.core.prompts import is_keyed, parse_prompts, split_phases, split_prompts
 from vqclip.core.schedules import Schedule, parse_schedule
 
 __all__ = [
@@ -386,6 +386,8 @@ class GenerationConfig:
         for name in SCHEDULES:
             parse_schedule(getattr(self, name), name)
         if self.animation_mode == "none":
+            if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
+                raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
             if self.max_frames:
                 raise ValueError(f"max_frames: {self.max_frames} frames need animation_mode 2D or 3D")  # fmt: skip
             return

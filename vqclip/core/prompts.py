@@ -79,8 +79,39 @@ def parse_prompts(prompts: str) -> list[Prompt]:
     return [parse_prompt(part) for part in split_prompts(prompts)]
 
 
+_KEYED = re.compile(r"^\s*(\d{1,7})\s*:")
+_NEXT_KEY = re.compile(r"\|(?=\s*\d{1,7}\s*:)")
+
+
+def is_keyed(prompts: str) -> bool:
+    """Whether ``prompts`` is keyed by frame (``"0: a forest | 50: a city"``): a prompt's text
+    never starts with a number and a colon, which would be a prompt ``N`` weighted by text."""
+    return bool(_KEYED.match(prompts))
+
+
+def split_keyed(prompts: str) -> list[tuple[int, str]]:
+    """``"0: a forest | 50: a city:1.2 | neon"`` -> ``[(0, "a forest"), (50, "a city:1.2 |
+    neon")]``: a key runs to the next ``| N:``, so each is a full prompt list; sorted by frame.
+    """
+    keys: dict[int, str] = {}
+    for piece in _NEXT_KEY.split(prompts):
+        match = _KEYED.match(piece)
+        if not match:
+            raise ValueError(f"prompts: {piece.strip()[:40]!r} has no frame; expected \"0: a forest | 50: a city\"")  # fmt: skip
+        frame = int(match.group(1))
+        if frame in keys:
+            raise ValueError(f"prompts: frame {frame} keyed twice")
+        text = piece[match.end() :].strip()
+        if not text:
+            raise ValueError(f"prompts: frame {frame} has no prompt")
+        keys[frame] = text
+    return sorted(keys.items())
+
+
 def split_phases(prompts: str) -> list[str]:
     """Split a story ``a | b ^ c`` into its phases (``["a | b", "c"]``), each a prompt list;
     empty phases are dropped, and a string without ``^`` is one phase."""
+    if is_keyed(prompts):
+        return [text for _, text in split_keyed(prompts)]
     phases = [phase.strip() for phase in prompts.split("^") if phase.strip()]
     return phases or [prompts]

@@ -3,7 +3,8 @@ camera of an animation.
 
 ``"a forest ^ a city at night | neon:0.5"`` is a story of two phases, each a ``|`` list of
 prompts. Each phase holds for ``prompt_every`` iterations (0: an equal share of
-``max_iterations``) and the last one holds to the end. With ``zoom_every``, every that many
+``max_iterations``) and the last one holds to the end; an animation's prompts keyed by frame
+(``"0: a forest | 50: a city"``) change at their frames. With ``zoom_every``, every that many
 iterations the image is zoomed (scaled about its centre, shifted, turned), encoded back to a
 latent, and the optimiser starts afresh from it, so that the run's frames become an endless
 zoom: the classic scripts' zoom-video mode. A zoom belongs to the step it comes before, so a
@@ -19,17 +20,19 @@ values that moved it.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
 
 from vqclip.core.config import GenerationConfig
+from vqclip.core.prompts import is_keyed, split_keyed
 from vqclip.loop.diffusion import SampleState, run_sampler
 from vqclip.loop.optimise import Callback, Loop, LoopState, render, run_loop, start_state
 from vqclip.run.motion import CameraPath, warp_2d
 
 __all__ = [
-    "phase_length",
+    "phase_starts",
     "phase_at",
     "next_change",
     "loop_at",
@@ -41,25 +44,29 @@ __all__ = [
 ]
 
 
-def phase_length(config: GenerationConfig, phases: int) -> int:
-    """Iterations per prompt phase; 0 when there is only one phase."""
+def phase_starts(config: GenerationConfig, phases: int) -> tuple[int, ...]:
+    """The step at which each prompt phase starts: a story's phases every ``prompt_every``
+    steps (0: an equal share of ``max_iterations``); an animation's keyed prompts at their
+    frames' first steps (the first key from step 0)."""
     if phases <= 1:
-        return 0
-    return config.prompt_every or math.ceil(config.max_iterations / phases)
+        return (0,)
+    if is_keyed(config.prompts):
+        frames = [frame for frame, _ in split_keyed(config.prompts)]
+        first, every = config.first_steps(), config.steps_per_frame
+        return (0, *(first + (frame - 1) * every for frame in frames[1:]))
+    length = config.prompt_every or math.ceil(config.max_iterations / phases)
+    return tuple(index * length for index in range(phases))
 
 
-def phase_at(iteration: int, length: int, phases: int) -> int:
+def phase_at(iteration: int, starts: tuple[int, ...]) -> int:
     """The index of the phase in force at step ``iteration``."""
-    return min(iteration // length, phases - 1) if length else 0
+    return bisect.bisect_right(starts, iteration) - 1
 
 
 def next_change(iteration: int, config: GenerationConfig, phases: int) -> int:
     """The first step after ``iteration`` at which the prompts change or the image is zoomed,
     or ``config.max_iterations`` (which is -1 for a run until interrupted) if none comes first."""
-    length = phase_length(config, phases)
-    changes = []
-    if length and iteration < length * (phases - 1):
-        changes.append((iteration // length + 1) * length)
+    changes = [start for start in phase_starts(config, phases) if start > iteration][:1]
     if config.animation_mode != "none":
         first, every = config.first_steps(), config.steps_per_frame
         changes.append(first if iteration < first else first + ((iteration - first) // every + 1) * every)  # fmt: skip
@@ -98,7 +105,7 @@ def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
     if not loop.objective.prompts.phases:
         return loop
     count = len(loop.objective.prompts.phases)
-    return loop.at_phase(phase_at(iteration, phase_length(config, count), count))
+    return loop.at_phase(phase_at(iteration, phase_starts(config, count)))
 
 
 def run_schedule(

@@ -93,6 +93,24 @@ def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
     assert sorted(p.name for p in aside.iterdir()) == ["000004.png", "final.png", "video.mp4"]
 
 
+def test_notebook_previews_an_animations_motion_with_no_model(tmp_path: Path) -> None:
+    notebook = _with_parameters(
+        nbformat.read(NOTEBOOK, as_version=4),
+        vqgan="nowhere-vqgan", clip_model="nowhere.pt", prompts="a tunnel", seed=0,
+        output_dir=str(tmp_path / "out"), animation_mode="3D", max_frames=6, steps_per_frame=4,
+        translation_z="0: (0), 5: (25)", rotation_3d_z="3*sin(t)", preview_motion=True,
+    )  # fmt: skip
+    (fetch,) = [c for c in notebook.cells if "fetch_models" in c.source]
+    fetch.source = "# the models are not fetched: the preview needs none"
+    outputs = _execute(notebook, tmp_path)
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert printed.count("translation_z") == 6 and "motion preview: 6 frames" in printed
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert len(frame_paths(run_dir)) == 6 and count_video_frames(run_dir / "video.mp4") == 6
+    assert json.loads((run_dir / "config.json").read_text())["translation_z"] == "0: (0), 5: (25)"
+
+
 def test_notebook_runs_a_batch_of_stories_into_a_smooth_tiled_video(tmp_path: Path) -> None:
     notebook = _with_parameters(
         nbformat.read(NOTEBOOK, as_version=4),

@@ -31,6 +31,25 @@ def test_the_form_leaves_zeros_to_the_preset_and_takes_what_is_given() -> None:
     assert given.display_frequency == 2 and given.start == left.start  # the rest: the preset
 
 
+def test_the_animation_fields_make_an_animation_and_preview_its_motion(tmp_path: Path) -> None:
+    form = [PROMPT, "pixels", "auto", "auto", 4, 0, 0, 0, 0, 0]
+    still = form_config(*form, "none", 5, 0, 10, "1.1", "0", "3", "0", "0", "0", "0", "0", "40", "none")  # fmt: skip
+    assert still == form_config(*form)  # "none": no animation field is set
+    animated = [*form, "2D", 5, 20, 4, "0: (1.0), 4: (1.1)", "0", "3*sin(t)", "0", "0", "0", "0", "0", "40", "none"]  # fmt: skip
+    config = form_config(*animated)
+    assert (config.animation_mode, config.max_frames, config.max_iterations) == ("2D", 5, 36)
+    assert config.zoom == "0: (1.0), 4: (1.1)" and config.translation_x == "3*sin(t)"
+    video, status = _Page(tmp_path / "out").preview_motion(*animated)
+    assert status.startswith("motion preview: 5 frames") and Path(video).is_file()
+    bad = list(animated)
+    bad[16] = "1/0"  # translation_x
+    video, status = _Page(tmp_path / "out").preview_motion(*bad)
+    assert (
+        video is None
+        and "translation_x: &#x27;1/0&#x27; at frame 1: float division by zero" in status
+    )
+
+
 def test_a_run_stopped_from_the_page_keeps_its_state_and_resumes(
     tiny_config: GenerationConfig,
 ) -> None:

@@ -52,3 +52,19 @@ def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) ->
     if batch_prompts:
         return {"prompts": "", "batch_prompts": tuple(batch_prompts)}
     return {"prompts": prompts, "batch_prompts": ()}
+
+
+# The animation fields a form shows, in order: the mode and its counts, then the schedules.
+ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_per_frame",
+                    "zoom", "angle", "translation_x", "translation_y", "translation_z",
+                    "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov", "depth_model")  # fmt: skip
+SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
+
+
+def animation_settings(**form: Any) -> dict[str, Any]:
+    """The form's animation fields as config fields; none at all with ``animation_mode``
+    "none", so that a still's config records none. Counts of 0 are whole numbers."""
+    if form.get("animation_mode", "none") == "none":
+        return {}
+    counts = ("max_frames", "first_frame_steps", "steps_per_frame")
+    return {key: int(value or 0) if key in counts else str(value) for key, value in form.items()}

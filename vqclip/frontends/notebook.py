@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqclip.core.config import GenerationConfig
-from vqclip.frontends.forms import choose_models, preset_settings, prompt_settings, resolve
+from vqclip.frontends.forms import (
+    animation_settings,
+    choose_models,
+    preset_settings,
+    prompt_settings,
+    resolve,
+)  # fmt: skip
 
 if TYPE_CHECKING:  # the pipeline (torch, the models) is imported when a run starts
     from vqclip.run.driver import Progress
@@ -28,6 +34,8 @@ __all__ = [
     "resolve",
     "fetch_models",
     "run_with_preview",
+    "preview_motion",
+    "animation_settings",
     "resume_with_preview",
     "show_video",
     "prompt_settings",
@@ -191,6 +199,22 @@ def _finish(label: Any, result: Any) -> Any:
     return result
 
 
+def preview_motion(config: GenerationConfig) -> Any:
+    """An animation's camera path alone, in seconds (no model is loaded): each frame's values
+    printed, the moved init image (or a calibration card) as frames of a new run directory,
+    which the video cell assembles."""
+    from types import SimpleNamespace
+
+    from vqclip.run.motion import preview_motion as preview
+
+    def report(frame: int, values: dict[str, float]) -> None:
+        print(f"frame {frame:4d}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    run_dir, frames = preview(config, report)
+    print(f"motion preview: {len(frames)} frames in {run_dir.resolve()}")
+    return SimpleNamespace(run_dir=run_dir, config=config, frames=tuple(frames))
+
+
 def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
     """Assemble the run's frames into ``RUN_DIR/video.mp4`` (made again from the frames each
     time), show it inline with the final image as its poster, and offer it for download in
@@ -207,7 +231,8 @@ def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
 
     run_dir = Path(run_dir).resolve()
     given = {name: value for name, value in options.items() if value is not None}
-    if fps is None and "length" not in given and not read_run_config(run_dir).init_video:
+    config = read_run_config(run_dir)
+    if fps is None and "length" not in given and not config.init_video and config.animation_mode == "none":  # fmt: skip
         given["length"] = watchable_length(run_dir)
     path = assemble_video(run_dir, fps, run_dir / "video.mp4", overwrite=True, **given)
     video = base64.b64encode(path.read_bytes()).decode()

@@ -23,14 +23,23 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from vqclip.core import plugins
 from vqclip.core.config import GenerationConfig
 from vqclip.core.images import to_uint8
 from vqclip.core.presets import preset_for
-from vqclip.frontends.forms import choose_models, preset_settings, resolve
+from vqclip.frontends.forms import (
+    ANIMATION_FIELDS,
+    SCHEDULE_HELP,
+    animation_settings,
+    choose_models,
+    preset_settings,
+    resolve,
+)  # fmt: skip
 from vqclip.models import registry
 from vqclip.models.download import USER_ERRORS
 from vqclip.run.driver import Progress, RunResult, generate, progress_of, read_run_config, resume
 from vqclip.run.frames import list_runs, run_picture
+from vqclip.run.motion import preview_motion
 from vqclip.run.video import assemble_video, tile_images, watchable_length
 
 __all__ = ["build_ui", "serve"]
@@ -56,10 +65,12 @@ class Run:
 
 
 def form_config(
-    prompts: str, generator: str, vqgan: str, clip_model: str, seed: float, *numbers: float
+    prompts: str, generator: str, vqgan: str, clip_model: str, seed: float, *fields: Any
 ) -> GenerationConfig:
     """The form's config, resolved (seed picked, preset applied) as the run will record it;
-    ``numbers`` are width, height, max_iterations, cutn and display_frequency (0: preset)."""
+    ``fields`` are width, height, max_iterations, cutn and display_frequency (0: preset), then
+    the animation's (``ANIMATION_FIELDS``; none: a still)."""
+    numbers, animation = fields[:5], dict(zip(ANIMATION_FIELDS, fields[5:], strict=False))
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
     vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
     _check_registry_names(vqgan, clip_model)
@@ -74,6 +85,7 @@ def form_config(
             seed=int(seed),
             display_frequency=display_frequency or 10,
             **preset_settings(**form),
+            **animation_settings(**animation),
         )  # fmt: skip
     )
 
@@ -269,6 +281,16 @@ class _Page:
             chosen = run.result.run_dir.name if run.result is not None else gr.skip()
             yield (image if image is not None else gr.skip()), status, chosen
 
+    def preview_motion(self, *form: Any) -> tuple[Any, str]:
+        """The camera path alone (no model), as a video: seconds, to tune a path."""
+        try:
+            config = form_config(*form).replace(output_dir=str(self.output_dir))
+            run_dir, frames = preview_motion(config)
+            path, _ = make_video(run_dir)
+        except USER_ERRORS as error:
+            return None, _error(error)
+        return str(path), f"motion preview: {len(frames)} frames in {html.escape(run_dir.name)}"
+
     def stop(self) -> str:
         if self.run is None or not self.run.thread.is_alive():
             return "no run under way"
@@ -326,6 +348,45 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                     width = gr.Number(0, label="width", precision=0)
                     height = gr.Number(0, label="height", precision=0)
                     cutn = gr.Number(0, label="cutn", precision=0)
+                with gr.Accordion("animation (docs/animation.md)", open=False):
+                    animation = [
+                        gr.Dropdown(
+                            ["none", "2D", "3D"],
+                            value="none",
+                            label="animation_mode",
+                            elem_id="animation_mode",
+                        ),  # fmt: skip
+                        gr.Number(0, label="max_frames", precision=0, elem_id="max_frames"),
+                        gr.Number(
+                            0, label="first_frame_steps (0: steps_per_frame)", precision=0
+                        ),  # fmt: skip
+                        gr.Number(10, label="steps_per_frame", precision=0),
+                        *(
+                            gr.Textbox(
+                                default,
+                                label=name,
+                                info=SCHEDULE_HELP if name == "zoom" else None,
+                                elem_id=name,
+                            )  # fmt: skip
+                            for name, default in (
+                                ("zoom", "1.0"),
+                                ("angle", "0"),
+                                ("translation_x", "0"),
+                                ("translation_y", "0"),
+                                ("translation_z", "0"),
+                                ("rotation_3d_x", "0"),
+                                ("rotation_3d_y", "0"),
+                                ("rotation_3d_z", "0"),
+                                ("fov", "40"),
+                            )
+                        ),  # fmt: skip
+                        gr.Dropdown(
+                            ["none", *plugins.estimators("depth")],
+                            value="none",
+                            label="depth_model",
+                        ),  # fmt: skip
+                    ]
+                    motion = gr.Button("Preview motion", elem_id="preview-motion")
                 with gr.Row():
                     start = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
@@ -347,7 +408,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
             )
             video = gr.Video(label="video", elem_id="video", interactive=False)
 
-        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every]
+        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation]  # fmt: skip
         for choice in (generator, vqgan, clip_model):
             choice.change(describe_preset, [generator, vqgan, clip_model], preset)
         shown = [preview, status, chosen]
@@ -360,6 +421,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
         ui.load(**show_runs)  # the runs as they are when the page is opened, not when served
         gallery.select(page.choose, None, [chosen, config_view])
         video_button.click(page.video, chosen, [video, status])
+        motion.click(page.preview_motion, form, [video, status])
     return ui
 
 

@@ -72,3 +72,10 @@ def test_quick_scaling_bench_times_processes_and_ray_workers(capsys: pytest.Capt
         "sweep of 2 images, Ray with 2 CPU(s)",
     ]  # fmt: skip
     assert all(seconds > 0 for seconds in results["seconds"].values())
+
+
+def test_quick_animation_bench_times_a_frame_of_each_mode(capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    main(["bench", "--animation", "--quick", "--device", "cpu", "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert [row["case"] for row in results["rows"]] == ["shapes 64², 2D", "shapes 64², 3D"]
+    assert all(0 < row["frame_s"] < 60 for row in results["rows"])

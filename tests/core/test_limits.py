@@ -23,9 +23,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from tests.conftest import TINY_OPEN_CLIP
 from vqclip.core.config import GenerationConfig
+from vqclip.core.errors import USER_ERRORS
 from vqclip.core.limits import MAX_NODES, parse_json, parse_yaml, read_text
 from vqclip.frontends import cli
-from vqclip.models.download import USER_ERRORS
 from vqclip.run import driver
 
 # A "billion laughs" YAML: 9 levels of 9 aliases, 623 bytes that expand to 9**9 strings.

@@ -11,9 +11,9 @@ import torch
 from vqclip.core import plugins
 from vqclip.core.config import GenerationConfig
 from vqclip.frontends import cli
+from vqclip.loop.composition import palette_distances
 from vqclip.run.driver import generate
-from vqclip.shapes.data import Scene, render
-from vqclip.shapes.kinds import palette_distances
+from vqclip.shapes.data import PALETTE, Scene, render
 
 
 def test_the_shapes_world_registers_one_of_each() -> None:
@@ -79,5 +79,9 @@ def test_the_shapes_depth_puts_the_shape_in_front() -> None:
     inside = found[32, 32].item(), found[2, 2].item()
     assert inside == (1.0, 2.0)
     assert 0.1 < (found == 1).float().mean().item() < 0.4
-    assert palette_distances(image).median().item() < 1e-6  # a rendering sits on the palette
-    assert palette_distances(torch.full((1, 3, 2, 2), 0.5)).min().item() > 0.1  # grey does not
+    assert (
+        palette_distances(image, PALETTE).median().item() < 1e-6
+    )  # a rendering sits on the palette
+    assert (
+        palette_distances(torch.full((1, 3, 2, 2), 0.5), PALETTE).min().item() > 0.1
+    )  # grey does not

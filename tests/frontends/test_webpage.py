@@ -41,6 +41,10 @@ def test_the_animation_fields_make_an_animation_and_preview_its_motion(tmp_path:
     assert config.zoom == "0: (1.0), 4: (1.1)" and config.translation_x == "3*sin(t)"
     video, status = _Page(tmp_path / "out").preview_motion(*animated)
     assert status.startswith("motion preview: 5 frames") and Path(video).is_file()
+    composed = form_config(*animated, "both", True, "red, blue", 0.5, 0.0)
+    assert (composed.symmetry, composed.tile, composed.palette, composed.saturation_weight) == ("both", True, "red, blue", 0.5)  # fmt: skip
+    composed = form_config(*animated, "both", True, "red, blue", 0.5, 0.0)
+    assert (composed.symmetry, composed.tile, composed.palette, composed.saturation_weight) == ("both", True, "red, blue", 0.5)  # fmt: skip
     bad = list(animated)
     bad[16] = "1/0"  # translation_x
     video, status = _Page(tmp_path / "out").preview_motion(*bad)

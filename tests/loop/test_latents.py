@@ -22,3 +22,20 @@ def test_quantisation_picks_the_fp32_codes_under_autocast(dtype: torch.dtype) ->
     assert torch.allclose(cells, codebook[nearest], atol=1e-6)
     fast.mul(torch.arange(256.0).view(1, 256, 1, 1)).sum().backward()
     assert torch.equal(latent.grad, torch.arange(256.0).view(1, 256, 1, 1).expand_as(latent))
+
+
+def test_perlin_and_fractal_starts_are_smooth_seeded_and_in_range() -> None:
+    from vqclip.loop.latents import noise_image
+
+    for kind in ("perlin", "fractal"):
+        image = noise_image(kind, 2, 48, 64, torch.Generator().manual_seed(5))
+        again = noise_image(kind, 2, 48, 64, torch.Generator().manual_seed(5))
+        other = noise_image(kind, 2, 48, 64, torch.Generator().manual_seed(6))
+        assert torch.equal(image, again) and not torch.equal(image, other)
+        assert image.shape == (2, 3, 48, 64) and image.min() >= 0 and image.max() <= 1
+        assert image.amin((2, 3)).max() == 0 and image.amax((2, 3)).min() == 1  # each stretched
+        neighbours = (image[..., 1:] - image[..., :-1]).abs().mean()
+        white = noise_image("pixels", 2, 48, 64, torch.Generator().manual_seed(5))
+        assert (
+            neighbours < 0.3 * (white[..., 1:] - white[..., :-1]).abs().mean()
+        )  # clouds, not grain

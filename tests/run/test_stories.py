@@ -179,7 +179,7 @@ def test_an_interrupted_3d_animation_resumes_as_if_unbroken(tiny_config: Generat
     config = tiny_config.replace(
         max_iterations=None, animation_mode="3D", max_frames=4, first_frame_steps=3,
         steps_per_frame=2, translation_z="0: (0), 3: (15)", rotation_3d_y="1.5",
-        translation_x="3*sin(t)",
+        translation_x="3*sin(t)", depth_model="shapes-depth", save_depth=True,
     )  # fmt: skip
     unbroken = generate(config.replace(run_name="unbroken"))
 
@@ -195,6 +195,11 @@ def test_an_interrupted_3d_animation_resumes_as_if_unbroken(tiny_config: Generat
     for x, y in zip(_frames(stopped.run_dir), _frames(unbroken.run_dir), strict=True):
         assert np.array_equal(x, y)
     assert torch.equal(again.image, unbroken.image)
+    depths = [sorted((run / "depth").iterdir()) for run in (stopped.run_dir, unbroken.run_dir)]
+    assert [p.name for p in depths[0]] == [p.name for p in depths[1]] == names  # each frame's
+    for x, y in zip(*depths, strict=True):
+        assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))
+    assert len({np.asarray(Image.open(p)).tobytes() for p in depths[0]}) > 1  # the frames differ
 
 
 def test_the_circle_follows_the_translation_schedule_and_keeps_its_look(tmp_path: Path) -> None:

@@ -43,6 +43,12 @@ def _configure(bench: argparse.ArgumentParser) -> None:
         "local Ray instance of 1 and 2 CPUs, as wall time of each command",
     )
     bench.add_argument(
+        "--animation",
+        action="store_true",
+        help="instead: seconds per animation frame: the shapes world's 2D and 3D animations, "
+        "and a 3D frame (depth, warp, encoding, 10 steps) of the real architectures",
+    )
+    bench.add_argument(
         "--diffusion",
         action="store_true",
         help="instead: one CLIP-guided sampling step of OpenAI's 256x256 U-Net with ViT-B/32, "
@@ -58,6 +64,12 @@ def _run(args: argparse.Namespace) -> None:
 
         results = run_scaling_benchmark(args.quick)
         print(json.dumps(results, indent=2) if args.json else format_scaling_table(results))
+        return
+    if args.animation:
+        from vqclip.bench.animation import format_animation_table, run_animation_benchmark
+
+        results = run_animation_benchmark(args.quick, args.device, args.precision)
+        print(json.dumps(results, indent=2) if args.json else format_animation_table(results))
         return
     if args.diffusion:
         from vqclip.bench.loops import format_diffusion_table, run_diffusion_benchmark

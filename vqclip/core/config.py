@@ -23,7 +23,8 @@ OPTIMIZERS = (
     "Adam", "AdamW", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "SGD", "DiffGrad", "AdamP",
 )  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-STARTS = ("random", "plain", "palette", "pixels", "gradient")
+STARTS = ("random", "plain", "palette", "pixels", "gradient", "perlin", "fractal")
+NOISE_STARTS = ("pixels", "gradient", "perlin", "fractal")  # images drawn, then encoded
 CUT_METHODS = ("crops", "pooling")
 # Augmentation names of the classic scripts: affine, perspective, colour jitter, erasing,
 # horizontal flip, sharpness, resized crop, thin-plate spline, rotation, elastic, padded crop,
@@ -35,6 +36,23 @@ SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z",
              "rotation_3d_y", "rotation_3d_z", "fov")  # fmt: skip
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
 PADDINGS = ("reflection", "border", "zeros")
+SYMMETRIES = ("none", "horizontal", "vertical", "both")
+COLOR_NAMES = {
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "orange": (245, 140, 20),
+    "purple": (130, 40, 170),
+    "pink": (240, 130, 180),
+    "brown": (120, 70, 30),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+    "cyan": (30, 200, 220),
+    "magenta": (210, 40, 190),
+}  # fmt: skip  -- red ... white as the shapes world draws them
 MAX_FRAMES = 100_000  # an animation's frames: over two hours at 12 a second
 SAMPLINGS = ("bilinear", "bicubic", "nearest")
 _TEXT_FIELDS = (
@@ -42,7 +60,7 @@ _TEXT_FIELDS = (
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
     "upscaler", "terms", "transforms", "animation_mode", "padding_mode", "sampling_mode",
-    "depth_model", *SCHEDULES,
+    "depth_model", *SCHEDULES, "symmetry", "palette",
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -123,13 +141,19 @@ class GenerationConfig:
     clamp_max: float | None = _field(None, f"diffusion: the guidance gradient's largest RMS per image, 0 = unclamped ({_PRESET})", STEPS)  # fmt: skip
     skip_timesteps: int = _field(0, "diffusion with init_image: skip this many sampling steps, starting from the init image noised to that level", STEPS)  # fmt: skip
     # -- start and pulls
-    start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient noise; without init_image" + f" ({_PRESET})", START)  # fmt: skip
+    start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient/perlin/fractal noise (encoded as an init image); without init_image" + f" ({_PRESET})", START)  # fmt: skip
     init_image: str | None = _field(None, "path or URL: start from its latent, not random codes", START)  # fmt: skip
     init_weight: float = _field(0.0, "pull toward the starting latent (MSE), 0 = off", START)
     smoothness: float = _field(0.0, "weight of the image's total variation (flat regions), 0 = off", START)  # fmt: skip
     prior: str | None = _field("auto", f'image prior: registry name (e.g. "shapes-prior"), a path, or none ({_PRESET})', START)  # fmt: skip
     prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
     prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
+    symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", or "none"', START)  # fmt: skip
+    tile: bool = _field(False, "a seamless texture: the image rolled on a torus before each step's cutouts, so that its edges meet", START)  # fmt: skip
+    palette: str = _field("", 'colours by name or hex ("red, #1e3cdc"): pull each pixel to its nearest', START)  # fmt: skip
+    palette_weight: float = _field(1.0, "weight of the palette's pull (with palette)", START)
+    saturation_weight: float = _field(0.0, "pull toward saturated colour, 0 = off", START)
+    contrast_weight: float = _field(0.0, "pull toward spread brightness (a standard deviation of 0.25), 0 = off", START)  # fmt: skip
     terms: str = _field("", 'objective terms from plugins: "NAME:WEIGHT, NAME:WEIGHT"', START)
     transforms: str = _field("", 'image transforms from plugins, applied to every rendered image before it is scored and shown: "NAME, NAME:ARG"', START)  # fmt: skip
     # -- stories, zoom and video
@@ -195,6 +219,7 @@ class GenerationConfig:
         self._check_prompts()
         self.term_weights()
         self.transform_args()
+        self._check_composition()
         self._check_video()
         self._check_diffusion()
         self._check_animation()
@@ -224,7 +249,8 @@ class GenerationConfig:
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
                                    "tv_scale", "range_scale", "clamp_max", "video_fps",
-                                   "temporal_weight"),
+                                   "temporal_weight", "palette_weight", "saturation_weight",
+                                   "contrast_weight"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps", "max_frames",
                                 "first_frame_steps"),
@@ -452,6 +478,32 @@ class GenerationConfig:
         """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
         ``batch_prompts``, or the one list of ``prompts`` that every image shares."""
         return [split_phases(prompts) for prompts in self.batch_prompts or (self.prompts,)]
+
+    def _check_composition(self) -> None:
+        _choice("symmetry", self.symmetry, SYMMETRIES)
+        if not isinstance(self.tile, bool):
+            raise ValueError(f"tile: expected true or false, got {self.tile!r}")
+        self.palette_colors()
+        if (self.symmetry != "none" or self.tile) and self.generator == "diffusion":
+            raise ValueError("symmetry, tile: for an optimised image (generator vqgan or pixels); a diffusion sample is not transformed yet")  # fmt: skip
+
+    def palette_colors(self) -> tuple[tuple[float, float, float], ...]:
+        """``palette`` as RGB colours in [0, 1]."""
+        colors = []
+        for item in (i.strip() for i in self.palette.split(",") if i.strip()):
+            name = item.lower()
+            if name in COLOR_NAMES:
+                rgb = COLOR_NAMES[name]
+            elif re.fullmatch(r"#[0-9a-f]{6}", name):
+                rgb = tuple(int(name[i : i + 2], 16) for i in (1, 3, 5))
+            elif re.fullmatch(r"#[0-9a-f]{3}", name):
+                rgb = tuple(17 * int(c, 16) for c in name[1:])
+            else:
+                raise ValueError(f"palette: {item[:40]!r}; expected a colour name ({', '.join(sorted(COLOR_NAMES))}) or hex #rrggbb")  # fmt: skip
+            colors.append(tuple(c / 255 for c in rgb))
+            if len(colors) > limits.MAX_PROMPTS:
+                raise ValueError(f"palette: more than {limits.MAX_PROMPTS} colours")
+        return tuple(colors)
 
     def term_weights(self) -> tuple[tuple[str, float], ...]:
         """``terms`` as (name, weight) pairs, in order."""

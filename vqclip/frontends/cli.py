@@ -532,7 +532,7 @@ def _download(name: str) -> tuple[Path, ...]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vqclip`` command."""
     args = _parser().parse_args(argv)
-    from vqclip.models.download import USER_ERRORS
+    from vqclip.core.errors import USER_ERRORS
 
     handlers = {
         "generate": _generate,

@@ -61,6 +61,9 @@ ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_
 SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
 
 
+COMPOSITION_FIELDS = ("symmetry", "tile", "palette", "saturation_weight", "contrast_weight")
+
+
 def animation_settings(**form: Any) -> dict[str, Any]:
     """The form's animation fields as config fields; none at all with ``animation_mode``
     "none", so that a still's config records none. Counts of 0 are whole numbers."""

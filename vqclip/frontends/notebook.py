@@ -46,7 +46,7 @@ __all__ = [
 def one_line_errors() -> Iterator[None]:
     """Show a mistake in the form (a bad field, a missing file, a failed download) as one line
     that names it, instead of a traceback; the cells after it then skip their work."""
-    from vqclip.models.download import USER_ERRORS
+    from vqclip.core.errors import USER_ERRORS
 
     try:
         yield

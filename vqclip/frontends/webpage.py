@@ -25,10 +25,12 @@ import numpy as np
 
 from vqclip.core import plugins
 from vqclip.core.config import GenerationConfig
+from vqclip.core.errors import USER_ERRORS
 from vqclip.core.images import to_uint8
 from vqclip.core.presets import preset_for
 from vqclip.frontends.forms import (
     ANIMATION_FIELDS,
+    COMPOSITION_FIELDS,
     SCHEDULE_HELP,
     animation_settings,
     choose_models,
@@ -36,7 +38,6 @@ from vqclip.frontends.forms import (
     resolve,
 )  # fmt: skip
 from vqclip.models import registry
-from vqclip.models.download import USER_ERRORS
 from vqclip.run.driver import Progress, RunResult, generate, progress_of, read_run_config, resume
 from vqclip.run.frames import list_runs, run_picture
 from vqclip.run.motion import preview_motion
@@ -71,6 +72,8 @@ def form_config(
     ``fields`` are width, height, max_iterations, cutn and display_frequency (0: preset), then
     the animation's (``ANIMATION_FIELDS``; none: a still)."""
     numbers, animation = fields[:5], dict(zip(ANIMATION_FIELDS, fields[5:], strict=False))
+    rest = fields[5 + len(ANIMATION_FIELDS) :]
+    composition = {k: v for k, v in zip(COMPOSITION_FIELDS, rest, strict=False) if v is not None}
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
     vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
     _check_registry_names(vqgan, clip_model)
@@ -86,6 +89,7 @@ def form_config(
             display_frequency=display_frequency or 10,
             **preset_settings(**form),
             **animation_settings(**animation),
+            **composition,
         )  # fmt: skip
     )
 
@@ -387,6 +391,20 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         ),  # fmt: skip
                     ]
                     motion = gr.Button("Preview motion", elem_id="preview-motion")
+                with gr.Accordion("composition", open=False):
+                    composition = [
+                        gr.Dropdown(
+                            ["none", "horizontal", "vertical", "both"],
+                            value="none",
+                            label="symmetry",
+                        ),  # fmt: skip
+                        gr.Checkbox(False, label="tile (a seamless texture)"),
+                        gr.Textbox(
+                            "", label="palette", info='colours by name or hex: "red, #1e3cdc"'
+                        ),  # fmt: skip
+                        gr.Number(0.0, label="saturation_weight"),
+                        gr.Number(0.0, label="contrast_weight"),
+                    ]
                 with gr.Row():
                     start = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
@@ -408,7 +426,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
             )
             video = gr.Video(label="video", elem_id="video", interactive=False)
 
-        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation]  # fmt: skip
+        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation, *composition]  # fmt: skip
         for choice in (generator, vqgan, clip_model):
             choice.change(describe_preset, [generator, vqgan, clip_model], preset)
         shown = [preview, status, chosen]

@@ -147,7 +147,7 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     with fast_math(loop, latent.device):
         image = transformed(loop, loop.generator.decode(latent), state.iteration)
     # 2. Cut and augment, for each perceptor at its input size: (B * cutn, 3, S, S) each.
-    views = make_views(loop, state, image)
+    views = make_views(loop, state, transformed(loop, image, state.iteration, views=True))
     # 3. The perceptors embed them, 4. the objective's terms add up, 5. back to the parameters.
     state.optimizer.zero_grad(set_to_none=True)
     total, terms, losses = backward_objective(loop, state, image, latent, views)
@@ -292,10 +292,13 @@ def render(loop: Loop, state: LoopState) -> torch.Tensor:
         return transformed(loop, loop.generator.decode(latent), state.iteration).float()
 
 
-def transformed(loop: Loop, image: torch.Tensor, iteration: int) -> torch.Tensor:
-    """The rendered image through the loop's transforms, in order (none: the image itself)."""
+def transformed(loop: Loop, image: torch.Tensor, iteration: int, views: bool = False) -> torch.Tensor:  # fmt: skip
+    """The rendered image through the loop's transforms, in order (none: the image itself):
+    those that make the image, or (``views``) those only for what is cut (``view_only``, a
+    tile's roll)."""
     for transform in loop.transforms:
-        image = transform(image, iteration)
+        if getattr(transform, "view_only", False) == views:
+            image = transform(image, iteration)
     return image
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from vqclip.core.errors import DownloadError
 from vqclip.core.files import write_atomic
 
 try:
@@ -52,16 +53,6 @@ Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 20
 # (path, size, mtime, inode, ctime) -> the SHA-256 already checked; ctime changes with any write
 _verified: dict[tuple[str, int, int, int, int], str] = {}
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched or verified; the message says how to place it by hand."""
-
-
-# The mistakes a user can make, which the CLI, the notebook and the web page show as one line:
-# bad input, files that exist or are missing, a download, a loss that diverged, a step that
-# does not fit the device (each message says what to change).
-USER_ERRORS = (ValueError, OSError, DownloadError, FloatingPointError, MemoryError)
 
 
 class _Retry(Exception):

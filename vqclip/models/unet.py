@@ -61,7 +61,7 @@ class UNetSpec:
         for name, top in _BOUNDS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top:
-                raise ValueError(f"diffusion model: {name} is {str(value)[:40]}, expected an integer from 1 to {top}")  # fmt: skip
+                raise ValueError(f"diffusion model: {name} is {repr(value)[:40]}, expected an integer from 1 to {top}")  # fmt: skip
         for name in ("learn_sigma", "sigma_small", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"diffusion model: {name} is {getattr(self, name)!r}, expected true or false")  # fmt: skip

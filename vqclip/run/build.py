@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from vqclip.core import plugins, presets
-from vqclip.core.config import GenerationConfig
+from vqclip.core.config import NOISE_STARTS, GenerationConfig
+from vqclip.core.errors import DownloadError
 from vqclip.core.images import check_image, load_image
 from vqclip.core.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.loop.composition import ContrastTerm, PaletteTerm, SaturationTerm, Tile, symmetric
 from vqclip.loop.cutouts import make_augments
 from vqclip.loop.diffusion import DiffusionGenerator, SampleState, start_sample
 from vqclip.loop.embeddings import build_targets
@@ -38,7 +40,6 @@ from vqclip.loop.objective import (
 from vqclip.loop.optimise import Cuts, Loop, LoopState, image_losses, start_state
 from vqclip.loop.perceptors import CLIP_MEAN, CLIP_STD, Perceptor
 from vqclip.models import registry
-from vqclip.models.download import DownloadError
 from vqclip.models.openclip import is_open_clip, load_open_clip
 from vqclip.models.prior import load_prior
 from vqclip.models.unet import UNet, UNetSpec, load_unet
@@ -299,7 +300,7 @@ def _start_latent(
         return loop.generator.encode(image).repeat(batch, 1, 1, 1)
     if config.start == "palette":
         return palette_start(loop, config, device)
-    if config.start in ("pixels", "gradient"):
+    if config.start in NOISE_STARTS:
         return loop.generator.encode(noise_image(config.start, batch, *size, rng))
     if config.start == "plain":
         return loop.generator.encode(torch.full((batch, 3, *size), 0.5, device=device))
@@ -390,6 +391,13 @@ def _pulls(
             pulls.append(SmoothnessTerm("tv", 4 * config.tv_scale))
         if config.range_scale:
             pulls.append(RangeTerm("range", config.range_scale))
+    if config.palette:
+        colors = torch.tensor(config.palette_colors(), dtype=torch.float32, device=device)
+        pulls.append(PaletteTerm("palette", config.palette_weight, colors=colors))
+    if config.saturation_weight:
+        pulls.append(SaturationTerm("saturation", config.saturation_weight))
+    if config.contrast_weight:
+        pulls.append(ContrastTerm("contrast", config.contrast_weight))
     kinds = plugins.term_kinds() if config.terms else {}
     pulls += [kinds[name].make(weight, config, device) for name, weight in config.term_weights()]
     return tuple(pulls)
@@ -408,6 +416,10 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches)
     kinds = plugins.transform_kinds() if config.transforms else {}
     transforms = tuple(kinds[name].make(arg, config) for name, arg in config.transform_args())
+    if config.symmetry != "none":
+        transforms = (symmetric(config.symmetry), *transforms)
+    if config.tile:
+        transforms = (*transforms, Tile(config.seed))
     loop = Loop(
         generator, perceptors, objective, cuts, config.seed, config.precision, config.ema,
         transforms=transforms,

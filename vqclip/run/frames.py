@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 FRAMES = "frames"
+DEPTH = "depth"  # a 3D animation's depth images, with save_depth
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -69,6 +70,8 @@ def create_run_dir(config: GenerationConfig) -> Path:
         except FileExistsError:
             continue
         (path / FRAMES).mkdir()
+        if config.save_depth and config.animation_mode == "3D":
+            (path / DEPTH).mkdir()
         write_atomic(path / "config.json", config.to_json().encode())
         return path
     raise FileExistsError(f"no free run directory name under {root} for {base!r}")
@@ -153,13 +156,17 @@ def _frame_key(path: Path) -> tuple[int, int]:
 
 
 def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:
-    """Move what a run made from ``iteration`` on (frames, final images, video) into a new
-    ``superseded-NNNNNN`` directory of the run, so that resuming there rewrites none of it;
-    returns that directory, or None when there was nothing to move."""
+    """Move what a run made from ``iteration`` on (frames, depth images, final images, video)
+    into a new ``superseded-NNNNNN`` directory of the run, so that resuming there rewrites none
+    of it; returns that directory, or None when there was nothing to move."""
     run_dir = Path(run_dir)
     later = [p for p in frame_paths(run_dir) if frame_iteration(p) >= iteration]
     later += [*run_dir.glob("final*.png"), *run_dir.glob("video.mp4")]
-    if not later:
+    depth = run_dir / DEPTH
+    deeper = [] if depth.is_symlink() or not depth.is_dir() else [
+        p for p in sorted(depth.glob("[0-9]*.png")) if frame_iteration(p) >= iteration
+    ]  # fmt: skip
+    if not later and not deeper:
         return None
     for n in range(10_000):
         aside = run_dir / f"superseded-{iteration:06d}{f'-{n}' if n else ''}"
@@ -169,6 +176,8 @@ def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:
             continue
         for path in later:
             os.replace(path, aside / path.name)
+        for path in deeper:  # beside the frames of the same names
+            os.replace(path, aside / f"{DEPTH}-{path.name}")
         return aside
     raise FileExistsError(f"no free name for superseded-{iteration:06d} in {run_dir}")
 
@@ -219,3 +228,14 @@ class FrameWriter:
             pixels = [to_uint8(image) for image in info["image"]]
             name = f"{FRAMES}/{info['iteration']:06d}"
             self.saved += self.save(name, pixels, info["iteration"], info.get("motion"))
+        if "depth" in info and self.run_dir is not None:
+            self._save_depth(info["depth"], info["iteration"])
+
+    def _save_depth(self, depth: list[np.ndarray], iteration: int) -> None:
+        """A 3D frame's depth images (:func:`vqclip.run.motion.depth_pixels`) in ``depth/``."""
+        folder = self.run_dir / DEPTH
+        if folder.is_symlink() or not folder.is_dir():
+            raise ValueError(f"{folder}: expected the run's own depth directory (save_depth)")
+        for index, pixels in enumerate(depth):
+            stem = f"{iteration:06d}" if len(depth) == 1 else f"{iteration:06d}-{index}"
+            save_png(folder / f"{stem}.png", pixels, self.metadata(iteration, index))

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,7 +34,7 @@ from vqclip.run.frames import FrameWriter, create_run_dir
 __all__ = [
     "TRANSLATION_SCALE", "PADDING_MODES", "SAMPLING_MODES", "warp_2d", "warp_3d", "rotation",
     "plane_depth", "NEAR", "FAR", "normalised_depth", "CameraPath", "MODE_SCHEDULES",
-    "calibration_card", "preview_motion",
+    "calibration_card", "preview_motion", "depth_pixels",
 ]  # fmt: skip
 
 TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
@@ -133,6 +134,12 @@ def normalised_depth(raw: torch.Tensor) -> torch.Tensor:
         else:
             out.append(NEAR + (FAR - NEAR) * (depth - low) / (high - low))
     return torch.stack(out).to(raw.dtype)
+
+
+def depth_pixels(depth: torch.Tensor) -> list[np.ndarray]:
+    """(B, 1, H, W) depth in [NEAR, FAR] -> grey (H, W, 3) uint8 images, near white, far black."""
+    grey = ((FAR - depth[:, 0].double()) / (FAR - NEAR)).clamp(0, 1).mul(255).round().byte()
+    return [one.cpu().numpy()[..., None].repeat(3, -1) for one in grey]
 
 
 # The schedules each mode moves by: the 2D picture's, the 3D camera's.

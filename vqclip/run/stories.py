@@ -29,7 +29,7 @@ from vqclip.core.config import GenerationConfig
 from vqclip.core.prompts import is_keyed, split_keyed
 from vqclip.loop.diffusion import SampleState, run_sampler
 from vqclip.loop.optimise import Callback, Loop, LoopState, render, run_loop, start_state
-from vqclip.run.motion import CameraPath, warp_2d
+from vqclip.run.motion import CameraPath, depth_pixels, warp_2d
 
 __all__ = [
     "phase_starts",
@@ -147,6 +147,8 @@ def _frame_ends(config: GenerationConfig, path: CameraPath, callback: Callback |
                 info = {k: v for k, v in info.items() if k != "image"}
             else:
                 info = {**info, "motion": path.values(frame)}
+                if config.save_depth and config.animation_mode == "3D":
+                    info["depth"] = depth_pixels(path.depth(info["image"]))
         if callback:
             callback(info)
 

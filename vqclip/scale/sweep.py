@@ -200,7 +200,7 @@ def _transient() -> list[type[BaseException]]:
     (ValueError) and a step too large (MemoryError) fail the same way again."""
     import ray.exceptions
 
-    from vqclip.models.download import DownloadError
+    from vqclip.core.errors import DownloadError
 
     return [DownloadError, OSError, ray.exceptions.RayError]
 

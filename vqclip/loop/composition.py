@@ -1,0 +1,107 @@
+"""Composition: symmetry and seamless tiles as image transforms, a palette, saturation and
+contrast as objective terms.
+
+- ``symmetry``: the rendered image made symmetric before it is cut and shown ("horizontal":
+  the left half mirrored onto the right, as Disco Diffusion's ``use_horizontal_symmetry``;
+  "vertical": the top half onto the bottom; "both").
+- ``tile``: the image rolled on a torus before it is cut (a different roll each step, from the
+  seed and the step: no draw from the run's rng), so that every cutout may span the wrap and
+  the optimisation makes the edges meet, as pixray's tiler; what is shown is not rolled.
+- ``palette``: each pixel's squared distance to its nearest palette colour.
+- ``saturation_weight``, ``contrast_weight``: pulls toward saturated colour and spread
+  brightness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from vqclip.loop.objective import Loss, Term, View
+
+__all__ = [
+    "symmetric", "Tile", "palette_distances", "PaletteTerm", "SaturationTerm",
+    "ContrastTerm",
+]  # fmt: skip
+
+
+def _mirror(image: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first half along ``dim`` mirrored onto the second (an odd size keeps its middle)."""
+    size = image.shape[dim]
+    half = size // 2
+    first = image.narrow(dim, 0, size - half)
+    return torch.cat([first, image.narrow(dim, 0, half).flip(dim)], dim)
+
+
+def symmetric(kind: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting."""
+    dims = {"horizontal": (-1,), "vertical": (-2,), "both": (-1, -2)}[kind]
+
+    def transform(image: torch.Tensor, iteration: int) -> torch.Tensor:
+        for dim in dims:
+            image = _mirror(image, dim)
+        return image
+
+    return transform
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A roll of the image on the torus, by an offset of the seed and the step; applied to
+    what is cut (``view_only``), never to what is shown."""
+
+    seed: int
+    view_only: bool = True
+
+    def __call__(self, image: torch.Tensor, iteration: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + iteration) % 2**63)
+        dy = int(torch.randint(image.shape[-2], (1,), generator=g))
+        dx = int(torch.randint(image.shape[-1], (1,), generator=g))
+        return image.roll((dy, dx), (-2, -1))
+
+
+def palette_distances(image: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) and (C, 3) colours in [0, 1] -> (B, H, W): each pixel's squared distance to
+    its nearest palette colour."""
+    pixels = image.permute(0, 2, 3, 1).unsqueeze(-2)  # (B, H, W, 1, 3)
+    return (pixels - palette.to(image.device, image.dtype)).pow(2).sum(-1).min(-1).values
+
+
+@dataclass(frozen=True)
+class PaletteTerm(Term):
+    """The mean of :func:`palette_distances` per image, summed over the batch."""
+
+    name: str = "palette"
+    colors: torch.Tensor | None = None  # (C, 3) in [0, 1]
+
+    def __call__(self, view: View) -> Loss:
+        loss = palette_distances(view.image, self.colors).mean((1, 2)).sum()
+        return Loss(loss * self.weight_at(view.iteration))
+
+
+@dataclass(frozen=True)
+class SaturationTerm(Term):
+    """One less the mean saturation ((max - min) / max of the channels) per image, summed."""
+
+    name: str = "saturation"
+
+    def __call__(self, view: View) -> Loss:
+        high, low = view.image.amax(1), view.image.amin(1)
+        saturation = (high - low) / high.clamp_min(1e-3)
+        return Loss((1 - saturation).mean((1, 2)).sum() * self.weight_at(view.iteration))
+
+
+@dataclass(frozen=True)
+class ContrastTerm(Term):
+    """How far the brightness's spread (its standard deviation) falls short of 0.25, per image,
+    summed: flat, grey images are pulled apart, contrasty ones left alone."""
+
+    name: str = "contrast"
+
+    def __call__(self, view: View) -> Loss:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=view.image.device)
+        brightness = torch.einsum("bchw,c->bhw", view.image, weights.to(view.image.dtype))
+        spread = brightness.flatten(1).std(1)
+        return Loss((0.25 - spread).clamp_min(0).sum() * self.weight_at(view.iteration))

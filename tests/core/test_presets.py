@@ -57,6 +57,21 @@ def test_a_plugins_preset_must_name_every_field() -> None:
         presets.Preset("half", {"vqgan": "x"}, {"width": 64})
 
 
+def test_a_preset_states_only_its_own_generators_settings() -> None:
+    """Issue 47: a VQGAN preset names no diffusion setting, a diffusion one no step size; a
+    run records only what its generator reads."""
+    shapes = {
+        k: v for k, v in presets.preset_for(GenerationConfig(prompts=PROMPT)).settings.items()
+    }
+    with pytest.raises(ValueError, match="not its generator's preset fields \\['clamp_max'\\]"):
+        presets.Preset("mixed", {"generator": "vqgan", "vqgan": "x"}, {**shapes, "clamp_max": 0.3})
+    optimised = presets.apply(GenerationConfig(prompts=PROMPT))
+    sampled = presets.apply(GenerationConfig(prompts=PROMPT, generator="diffusion"))
+    assert optimised.clip_guidance_scale is None and optimised.step_size == 0.2
+    assert sampled.step_size is None and sampled.clip_guidance_scale == 30000.0
+    assert presets.unset_fields(optimised) == presets.unset_fields(sampled) == []
+
+
 def test_cli_fills_in_the_preset_where_no_flag_is_given(tmp_path: Path) -> None:
     parse = cli._parser().parse_args
     config, filled = cli._config_from_args(parse(["generate", PROMPT, "--cutn", "8"]))

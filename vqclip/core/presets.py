@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRESET_FIELDS",
+    "preset_fields",
     "Preset",
     "register_preset",
     "presets",
@@ -29,10 +30,22 @@ __all__ = [
     "apply",
 ]
 
-# The fields a preset may set: the ones whose good value depends on the model.
+# The fields a preset may set: the ones whose good value depends on the model. Some are read
+# by one kind of generator only: a preset for that kind states them, a preset for the other
+# does not (and a run of it records none).
 PRESET_FIELDS = ("width", "height", "cutn", "max_iterations", "step_size", "start",
                  "latent_levels", "best_of", "prior", "prior_weight", "prior_ramp",
                  "clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "upscaler", "augments")  # fmt: skip
+OPTIMISED_ONLY = ("step_size", "start", "latent_levels")  # an optimised image's (vqgan, pixels)
+SAMPLED_ONLY = ("clip_guidance_scale", "tv_scale", "range_scale", "clamp_max")  # diffusion's
+
+
+def preset_fields(generator: str | None) -> tuple[str, ...]:
+    """The preset fields a config of ``generator`` reads (None: any generator's)."""
+    if generator is None:
+        return PRESET_FIELDS
+    other = OPTIMISED_ONLY if generator == "diffusion" else SAMPLED_ONLY
+    return tuple(name for name in PRESET_FIELDS if name not in other)
 
 
 @dataclass(frozen=True)
@@ -41,15 +54,16 @@ class Preset:
 
     name: str
     match: dict[str, Any]  # e.g. {"generator": "vqgan", "vqgan": "shapes-vqgan"}; {} matches all
-    settings: dict[str, Any] = field(default_factory=dict)  # a value for every PRESET_FIELDS
+    settings: dict[str, Any] = field(default_factory=dict)  # each of its generator's fields
 
     def __post_init__(self) -> None:
-        missing = sorted(set(PRESET_FIELDS) - set(self.settings))
-        extra = sorted(set(self.settings) - set(PRESET_FIELDS))
+        wanted = preset_fields(self.match.get("generator"))
+        missing = sorted(set(wanted) - set(self.settings))
+        extra = sorted(set(self.settings) - set(wanted))
         if missing or extra:
             raise ValueError(
-                f"preset {self.name!r}: expected a value for each of {list(PRESET_FIELDS)}; "
-                f"missing {missing}, not preset fields {extra}"
+                f"preset {self.name!r}: expected a value for each of {list(wanted)}; "
+                f"missing {missing}, not its generator's preset fields {extra}"
             )
 
 
@@ -61,22 +75,20 @@ _CLASSIC = {"width": 256, "height": 256, "cutn": 32, "max_iterations": 100, "ste
             "clip_guidance_scale": 1000.0, "tv_scale": 150.0, "range_scale": 50.0,
             "clamp_max": 0.0,
             "upscaler": "RealESRGAN_x4plus", "augments": ("Af", "Pe", "Ji", "Er")}  # fmt: skip
+_SAMPLED = {**{k: v for k, v in _CLASSIC.items() if k not in OPTIMISED_ONLY}, "max_iterations": 250, "cutn": 16}  # fmt: skip
+_CLASSIC = {k: v for k, v in _CLASSIC.items() if k not in SAMPLED_ONLY}
 _PRESETS: list[Preset] = [
-    Preset("classic", {}, _CLASSIC),
+    Preset("classic", {"generator": "vqgan"}, _CLASSIC),
     # An RGB image moves by the step size per pixel: a VQGAN latent's 0.1 would be a tenth of
     # the whole colour range every step.
     Preset("classic pixels", {"generator": "pixels"}, {**_CLASSIC, "step_size": 0.02}),
     # OpenAI's 256x256 model sampled in 250 respaced steps (Disco Diffusion's default), and the
     # fine-tuned 512x512 one at its own size.
-    Preset(
-        "classic diffusion",
-        {"generator": "diffusion"},
-        {**_CLASSIC, "max_iterations": 250, "cutn": 16},
-    ),  # fmt: skip
+    Preset("classic diffusion", {"generator": "diffusion"}, _SAMPLED),
     Preset(
         "diffusion 512",
         {"generator": "diffusion", "diffusion_model": "512x512_diffusion_uncond_finetune_008100"},
-        {**_CLASSIC, "max_iterations": 250, "cutn": 16, "width": 512, "height": 512},
+        {**_SAMPLED, "width": 512, "height": 512},
     ),
 ]
 
@@ -97,7 +109,7 @@ def preset_for(config: GenerationConfig) -> Preset:
     ``clip_model``: its first model)."""
     load_plugins()
     fits = [p for p in _PRESETS if all(_matched(config, k) == v for k, v in p.match.items())]
-    return max(fits, key=lambda p: len(p.match))  # "classic" matches every config
+    return max(fits, key=lambda p: len(p.match))  # a "classic" one matches every generator
 
 
 def _matched(config: GenerationConfig, name: str) -> Any:
@@ -109,7 +121,8 @@ def _matched(config: GenerationConfig, name: str) -> Any:
 
 def unset_fields(config: GenerationConfig) -> list[str]:
     """The preset fields ``config`` leaves to its preset."""
-    unset = [name for name in PRESET_FIELDS if getattr(config, name) is None and name != "prior"]
+    fields = preset_fields(config.generator)
+    unset = [name for name in fields if getattr(config, name) is None and name != "prior"]
     return unset + (["prior"] if config.prior == "auto" else [])
 
 

@@ -40,10 +40,6 @@ SETTINGS: dict[str, Any] = {
     "prior_weight": 24.0,  # reached halfway: CLIP sets colours early, the pull the outline late
     "prior_ramp": 15,
     "best_of": 3,  # three palette candidates; CLIP and the prior's pull keep one
-    "clip_guidance_scale": 0.0,  # (the diffusion generator's; see DIFFUSION_SETTINGS)
-    "tv_scale": 0.0,
-    "range_scale": 0.0,
-    "clamp_max": 0.0,
     "upscaler": "shapes-upscaler",
     "augments": ("Af", "Pe", "Ji", "Er"),
 }
@@ -51,12 +47,10 @@ SETTINGS: dict[str, Any] = {
 PIXEL_SETTINGS: dict[str, Any] = {**SETTINGS, "step_size": 0.03}
 # The shapes diffusion model samples at its training size; it draws clean shapes, so no prior.
 DIFFUSION_SETTINGS: dict[str, Any] = {
-    **SETTINGS,
+    **{k: v for k, v in SETTINGS.items() if k not in ("step_size", "start", "latent_levels")},
     "width": 32,
     "height": 32,
     "max_iterations": 25,  # sampling steps (the 1000 of training respaced): 50 drew no better
-    "start": "random",
-    "latent_levels": 1,
     "best_of": 6,  # six samples in one batch; CLIP keeps the closest (right colours 73% -> 92%)
     "prior": None,
     "prior_weight": 0.0,

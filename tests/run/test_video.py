@@ -186,3 +186,60 @@ def test_a_planted_video_symlink_is_replaced_not_followed(tmp_path: Path, target
     path = assemble_video(run, overwrite=True)
     assert not path.is_symlink() and count_video_frames(path) == len(ITERATIONS)
     assert victim.read_bytes() == b"keep me" if target == "a file" else not victim.exists()
+
+
+def _tone(path: Path, seconds: float, rate: int = 8000) -> Path:
+    """A mono 16-bit WAV of a 440 Hz tone, written with the standard library."""
+    import wave
+
+    samples = (np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate) * 12000).astype("<i2")  # fmt: skip
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+def _duration(path: Path) -> float:
+    return imageio_ffmpeg.count_frames_and_secs(str(path))[1]
+
+
+def test_a_soundtrack_plays_under_the_video_and_a_silent_one_is_no_error(tmp_path: Path) -> None:
+    from vqclip.run.video import has_sound
+
+    run = _save_run(tmp_path / "run", batch=1)  # 4 frames: 2 s at 2 fps
+    tone = _tone(tmp_path / "tone.wav", 5.0)
+    video = assemble_video(run, fps=2, soundtrack=tone, soundtrack_offset=1.0)
+    assert has_sound(video) and count_video_frames(video) == 4
+    assert abs(_duration(video) - 2.0) < 0.3  # the sound cut to the video's length
+    silent_source = assemble_video(run, fps=2, output=tmp_path / "silent.mp4")
+    assert not has_sound(silent_source)
+    again = assemble_video(run, fps=2, output=tmp_path / "b.mp4", soundtrack=silent_source)
+    assert not has_sound(again) and count_video_frames(again) == 4  # a file without sound: silent
+    # A restyle keeps its source's sound: the run's config names the source.
+    from vqclip.core.config import GenerationConfig
+    from vqclip.run.video import add_soundtrack
+
+    add_soundtrack(silent_source, tone)
+    (run / "config.json").write_text(GenerationConfig(prompts="x", init_video=str(silent_source)).to_json())  # fmt: skip
+    assert has_sound(assemble_video(run, fps=2, output=tmp_path / "restyled.mp4"))
+
+
+def test_a_soundtrack_is_a_local_file_and_reaches_no_network(tmp_path: Path) -> None:
+    """A URL, or a playlist that names one, is refused: ffmpeg may open local files only, and
+    the loopback port the playlist names hears nothing."""
+    import socket
+
+    run = _save_run(tmp_path / "run", batch=1)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        playlist = tmp_path / "list.m3u8"
+        playlist.write_text(f"#EXTM3U\n#EXTINF:2,\nhttp://127.0.0.1:{port}/a.wav\n#EXT-X-ENDLIST\n")
+        for sound, message in ((f"http://127.0.0.1:{port}/a.wav", "soundtrack: cannot read"), (playlist, "could not be put under the video")):  # fmt: skip
+            with pytest.raises(ValueError, match=message):
+                assemble_video(run, fps=2, output=tmp_path / "v.mp4", overwrite=True, soundtrack=sound)  # fmt: skip
+        with pytest.raises(TimeoutError):
+            listener.accept()  # no one came
+    assert not (tmp_path / "v.mp4").exists()

@@ -60,9 +60,9 @@ _TEXT_FIELDS = (
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
     "upscaler", "terms", "transforms", "animation_mode", "padding_mode", "sampling_mode",
-    "depth_model", *SCHEDULES, "symmetry", "palette",
+    "depth_model", *SCHEDULES, "symmetry", "palette", "soundtrack",
 )  # fmt: skip
-_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler")  # fmt: skip
+_OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler", "soundtrack")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _MAX_TEXT = 65_536  # characters in one text field
 # The largest value of each integer field (MAX_STEPS for the others): bounds checked before any
@@ -167,6 +167,8 @@ class GenerationConfig:
     init_video: str | None = _field(None, "restyle a video (or folder of frames): a run per frame", VIDEO)  # fmt: skip
     video_frames: int = _field(0, "restyle at most this many frames of init_video (0: all)", VIDEO)
     video_stride: int = _field(1, "restyle every Nth frame of init_video", VIDEO)
+    soundtrack: str | None = _field(None, "a sound file under the run's video (a restyle keeps its source's sound without one)", VIDEO)  # fmt: skip
+    soundtrack_offset: float = _field(0.0, "seconds into the soundtrack at which the video starts", VIDEO)  # fmt: skip
     video_fps: float = _field(0.0, "restyle init_video sampled at this frame rate (the stride that comes nearest); 0: every video_stride-th frame", VIDEO)  # fmt: skip
     frame_init_weight: float = _field(0.0, "restyle: each frame starts from this blend of the previous frame's result with its own source frame (0: the source alone; 0.5: half each)", VIDEO)  # fmt: skip
     temporal_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result (pixel MSE), 0 = off", VIDEO)  # fmt: skip
@@ -247,7 +249,7 @@ class GenerationConfig:
                             "video_stride", "steps_per_frame"),
             _positive_number: ("cut_pow", "step_size", "zoom_scale", "fps"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
-            _non_negative_number: ("smoothness", "prior_weight", "clip_guidance_scale",
+            _non_negative_number: ("soundtrack_offset", "smoothness", "prior_weight", "clip_guidance_scale",
                                    "tv_scale", "range_scale", "clamp_max", "video_fps",
                                    "temporal_weight", "palette_weight", "saturation_weight",
                                    "contrast_weight"),

@@ -193,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
         "--upscale", type=int, default=1, help="enlarge each frame this many times (2, 3, 4)"
     )
     video.add_argument("--upscaler", help="what enlarges them (default: the run's upscaler)")
+    video.add_argument("--soundtrack", type=Path, help="a sound file under the video (default: the run's; a restyle keeps its source's sound)")  # fmt: skip
+    video.add_argument("--soundtrack_offset", "--soundtrack-offset", type=float, help="seconds into the soundtrack at which the video starts")  # fmt: skip
     up = sub.add_parser(
         "upscale",
         help="enlarge an image, or a run's final image(s)",
@@ -448,7 +450,7 @@ def _report(result: Any, args: argparse.Namespace) -> None:
 def _video(args: argparse.Namespace) -> None:
     from vqclip.run.video import assemble_video
 
-    names = ("length", "first", "last", "image", "interpolate", "upscale", "upscaler")
+    names = ("length", "first", "last", "image", "interpolate", "upscale", "upscaler", "soundtrack", "soundtrack_offset")  # fmt: skip
     options = {k: getattr(args, k) for k in names}
     path = assemble_video(args.run_dir, args.fps, args.output, args.overwrite, **options)
     print(f"video: {path}")

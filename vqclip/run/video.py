@@ -14,7 +14,7 @@ import numpy as np
 
 from vqclip.core.files import temp_beside
 from vqclip.core.images import image_size, read_pixels
-from vqclip.core.limits import MAX_VIDEO_PIXELS, read_text
+from vqclip.core.limits import MAX_VIDEO_PIXELS, check_regular, read_text
 from vqclip.run.frames import FRAMES, frame_iteration, frame_paths
 
 __all__ = [
@@ -151,6 +151,8 @@ def assemble_video(
     interpolate: float | None = None,
     upscale: int = 1,
     upscaler: str | None = None,
+    soundtrack: str | Path | None = None,
+    soundtrack_offset: float | None = None,
 ) -> Path:
     """Write the run's frames to ``output`` (default ``RUN_DIR/video.mp4``); returns its path.
 
@@ -159,10 +161,13 @@ def assemble_video(
     are tiled side by side, or ``image`` picks one. ``interpolate`` raises the frame rate to that
     many fps by motion interpolation (ffmpeg's minterpolate), for smooth slow videos. ``upscale``
     enlarges every frame that many times first, with ``upscaler`` (default: the run's).
+    ``soundtrack`` (default: the run's, else a restyled video's own sound) plays under it from
+    ``soundtrack_offset`` seconds, cut to the video's length.
     """
     import imageio_ffmpeg
 
     run_dir = Path(run_dir)
+    sound, offset = _sound(run_dir, soundtrack, soundtrack_offset)
     steps = select_frames(run_dir, first, last, image)
     rate = _frame_rate(run_dir, len(steps), fps, length)
     grow = _frame_upscaler(run_dir, upscale, upscaler)
@@ -190,12 +195,76 @@ def assemble_video(
             writer.send(np.ascontiguousarray(pixels))
         writer.close()
         _check_written(tmp, len(steps), output)
+        if sound is not None:
+            add_soundtrack(tmp, sound, offset)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)  # no half-written video is left behind
         raise
     os.replace(tmp, output)
     return output
+
+
+MAX_SOUNDTRACK_BYTES = 1 << 30  # a sound file: over an hour of WAV at CD quality
+
+
+def _sound(run_dir: Path, given: str | Path | None, offset: float | None) -> tuple[Path | None, float]:  # fmt: skip
+    """The sound under a run's video and where it starts: the one given, the run's
+    ``soundtrack``, or a restyled video's own (a folder of frames has none)."""
+    from vqclip.core.config import GenerationConfig
+
+    path = run_dir / "config.json"
+    config = GenerationConfig.from_json(read_text(path, "video"), f"video: {path}") if path.is_file() else None  # fmt: skip
+    if given is None and config is not None:
+        given = config.soundtrack or (config.init_video if config.init_video and not Path(config.init_video).is_dir() else None)  # fmt: skip
+    if offset is None:
+        offset = config.soundtrack_offset if config is not None else 0.0
+    if not (isinstance(offset, int | float) and 0 <= offset < 1e6):
+        raise ValueError(f"soundtrack_offset: {offset!r}; expected seconds from 0")
+    if given is None:
+        return None, 0.0
+    check_regular(given, "soundtrack")  # a local file: no URL, FIFO or device
+    if Path(given).stat().st_size > MAX_SOUNDTRACK_BYTES:
+        raise ValueError(f"soundtrack: {given} is over {MAX_SOUNDTRACK_BYTES >> 20} MB")
+    return Path(given), float(offset)
+
+
+def add_soundtrack(video: Path, sound: Path, offset: float = 0.0) -> None:
+    """Put ``sound`` (from ``offset`` seconds on) under the MP4 ``video``, in place: the frames
+    copied, the sound as AAC, cut to the video's length; a file with no sound leaves the video
+    silent. ffmpeg may open local files only (``-protocol_whitelist file``, for every input and
+    whatever a playlist inside one names), so no sound file reaches the network."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    muxed = temp_beside(video, f".sound{video.suffix}")
+    local = ["-protocol_whitelist", "file"]
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
+        *local, "-i", f"file:{video}", *local, "-ss", f"{offset:.3f}", "-i", f"file:{sound}",
+        "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
+        "-shortest", f"file:{muxed}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode or not muxed.is_file():
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1][:200]
+            raise ValueError(f"soundtrack: {sound} could not be put under the video: {last}")
+        os.replace(muxed, video)
+    finally:
+        muxed.unlink(missing_ok=True)
+
+
+def has_sound(path: str | Path) -> bool:
+    """Whether a media file holds an audio stream (ffmpeg's reading of its header)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-protocol_whitelist", "file", "-i", f"file:{path}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    return " Audio: " in done.stderr
 
 
 def _check_written(path: Path, frames: int, output: Path) -> None:

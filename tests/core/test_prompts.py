@@ -1,8 +1,10 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vqclip.core.prompts import Prompt, parse_prompt, parse_prompts
+from vqclip.core.prompts import REGIONS, Prompt, parse_prompt, parse_prompts
 
 
 @pytest.mark.parametrize(
@@ -27,7 +29,9 @@ from vqclip.core.prompts import Prompt, parse_prompt, parse_prompts
     ],
 )
 def test_parse_prompt(text: str, expected: Prompt) -> None:
-    assert parse_prompt(text) == expected
+    assert (
+        parse_prompt(text) == expected
+    )  # and no region: the prompts before regions parse as before
 
 
 @pytest.mark.parametrize(
@@ -64,3 +68,34 @@ def test_split_phases_of_a_story() -> None:
     assert split_phases("a forest | mist:0.5 ^ a city ^ ") == ["a forest | mist:0.5", "a city"]
     assert split_phases("no phases: https://x/y.png:0.5") == ["no phases: https://x/y.png:0.5"]
     assert split_phases("") == [""]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a red circle @left:1.5", Prompt("a red circle", 1.5, region="left")),
+        ("a castle @mask.png", Prompt("a castle", region="mask.png")),
+        ("a tree @top-left:2:0.5", Prompt("a tree", 2.0, 0.5, region="top-left")),
+        ("a sun @centre", Prompt("a sun", region="centre")),
+        # Not regions: an @handle, an address, a URL whose path ends in an image name.
+        ("a photo by @artist:0.5", Prompt("a photo by @artist", 0.5)),
+        ("write to me@left", Prompt("write to me@left")),
+        ("https://example.com/@left.png:0.5", Prompt("https://example.com/@left.png", 0.5)),
+        ("@left", Prompt("@left")),
+    ],
+)
+def test_a_prompt_may_name_where_it_applies(text: str, expected: Prompt) -> None:
+    assert parse_prompt(text) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*"ab @:.-|/0123456789", "left", "png", "top-left", "://"]), max_size=30).map("".join))  # fmt: skip
+def test_any_prompt_text_is_one_error_or_a_prompt_with_a_known_region(text: str) -> None:
+    try:
+        prompts = parse_prompts(text)
+    except ValueError as error:
+        assert "\n" not in str(error)
+        return
+    for prompt in prompts:
+        assert prompt.region is None or prompt.region.lower() in REGIONS or prompt.region.lower().endswith(".png")  # fmt: skip
+        assert prompt.text.strip() and not prompt.text.endswith(f"@{prompt.region}")

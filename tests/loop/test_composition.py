@@ -16,7 +16,8 @@ PROMPT = "a red circle on a blue background"
 
 
 def _run(tmp_path: Path, **changes: object) -> torch.Tensor:
-    config = GenerationConfig(prompts=PROMPT, seed=0, device="cpu", precision="fp32", output_dir=str(tmp_path))  # fmt: skip
+    """One image of the shapes preset, one candidate (the suite's time: best_of 3 is 3 images)."""
+    config = GenerationConfig(prompts=PROMPT, seed=0, device="cpu", precision="fp32", best_of=1, output_dir=str(tmp_path))  # fmt: skip
     return generate(config.replace(**changes)).image
 
 
@@ -46,7 +47,7 @@ def test_symmetry_makes_a_symmetric_image_and_the_palette_holds_its_colours(tmp_
     for changes, least, most in (({}, 0.0, 0.5), ({"palette": "#dc1e1e, #1e3cdc", "palette_weight": 10.0}, 0.95, 1.0)):  # fmt: skip
         image = _run(tmp_path, **base, **changes)
         near = float((palette_distances(image, torch.tensor(colors)).sqrt() < 0.1).float().mean())
-        assert least <= near <= most, (changes, near)  # 0.0 without the pull, 0.98 with it
+        assert least <= near <= most, (changes, near)  # 0.0 without the pull, 0.99 with it
 
 
 def _saturation(image: torch.Tensor) -> float:
@@ -63,7 +64,7 @@ def test_saturation_raises_the_mean_saturation(tmp_path: Path) -> None:
 def test_a_tile_brings_the_wrapped_edges_together(tmp_path: Path) -> None:
     """The seams (last column beside the first, last row above the first) against the
     neighbouring columns and rows inside, with and without tile: 40 steps of the shapes VQGAN
-    from random codes take the seams from 2.3 times the inside's difference to 1.8 (not yet to
+    from random codes take the seams from 3.0 times the inside's difference to 1.4 (not yet to
     1, docs/usage.md)."""
 
     def seams_over_inside(image: torch.Tensor) -> float:
@@ -73,7 +74,7 @@ def test_a_tile_brings_the_wrapped_edges_together(tmp_path: Path) -> None:
         return float(seams / inside)
 
     plain, tiled = (seams_over_inside(_run(tmp_path, tile=t, start="random", max_iterations=40)) for t in (False, True))  # fmt: skip
-    assert tiled < 0.85 * plain, (plain, tiled)
+    assert tiled < 0.7 * plain, (plain, tiled)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +91,22 @@ def test_a_tile_brings_the_wrapped_edges_together(tmp_path: Path) -> None:
 def test_bad_composition_settings_are_one_line(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         GenerationConfig(prompts=PROMPT, **changes)
+
+
+def test_prompts_in_regions_run_with_their_own_cutouts(tiny_config: GenerationConfig) -> None:
+    """Two region prompts: the step scores the whole image's cutouts and each region's (three
+    groups), and reports each prompt by its name and region."""
+    config = tiny_config.replace(prompts="a red circle @left | a blue square @bottom-right:0.5", max_iterations=3)  # fmt: skip
+    reports: list[dict] = []
+    result = generate(config, reports.append)
+    assert result.image.shape == (1, 3, 32, 32) and len(reports) == 3
+    assert reports[0]["losses"].shape == (2,)
+    from vqclip.run.build import prepare, resolve_device
+
+    loop, _ = prepare(config, resolve_device("cpu"))
+    assert loop.cuts.regions == ((0, 0, 0.5, 1), (0.5, 0.5, 1, 1))
+    assert loop.objective.prompts.targets[0].names == ("a red circle @left", "a blue square @bottom-right")  # fmt: skip
+    with pytest.raises(
+        ValueError, match="cutn_batches: 2 does not combine with prompts in regions"
+    ):
+        config.replace(cutn_batches=2)

@@ -84,3 +84,15 @@ def test_fast_colour_jitter_draws_and_computes_as_kornias() -> None:
 def test_an_unknown_augmentation_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="augments: unknown value 'Xx'.*'Gb'"):
         GenerationConfig(augments=("Af", "Xx"))
+
+
+def test_region_crops_are_the_named_boxes_of_the_image() -> None:
+    from vqclip.core.prompts import REGIONS
+    from vqclip.loop.optimise import region_crops
+
+    image = torch.arange(6 * 8.0).view(1, 1, 6, 8).expand(1, 3, 6, 8)
+    whole, left, top_right = region_crops(image, (REGIONS["left"], REGIONS["top-right"]))
+    assert torch.equal(whole, image)
+    assert torch.equal(left, image[..., :, :4]) and torch.equal(top_right, image[..., :3, 4:])
+    (tiny,) = region_crops(image, ((0.5, 0.5, 0.5, 0.5),))[1:]  # an empty box keeps one pixel
+    assert tiny.shape[-2:] == (1, 1)

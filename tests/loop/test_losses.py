@@ -87,3 +87,20 @@ def test_smoothness_is_zero_on_a_flat_image_and_grows_with_speckle() -> None:
     # per image, not per batch: two images pull as hard each as one does alone
     one = smoothness_loss(stripes[:1], 1.0)
     torch.testing.assert_close(smoothness_loss(stripes, 1.0), 2 * one)
+
+
+def test_a_region_prompt_is_scored_on_its_regions_cutouts_only() -> None:
+    """Cutouts come region by region (the whole image's first); a prompt named for region 1
+    is measured on region 1's rows alone, an unnamed one on the whole image's."""
+    from vqclip.loop.losses import Targets
+
+    torch.manual_seed(0)
+    embeds = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)  # two prompts' targets
+    whole, region = torch.randn(4, 8), torch.randn(4, 8)
+    targets = Targets(embeds, torch.tensor([0, 1]), torch.ones(2), torch.full((2,), -math.inf), ("a", "b"),  # fmt: skip
+                      region=torch.tensor([0, 1]), groups=2)  # fmt: skip
+    losses = prompt_losses(torch.cat([whole, region]), targets)
+    plain = Targets(embeds, torch.tensor([0, 1]), torch.ones(2), torch.full((2,), -math.inf), ("a", "b"))  # fmt: skip
+    assert torch.allclose(losses[0], prompt_losses(whole, plain)[0])
+    assert torch.allclose(losses[1], prompt_losses(region, plain)[1])
+    assert not torch.allclose(losses[1], prompt_losses(whole, plain)[1])

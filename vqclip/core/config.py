@@ -222,6 +222,7 @@ class GenerationConfig:
         self.term_weights()
         self.transform_args()
         self._check_composition()
+        self._check_regions()
         self._check_video()
         self._check_diffusion()
         self._check_animation()
@@ -480,6 +481,20 @@ class GenerationConfig:
         """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
         ``batch_prompts``, or the one list of ``prompts`` that every image shares."""
         return [split_phases(prompts) for prompts in self.batch_prompts or (self.prompts,)]
+
+    def has_regions(self) -> bool:
+        """Whether a prompt (of any phase, or an image prompt) names where it applies."""
+        texts = [phase for story in self.stories() for phase in story] + [self.image_prompts]
+        return any(p.region for text in texts for p in parse_prompts(text))
+
+    def _check_regions(self) -> None:
+        """Region prompts score their own cutouts: in one batch of them, for one story."""
+        if not self.has_regions():
+            return
+        for name, value in (("cutn_batches", self.cutn_batches > 1 and self.cutn_batches),
+                            ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
+            if value:
+                raise ValueError(f"{name}: {value!r} does not combine with prompts in regions (@left, @mask.png) yet")  # fmt: skip
 
     def _check_composition(self) -> None:
         _choice("symmetry", self.symmetry, SYMMETRIES)

@@ -1,8 +1,10 @@
 """Prompt strings: ``text:weight:stop | text:weight | text`` (the classic notebooks' syntax).
 
 Parsed from the right, so colons inside the text and in URLs survive: a suffix counts as a
-weight (or a stop) only when it starts like a number and is not a URL's port. Standard library
-only.
+weight (or a stop) only when it starts like a number and is not a URL's port. A prompt may end
+its text with where it applies: ``a red circle @left:1.5``, ``a castle @mask.png`` (a region of
+:data:`REGIONS`, or a mask image, white where it applies); an ``@word`` that is neither stays
+part of the text. Standard library only.
 """
 
 from __future__ import annotations
@@ -11,7 +13,20 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["Prompt", "parse_prompt", "parse_prompts", "split_prompts", "split_phases"]
+__all__ = ["Prompt", "parse_prompt", "parse_prompts", "split_prompts", "split_phases", "REGIONS"]
+
+# Where a prompt may apply: (left, top, right, bottom) as fractions of the image.
+REGIONS: dict[str, tuple[float, float, float, float]] = {
+    "left": (0, 0, 0.5, 1), "right": (0.5, 0, 1, 1), "top": (0, 0, 1, 0.5),
+    "bottom": (0, 0.5, 1, 1), "centre": (0.25, 0.25, 0.75, 0.75),
+    "center": (0.25, 0.25, 0.75, 0.75), "left-third": (0, 0, 1 / 3, 1),
+    "middle-third": (1 / 3, 0, 2 / 3, 1), "right-third": (2 / 3, 0, 1, 1),
+    "top-third": (0, 0, 1, 1 / 3), "bottom-third": (0, 2 / 3, 1, 1),
+    "top-left": (0, 0, 0.5, 0.5), "top-right": (0.5, 0, 1, 0.5),
+    "bottom-left": (0, 0.5, 0.5, 1), "bottom-right": (0.5, 0.5, 1, 1),
+}  # fmt: skip
+_MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_REGION = re.compile(r"^(.*\S)\s+@(\S+)$", re.DOTALL)
 
 # A suffix that is one token starting like a number ("1", "-0.5", ".5", "+2", "-inf", "nan",
 # and the typos "1.5x", "-abc") is meant as a weight; anything else ("//host/x.png",
@@ -28,6 +43,7 @@ class Prompt:
     text: str
     weight: float = 1.0
     stop: float = -math.inf
+    region: str | None = None  # a name of REGIONS or a mask image's path; None: everywhere
 
 
 def _to_float(part: str, what: str, prompt: str) -> float:
@@ -66,7 +82,15 @@ def parse_prompt(prompt: str) -> Prompt:
     stop = _to_float(suffixes[1], "stop", prompt) if len(suffixes) > 1 else -math.inf
     if math.isinf(weight):
         raise ValueError(f"prompt {prompt!r}: weight must be finite, got {weight}")
-    return Prompt(text, weight, stop)
+    region = None
+    if (found := _REGION.match(text)) and _is_region(found.group(2)):
+        text, region = found.group(1), found.group(2)
+    return Prompt(text, weight, stop, region)
+
+
+def _is_region(word: str) -> bool:
+    """A region's name, or a mask image's path (a URL is not a mask)."""
+    return word.lower() in REGIONS or (word.lower().endswith(_MASK_SUFFIXES) and "://" not in word)
 
 
 def split_prompts(prompts: str) -> list[str]:

@@ -45,8 +45,11 @@ def build_targets(
     cutn: int,
     rng: torch.Generator,
     device: torch.device,
+    regions: dict[str, int] | None = None,
 ) -> Targets:
-    """Embed every prompt into one :class:`Targets`; ``load`` reads an image prompt's file."""
+    """Embed every prompt into one :class:`Targets`; ``load`` reads an image prompt's file.
+    ``regions``: each region's group among the cutouts (the whole image is group 0), for the
+    prompts that name one; None when no prompt does."""
     blocks, weights, stops, names = [], [], [], []
     if text_prompts:
         texts = embed_texts(perceptor, [p.text for p in text_prompts])  # (P, D)
@@ -54,17 +57,25 @@ def build_targets(
     for prompt in image_prompts:
         blocks.append(embed_image(perceptor, load(prompt.text).to(device), cutn, rng))
     for prompt in [*text_prompts, *image_prompts]:
-        weights.append(prompt.weight), stops.append(prompt.stop), names.append(prompt.text)
+        name = prompt.text + (f" @{prompt.region}" if prompt.region else "")
+        weights.append(prompt.weight), stops.append(prompt.stop), names.append(name)
     for seed, weight in noise_prompts:
         blocks.append(embed_noise(seed, perceptor.embed_dim, device))
         weights.append(weight), stops.append(float("-inf")), names.append(f"noise:{seed}")
     owner = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(blocks)])
+    region = None
+    if regions:
+        prompts = [*text_prompts, *image_prompts]
+        groups = [regions[p.region] if p.region else 0 for p in prompts] + [0] * len(noise_prompts)
+        region = torch.tensor(groups, dtype=torch.long, device=device)
     return Targets(
         embeds=torch.cat(blocks).to(device),
         owner=owner.to(device),
         weights=torch.tensor(weights, device=device, dtype=torch.float32),
         stops=torch.tensor(stops, device=device, dtype=torch.float32),
         names=tuple(names),
+        region=region,
+        groups=len(regions) + 1 if regions else 1,
     )
 
 

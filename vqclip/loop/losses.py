@@ -19,6 +19,8 @@ class Targets:
     weights: torch.Tensor  # (P,) signed prompt weights
     stops: torch.Tensor  # (P,) distance below which a prompt stops pulling
     names: tuple[str, ...]  # (P,) for reports
+    region: torch.Tensor | None = None  # (P,) the cutouts' region each prompt is scored on
+    groups: int = 1  # the cutouts come in this many regions' groups, the whole image first
 
     @property
     def rows(self) -> torch.Tensor:
@@ -46,7 +48,12 @@ def prompt_losses(image_embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
     below the prompt's stop, its gradient is cut (the classic notebooks' semantics).
     """
     distances = spherical_dist_loss(image_embeds[:, None], targets.embeds[None])  # (N, K)
-    per_row = distances.mean(0)  # (K,)
+    if targets.region is None:
+        per_row = distances.mean(0)  # (K,)
+    else:  # the cutouts come region by region: each row is scored on its prompt's region's
+        by_region = distances.view(targets.groups, -1, distances.shape[-1])  # (R, N / R, K)
+        own = targets.region[targets.owner]  # (K,)
+        per_row = by_region.mean(1).gather(0, own[None]).squeeze(0)  # (K,)
     sums = torch.zeros(targets.count, device=per_row.device).index_add(0, targets.owner, per_row)
     signed = sums / targets.rows * targets.weights.sign()  # (P,)
     gated = torch.where(signed > targets.stops, signed, signed.detach())

@@ -7,6 +7,7 @@ its parts only by their interfaces (:mod:`vqclip.loop.generators`, :mod:`vqclip.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -57,6 +58,9 @@ class Cuts:
     cut_pow: float = 1.0
     method: str = "crops"
     batches: int = 1  # scored in this many sequential batches, gradients accumulated
+    # Boxes (left, top, right, bottom as fractions) whose own cutouts region prompts are scored
+    # on; the whole image's come first. (): no prompt names a region.
+    regions: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,10 +188,24 @@ def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch
     views = []
     for index, (perceptor, augments) in enumerate(zip(loop.perceptors, cuts.augments, strict=True)):  # fmt: skip
         size, first = perceptor.input_resolution, loop.perceptors[0].input_resolution
-        cutouts = make_cutouts(image, size, cuts.cutn, cuts.cut_pow, state.rng, cuts.method, places, first)  # fmt: skip
+        cutouts = torch.cat([
+            make_cutouts(part, size, cuts.cutn, cuts.cut_pow, state.rng, cuts.method, places, first)
+            for part in region_crops(image, cuts.regions)
+        ])  # fmt: skip
         noise = state.rng if index == 0 else _own_rng(seed + index, device)
         views.append(augment(cutouts, augments, NOISE, noise, seed))
     return tuple(views)
+
+
+def region_crops(image: torch.Tensor, boxes: tuple[tuple[float, float, float, float], ...]) -> list[torch.Tensor]:  # fmt: skip
+    """The whole image, then its crop to each box (at least one pixel each way)."""
+    height, width = image.shape[-2:]
+    parts = [image]
+    for left, top, right, bottom in boxes:
+        x0, y0 = min(int(left * width), width - 1), min(int(top * height), height - 1)
+        x1, y1 = max(x0 + 1, math.ceil(right * width)), max(y0 + 1, math.ceil(bottom * height))
+        parts.append(image[..., y0:y1, x0:x1])
+    return parts
 
 
 def backward_objective(
@@ -307,13 +325,16 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> (B,): each whole image's weighted prompt loss, unaugmented.
 
     The same distances and weights as the loop (stops aside), on one resized view per image
-    and perceptor: what ranks candidates.
+    and perceptor (and per region that prompts name): what ranks candidates.
     """
     prompts = loop.objective.prompts
     total = None
     for index, (perceptor, weight) in enumerate(zip(loop.perceptors, prompts.weights, strict=True)):  # fmt: skip
         size = perceptor.input_resolution
-        views = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
+        views = torch.cat([
+            F.interpolate(part, (size, size), mode="bilinear", antialias=True)
+            for part in region_crops(images, loop.cuts.regions)
+        ])  # fmt: skip
         with fast_math(loop, images.device):
             embeds = perceptor.encode_image(views)  # (B, E)
         losses = _distances(prompts, embeds, index) * weight
@@ -332,8 +353,14 @@ def _distances(prompts: PromptTerm, embeds: torch.Tensor, index: int) -> torch.T
 
 
 def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """(B, E) image embeddings -> (B,): each one's weighted distance to the targets."""
+    """(B, E) image embeddings -> (B,): each one's weighted distance to the targets (with
+    regions, (G * B, E): each region's views, the whole image's first)."""
     distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
+    if targets.region is not None:  # each row measured on its prompt's region's view
+        by_region = distances.view(targets.groups, -1, distances.shape[-1])  # (G, B, K)
+        own = targets.region[targets.owner]  # (K,)
+        distances = by_region.gather(0, own.expand(1, by_region.shape[1], -1)).squeeze(0)
+        embeds = embeds[: distances.shape[0]]
     per_prompt = distances.new_zeros(len(embeds), targets.count).index_add(
         1, targets.owner, distances
     )

@@ -20,7 +20,7 @@ from vqclip.core import plugins, presets
 from vqclip.core.config import NOISE_STARTS, GenerationConfig
 from vqclip.core.errors import DownloadError
 from vqclip.core.images import check_image, load_image
-from vqclip.core.prompts import Prompt, parse_prompts, split_prompts
+from vqclip.core.prompts import REGIONS, Prompt, parse_prompts, split_prompts
 from vqclip.loop.composition import ContrastTerm, PaletteTerm, SaturationTerm, Tile, symmetric
 from vqclip.loop.cutouts import make_augments
 from vqclip.loop.diffusion import DiffusionGenerator, SampleState, start_sample
@@ -163,6 +163,11 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
         check_video(config.init_video, "init_video")
     for prompt in parse_prompts(config.image_prompts):
         _check_image_source(prompt.text, "image_prompts")
+    for story in config.stories():
+        for phase in story:
+            for prompt in parse_prompts(phase) + parse_prompts(config.image_prompts):
+                if prompt.region and prompt.region.lower() not in REGIONS:
+                    _check_image_source(prompt.region, "prompts")  # a mask image
     for path in split_prompts(config.target_images):
         _check_image_source(path, "target_images")
     for name, _ in config.clip_models():
@@ -313,6 +318,7 @@ def _build_targets(
     rng: torch.Generator,
     device: torch.device,
     prompt_lists: list[str],
+    regions: dict[str, int] | None = None,
 ) -> list[PerceptorTargets]:
     """Per prompt list (each distinct phase of each image's story), its targets in each
     perceptor's space, with the image and noise prompts. Every one draws the same image-prompt
@@ -335,6 +341,7 @@ def _build_targets(
                     config.cutn,
                     rng,
                     device,
+                    regions or None,
                 )
             )
             after = rng.get_state() if after is None else after
@@ -343,11 +350,35 @@ def _build_targets(
     return built
 
 
+def region_boxes(config: GenerationConfig) -> dict[str, tuple[float, float, float, float]]:
+    """Each region the prompts name (every phase's, and the image prompts'), in order, with its
+    box as fractions: a named one's, or a mask image's white pixels' bounding box."""
+    prompts = [p for story in config.stories() for phase in story for p in parse_prompts(phase)]
+    boxes: dict[str, tuple[float, float, float, float]] = {}
+    for prompt in [*prompts, *_image_prompts(config)]:
+        if prompt.region is None or prompt.region in boxes:
+            continue
+        if prompt.region.lower() in REGIONS:
+            boxes[prompt.region] = REGIONS[prompt.region.lower()]
+            continue
+        mask = load_image(registry.local_image(prompt.region), field="prompts")[0].mean(0) > 0.5
+        if not mask.any():
+            raise ValueError(f"prompts: the mask {prompt.region!r} has no white pixels; expected white where the prompt applies")  # fmt: skip
+        ys, xs = mask.nonzero(as_tuple=True)
+        height, width = mask.shape
+        boxes[prompt.region] = (
+            float(xs.min()) / width, float(ys.min()) / height,
+            float(xs.max() + 1) / width, float(ys.max() + 1) / height,
+        )  # fmt: skip
+    return boxes
+
+
 def _prompt_term(
     config: GenerationConfig,
     perceptors: tuple[Perceptor, ...],
     rng: torch.Generator,
     device: torch.device,
+    regions: dict[str, int] | None = None,
 ) -> PromptTerm:
     """The prompts of every phase: (targets shared by the batch, targets per latent row), the
     rows () unless ``batch_prompts`` gives each image its own story (a shorter one keeps its
@@ -355,7 +386,7 @@ def _prompt_term(
     perceptor's space, weighted as ``clip_model`` says."""
     stories = config.stories()
     lists = list(dict.fromkeys(phase for story in stories for phase in story))
-    targets = _build_targets(config, perceptors, rng, device, lists)
+    targets = _build_targets(config, perceptors, rng, device, lists, regions)
     built = dict(zip(lists, targets, strict=True))
     phases = []
     for index in range(config.phase_count()):
@@ -409,11 +440,16 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     generator, perceptors = load_parts(config, device)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     rng = torch.Generator(device=device).manual_seed(config.seed)
+    boxes = region_boxes(config)
+    regions = {name: index + 1 for index, name in enumerate(boxes)}
     objective = Objective(
-        _prompt_term(config, perceptors, rng, device), _pulls(config, device, generator)
+        _prompt_term(config, perceptors, rng, device, regions), _pulls(config, device, generator)
     )
     augments = tuple(make_augments(config.augments, p.input_resolution) for p in perceptors)
-    cuts = Cuts(augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches)
+    cuts = Cuts(
+        augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches,
+        tuple(boxes.values()),
+    )  # fmt: skip
     kinds = plugins.transform_kinds() if config.transforms else {}
     transforms = tuple(kinds[name].make(arg, config) for name, arg in config.transform_args())
     if config.symmetry != "none":

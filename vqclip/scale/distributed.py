@@ -96,6 +96,8 @@ class Ranks(Processes):
                 f"init_video: a restyle runs in one process; torchrun started {self.world} (its "
                 "frames go on a Ray cluster with --ray, or one process each)"
             )
+        if config.has_regions():
+            raise ValueError(f"prompts: prompts in regions run in one process; torchrun started {self.world}")  # fmt: skip
         if config.cutn < self.world:
             raise ValueError(
                 f"cutn: {config.cutn} cutouts cannot be shared among {self.world} processes; "

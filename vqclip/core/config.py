@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -445,12 +446,7 @@ class GenerationConfig:
         """Every frame's value of every schedule, before any work: finite, a zoom above 0, a
         field of view inside (0, 180) degrees; one line naming the setting and the frame."""
         for name in SCHEDULES:
-            schedule = self.schedule(name)
-            for frame in range(1, 2 if schedule.constant else self.max_frames + 1):
-                value = schedule.at(frame, self.max_frames, max(self.seed, 0))
-                low, high = {"zoom": (0, math.inf), "fov": (0, 180)}.get(name, (-math.inf, math.inf))  # fmt: skip
-                if not low < value < high:
-                    raise ValueError(f"{name}: {value:g} at frame {frame}; expected above {low}" + (f" and below {high}" if high < math.inf else ""))  # fmt: skip
+            _check_schedule(name, getattr(self, name), self.max_frames, max(self.seed, 0))
 
     def first_steps(self) -> int:
         """An animation's first frame's steps."""
@@ -669,6 +665,18 @@ def _shown(value: Any) -> str:
     if _is_int(value) and abs(value) >= 10**20:
         return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     return repr(value)[:80]
+
+
+@functools.lru_cache(maxsize=256)
+def _check_schedule(name: str, text: str, frames: int, seed: int) -> None:
+    """Raise ``ValueError`` at the first frame where a schedule's value is out of its range;
+    remembered, since a config is made again at each ``replace`` and the walk is per frame."""
+    schedule = parse_schedule(text, name)
+    low, high = {"zoom": (0, math.inf), "fov": (0, 180)}.get(name, (-math.inf, math.inf))
+    for frame in range(1, 2 if schedule.constant else frames + 1):
+        value = schedule.at(frame, frames, seed)
+        if not low < value < high:
+            raise ValueError(f"{name}: {value:g} at frame {frame}; expected above {low}" + (f" and below {high}" if high < math.inf else ""))  # fmt: skip
 
 
 _PLUGIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -334,11 +334,11 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _preview_motion(config: GenerationConfig, args: argparse.Namespace) -> None:
     from vqclip.core.config import resolve_seed
-    from vqclip.run.motion import preview_motion
+    from vqclip.run.motion import describe, preview_motion
     from vqclip.run.video import assemble_video
 
     def report(frame: int, values: dict[str, float]) -> None:
-        print(f"frame {frame:4d}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)  # fmt: skip
+        print(describe(frame, values), flush=True)
 
     run_dir, frames = preview_motion(resolve_seed(config), report)
     print(f"preview: {len(frames)} frames in {run_dir}")

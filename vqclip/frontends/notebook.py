@@ -205,10 +205,11 @@ def preview_motion(config: GenerationConfig) -> Any:
     which the video cell assembles."""
     from types import SimpleNamespace
 
+    from vqclip.run.motion import describe
     from vqclip.run.motion import preview_motion as preview
 
     def report(frame: int, values: dict[str, float]) -> None:
-        print(f"frame {frame:4d}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        print(describe(frame, values))
 
     run_dir, frames = preview(config, report)
     print(f"motion preview: {len(frames)} frames in {run_dir.resolve()}")

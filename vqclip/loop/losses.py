@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Targets", "spherical_dist_loss", "prompt_losses", "init_loss", "smoothness_loss"]
+__all__ = [
+    "Targets", "spherical_dist_loss", "own_region", "prompt_losses", "init_loss", "smoothness_loss",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,14 @@ def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).norm(dim=-1).div(2).clamp(max=1).arcsin().pow(2).mul(2)
 
 
+def own_region(distances: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(G * N, K) distances of the views of ``targets.groups`` regions (the whole image's
+    first) -> (N, K): each target row's distances to the views of its prompt's region."""
+    by_region = distances.view(targets.groups, -1, distances.shape[-1])  # (G, N, K)
+    own = targets.region[targets.owner]  # (K,)
+    return by_region.gather(0, own.expand(1, by_region.shape[1], -1)).squeeze(0)
+
+
 def prompt_losses(image_embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
     """(N, D) cutout embeddings -> (P,) losses, one per prompt.
 
@@ -51,9 +61,7 @@ def prompt_losses(image_embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
     if targets.region is None:
         per_row = distances.mean(0)  # (K,)
     else:  # the cutouts come region by region: each row is scored on its prompt's region's
-        by_region = distances.view(targets.groups, -1, distances.shape[-1])  # (R, N / R, K)
-        own = targets.region[targets.owner]  # (K,)
-        per_row = by_region.mean(1).gather(0, own[None]).squeeze(0)  # (K,)
+        per_row = own_region(distances, targets).mean(0)  # (K,)
     sums = torch.zeros(targets.count, device=per_row.device).index_add(0, targets.owner, per_row)
     signed = sums / targets.rows * targets.weights.sign()  # (P,)
     gated = torch.where(signed > targets.stops, signed, signed.detach())

@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vqclip.loop.cutouts import augment, draw_places, make_cutouts
 from vqclip.loop.generators import Generator, compose_latent
-from vqclip.loop.losses import Targets, spherical_dist_loss
+from vqclip.loop.losses import Targets, own_region, spherical_dist_loss
 from vqclip.loop.objective import Loss, Objective, PerceptorTargets, PromptTerm, View
 from vqclip.loop.optimizers import make_optimizer
 from vqclip.loop.perceptors import Perceptor
@@ -357,11 +357,8 @@ def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
     regions, (G * B, E): each region's views, the whole image's first)."""
     distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
     if targets.region is not None:  # each row measured on its prompt's region's view
-        by_region = distances.view(targets.groups, -1, distances.shape[-1])  # (G, B, K)
-        own = targets.region[targets.owner]  # (K,)
-        distances = by_region.gather(0, own.expand(1, by_region.shape[1], -1)).squeeze(0)
-        embeds = embeds[: distances.shape[0]]
-    per_prompt = distances.new_zeros(len(embeds), targets.count).index_add(
+        distances = own_region(distances, targets)
+    per_prompt = distances.new_zeros(len(distances), targets.count).index_add(
         1, targets.owner, distances
     )
     return (per_prompt / targets.rows * targets.weights).sum(1)

@@ -34,7 +34,7 @@ from vqclip.run.frames import FrameWriter, create_run_dir
 __all__ = [
     "TRANSLATION_SCALE", "PADDING_MODES", "SAMPLING_MODES", "warp_2d", "warp_3d", "rotation",
     "plane_depth", "NEAR", "FAR", "normalised_depth", "CameraPath", "MODE_SCHEDULES",
-    "calibration_card", "preview_motion", "depth_pixels",
+    "calibration_card", "preview_motion", "depth_pixels", "describe",
 ]  # fmt: skip
 
 TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
@@ -200,6 +200,11 @@ def calibration_card(width: int, height: int) -> torch.Tensor:
     image[:, disc] = torch.tensor([0.86, 0.12, 0.12])[:, None]
     image[:, bar] = torch.tensor([0.12, 0.24, 0.86])[:, None]
     return image[None]
+
+
+def describe(frame: int, values: dict[str, float]) -> str:
+    """One line of a frame's schedule values, as a preview prints them."""
+    return f"frame {frame:4d}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
 
 
 def preview_motion(

@@ -15,12 +15,11 @@ from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
-import vqclip.loop.diffusion
 from tests.conftest import png_pixels
 from tests.run.test_runstate import _assert_same_frames
 from vqclip.core.config import GenerationConfig
 from vqclip.frontends import cli
-from vqclip.loop.diffusion import DiffusionGenerator, make_schedule, pred_xstart, predict
+from vqclip.loop.diffusion import Sampler, make_schedule, pred_xstart
 from vqclip.models import registry
 from vqclip.models.unet import UNet, UNetSpec, load_unet, save_unet
 from vqclip.run.driver import generate, progress_of, resume
@@ -124,7 +123,7 @@ def test_a_denoising_step_is_openais(learn_sigma: bool, sigma_small: bool) -> No
     reference_model = _reference_model(learn_sigma=learn_sigma)
     ours = UNet(UNetSpec.from_dict({**TINY, "learn_sigma": learn_sigma, "sigma_small": sigma_small}))  # fmt: skip
     ours.load_state_dict(reference_model.state_dict())
-    gen = DiffusionGenerator(ours.eval(), 25)
+    sampler = Sampler.for_unet(ours.eval(), 25)
     reference = SpacedDiffusion(
         use_timesteps=space_timesteps(1000, "25"), betas=gd.get_named_beta_schedule("linear", 1000),
         model_mean_type=gd.ModelMeanType.EPSILON,
@@ -136,9 +135,9 @@ def test_a_denoising_step_is_openais(learn_sigma: bool, sigma_small: bool) -> No
     for index in (24, 10, 0):
         with torch.no_grad():
             out = reference.p_mean_variance(reference_model, x, torch.tensor([index] * 2), clip_denoised=False)  # fmt: skip
-            eps, log_variance = predict(gen, x, index)
-        pred = pred_xstart(gen.schedule, x, eps, index)
-        mean = gen.schedule.at("posterior_mean_coef1", index, x) * pred + gen.schedule.at("posterior_mean_coef2", index, x) * x  # fmt: skip
+            eps, log_variance = sampler.predict(x, index)
+        pred = pred_xstart(sampler.schedule, x, eps, index)
+        mean = sampler.schedule.at("posterior_mean_coef1", index, x) * pred + sampler.schedule.at("posterior_mean_coef2", index, x) * x  # fmt: skip
         torch.testing.assert_close(pred, out["pred_xstart"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(mean, out["mean"], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(log_variance, out["log_variance"].expand_as(x), rtol=1e-5, atol=1e-5)  # fmt: skip
@@ -164,16 +163,16 @@ def test_a_stopped_sample_resumes_to_the_bits_of_an_unbroken_one(
     diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unbroken = generate(diffusion_config.replace(run_name="unbroken"))
-    step = vqclip.loop.diffusion.sample_step
+    step = Sampler.step
     calls = {"n": 0}
 
-    def stop_at_five(loop, state):  # noqa: ANN001, ANN202
+    def stop_at_five(sampler, state, guidance):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        return step(loop, state)
+        return step(sampler, state, guidance)
 
-    monkeypatch.setattr(vqclip.loop.diffusion, "sample_step", stop_at_five)
+    monkeypatch.setattr(Sampler, "step", stop_at_five)
     stopped = generate(diffusion_config.replace(run_name="stopped"))
     monkeypatch.undo()
     assert stopped.interrupted and read_state(stopped.run_dir / STATE)["iteration"] == 4

@@ -107,10 +107,12 @@ def test_pixels_restyle_a_video(pixels_config: GenerationConfig, tmp_path: Path)
 
 
 def test_the_factor_is_checked_for_the_generator(tiny_config: GenerationConfig) -> None:
+    from vqclip.models.acquire import acquire
     from vqclip.run.build import check_inputs
 
     with pytest.raises(ValueError, match="width: 30 is not a multiple of pixel_scale 4"):
-        check_inputs(tiny_config.replace(generator="pixels", pixel_scale=4, width=30))
+        config = tiny_config.replace(generator="pixels", pixel_scale=4, width=30)
+        check_inputs(config, acquire(config))
     with pytest.raises(ValueError, match="generator: unknown value 'gan'"):
         tiny_config.replace(generator="gan")
 

@@ -381,3 +381,28 @@ def test_no_planted_symlink_in_the_cache_is_written_through(
     path = download((f"{server}/ok/model.ckpt",), tmp_path / "cache" / "m.ckpt")
     assert victim.read_bytes() == b"keep me"
     assert not path.is_symlink() and path.read_bytes() == _Handler.files["model.ckpt"]
+
+
+def test_one_call_fetches_every_file_and_checking_and_building_fetch_nothing(
+    server: str, home: Path, tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from vqclip.models.acquire import acquire
+    from vqclip.run.build import check_inputs, prepare, resolve_device
+
+    monkeypatch.setitem(
+        registry.REGISTRY, "test_vqgan", _entry(server, (f"{server}/ok/model.ckpt",))
+    )
+    Image.new("RGB", (32, 32), (30, 30, 220)).save(tmp_path / "init.png")
+    _Handler.files["init.png"] = (tmp_path / "init.png").read_bytes()
+    config = tiny_config.replace(
+        vqgan="test_vqgan", vqgan_checkpoint=None, init_image=f"{server}/ok/init.png"
+    )
+    files = acquire(config)
+    fetched = sorted(path for path, _ in _Handler.log)
+    assert fetched == ["/ok/init.png", "/ok/model.ckpt", "/ok/model.yaml"]
+    assert files.vqgan == (home / "test_vqgan" / "test.yaml", home / "test_vqgan" / "test.ckpt")
+    check_inputs(config, files)
+    prepare(config, resolve_device("cpu"), files)
+    assert len(_Handler.log) == 3  # nothing more was fetched

@@ -155,7 +155,7 @@ def test_the_pull_in_a_generators_parameters_goes_toward_the_redrawings_encoding
     from vqclip.core.config import GenerationConfig
     from vqclip.loop.generators import VQGANGenerator
     from vqclip.loop.objective import PriorTerm
-    from vqclip.run.build import prepare, resolve_device
+    from vqclip.run.build import prepare, prepare_sample, resolve_device
 
     prior = _prior()
     image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -175,9 +175,9 @@ def test_the_pull_in_a_generators_parameters_goes_toward_the_redrawings_encoding
     (term,) = [t for t in loop.objective.pulls if isinstance(t, PriorTerm)]
     assert isinstance(loop.generator, VQGANGenerator) and term.encode == loop.generator.encode
     config = config.replace(generator="diffusion", diffusion_model="shapes-diffusion", prior="shapes-prior", prior_weight=1.0)  # fmt: skip
-    loop, _ = prepare(presets.apply(config), resolve_device("cpu"))
+    loop, _, _ = prepare_sample(presets.apply(config), resolve_device("cpu"))
     (term,) = [t for t in loop.objective.pulls if isinstance(t, PriorTerm)]
-    assert term.encode is None
+    assert term.encode is None and loop.generator is None
 
 
 def test_the_per_image_pulls_add_up_to_the_loss() -> None:

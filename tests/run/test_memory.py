@@ -7,6 +7,7 @@ import torch
 
 from tests.conftest import TINY_VQGAN
 from vqclip.core.config import GenerationConfig
+from vqclip.models.acquire import acquire
 from vqclip.run import memory
 from vqclip.run.build import check_inputs
 
@@ -28,7 +29,8 @@ def test_a_size_beyond_the_machine_is_refused_with_the_figures(
     monkeypatch.setattr(memory, "device_memory", lambda device: 16 * 2**30)  # a 16 GiB machine
     config = tiny_config.replace(width=side, height=side)
     with pytest.raises(ValueError, match=rf"{side}x{side} x 1 image\(s\) needs about .* GiB, but this machine has 16.0 GiB"):  # fmt: skip
-        check_inputs(config)
-    check_inputs(tiny_config.replace(width=256, height=256))  # fits: no error
+        check_inputs(config, acquire(config))
+    fits = tiny_config.replace(width=256, height=256)
+    check_inputs(fits, acquire(fits))  # no error
     with pytest.raises(ValueError, match=r"x 64 image\(s\)"):  # the batch counts
-        check_inputs(tiny_config.replace(width=256, height=256, batch_size=64))
+        check_inputs(fits.replace(batch_size=64), acquire(fits))

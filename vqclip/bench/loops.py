@@ -424,7 +424,7 @@ def run_diffusion_benchmark(
     """Time one guided sampling step (U-Net forward and backward, cutouts, CLIP, the pulls) of
     OpenAI's 256x256 unconditional architecture (random weights) under CLIP ViT-B/32 guidance
     at 256², for cutn 16 and 32: what each of a sample's 250 steps costs."""
-    from vqclip.loop.diffusion import DiffusionGenerator, sample_step, start_sample
+    from vqclip.loop.diffusion import Sampler, clip_guidance
     from vqclip.loop.objective import RangeTerm, SmoothnessTerm
     from vqclip.models import registry
     from vqclip.models.unet import UNet, UNetSpec
@@ -449,11 +449,13 @@ def run_diffusion_benchmark(
     augments = (make_augments(AUGMENTS, perceptor.input_resolution),)
     rows = []
     for cutn in cutns:
-        loop = Loop(DiffusionGenerator(unet, 250), (perceptor,), objective, Cuts(augments, cutn), 0, precision)  # fmt: skip
+        loop = Loop(None, (perceptor,), objective, Cuts(augments, cutn), 0, precision)
+        sampler = Sampler.for_unet(unet, 250, precision=precision)
         g = torch.Generator(device=dev).manual_seed(0)
-        state = start_sample(loop, 1, spec.image_size, spec.image_size, g)
+        state = sampler.start(1, spec.image_size, spec.image_size, g)
         _reset_peak(dev)
-        seconds = _time(functools.partial(sample_step, loop, state), dev, warmup, repeats)
+        step = functools.partial(sampler.step, state, clip_guidance(loop))
+        seconds = _time(step, dev, warmup, repeats)
         rows.append({"cutn": cutn, "s": seconds, "peak_mb": _peak_memory_mb(dev),
                      "minutes_per_image_250": seconds * 250 / 60})  # fmt: skip
     return {

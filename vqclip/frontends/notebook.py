@@ -78,15 +78,15 @@ def fetch_models(
 ) -> list[Path]:
     """Download (or find in the cache) the CLIPs and what the generator needs (the VQGAN, the
     diffusion model); returns their local files."""
-    from vqclip.core.config import parse_clip_models
-    from vqclip.models import registry
+    from vqclip.core.config import GenerationConfig
+    from vqclip.models.acquire import acquire
 
-    paths = [registry.resolve_clip(name) for name, _ in parse_clip_models(clip_model)]
-    if generator == "vqgan":
-        paths += registry.resolve_vqgan(vqgan)
-    if generator == "diffusion":
-        paths.append(registry.resolve_diffusion(diffusion_model)[0])
-    return paths
+    config = GenerationConfig(
+        generator=generator, vqgan=vqgan, clip_model=clip_model, diffusion_model=diffusion_model
+    )
+    files = acquire(config)
+    models = [*files.clips.values(), *(files.vqgan or ())]
+    return models + ([files.diffusion[0]] if files.diffusion else [])
 
 
 def _png_bytes(image: Any) -> bytes:

@@ -1,20 +1,23 @@
-"""CLIP-guided diffusion: Katherine Crowson's second method, as a generator beside the VQGAN.
+"""CLIP-guided diffusion: Katherine Crowson's second method, a sampler beside the optimised loop.
 
-An unconditional diffusion model (:mod:`vqclip.models.unet`) is sampled step by step over a respaced
-schedule (its 1000 training steps respaced to ``max_iterations``, as OpenAI's
-``timestep_respacing``). At each step the model predicts the clean image; CLIP scores cutouts of
-it (blended with the noisy sample by the noise level, as Crowson's notebook does) through the
-loop's own cutouts, augments and objective (the prompts weighted by ``clip_guidance_scale``,
-total variation by ``tv_scale``, out-of-range values by ``range_scale``), and the gradient of
-that loss with respect to the noisy sample (its RMS per image at most ``clamp_max``, as Disco
-Diffusion clamps it: at the noisiest steps the clean estimate magnifies the gradient) moves
-the step's mean (DDPM) or its noise estimate (DDIM). Every random draw goes through the run's ``torch.Generator``, so a config gives the same
-bits on a CPU, and the sample, the step and the generator are all a resumed run needs.
+An unconditional diffusion model (any ``model(x, t)``; vqclip's is :mod:`vqclip.models.unet`)
+is sampled step by step over a respaced schedule (its 1000 training steps respaced to
+``max_iterations``, as OpenAI's ``timestep_respacing``). At each step the model predicts the
+clean image and a guidance function moves the step: :func:`clip_guidance` has CLIP score
+cutouts of the estimate (blended with the noisy sample by the noise level, as Crowson's
+notebook does) through the loop's own cutouts, augments and objective (the prompts weighted by
+``clip_guidance_scale``, total variation by ``tv_scale``, out-of-range values by
+``range_scale``); the gradient of that loss with respect to the noisy sample (its RMS per image
+at most ``clamp_max``, as Disco Diffusion clamps it: at the noisiest steps the clean estimate
+magnifies the gradient) moves the step's mean (DDPM) or its noise estimate (DDIM). Every
+random draw goes through the run's ``torch.Generator``, so a config gives the same bits on a
+CPU, and the sample, the step and the generator are all a resumed run needs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,21 +31,20 @@ from vqclip.loop.optimise import (
     fast_math,
     iterations,
     make_views,
-    render,
 )
 from vqclip.models.unet import UNet
 
 __all__ = [
     "Schedule",
-    "DiffusionGenerator",
+    "Sampler",
     "SampleState",
+    "Model",
+    "Guidance",
+    "clip_guidance",
     "make_schedule",
     "respaced_timesteps",
-    "predict",
     "pred_xstart",
-    "start_sample",
-    "sample_step",
-    "run_sampler",
+    "to_image",
 ]
 
 SAMPLERS = ("ddpm", "ddim")
@@ -123,31 +125,10 @@ def make_schedule(training_steps: int, noise_schedule: str, count: int) -> Sched
     )
 
 
-class DiffusionGenerator:
-    """A diffusion model as the loop's generator: its parameters are an image in [-1, 1]."""
-
-    name = "diffusion"
-
-    def __init__(
-        self, model: UNet, steps: int, sampler: str = "ddpm", clamp_max: float = 0.0
-    ) -> None:
-        self.model, self.sampler, self.clamp_max = model, sampler, clamp_max
-        spec = model.spec
-        self.factor = spec.factor
-        self.schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
-
-    def random(self, batch: int, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
-        shape = (batch, 3, height, width)
-        return torch.randn(shape, generator=rng, device=rng.device)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * 2 - 1
-
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return ((latent.float() + 1) / 2).clamp(0, 1)
-
-    def clamp(self, levels: list[torch.Tensor]) -> None:
-        """Nothing to keep in range: a sample is not optimised."""
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Guidance = Callable[
+    ["SampleState", torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]
+]
 
 
 @dataclass
@@ -173,52 +154,51 @@ class SampleState:
         """The respaced step the next iteration takes."""
         return self.first - self.iteration
 
+    def image(self) -> torch.Tensor:
+        """What the run shows, (B, 3, H, W) in [0, 1]."""
+        return to_image(self.latent)
 
-def start_sample(
-    loop: Loop,
-    batch: int,
-    height: int,
-    width: int,
-    rng: torch.Generator,
-    init: torch.Tensor | None = None,
-    skip: int = 0,
-) -> SampleState:
-    """The state before the first step: noise, or ``init`` ((B, 3, H, W) in [0, 1]) noised to
-    the level of the first step taken (``skip`` steps into the schedule)."""
-    gen: DiffusionGenerator = loop.generator
-    schedule = gen.schedule
-    if not 0 <= skip < len(schedule):
-        raise ValueError(
-            f"skip_timesteps: {skip}, expected 0 to {len(schedule) - 1} (fewer than the "
-            f"{len(schedule)} sampling steps)"
-        )
-    first = len(schedule) - 1 - skip
-    noise = gen.random(batch, height, width, rng)
-    if init is None:
-        return SampleState(noise, torch.zeros_like(noise), rng, first)
-    x0 = gen.encode(init.to(noise.device)).expand_as(noise)
-    acp = schedule.at("alphas_cumprod", first, noise)
-    sample = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
-    return SampleState(sample, x0.clone(), rng, first)
+    def state_dict(self) -> dict[str, Any]:
+        """The state as plain tensors and numbers (what ``state.pt`` holds)."""
+        return {
+            "iteration": self.iteration,
+            "sample": self.sample.detach().cpu(),
+            "pred": None if self.pred is None else self.pred.detach().cpu(),
+            "start": self.start.cpu(),
+            "generator": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Put a saved state (checked field by field by the reader) into this fresh one, built
+        from the same config."""
+        sample = saved.get("sample")
+        if "levels" in saved or not isinstance(sample, torch.Tensor):
+            raise ValueError("resume: the saved state is an optimised latent's, but the config samples diffusion")  # fmt: skip
+        if sample.shape != self.sample.shape:
+            raise ValueError(
+                f"resume: the saved diffusion sample is {tuple(sample.shape)}, but the run's "
+                f"config builds {tuple(self.sample.shape)}; was config.json edited?"
+            )
+        iteration = saved["iteration"]
+        if not isinstance(iteration, int) or not 0 <= iteration <= self.first + 1:
+            raise ValueError(f"resume: the saved step {iteration!r} is outside the run's schedule")
+        pred = saved["pred"]
+        if saved["start"].shape != self.start.shape or (pred is not None and pred.shape != sample.shape):  # fmt: skip
+            raise ValueError("resume: the saved start or estimate does not fit the run's sample; was state.pt edited?")  # fmt: skip
+        device = self.sample.device
+        self.sample = sample.to(device)
+        self.pred = None if pred is None else pred.to(device)
+        self.start = saved["start"].to(device)
+        try:
+            self.rng.set_state(saved["generator"])
+        except (TypeError, RuntimeError) as error:
+            raise ValueError(f"resume: the saved generator state does not fit ({' '.join(str(error).split())[:200]})") from None  # fmt: skip
+        self.iteration = iteration
 
 
-def predict(gen: DiffusionGenerator, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The model's noise estimate for ``x`` at respaced step ``index``, and the step's log
-    variance (OpenAI's ``p_mean_variance``: learned within its bounds, or fixed: "large" or
-    with ``sigma_small`` the posterior's)."""
-    schedule = gen.schedule
-    t = schedule.timesteps[index].to(x.device, torch.float32).expand(len(x))
-    out = gen.model(x, t).float()
-    if gen.model.spec.learn_sigma:  # the variance interpolated between its bounds
-        eps, values = out.chunk(2, dim=1)
-        min_log = schedule.at("posterior_log_variance", index, x)
-        max_log = schedule.at("betas", index, x).log()
-        frac = (values + 1) / 2
-        return eps, frac * max_log + (1 - frac) * min_log
-    if gen.model.spec.sigma_small:
-        return out, schedule.at("posterior_log_variance", index, x).expand_as(x)
-    large = schedule.posterior_variance[1] if index == 0 else schedule.betas[index]
-    return out, torch.full_like(x, math.log(float(large)))
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """A sample or clean estimate in [-1, 1] as an image in [0, 1]."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
 
 
 def pred_xstart(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, index: int) -> torch.Tensor:  # fmt: skip
@@ -227,80 +207,161 @@ def pred_xstart(schedule: Schedule, x: torch.Tensor, eps: torch.Tensor, index: i
     return recip * x - schedule.at("sqrt_recipm1_alphas_cumprod", index, x) * eps
 
 
-def _guidance(
-    loop: Loop, state: SampleState, x: torch.Tensor, pred: torch.Tensor, index: int
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The gradient of the objective (CLIP on cutouts, the pulls) with respect to the noisy
-    sample ``x`` (a leaf that requires grad), and the step's report."""
-    schedule: Schedule = loop.generator.schedule
-    fac = (1 - schedule.at("alphas_cumprod", index, x)).sqrt()
-    # Crowson's: the clean estimate, noisier when unsure; kept in range for CLIP (the gradient
-    # passes the clamp), as the step's mean uses it.
-    blend = clamp_with_grad(pred, -1.0, 1.0) * fac + x * (1 - fac)
-    image = (blend + 1) / 2
-    views = make_views(loop, state, image)
-    total, terms, losses = backward_objective(loop, state, image, pred, views)
-    grad = x.grad if x.grad is not None else torch.zeros_like(x)
-    return -grad, {"loss": total.detach(), "losses": losses.detach(), "terms": {k: v.detach() for k, v in terms.items()}}  # fmt: skip
+@dataclass(frozen=True)
+class Sampler:
+    """DDPM or DDIM (eta 0) over a respaced schedule, each step moved by a guidance direction.
 
-
-def sample_step(loop: Loop, state: SampleState) -> dict[str, Any]:
-    """One guided step from ``state.sample``; returns the predicted clean image (in [0, 1])
-    and the losses (tensors, no host sync)."""
-    gen: DiffusionGenerator = loop.generator
-    schedule, index = gen.schedule, state.index
-    x = state.sample.detach().requires_grad_(True)
-    with fast_math(loop, x.device):
-        eps, log_variance = predict(gen, x, index)
-    pred = pred_xstart(schedule, x, eps, index)
-    grad, report = _guidance(loop, state, x, pred, index)
-    if gen.clamp_max:  # each image's gradient at most clamp_max in RMS, as Disco Diffusion's
-        rms = grad.square().mean((1, 2, 3), keepdim=True).sqrt()
-        grad = grad * (gen.clamp_max / rms.clamp(min=1e-12)).clamp(max=1)
-    x, eps, log_variance = x.detach(), eps.detach(), log_variance.detach()
-    pred = pred.detach().clamp(-1, 1)  # OpenAI's clip_denoised: the mean from a valid image
-    if gen.sampler == "ddpm":  # the mean moved by variance x gradient (OpenAI's condition_mean)
-        mean = schedule.at("posterior_mean_coef1", index, x) * pred
-        mean = mean + schedule.at("posterior_mean_coef2", index, x) * x
-        mean = mean + log_variance.exp() * grad
-        noise = torch.randn(x.shape, generator=state.rng, device=x.device)
-        sample = mean + (0.5 * log_variance).exp() * noise if index else mean
-    else:  # DDIM, eta 0: the noise estimate (that of the clamped clean estimate) moved by the
-        # gradient (OpenAI's condition_score), its clean estimate clamped again (the noisiest
-        # step would magnify the gradient ~1/sqrt(alpha_bar) times into it)
-        acp = schedule.at("alphas_cumprod", index, x)
-        recip = schedule.at("sqrt_recip_alphas_cumprod", index, x)
-        recipm1 = schedule.at("sqrt_recipm1_alphas_cumprod", index, x)
-        eps = (recip * x - pred) / recipm1 - (1 - acp).sqrt() * grad
-        pred = pred_xstart(schedule, x, eps, index).clamp(-1, 1)
-        eps = (recip * x - pred) / recipm1
-        prev = schedule.at("alphas_cumprod_prev", index, x)
-        sample = pred * prev.sqrt() + (1 - prev).sqrt() * eps
-    state.sample, state.pred = sample, pred
-    state.iteration += 1
-    return {"image": gen.decode(pred), **report}
-
-
-def run_sampler(
-    loop: Loop, state: SampleState, display_frequency: int, callback: Callback | None = None
-) -> torch.Tensor:
-    """Sample to the end of the schedule; returns the final image (B, 3, H, W) in [0, 1].
-
-    ``callback`` gets what :func:`vqclip.loop.optimise.run_loop` reports: every step the losses, every
-    ``display_frequency`` steps (and at the last) the predicted clean image.
+    ``model(x, t)`` is any noise predictor (``t`` the training timesteps, float); with
+    ``variance`` "learned" its output holds, after the noise, the values that interpolate the
+    log variance between its bounds (OpenAI's learned range), else the variance is fixed:
+    "small" (the posterior's) or "large" (the betas). What guides is handed in at each step
+    (:func:`clip_guidance` builds the loop's), so the sampler knows nothing of CLIP.
     """
-    last = state.first + 1
-    for i in iterations(last, state.iteration):
-        out = sample_step(loop, state)
-        info = {"iteration": i, **{k: out[k] for k in ("loss", "losses", "terms")}}
-        if i % display_frequency == 0:
-            if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(
-                    f"loss became {float(out['loss'])} at sampling step {i} (precision "
-                    f"{loop.precision}); the frames saved so far are kept. Expected a finite "
-                    "loss: try precision fp32 or a smaller clip_guidance_scale."
-                )
-            info["image"] = out["image"]
-        if callback:
-            callback(info)
-    return render(loop, state)
+
+    model: Model
+    schedule: Schedule
+    variance: str = "large"  # "learned", "small" or "large"
+    method: str = "ddpm"  # or "ddim"
+    clamp_max: float = 0.0  # each image's guidance at most this in RMS; 0: unbounded
+    precision: str = "fp32"  # the model's autocast
+
+    @classmethod
+    def for_unet(
+        cls,
+        unet: UNet,
+        steps: int,
+        method: str = "ddpm",
+        clamp_max: float = 0.0,
+        precision: str = "fp32",
+    ) -> Sampler:
+        """A sampler of an OpenAI-style U-Net, its schedule respaced to ``steps``."""
+        spec = unet.spec
+        variance = "learned" if spec.learn_sigma else "small" if spec.sigma_small else "large"
+        schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
+        return cls(unet, schedule, variance, method, clamp_max, precision)
+
+    def start(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        rng: torch.Generator,
+        init: torch.Tensor | None = None,
+        skip: int = 0,
+    ) -> SampleState:
+        """The state before the first step: noise, or ``init`` ((B, 3, H, W) in [0, 1]) noised to
+        the level of the first step taken (``skip`` steps into the schedule)."""
+        schedule = self.schedule
+        if not 0 <= skip < len(schedule):
+            raise ValueError(
+                f"skip_timesteps: {skip}, expected 0 to {len(schedule) - 1} (fewer than the "
+                f"{len(schedule)} sampling steps)"
+            )
+        first = len(schedule) - 1 - skip
+        noise = torch.randn((batch, 3, height, width), generator=rng, device=rng.device)
+        if init is None:
+            return SampleState(noise, torch.zeros_like(noise), rng, first)
+        x0 = (init.to(noise.device).float() * 2 - 1).expand_as(noise)
+        acp = schedule.at("alphas_cumprod", first, noise)
+        sample = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+        return SampleState(sample, x0.clone(), rng, first)
+
+    def predict(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's noise estimate for ``x`` at respaced step ``index``, and the step's log
+        variance (OpenAI's ``p_mean_variance``)."""
+        schedule = self.schedule
+        t = schedule.timesteps[index].to(x.device, torch.float32).expand(len(x))
+        out = self.model(x, t).float()
+        if self.variance == "learned":  # the variance interpolated between its bounds
+            eps, values = out.chunk(2, dim=1)
+            min_log = schedule.at("posterior_log_variance", index, x)
+            max_log = schedule.at("betas", index, x).log()
+            frac = (values + 1) / 2
+            return eps, frac * max_log + (1 - frac) * min_log
+        if self.variance == "small":
+            return out, schedule.at("posterior_log_variance", index, x).expand_as(x)
+        large = schedule.posterior_variance[1] if index == 0 else schedule.betas[index]
+        return out, torch.full_like(x, math.log(float(large)))
+
+    def step(self, state: SampleState, guidance: Guidance) -> dict[str, Any]:
+        """One guided step from ``state.sample``; returns the predicted clean image (in [0, 1])
+        and what ``guidance`` reports (tensors, no host sync)."""
+        schedule, index = self.schedule, state.index
+        x = state.sample.detach().requires_grad_(True)
+        with fast_math(self.precision, x.device):
+            eps, log_variance = self.predict(x, index)
+        pred = pred_xstart(schedule, x, eps, index)
+        noise = (1 - schedule.at("alphas_cumprod", index, x)).sqrt()
+        grad, report = guidance(state, x, pred, noise)
+        if self.clamp_max:  # each image's gradient at most clamp_max in RMS, as Disco Diffusion's
+            rms = grad.square().mean((1, 2, 3), keepdim=True).sqrt()
+            grad = grad * (self.clamp_max / rms.clamp(min=1e-12)).clamp(max=1)
+        x, eps, log_variance = x.detach(), eps.detach(), log_variance.detach()
+        pred = pred.detach().clamp(-1, 1)  # OpenAI's clip_denoised: the mean from a valid image
+        if self.method == "ddpm":  # the mean moved by variance x gradient (OpenAI's condition_mean)
+            mean = schedule.at("posterior_mean_coef1", index, x) * pred
+            mean = mean + schedule.at("posterior_mean_coef2", index, x) * x
+            mean = mean + log_variance.exp() * grad
+            noise = torch.randn(x.shape, generator=state.rng, device=x.device)
+            sample = mean + (0.5 * log_variance).exp() * noise if index else mean
+        else:  # DDIM, eta 0: the noise estimate (that of the clamped clean estimate) moved by
+            # the gradient (OpenAI's condition_score), its clean estimate clamped again (the
+            # noisiest step would magnify the gradient ~1/sqrt(alpha_bar) times into it)
+            acp = schedule.at("alphas_cumprod", index, x)
+            recip = schedule.at("sqrt_recip_alphas_cumprod", index, x)
+            recipm1 = schedule.at("sqrt_recipm1_alphas_cumprod", index, x)
+            eps = (recip * x - pred) / recipm1 - (1 - acp).sqrt() * grad
+            pred = pred_xstart(schedule, x, eps, index).clamp(-1, 1)
+            eps = (recip * x - pred) / recipm1
+            prev = schedule.at("alphas_cumprod_prev", index, x)
+            sample = pred * prev.sqrt() + (1 - prev).sqrt() * eps
+        state.sample, state.pred = sample, pred
+        state.iteration += 1
+        return {"image": to_image(pred), **report}
+
+    def run(
+        self,
+        state: SampleState,
+        guidance: Guidance,
+        display_frequency: int,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
+        """Sample to the end of the schedule; returns the final image (B, 3, H, W) in [0, 1].
+
+        ``callback`` gets what :func:`vqclip.loop.optimise.run_loop` reports: every step the
+        losses, every ``display_frequency`` steps (and at the last) the predicted clean image.
+        """
+        for i in iterations(state.first + 1, state.iteration):
+            out = self.step(state, guidance)
+            info = {"iteration": i, **{k: out[k] for k in ("loss", "losses", "terms")}}
+            if i % display_frequency == 0:
+                if not torch.isfinite(out["loss"]):
+                    raise FloatingPointError(
+                        f"loss became {float(out['loss'])} at sampling step {i} (precision "
+                        f"{self.precision}); the frames saved so far are kept. Expected a finite "
+                        "loss: try precision fp32 or a smaller clip_guidance_scale."
+                    )
+                info["image"] = out["image"]
+            if callback:
+                callback(info)
+        return state.image()
+
+
+def clip_guidance(loop: Loop) -> Guidance:
+    """The loop's objective (CLIP on cutouts, the pulls) as a sampler's guidance: minus its
+    gradient with respect to the noisy sample ``x`` (a leaf that requires grad), scored on
+    Crowson's blend of the clean estimate and ``x`` by the step's ``noise`` level (the
+    estimate kept in range for CLIP, the gradient passing the clamp)."""
+
+    def guide(
+        state: SampleState, x: torch.Tensor, pred: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        blend = clamp_with_grad(pred, -1.0, 1.0) * noise + x * (1 - noise)
+        image = (blend + 1) / 2
+        views = make_views(loop, state, image)
+        total, terms, losses = backward_objective(loop, state, image, pred, views)
+        grad = x.grad if x.grad is not None else torch.zeros_like(x)
+        report = {"loss": total.detach(), "losses": losses.detach(), "terms": {k: v.detach() for k, v in terms.items()}}  # fmt: skip
+        return -grad, report
+
+    return guide

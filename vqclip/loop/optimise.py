@@ -67,7 +67,8 @@ class Cuts:
 class Loop:
     """What stays fixed during a run: its parts and settings."""
 
-    generator: Generator  # what is optimised, and how it becomes pixels
+    generator: Generator | None  # what is optimised, and how it becomes pixels; None when the
+    # loop scores a diffusion sample (vqclip.loop.diffusion.Sampler) instead
     perceptors: tuple[Perceptor, ...]  # the CLIPs; their weights are the prompt term's
     objective: Objective  # the prompts and the pulls
     cuts: Cuts
@@ -111,6 +112,51 @@ class LoopState:
         """The composed latent (B, D, h, w), differentiable in every level."""
         return compose_latent(self.levels)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state as plain tensors and numbers (what ``state.pt`` holds)."""
+        return {
+            "iteration": self.iteration,
+            "levels": [level.detach().cpu() for level in self.levels],
+            "start": self.start.cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.rng.get_state(),
+            "average": None if self.average is None else self.average.cpu(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Put a saved state (checked field by field by the reader) into this fresh one, built
+        from the same config."""
+        if "levels" not in saved:
+            raise ValueError("resume: the saved state is a diffusion sample's, but the config optimises")  # fmt: skip
+        shapes = [tuple(level.shape) for level in self.levels]
+        if [tuple(level.shape) for level in saved["levels"]] != shapes:
+            raise ValueError(
+                f"resume: the saved latent has levels {[tuple(x.shape) for x in saved['levels']]}, "
+                f"but the run's config builds {shapes}; was config.json edited?"
+            )
+        if saved["start"].shape != self.start.shape:
+            raise ValueError(f"resume: the saved starting latent is {tuple(saved['start'].shape)}, not {tuple(self.start.shape)}; was state.pt edited?")  # fmt: skip
+        for level, value in zip(self.levels, saved["levels"], strict=True):
+            level.copy_(value)
+        self.start.copy_(saved["start"])
+        average = saved["average"]
+        if average is not None and (
+            not isinstance(average, torch.Tensor) or average.shape != self.start.shape
+        ):
+            raise ValueError(
+                f"resume: the saved average is not a latent of shape {tuple(self.start.shape)}; "
+                "was state.pt edited?"
+            )
+        self.average = None if average is None else average.to(self.start.device)
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.rng.set_state(saved["generator"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            detail = " ".join(str(error).split())[:200]
+            raise ValueError(f"resume: the saved optimizer or generator state does not fit the run ({detail}); was state.pt edited?") from None  # fmt: skip
+        self.iteration = saved["iteration"]
+
 
 def start_state(
     latent: torch.Tensor,
@@ -131,11 +177,11 @@ def start_state(
 
 
 @contextmanager
-def fast_math(loop: Loop, device: torch.device) -> Iterator[None]:
-    """The loop's autocast and, on a CPU, attention by its plain matrix-product kernel: for
-    CLIP's short sequences torch's fused CPU attention is the slower one in bf16, backward
-    above all (docs/performance.md)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(loop.precision)
+def fast_math(precision: str, device: torch.device) -> Iterator[None]:
+    """Autocast to ``precision`` (a loop's, a sampler's) and, on a CPU, attention by its plain
+    matrix-product kernel: for CLIP's short sequences torch's fused CPU attention is the slower
+    one in bf16, backward above all (docs/performance.md)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     attention = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
     with (
         torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
@@ -148,7 +194,7 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     """One iteration; returns the image it scored and the losses (tensors, no host sync)."""
     latent = state.latent
     # 1. The generator renders its parameters: (B, 3, H, W) in [0, 1].
-    with fast_math(loop, latent.device):
+    with fast_math(loop.precision, latent.device):
         image = transformed(loop, loop.generator.decode(latent), state.iteration)
     # 2. Cut and augment, for each perceptor at its input size: (B * cutn, 3, S, S) each.
     views = make_views(loop, state, transformed(loop, image, state.iteration, views=True))
@@ -241,7 +287,7 @@ def _score(
     views: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The objective of a step whose cutouts are all scored at once."""
-    with fast_math(loop, latent.device):
+    with fast_math(loop.precision, latent.device):
         embeds = tuple(p.encode_image(v) for p, v in zip(loop.perceptors, views, strict=True))
     score = partial(image_losses, loop)
     return loop.objective(View(image, latent, state.start, embeds, state.iteration, score))
@@ -271,7 +317,7 @@ def _score_in_batches(
     prompts = None
     for picks in loop.processes.my_batches(cutn, loop.cuts.batches, image.device):
         batch = [leaf.view(rows, cutn, *leaf.shape[1:])[:, picks].flatten(0, 1) for leaf in leaves]
-        with fast_math(loop, latent.device):
+        with fast_math(loop.precision, latent.device):
             embeds = tuple(p.encode_image(b) for p, b in zip(loop.perceptors, batch, strict=True))
         share = len(picks) / cutn
         view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, score, share)  # fmt: skip
@@ -306,7 +352,7 @@ def render(loop: Loop, state: LoopState) -> torch.Tensor:
     """The current image, (B, 3, H, W) in [0, 1]: of the parameters' moving average with
     ``loop.ema``."""
     latent = state.average if loop.ema and state.average is not None else state.latent
-    with fast_math(loop, latent.device):
+    with fast_math(loop.precision, latent.device):
         return transformed(loop, loop.generator.decode(latent), state.iteration).float()
 
 
@@ -335,7 +381,7 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
             F.interpolate(part, (size, size), mode="bilinear", antialias=True)
             for part in region_crops(images, loop.cuts.regions)
         ])  # fmt: skip
-        with fast_math(loop, images.device):
+        with fast_math(loop.precision, images.device):
             embeds = perceptor.encode_image(views)  # (B, E)
         losses = _distances(prompts, embeds, index) * weight
         total = losses if total is None else total + losses

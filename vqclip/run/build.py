@@ -1,8 +1,10 @@
-"""From a resolved config to the loop's parts: checked inputs, models (cached), targets, start.
+"""From a resolved config to the loop's parts: files, checked inputs, models (cached), start.
 
-:func:`check_inputs` checks what can be checked before a model is built; :func:`prepare_loop`
-builds the :class:`~vqclip.loop.optimise.Loop` (generator, perceptor, objective, cuts) and the run's one
-random generator; :func:`prepare` adds the starting state. Models are loaded once per process
+:func:`acquire` fetches every file the config names, once; :func:`check_inputs` checks what can
+be checked before a model is built; :func:`prepare_loop` builds the
+:class:`~vqclip.loop.optimise.Loop` (generator, perceptors, objective, cuts) and the run's one
+random generator; :func:`prepare` adds an optimised generator's starting state and
+:func:`prepare_sample` a diffusion sampler and its start. Models are loaded once per process
 into :data:`MODELS`, an explicit cache (``MODELS.clear()`` frees them).
 """
 
@@ -18,12 +20,11 @@ import torch
 
 from vqclip.core import plugins, presets
 from vqclip.core.config import NOISE_STARTS, GenerationConfig
-from vqclip.core.errors import DownloadError
 from vqclip.core.images import check_image, load_image
 from vqclip.core.prompts import REGIONS, Prompt, parse_prompts, split_prompts
 from vqclip.loop.composition import ContrastTerm, PaletteTerm, SaturationTerm, Tile, symmetric
 from vqclip.loop.cutouts import make_augments
-from vqclip.loop.diffusion import DiffusionGenerator, SampleState, start_sample
+from vqclip.loop.diffusion import Sampler, SampleState
 from vqclip.loop.embeddings import build_targets
 from vqclip.loop.generators import Generator, PixelGenerator, VQGANGenerator
 from vqclip.loop.latents import noise_image
@@ -39,7 +40,7 @@ from vqclip.loop.objective import (
 )
 from vqclip.loop.optimise import Cuts, Loop, LoopState, image_losses, start_state
 from vqclip.loop.perceptors import CLIP_MEAN, CLIP_STD, Perceptor
-from vqclip.models import registry
+from vqclip.models.acquire import RunFiles, acquire, image_sources
 from vqclip.models.openclip import is_open_clip, load_open_clip
 from vqclip.models.prior import load_prior
 from vqclip.models.unet import UNet, UNetSpec, load_unet
@@ -60,12 +61,15 @@ __all__ = [
     "ModelCache",
     "PALETTE",
     "resolve_device",
+    "acquire",
     "check_inputs",
     "load_models",
     "load_parts",
     "palette_start",
     "prepare_loop",
     "prepare",
+    "prepare_sample",
+    "load_sampler",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,14 +136,6 @@ def _image_prompts(config: GenerationConfig) -> list[Prompt]:
     return parse_prompts(config.image_prompts) + targets
 
 
-def _check_image_source(path_or_url: str, field: str) -> None:
-    """A readable image at a path, or fetched (once, into the cache) from a URL."""
-    try:
-        check_image(registry.local_image(path_or_url), field)
-    except DownloadError as error:
-        raise DownloadError(f"{field}: {error}") from None
-
-
 def _check_plugin_names(config: GenerationConfig) -> None:
     """Every term and transform the config names is registered (a plugin may be missing)."""
     for field, named, kinds in (
@@ -153,32 +149,23 @@ def _check_plugin_names(config: GenerationConfig) -> None:
         raise ValueError("transforms: for an optimised image (generator vqgan or pixels); a diffusion sample is not transformed yet")  # fmt: skip
 
 
-def check_inputs(config: GenerationConfig, device: torch.device | None = None) -> None:
-    """Check what can be checked before a model is built: images, model files (fetched), sizes
-    (against ``device``'s memory), the output directory."""
+def check_inputs(
+    config: GenerationConfig, files: RunFiles, device: torch.device | None = None
+) -> None:
+    """Check what can be checked before a model is built, from the files :func:`acquire`
+    fetched: images, model files, sizes (against ``device``'s memory), the output directory."""
     check_output_dir(config.output_dir)
-    if config.init_image:
-        _check_image_source(config.init_image, "init_image")
+    for field, source in image_sources(config):
+        check_image(files.image(source), field)
     if config.init_video:
         check_video(config.init_video, "init_video")
-    for prompt in parse_prompts(config.image_prompts):
-        _check_image_source(prompt.text, "image_prompts")
-    for story in config.stories():
-        for phase in story:
-            for prompt in parse_prompts(phase) + parse_prompts(config.image_prompts):
-                if prompt.region and prompt.region.lower() not in REGIONS:
-                    _check_image_source(prompt.region, "prompts")  # a mask image
-    for path in split_prompts(config.target_images):
-        _check_image_source(path, "target_images")
-    for name, _ in config.clip_models():
-        registry.resolve_clip(name)
     _check_plugin_names(config)
     if config.generator == "vqgan":
-        spec = read_vqgan_spec(registry.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)[0])
+        spec = read_vqgan_spec(files.vqgan[0])
         factor, ddconfig = spec.factor, spec.ddconfig
         what = f"the VQGAN's factor {factor} (model {config.vqgan!r})"
     elif config.generator == "diffusion":
-        unet = _diffusion_spec(config.diffusion_model)[1]
+        unet = UNetSpec.from_dict(files.diffusion[1])
         if config.max_iterations > unet.diffusion_steps:
             raise ValueError(
                 f"max_iterations: {config.max_iterations} sampling steps, but "
@@ -204,25 +191,19 @@ def check_inputs(config: GenerationConfig, device: torch.device | None = None) -
         ddconfig, config.width, config.height, images, device or resolve_device(config.device)
     )
     if config.prior:
-        _load_prior(config.prior, torch.device("cpu"))  # a valid prior file
+        _load_prior(files.prior, torch.device("cpu"))  # a valid prior file
     if config.upscale > 1:
         from vqclip.run.upscale import load_upscaler
 
-        load_upscaler(config.upscaler)  # a valid upscaler file, before the run
+        load_upscaler(config.upscaler, path=files.upscaler)  # a valid upscaler, before the run
 
 
-def _load_prior(name_or_path: str, device: torch.device) -> torch.nn.Module:
-    path = registry.resolve_prior(name_or_path)
+def _load_prior(path: Path, device: torch.device) -> torch.nn.Module:
     return MODELS.get(("prior", path, str(device)), lambda: load_prior(path, device=device))
 
 
-def _diffusion_spec(name_or_path: str) -> tuple[Path, UNetSpec]:
-    path, flags = registry.resolve_diffusion(name_or_path)
-    return path, UNetSpec.from_dict(flags)
-
-
-def _load_unet(name_or_path: str, device: torch.device) -> UNet:
-    path, spec = _diffusion_spec(name_or_path)
+def _load_unet(files: RunFiles, device: torch.device) -> UNet:
+    path, spec = files.diffusion[0], UNetSpec.from_dict(files.diffusion[1])
     return MODELS.get(("diffusion", path, spec, str(device)), lambda: load_unet(path, spec, device))
 
 
@@ -252,32 +233,40 @@ def _load_perceptor(name: str, path: Path, device: torch.device, compiled: bool)
 
 
 def load_models(
-    config: GenerationConfig, device: torch.device
+    config: GenerationConfig, device: torch.device, files: RunFiles | None = None
 ) -> tuple[VQGAN | None, tuple[Perceptor, ...]]:
-    """The config's VQGAN (None for the pixels generator) and CLIPs (as perceptors), fetched
-    into the cache if needed, loaded once per process and rearranged for the loop's speed
-    (:func:`~vqclip.models.vqgan_clip.prepare_for_loop`: the same functions, but not weights to save)."""
+    """The config's VQGAN (None for the pixels generator) and CLIPs (as perceptors), from its
+    ``files`` (default: :func:`acquire`'s), loaded once per process and rearranged for the
+    loop's speed (:func:`~vqclip.models.vqgan_clip.prepare_for_loop`: the same functions, but
+    not weights to save)."""
+    files = files or acquire(config)
     perceptors = tuple(
-        _load_perceptor(name, registry.resolve_clip(name), device, config.compile)
+        _load_perceptor(name, files.clips[name], device, config.compile)
         for name, _ in config.clip_models()
     )
     if config.generator != "vqgan":
         return None, perceptors
-    paths = registry.resolve_vqgan(config.vqgan, config.vqgan_checkpoint)
-    return _load_vqgan(paths, device, config.compile), perceptors
+    return _load_vqgan(files.vqgan, device, config.compile), perceptors
 
 
 def load_parts(
-    config: GenerationConfig, device: torch.device
-) -> tuple[Generator, tuple[Perceptor, ...]]:
-    """The config's generator and perceptors."""
-    vqgan, perceptors = load_models(config, device)
+    config: GenerationConfig, device: torch.device, files: RunFiles
+) -> tuple[Generator | None, tuple[Perceptor, ...]]:
+    """The config's generator (None for diffusion, which is sampled: :func:`load_sampler`) and
+    perceptors."""
+    vqgan, perceptors = load_models(config, device, files)
     if config.generator == "diffusion":
-        unet = _load_unet(config.diffusion_model, device)
-        gen = DiffusionGenerator(unet, config.max_iterations, config.sampler, config.clamp_max)
-        return gen, perceptors
+        return None, perceptors
     generator = PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan)
     return generator, perceptors
+
+
+def load_sampler(config: GenerationConfig, device: torch.device, files: RunFiles) -> Sampler:
+    """The sampler of the config's diffusion model."""
+    unet = _load_unet(files, device)
+    return Sampler.for_unet(
+        unet, config.max_iterations, config.sampler, config.clamp_max, config.precision
+    )
 
 
 def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) -> torch.Tensor:
@@ -296,12 +285,16 @@ def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) ->
 
 
 def _start_latent(
-    config: GenerationConfig, loop: Loop, rng: torch.Generator, device: torch.device
+    config: GenerationConfig,
+    loop: Loop,
+    rng: torch.Generator,
+    device: torch.device,
+    files: RunFiles,
 ) -> torch.Tensor:
     """The parameters the run starts from: (B * best_of, C, h, w)."""
     batch, size = config.batch_size * config.best_of, (config.height, config.width)
     if config.init_image:
-        image = load_image(registry.local_image(config.init_image), size[::-1]).to(device)
+        image = load_image(files.image(config.init_image), size[::-1]).to(device)
         return loop.generator.encode(image).repeat(batch, 1, 1, 1)
     if config.start == "palette":
         return palette_start(loop, config, device)
@@ -318,6 +311,7 @@ def _build_targets(
     rng: torch.Generator,
     device: torch.device,
     prompt_lists: list[str],
+    files: RunFiles,
     regions: dict[str, int] | None = None,
 ) -> list[PerceptorTargets]:
     """Per prompt list (each distinct phase of each image's story), its targets in each
@@ -337,7 +331,7 @@ def _build_targets(
                     parse_prompts(prompts),
                     _image_prompts(config),
                     list(zip(config.noise_prompt_seeds, config.noise_prompt_weights, strict=True)),
-                    lambda path: load_image(registry.local_image(path), size),
+                    lambda path: load_image(files.image(path), size),
                     config.cutn,
                     rng,
                     device,
@@ -350,7 +344,9 @@ def _build_targets(
     return built
 
 
-def region_boxes(config: GenerationConfig) -> dict[str, tuple[float, float, float, float]]:
+def region_boxes(
+    config: GenerationConfig, files: RunFiles
+) -> dict[str, tuple[float, float, float, float]]:
     """Each region the prompts name (every phase's, and the image prompts'), in order, with its
     box as fractions: a named one's, or a mask image's white pixels' bounding box."""
     prompts = [p for story in config.stories() for phase in story for p in parse_prompts(phase)]
@@ -361,7 +357,7 @@ def region_boxes(config: GenerationConfig) -> dict[str, tuple[float, float, floa
         if prompt.region.lower() in REGIONS:
             boxes[prompt.region] = REGIONS[prompt.region.lower()]
             continue
-        mask = load_image(registry.local_image(prompt.region), field="prompts")[0].mean(0) > 0.5
+        mask = load_image(files.image(prompt.region), field="prompts")[0].mean(0) > 0.5
         if not mask.any():
             raise ValueError(f"prompts: the mask {prompt.region!r} has no white pixels; expected white where the prompt applies")  # fmt: skip
         ys, xs = mask.nonzero(as_tuple=True)
@@ -378,6 +374,7 @@ def _prompt_term(
     perceptors: tuple[Perceptor, ...],
     rng: torch.Generator,
     device: torch.device,
+    files: RunFiles,
     regions: dict[str, int] | None = None,
 ) -> PromptTerm:
     """The prompts of every phase: (targets shared by the batch, targets per latent row), the
@@ -386,7 +383,7 @@ def _prompt_term(
     perceptor's space, weighted as ``clip_model`` says."""
     stories = config.stories()
     lists = list(dict.fromkeys(phase for story in stories for phase in story))
-    targets = _build_targets(config, perceptors, rng, device, lists, regions)
+    targets = _build_targets(config, perceptors, rng, device, lists, files, regions)
     built = dict(zip(lists, targets, strict=True))
     phases = []
     for index in range(config.phase_count()):
@@ -404,7 +401,7 @@ def _prompt_term(
 
 
 def _pulls(
-    config: GenerationConfig, device: torch.device, generator: Generator
+    config: GenerationConfig, device: torch.device, generator: Generator | None, files: RunFiles
 ) -> tuple[Term, ...]:
     """The objective's pulls that the config turns on, in the order the loss adds them."""
     pulls: list[Term] = []
@@ -413,9 +410,9 @@ def _pulls(
     if config.smoothness:
         pulls.append(SmoothnessTerm("smoothness", config.smoothness))
     if config.prior and config.prior_weight:
-        prior = _load_prior(config.prior, device)
+        prior = _load_prior(files.prior, device)
         # An optimised generator is pulled in its own parameters; a diffusion sample's pixels.
-        encode = None if config.generator == "diffusion" else generator.encode
+        encode = None if generator is None else generator.encode
         pulls.append(PriorTerm("prior", config.prior_weight, config.prior_ramp, prior, encode))
     if config.generator == "diffusion":  # Crowson's tv on [-1, 1] is 4x ours on [0, 1] pixels
         if config.tv_scale:
@@ -434,16 +431,21 @@ def _pulls(
     return tuple(pulls)
 
 
-def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, torch.Generator]:
-    """The loop for a checked config, and the run's random generator."""
+def prepare_loop(
+    config: GenerationConfig, device: torch.device, files: RunFiles | None = None
+) -> tuple[Loop, torch.Generator]:
+    """The loop for a checked config (from its ``files``, default: :func:`acquire`'s), and
+    the run's random generator."""
     config = presets.apply(config)  # a no-op for a run's resolved config
-    generator, perceptors = load_parts(config, device)
+    files = files or acquire(config)
+    generator, perceptors = load_parts(config, device, files)
     # The seed is fixed before the first random draw; every draw goes through this generator.
     rng = torch.Generator(device=device).manual_seed(config.seed)
-    boxes = region_boxes(config)
+    boxes = region_boxes(config, files)
     regions = {name: index + 1 for index, name in enumerate(boxes)}
     objective = Objective(
-        _prompt_term(config, perceptors, rng, device, regions), _pulls(config, device, generator)
+        _prompt_term(config, perceptors, rng, device, files, regions),
+        _pulls(config, device, generator, files),
     )
     augments = tuple(make_augments(config.augments, p.input_resolution) for p in perceptors)
     cuts = Cuts(
@@ -463,17 +465,33 @@ def prepare_loop(config: GenerationConfig, device: torch.device) -> tuple[Loop, 
     return loop, rng
 
 
-def prepare(config: GenerationConfig, device: torch.device) -> tuple[Loop, LoopState | SampleState]:
-    """The loop and its starting state for a checked config (a diffusion sample's, for the
-    diffusion generator)."""
+def prepare_sample(
+    config: GenerationConfig, device: torch.device, files: RunFiles | None = None
+) -> tuple[Loop, Sampler, SampleState]:
+    """For a checked diffusion config: the loop that scores the sample, the sampler and its
+    starting state, from its ``files`` (default: :func:`acquire`'s)."""
     config = presets.apply(config)
-    loop, rng = prepare_loop(config, device)
+    files = files or acquire(config)
+    loop, rng = prepare_loop(config, device, files)
+    sampler = load_sampler(config, device, files)
+    size, batch = (config.height, config.width), config.batch_size * config.best_of
+    init = None
+    if config.init_image:
+        init = load_image(files.image(config.init_image), size[::-1]).to(device)
+    return loop, sampler, sampler.start(batch, *size, rng, init, config.skip_timesteps)
+
+
+def prepare(
+    config: GenerationConfig, device: torch.device, files: RunFiles | None = None
+) -> tuple[Loop, LoopState]:
+    """The loop and its starting state for a checked config of an optimised generator (vqgan,
+    pixels; diffusion is sampled: :func:`prepare_sample`), from its ``files`` (default:
+    :func:`acquire`'s)."""
+    config = presets.apply(config)
     if config.generator == "diffusion":
-        size, batch = (config.height, config.width), config.batch_size * config.best_of
-        init = None
-        if config.init_image:
-            init = load_image(registry.local_image(config.init_image), size[::-1]).to(device)
-        return loop, start_sample(loop, batch, *size, rng, init, config.skip_timesteps)
-    latent = _start_latent(config, loop, rng, device)
+        raise ValueError("generator: diffusion is sampled, not optimised; prepare_sample builds it")  # fmt: skip
+    files = files or acquire(config)
+    loop, rng = prepare_loop(config, device, files)
+    latent = _start_latent(config, loop, rng, device, files)
     state = start_state(latent, config.optimizer, config.step_size, rng, config.latent_levels)
     return loop, state

@@ -4,7 +4,8 @@
 :func:`resume` drives a stopped one on from its saved state. One driver, :func:`drive`, owns
 what every run shares: frames and state at display steps, Ctrl-C between steps, the final
 images. What it drives is a :class:`_Job`: the optimisation of one image (a plain run, a story,
-a zoom video), or the restyling of a video, a run per frame.
+a zoom video, an animation), the sampling of a diffusion image, or the restyling of a video, a
+run per frame.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from vqclip.core.config import GenerationConfig, resolve_seed
 from vqclip.core.files import write_atomic
 from vqclip.core.images import to_uint8
 from vqclip.core.limits import read_text
+from vqclip.loop.diffusion import clip_guidance
 from vqclip.loop.optimise import Callback, best_candidates, render
 from vqclip.loop.processes import ONE_PROCESS, Processes
+from vqclip.models.acquire import RunFiles, acquire
 from vqclip.models.tuning import keep_freed_memory, measure_precision
-from vqclip.run.build import check_inputs, prepare, prepare_loop, resolve_device
+from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
 from vqclip.run.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from
 from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames
-from vqclip.run.runstate import STATE, read_state, restore_state, save_state, stop_between_steps
+from vqclip.run.runstate import STATE, read_state, save_state, stop_between_steps
 from vqclip.run.stories import loop_at, run_schedule
 
 __all__ = [
@@ -108,8 +111,9 @@ def generate(
     config = from_main(processes, lambda: resolve_config(config, device))
     processes.check(config)
     _check_remote(config, remote)
-    check_inputs(config, device)
-    return drive(config, None, device, None, callback, processes=processes, remote=remote)
+    files = acquire(config)
+    check_inputs(config, files, device)
+    return drive(config, None, device, None, callback, processes=processes, remote=remote, files=files)  # fmt: skip
 
 
 def from_main(processes: Processes, resolve: Callable[[], GenerationConfig]) -> GenerationConfig:
@@ -152,8 +156,9 @@ def resume(
     config, saved = _unpack(shared)
     processes.check(config)
     device = resolve_device(processes.device_name(config.device))
-    check_inputs(config, device)
-    return drive(config, run_dir, device, saved, callback, processes=processes)
+    files = acquire(config)
+    check_inputs(config, files, device)
+    return drive(config, run_dir, device, saved, callback, processes=processes, files=files)
 
 
 def _read_resumable(run_dir: Path, max_iterations: int | None) -> bytes:
@@ -234,17 +239,21 @@ def drive(
     *,
     processes: Processes = ONE_PROCESS,
     remote: Remote | None = None,
+    files: RunFiles | None = None,
 ) -> RunResult:
     """Run a resolved, checked config into ``run_dir`` (None: a new one, made once the models
     are ready), from the ``saved`` state of :func:`~vqclip.run.runstate.read_state` when resuming:
-    the one driver of every run. Under torch.distributed only rank 0 writes: the others'
-    results have no run directory."""
+    the one driver of every run, from the config's ``files`` (default: :func:`acquire`'s).
+    Under torch.distributed only rank 0 writes: the others' results have no run directory."""
     if device.type == "cpu":
         keep_freed_memory()
+    files = files or acquire(config)
     if config.init_video:
-        job: _Job = _Restyle(config, device, remote)
+        job: _Job = _Restyle(config, device, remote, files)
+    elif config.generator == "diffusion":
+        job = _Sample(config, device, saved, processes, files)
     else:
-        job = _Optimise(config, device, saved, processes)
+        job = _Optimise(config, device, saved, processes, files)
     if processes.is_main():
         run_dir = run_dir or create_run_dir(config)
     job.start(run_dir if processes.is_main() else None)
@@ -266,14 +275,16 @@ def drive(
             raise MemoryError(_out_of_memory(config, device, job)) from None
     image, finals = job.finish(interrupted)
     frames = tuple(job.writer.saved)
-    upscaled = _upscale(finals, config, device) if config.upscale > 1 and finals else []
+    upscaled = _upscale(finals, config, device, files) if config.upscale > 1 and finals else []
     return RunResult(run_dir, image.cpu(), config, frames, interrupted, tuple(finals), tuple(upscaled))  # fmt: skip
 
 
-def _upscale(finals: list[Path], config: GenerationConfig, device: torch.device) -> list[Path]:
+def _upscale(
+    finals: list[Path], config: GenerationConfig, device: torch.device, files: RunFiles
+) -> list[Path]:
     from vqclip.run.upscale import load_upscaler, upscale_file
 
-    upscaler = load_upscaler(config.upscaler, device)
+    upscaler = load_upscaler(config.upscaler, device, files.upscaler)
     return [upscale_file(path, config.upscale, upscaler) for path in finals]
 
 
@@ -310,15 +321,16 @@ class _Optimise(_Job):
         device: torch.device,
         saved: dict | None,
         processes: Processes,
+        files: RunFiles,
     ) -> None:
         self.config, self.saved = config, saved
-        loop, self.state = prepare(config, device)
+        loop, self.state = prepare(config, device, files)
         self.loop = replace(loop, processes=processes)
         self.image: torch.Tensor | None = None
 
     def start(self, run_dir: Path | None) -> None:
         if self.saved is not None:  # resuming: the state goes in, what came after goes aside
-            restore_state(self.state, self.saved)
+            self.state.load_state_dict(self.saved)
         if self.saved is not None and run_dir is not None:
             aside = set_aside_from(run_dir, self.state.iteration)
             if aside:
@@ -342,11 +354,14 @@ class _Optimise(_Job):
     def run(self, report: Callback) -> None:
         self.image = run_schedule(self.loop, self.state, self.config, report)
 
+    def _render(self) -> torch.Tensor:
+        return render(self.loop, self.state)
+
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         loop, state, writer = self.loop, self.state, self.writer
         if self.between_steps or not interrupted:  # else the last display step's state stays
             self._save_state()
-        image = render(loop, state) if self.image is None else self.image
+        image = self._render() if self.image is None else self.image
         image = best_candidates(
             loop_at(loop, state.iteration, self.config), image, self.config.best_of
         )
@@ -356,15 +371,39 @@ class _Optimise(_Job):
         return image, writer.save("final", [to_uint8(x) for x in image], state.iteration)
 
 
+class _Sample(_Optimise):
+    """One diffusion sample, guided by the loop's objective: frames and state at display steps."""
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        device: torch.device,
+        saved: dict | None,
+        processes: Processes,
+        files: RunFiles,
+    ) -> None:
+        self.config, self.saved = config, saved
+        loop, self.sampler, self.state = prepare_sample(config, device, files)
+        self.loop = replace(loop, processes=processes)
+        self.image: torch.Tensor | None = None
+
+    def run(self, report: Callback) -> None:
+        guidance = clip_guidance(self.loop)
+        self.image = self.sampler.run(self.state, guidance, self.config.display_frequency, report)
+
+    def _render(self) -> torch.Tensor:
+        return self.state.image()
+
+
 class _Restyle(_Job):
     """A video restyled frame by frame (:mod:`vqclip.run.restyle`), keeping the frames a stopped
     run made; ``final.png`` is the last frame's result."""
 
     def __init__(
-        self, config: GenerationConfig, device: torch.device, remote: Remote | None
+        self, config: GenerationConfig, device: torch.device, remote: Remote | None, files: RunFiles
     ) -> None:
         self.config, self.remote = config, remote
-        self.loop, self.rng = (None, None) if remote else prepare_loop(config, device)
+        self.loop, self.rng = (None, None) if remote else prepare_loop(config, device, files)
 
     def start(self, run_dir: Path) -> None:
         self.writer = FrameWriter(run_dir, self.config)

@@ -29,7 +29,7 @@ from vqclip.loop.diffusion import SampleState
 from vqclip.loop.optimise import LoopState
 from vqclip.models.checkpoints import load_checkpoint
 
-__all__ = ["STATE", "save_state", "read_state", "restore_state", "stop_between_steps"]
+__all__ = ["STATE", "save_state", "read_state", "stop_between_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +40,8 @@ _SAMPLE_KEYS = {"iteration", "sample", "pred", "start", "generator"}
 
 def save_state(state: LoopState | SampleState, path: Path) -> None:
     """Write ``state`` to ``path`` atomically (a reader never sees half a file)."""
-    if isinstance(state, SampleState):
-        saved = {
-            "iteration": state.iteration,
-            "sample": state.sample.detach().cpu(),
-            "pred": None if state.pred is None else state.pred.detach().cpu(),
-            "start": state.start.cpu(),
-            "generator": state.rng.get_state(),
-        }
-    else:
-        saved = {
-            "iteration": state.iteration,
-            "levels": [level.detach().cpu() for level in state.levels],
-            "start": state.start.cpu(),
-            "optimizer": state.optimizer.state_dict(),
-            "generator": state.rng.get_state(),
-            "average": None if state.average is None else state.average.cpu(),
-        }
     buffer = io.BytesIO()
-    torch.save(saved, buffer)
+    torch.save(state.state_dict(), buffer)
     write_atomic(path, buffer.getvalue())
 
 
@@ -111,68 +94,6 @@ def _is(value: Any, kinds: tuple[type, ...]) -> bool:
 
 def _kind(value: Any) -> str:
     return type(value).__name__
-
-
-@torch.no_grad()
-def restore_state(state: LoopState | SampleState, saved: dict[str, Any]) -> None:
-    """Put a saved state into ``state``, a fresh one built from the same config."""
-    if isinstance(state, SampleState):
-        _restore_sample(state, saved)
-        return
-    if "levels" not in saved:
-        raise ValueError("resume: the saved state is a diffusion sample's, but the config optimises")  # fmt: skip
-    shapes = [tuple(level.shape) for level in state.levels]
-    if [tuple(level.shape) for level in saved["levels"]] != shapes:
-        raise ValueError(
-            f"resume: the saved latent has levels {[tuple(x.shape) for x in saved['levels']]}, "
-            f"but the run's config builds {shapes}; was config.json edited?"
-        )
-    if saved["start"].shape != state.start.shape:
-        raise ValueError(f"resume: the saved starting latent is {tuple(saved['start'].shape)}, not {tuple(state.start.shape)}; was state.pt edited?")  # fmt: skip
-    for level, value in zip(state.levels, saved["levels"], strict=True):
-        level.copy_(value)
-    state.start.copy_(saved["start"])
-    average = saved["average"]
-    if average is not None and (
-        not isinstance(average, torch.Tensor) or average.shape != state.start.shape
-    ):
-        raise ValueError(
-            f"resume: the saved average is not a latent of shape {tuple(state.start.shape)}; "
-            "was state.pt edited?"
-        )
-    state.average = None if average is None else average.to(state.start.device)
-    try:
-        state.optimizer.load_state_dict(saved["optimizer"])
-        state.rng.set_state(saved["generator"])
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-        detail = " ".join(str(error).split())[:200]
-        raise ValueError(f"resume: the saved optimizer or generator state does not fit the run ({detail}); was state.pt edited?") from None  # fmt: skip
-    state.iteration = saved["iteration"]
-
-
-def _restore_sample(state: SampleState, saved: dict[str, Any]) -> None:
-    sample = saved.get("sample")
-    if not isinstance(sample, torch.Tensor) or sample.shape != state.sample.shape:
-        got = tuple(sample.shape) if isinstance(sample, torch.Tensor) else "no sample"
-        raise ValueError(
-            f"resume: the saved diffusion sample is {got}, but the run's config builds "
-            f"{tuple(state.sample.shape)}; was config.json edited?"
-        )
-    iteration = saved["iteration"]
-    if not isinstance(iteration, int) or not 0 <= iteration <= state.first + 1:
-        raise ValueError(f"resume: the saved step {iteration!r} is outside the run's schedule")
-    pred = saved["pred"]
-    if saved["start"].shape != state.start.shape or (pred is not None and pred.shape != sample.shape):  # fmt: skip
-        raise ValueError("resume: the saved start or estimate does not fit the run's sample; was state.pt edited?")  # fmt: skip
-    device = state.sample.device
-    state.sample = sample.to(device)
-    state.pred = None if saved["pred"] is None else saved["pred"].to(device)
-    state.start = saved["start"].to(device)
-    try:
-        state.rng.set_state(saved["generator"])
-    except (TypeError, RuntimeError) as error:
-        raise ValueError(f"resume: the saved generator state does not fit ({' '.join(str(error).split())[:200]})") from None  # fmt: skip
-    state.iteration = iteration
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ import torch
 
 from vqclip.core.config import GenerationConfig
 from vqclip.core.prompts import is_keyed, split_keyed
-from vqclip.loop.diffusion import SampleState, run_sampler
 from vqclip.loop.optimise import Callback, Loop, LoopState, render, run_loop, start_state
 from vqclip.run.motion import CameraPath, depth_pixels, warp_2d
 
@@ -110,15 +109,13 @@ def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
 
 def run_schedule(
     loop: Loop,
-    state: LoopState | SampleState,
+    state: LoopState,
     config: GenerationConfig,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """:func:`vqclip.loop.optimise.run_loop` up to ``config.max_iterations``, segment by segment: a
-    new segment at each change of prompt phase and at each zoom (a diffusion sample, which has
-    neither, to the end of its schedule). Returns the final image."""
-    if isinstance(state, SampleState):
-        return run_sampler(loop, state, config.display_frequency, callback)
+    new segment at each change of prompt phase, at each zoom and at each animation frame.
+    Returns the final image."""
     phases = len(loop.objective.prompts.phases) or 1
     display, report = config.display_frequency, callback
     path = None

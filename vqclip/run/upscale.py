@@ -24,6 +24,7 @@ import torch
 from vqclip.core.config import SCALES
 from vqclip.core.images import image_tensor, load_image, to_uint8
 from vqclip.core.limits import read_text
+from vqclip.models.acquire import LANCZOS
 
 __all__ = [
     "LANCZOS",
@@ -38,7 +39,6 @@ __all__ = [
     "upscale_pixels",
 ]
 
-LANCZOS = "lanczos"  # no weights: PIL's Lanczos filter
 MAX_OUTPUT_PIXELS = 64_000_000  # an 8000x8000 result; its float copy alone is 768 MB
 MAX_PARAMETERS = 200_000_000  # the largest published upscalers hold ~40M
 TILE = 256  # a model sees at most this many input pixels a side at once: bounded memory
@@ -110,9 +110,12 @@ def _tiled(model: Any, image: torch.Tensor, tile: int, pad: int) -> torch.Tensor
     return out
 
 
-def load_upscaler(name_or_path: str, device: str | torch.device = "cpu") -> Upscaler:
+def load_upscaler(
+    name_or_path: str, device: str | torch.device = "cpu", path: Path | None = None
+) -> Upscaler:
     """``"lanczos"``, a registry name (``"RealESRGAN_x4plus"``, ``"shapes-upscaler"``) or a
-    path to an upscaler's weights, ready to run on ``device``."""
+    path to an upscaler's weights, ready to run on ``device``; ``path``: its file, already
+    acquired (:func:`vqclip.models.acquire.acquire`)."""
     if name_or_path == LANCZOS:
         return Upscaler(LANCZOS, 0)
     from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
@@ -121,7 +124,7 @@ def load_upscaler(name_or_path: str, device: str | torch.device = "cpu") -> Upsc
     from vqclip.models.checkpoints import load_weights
     from vqclip.models.registry import resolve_upscaler
 
-    path = resolve_upscaler(name_or_path)
+    path = path or resolve_upscaler(name_or_path)
     state = load_weights(path, "upscaler")
     tensors = [v for v in _leaves(state) if isinstance(v, torch.Tensor)]
     if sum(t.numel() for t in tensors) > MAX_PARAMETERS:

@@ -406,3 +406,42 @@ def test_one_call_fetches_every_file_and_checking_and_building_fetch_nothing(
     check_inputs(config, files)
     prepare(config, resolve_device("cpu"), files)
     assert len(_Handler.log) == 3  # nothing more was fetched
+
+
+def test_raft_weights_come_from_a_registry_row_hashed_and_a_pickle_with_code_is_refused(
+    server: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from torchvision.models.optical_flow import raft_small
+
+    from vqclip.models.download import sha256_file
+    from vqclip.models.flow import flow_estimator, load_raft
+
+    torch.manual_seed(0)
+    torch.save(raft_small(weights=None).state_dict(), tmp_path / "raft.pth")  # torchvision's format
+    _Handler.files["raft.pth"] = (tmp_path / "raft.pth").read_bytes()
+    prefix = sha256_file(tmp_path / "raft.pth")[:8]  # what torchvision publishes in its file names
+
+    def row(sha: str) -> registry.ModelEntry:
+        file = registry.ModelFile("raft_small.pth", (f"{server}/ok/raft.pth",), sha)
+        return registry.ModelEntry("raft_small", "flow", (file,), 4.0)
+
+    monkeypatch.setitem(registry.REGISTRY, "raft_small", row("0" * 8))
+    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
+        flow_estimator("raft_small")
+    monkeypatch.setitem(registry.REGISTRY, "raft_small", row(prefix))
+    estimate = flow_estimator("raft_small")
+    assert [path for path, _ in _Handler.log] == ["/ok/raft.pth", "/ok/raft.pth"]
+    a, b = torch.rand(1, 3, 44, 60), torch.rand(1, 3, 44, 60)  # smaller than RAFT takes: padded
+    assert estimate(a, b).shape == (1, 2, 44, 60)
+    flow_estimator("raft_small")  # cached, and checked against the recorded full hash
+    assert len(_Handler.log) == 2
+
+    class Payload:  # a pickle that would run code when unpickled by plain torch.load
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (tmp_path / "ran",))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError):
+        load_raft(tmp_path / "evil.pth", large=False)
+    assert not (tmp_path / "ran").exists()

@@ -197,10 +197,9 @@ def test_sweep_files_are_checked_before_anything_runs(tmp_path: Path) -> None:
 def test_ray_with_frames_that_follow_or_without_a_video_is_refused(tiny_config: GenerationConfig) -> None:  # fmt: skip
     with pytest.raises(ValueError, match="--ray: spreads a restyle's frames"):
         generate(tiny_config, remote=on_ray("local"))
-    with pytest.raises(ValueError, match="made one after another"):
-        generate(
-            tiny_config.replace(init_video="in.mp4", frame_init_weight=0.5), remote=on_ray("local")
-        )
+    for follow in ({"frame_init_weight": 0.5}, {"flow_warp": True}):
+        with pytest.raises(ValueError, match="made one after another"):
+            generate(tiny_config.replace(init_video="in.mp4", **follow), remote=on_ray("local"))
 
 
 def test_stopping_a_local_ray_ends_its_processes_and_no_one_elses(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ _TEXT_FIELDS = (
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
     "upscaler", "terms", "transforms", "animation_mode", "padding_mode", "sampling_mode",
-    "depth_model", *SCHEDULES, "symmetry", "palette", "soundtrack",
+    "depth_model", *SCHEDULES, "symmetry", "palette", "soundtrack", "flow_estimator",
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler", "soundtrack")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -173,6 +173,10 @@ class GenerationConfig:
     video_fps: float = _field(0.0, "restyle init_video sampled at this frame rate (the stride that comes nearest); 0: every video_stride-th frame", VIDEO)  # fmt: skip
     frame_init_weight: float = _field(0.0, "restyle: each frame starts from this blend of the previous frame's result with its own source frame (0: the source alone; 0.5: half each)", VIDEO)  # fmt: skip
     temporal_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result (pixel MSE), 0 = off", VIDEO)  # fmt: skip
+    flow_warp: bool = _field(False, "restyle: start each frame from the previous frame's result warped along the source's optical flow, where the flow holds", VIDEO)  # fmt: skip
+    flow_blend: float = _field(1.0, "restyle with flow_warp: the share of the warped result in a frame's start where the flow holds (the source frame elsewhere)", VIDEO)  # fmt: skip
+    flow_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result warped along the flow, where it holds (pixel MSE), 0 = off", VIDEO)  # fmt: skip
+    flow_estimator: str = _field("dis", 'restyle with flow: "dis" (OpenCV, no weights), "raft_small" or "raft_large" (torchvision\'s RAFT, weights from the registry), or a plugin\'s', VIDEO)  # fmt: skip
     # -- animation
     animation_mode: str = _field("none", '"2D" moves the picture, "3D" a camera through it (with depth_model), between frames; "none": one image', ANIMATION)  # fmt: skip
     max_frames: int = _field(0, "animation: how many frames", ANIMATION)
@@ -254,7 +258,7 @@ class GenerationConfig:
             _non_negative_number: ("soundtrack_offset", "smoothness", "prior_weight", "clip_guidance_scale",
                                    "tv_scale", "range_scale", "clamp_max", "video_fps",
                                    "temporal_weight", "palette_weight", "saturation_weight",
-                                   "contrast_weight"),
+                                   "contrast_weight", "flow_weight"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps", "max_frames",
                                 "first_frame_steps"),
@@ -340,12 +344,16 @@ class GenerationConfig:
         object.__setattr__(self, "batch_size", len(self.batch_prompts))
 
     def _check_video(self) -> None:
-        if not _is_number(self.frame_init_weight) or not 0 <= self.frame_init_weight <= 1:
-            raise ValueError(f"frame_init_weight: expected 0 to 1, got {self.frame_init_weight!r}")
+        if not isinstance(self.flow_warp, bool):
+            raise ValueError(f"flow_warp: expected true or false, got {self.flow_warp!r}")
+        for name in ("frame_init_weight", "flow_blend"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name}: expected 0 to 1, got {value!r}")
         if not _is_number(self.ema) or not 0 <= self.ema < 1:
             raise ValueError(f"ema: expected a decay from 0 (off) up to, not including, 1; got {self.ema!r}")  # fmt: skip
         if not self.init_video:
-            for name in ("video_fps", "frame_init_weight", "temporal_weight"):
+            for name in ("video_fps", "frame_init_weight", "temporal_weight", "flow_warp", "flow_weight"):  # fmt: skip
                 if getattr(self, name):
                     raise ValueError(
                         f"{name}: {getattr(self, name)!r} is for restyling a video; set init_video or leave it at 0"  # fmt: skip
@@ -477,6 +485,10 @@ class GenerationConfig:
         """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
         ``batch_prompts``, or the one list of ``prompts`` that every image shares."""
         return [split_phases(prompts) for prompts in self.batch_prompts or (self.prompts,)]
+
+    def follows_flow(self) -> bool:
+        """Whether a restyle warps the previous result along the source's optical flow."""
+        return bool(self.flow_warp or self.flow_weight)
 
     def has_regions(self) -> bool:
         """Whether a prompt (of any phase, or an image prompt) names where it applies."""

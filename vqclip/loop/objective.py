@@ -150,15 +150,19 @@ class RangeTerm(Term):
 
 @dataclass(frozen=True)
 class TemporalTerm(Term):
-    """A restyled frame's pull toward the previous frame's result: the pixels' mean squared
-    difference, per image, summed over the batch."""
+    """A restyled frame's pull toward the previous frame's result (or that result warped along
+    the flow, where ``mask`` says the flow holds): the pixels' mean squared difference, per
+    image, summed over the batch."""
 
     name: str = "temporal"
     target: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], one per image of the batch
+    mask: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1]: where the pull applies; None: all
 
     def __call__(self, view: View) -> Loss:
-        error = (view.image - self.target).pow(2).mean((1, 2, 3)).sum()
-        return Loss(error * self.weight_at(view.iteration))
+        error = (view.image - self.target).pow(2)
+        if self.mask is not None:
+            error = error * self.mask
+        return Loss(error.mean((1, 2, 3)).sum() * self.weight_at(view.iteration))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class RunFiles:
     diffusion: tuple[Path, dict] | None = None  # weights, flags (read, not yet checked)
     prior: Path | None = None
     upscaler: Path | None = None  # None for "lanczos" or no upscale
+    flow: Path | None = None  # a restyle's flow estimator's weights (RAFT's); None: none needed
     images: dict[str, Path] = field(default_factory=dict)  # path or URL -> local file
 
     def image(self, source: str) -> Path:
@@ -70,4 +71,10 @@ def acquire(config: GenerationConfig) -> RunFiles:
         prior = registry.resolve_prior(config.prior)
     if config.upscale > 1 and config.upscaler and config.upscaler != LANCZOS:
         upscaler = registry.resolve_upscaler(config.upscaler)
-    return RunFiles(clips, vqgan, diffusion, prior, upscaler, images)
+    flow = None
+    if config.follows_flow() and config.flow_estimator in registry.model_names("flow"):
+        flow = registry.resolve_flow(config.flow_estimator)
+    return RunFiles(
+        clips=clips, vqgan=vqgan, diffusion=diffusion, prior=prior, upscaler=upscaler,
+        flow=flow, images=images,
+    )  # fmt: skip

@@ -45,7 +45,9 @@ class ModelFile:
 
     name: str  # file name in the model's cache directory
     urls: tuple[str, ...] = ()  # the source first, then mirrors, tried in turn
-    sha256: str | None = None  # published hash, if any; otherwise recorded at first download
+    # The published hash, if any (or, as torchvision publishes its files, its first 8 or more
+    # hex digits: the full one is then recorded at first download); else recorded then.
+    sha256: str | None = None
     kind: str = "checkpoint"  # checkpoint, yaml, clip, json or safetensors: checked after download
 
 
@@ -76,20 +78,26 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _matches(actual: str, expected: str) -> bool:
+    """Whether a file's SHA-256 is the one expected: all of it, or a published prefix."""
+    return actual == expected or (8 <= len(expected) < 64 and actual.startswith(expected))
+
+
 def _verify_cached(path: Path, expected: str | None) -> None:
-    """Check a cached file against its published or recorded SHA-256."""
+    """Check a cached file against its published and recorded SHA-256."""
     recorded = _sidecar(path).read_text().strip() if _sidecar(path).is_file() else None
-    want = expected or recorded
-    if want is None:
+    wanted = [want for want in (expected, recorded) if want]
+    if not wanted:
         return
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
     actual = _verified.get(key) or sha256_file(path)
-    if actual != want:
-        raise DownloadError(
-            f"{path} does not match its SHA-256 (expected {want}, got {actual}); "
-            "delete it and download it again"
-        )
+    for want in wanted:
+        if not _matches(actual, want):
+            raise DownloadError(
+                f"{path} does not match its SHA-256 (expected {want}, got {actual}); "
+                "delete it and download it again"
+            )
     _verified[key] = actual
 
 
@@ -213,8 +221,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _accept(part: Path, path: Path, sha256: str | None) -> Path:
-    digest = sha256 or sha256_file(part)
-    if sha256 is None:  # nothing published: record the first good download's hash, first
+    digest = sha256 if sha256 and len(sha256) == 64 else sha256_file(part)
+    if digest != sha256:  # not all published: record the first good download's hash, first
         write_atomic(_sidecar(path), (digest + "\n").encode())
     os.replace(part, path)
     log.info("downloaded %s (sha256 %s)", path, digest)
@@ -349,7 +357,7 @@ def _check_kind(part: Path, kind: str) -> None:
 
 
 def _check_hash(part: Path, sha256: str | None) -> None:
-    if sha256 is not None and (actual := sha256_file(part)) != sha256:
+    if sha256 is not None and not _matches(actual := sha256_file(part), sha256):
         raise _BadFile(f"SHA-256 mismatch (expected {sha256}, got {actual}); file discarded")
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "resolve_prior",
     "resolve_diffusion",
     "resolve_upscaler",
+    "resolve_flow",
     "local_image",
     "model_names",
     "entry_paths",
@@ -137,6 +138,20 @@ def _upscaler(name: str, release: str, mb: float, sha: str) -> ModelEntry:
     return ModelEntry(name, "upscaler", (file,), mb)
 
 
+# torchvision's RAFT weights (the defaults of its builders), fetched by vqclip's downloader;
+# torchvision publishes the SHA-256's first 8 hex digits, in the file name.
+_TORCHVISION = "https://download.pytorch.org/models/"
+_RAFT = (
+    ("raft_small", "raft_small_C_T_V2-01064c6d.pth", 3.9),
+    ("raft_large", "raft_large_C_T_SKHT_V2-ff5fadd5.pth", 20.1),
+)
+
+
+def _raft(name: str, file: str, mb: float) -> ModelEntry:
+    sha = file.rsplit("-", 1)[1].split(".")[0]
+    return ModelEntry(name, "flow", (ModelFile(f"{name}.pth", (_TORCHVISION + file,), sha),), mb)
+
+
 def _clip(name: str, path: str) -> ModelEntry:
     digest = path.split("/")[0]
     file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
@@ -187,6 +202,7 @@ REGISTRY: dict[str, ModelEntry] = {
         *(_open_clip(name, *row) for name, row in _OPEN_CLIP.items()),
         *(_diffusion(*row) for row in _DIFFUSION),
         *(_upscaler(*row) for row in _UPSCALERS),
+        *(_raft(*row) for row in _RAFT),
     )
 }
 
@@ -220,7 +236,7 @@ def entry_dir(entry: ModelEntry) -> Path:
 
 
 _FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior", "diffusion": "diffusion_model",
-           "upscaler": "upscaler"}  # fmt: skip
+           "upscaler": "upscaler", "flow": "flow_estimator"}  # fmt: skip
 
 
 def _entry(name: str, family: str) -> ModelEntry:
@@ -305,6 +321,12 @@ def resolve_upscaler(name_or_path: str, fetch: bool = True) -> Path:
     """A registry name (``"RealESRGAN_x4plus"``, ``"shapes-upscaler"``) or a path to an
     upscaler's weights (``.pth``, ``.pt`` or ``.safetensors``)."""
     return _resolve_one_file(name_or_path, "upscaler", fetch)
+
+
+def resolve_flow(name_or_path: str, fetch: bool = True) -> Path:
+    """A registry name (``"raft_small"``, ``"raft_large"``) or a path to RAFT weights in
+    torchvision's file format."""
+    return _resolve_one_file(name_or_path, "flow", fetch)
 
 
 def resolve_diffusion(name_or_path: str, fetch: bool = True) -> tuple[Path, dict]:

@@ -41,6 +41,7 @@ from vqclip.loop.objective import (
 from vqclip.loop.optimise import Cuts, Loop, LoopState, image_losses, start_state
 from vqclip.loop.perceptors import CLIP_MEAN, CLIP_STD, Perceptor
 from vqclip.models.acquire import RunFiles, acquire, image_sources
+from vqclip.models.flow import check_flow_estimator
 from vqclip.models.openclip import is_open_clip, load_open_clip
 from vqclip.models.prior import load_prior
 from vqclip.models.unet import UNet, UNetSpec, load_unet
@@ -159,6 +160,8 @@ def check_inputs(
         check_image(files.image(source), field)
     if config.init_video:
         check_video(config.init_video, "init_video")
+    if config.follows_flow():
+        check_flow_estimator(config.flow_estimator)
     _check_plugin_names(config)
     if config.generator == "vqgan":
         spec = read_vqgan_spec(files.vqgan[0])

@@ -27,6 +27,7 @@ from vqclip.loop.diffusion import clip_guidance
 from vqclip.loop.optimise import Callback, best_candidates, render
 from vqclip.loop.processes import ONE_PROCESS, Processes
 from vqclip.models.acquire import RunFiles, acquire
+from vqclip.models.flow import flow_estimator
 from vqclip.models.tuning import keep_freed_memory, measure_precision
 from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
 from vqclip.run.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from
@@ -128,10 +129,11 @@ def _check_remote(config: GenerationConfig, remote: Remote | None) -> None:
         return
     if not config.init_video:
         raise ValueError("--ray: spreads a restyle's frames over a cluster (give init_video); for many images, vqclip sweep")  # fmt: skip
-    if config.frame_init_weight or config.temporal_weight:
+    if config.frame_init_weight or config.temporal_weight or config.follows_flow():
         raise ValueError(
-            "--ray: frames that follow the previous result (frame_init_weight, temporal_weight) "
-            "are made one after another; leave them at 0 to restyle on a cluster"
+            "--ray: frames that follow the previous result (frame_init_weight, temporal_weight, "
+            "flow_warp, flow_weight) are made one after another; leave them off to restyle on "
+            "a cluster"
         )
 
 
@@ -404,6 +406,9 @@ class _Restyle(_Job):
     ) -> None:
         self.config, self.remote = config, remote
         self.loop, self.rng = (None, None) if remote else prepare_loop(config, device, files)
+        self.estimate = None
+        if config.follows_flow():
+            self.estimate = flow_estimator(config.flow_estimator, device, files.flow)
 
     def start(self, run_dir: Path) -> None:
         self.writer = FrameWriter(run_dir, self.config)
@@ -411,7 +416,9 @@ class _Restyle(_Job):
         set_aside_from(run_dir, done)  # an earlier video of the frames
 
     def run(self, report: Callback) -> None:
-        restyle_frames(self.config, self.loop, self.rng, self.writer, report, self.remote)
+        restyle_frames(
+            self.config, self.loop, self.rng, self.writer, report, self.remote, self.estimate
+        )
 
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         if not self.writer.saved:

@@ -8,8 +8,12 @@ Each frame of ``init_video`` (every ``video_stride``-th, or those nearest ``vide
 Independent frames still flicker: each finds its own way to the prompts. With
 ``frame_init_weight`` a frame starts from the previous frame's result blended with its own
 source frame, and with ``temporal_weight`` it is pulled toward that result, as the video tools
-of pytti-core and Disco Diffusion do. The previous result is read back from its saved PNG, so
-that a stopped restyle goes on, from the first frame missing, exactly as it would have.
+of pytti-core and Disco Diffusion do. Once anything moves, those compare pixels that do not
+correspond: with ``flow_warp`` the previous result is first warped along the source's optical
+flow (:mod:`vqclip.models.flow`) and blended in only where the flow holds (the forward-backward
+check of Ruder et al.), and ``flow_weight`` pulls the frame toward that warp there. The previous
+result is read back from its saved PNG and the flow estimated from the source frames, so that a
+stopped restyle goes on, from the first frame missing, exactly as it would have.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from vqclip.core.config import GenerationConfig
 from vqclip.core.images import image_tensor, load_image, to_uint8
 from vqclip.loop.objective import TemporalTerm
 from vqclip.loop.optimise import Callback, Loop, best_candidates, run_loop, start_state
+from vqclip.models.flow import FlowFn, consistent, flows, warp
 from vqclip.run.frames import FrameWriter, frame_iteration
 from vqclip.run.video import count_video_frames, frame_stride, read_video_frames
 
@@ -55,9 +60,11 @@ def restyle_frames(
     writer: FrameWriter,
     callback: Callback | None = None,
     remote: Remote | None = None,
+    estimate: FlowFn | None = None,
 ) -> int:
     """Restyle every frame of ``config.init_video`` that ``writer`` has not saved yet; returns
-    how many it made. Reports carry the frame index as ``"frame"``. ``remote``: where the
+    how many it made. Reports carry the frame index as ``"frame"``. ``estimate``: the flow
+    estimator of a restyle that follows the flow (``config.follows_flow()``). ``remote``: where the
     frames are restyled instead of here (handed in by the caller, such as
     :func:`vqclip.scale.cluster.on_ray`: the Ray cluster at an address): it takes the config and
     the ``(index, pixels)`` frames, and yields ``(index, images)`` in order."""
@@ -73,8 +80,10 @@ def restyle_frames(
             made += 1
         return made
     draws = rng.get_state()  # every frame's run starts its draws here
-    follow = config.frame_init_weight or config.temporal_weight
+    follow = config.frame_init_weight or config.temporal_weight or config.follows_flow()
+    source = None  # the previous source frame, resized as the run sees it
     for index, pixels in enumerate(frames):
+        before, source = source, _source(config, pixels, rng.device)
         if index in done:
             continue
 
@@ -84,12 +93,32 @@ def restyle_frames(
 
         rng.set_state(draws)
         previous = _frames(writer.saved, index - 1) if follow and index else None
-        image = restyle_frame(config, loop, rng, pixels, report, previous)
+        motion = None
+        if estimate is not None and before is not None:
+            motion = frame_motion(estimate, before, source)
+        image = restyle_frame(config, loop, rng, pixels, report, previous, motion)
         writer.saved += writer.save(
             f"frames/{index:06d}", [to_uint8(x) for x in image], config.max_iterations
         )
         made += 1
     return made
+
+
+def _source(config: GenerationConfig, pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    return image_tensor(pixels, (config.width, config.height)).to(device)
+
+
+def frame_motion(
+    estimate: FlowFn, before: torch.Tensor, frame: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the previous source frame to this one ((1, 3, H, W) each): the flow that reads
+    the previous frame at this one's pixels, and where it holds (1) or not (0), (1, 1, H, W)."""
+    back, ahead = flows(estimate, frame, before)
+    return back, consistent(back, ahead)
+
+
+def _add_pull(loop: Loop, pull: TemporalTerm) -> Loop:
+    return replace(loop, objective=replace(loop.objective, pulls=(*loop.objective.pulls, pull)))
 
 
 def restyle_frame(
@@ -99,17 +128,27 @@ def restyle_frame(
     pixels: np.ndarray,
     callback: Callback | None = None,
     previous: torch.Tensor | None = None,
+    motion: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One video frame, (H, W, 3) uint8 -> its restyled image (B, 3, H, W) in [0, 1];
     ``previous``: the previous frame's result (B, 3, H, W), which the frame starts from and is
-    pulled toward as ``frame_init_weight`` and ``temporal_weight`` say."""
-    frame = image_tensor(pixels, (config.width, config.height)).to(rng.device)
+    pulled toward as ``frame_init_weight`` and ``temporal_weight`` say; ``motion``: the flow
+    from :func:`frame_motion`, along which it is warped first for ``flow_warp`` and
+    ``flow_weight``."""
+    frame = _source(config, pixels, rng.device)
     if previous is not None:  # each image of the batch follows its own; its candidates alike
         previous = previous.to(frame.device).repeat_interleave(config.best_of, 0)
         frame = torch.lerp(frame, previous, config.frame_init_weight)
         if config.temporal_weight:
-            pull = TemporalTerm(weight=config.temporal_weight, target=previous)
-            loop = replace(loop, objective=replace(loop.objective, pulls=(*loop.objective.pulls, pull)))  # fmt: skip
+            loop = _add_pull(loop, TemporalTerm(weight=config.temporal_weight, target=previous))
+    if previous is not None and motion is not None:
+        flow, holds = (x.to(frame.device) for x in motion)
+        warped = warp(previous, flow.expand(len(previous), -1, -1, -1))
+        if config.flow_warp:  # where the flow holds, the warped result; the source elsewhere
+            frame = torch.lerp(frame, warped, config.flow_blend * holds)
+        if config.flow_weight:
+            pull = TemporalTerm(name="flow", weight=config.flow_weight, target=warped, mask=holds)
+            loop = _add_pull(loop, pull)
     latent = loop.generator.encode(frame)
     if len(latent) == 1:
         latent = latent.repeat(config.batch_size * config.best_of, 1, 1, 1)

@@ -144,13 +144,16 @@ def test_notebook_restyles_a_video_at_its_frame_rate(tmp_path: Path) -> None:
         nbformat.read(NOTEBOOK, as_version=4),
         vqgan="shapes-vqgan", clip_model="shapes-clip", prompts="a blue circle on a yellow background",
         init_video=str(source), init_weight=0.5, max_iterations=2, cutn=8, seed=0,
-        output_dir=str(tmp_path / "out"), frame_init_weight=0.5, upscale=2,
+        output_dir=str(tmp_path / "out"), frame_init_weight=0.5, upscale=2, flow_warp=True,
+        flow_weight=5.0, video_gif=True,
     )  # fmt: skip
     outputs = _execute(notebook, tmp_path)
     assert not [o for o in outputs if o.output_type == "error"]
     (run_dir,) = (tmp_path / "out").iterdir()
     config = json.loads((run_dir / "config.json").read_text())  # the form's, "auto" resolved
     assert (config["init_weight"], config["frame_init_weight"]) == (0.5, 0.5)
+    assert (config["flow_warp"], config["flow_weight"]) == (True, 5.0)
+    assert count_video_frames(run_dir / "video.gif") == 3  # offered beside the MP4
     assert (config["upscale"], config["upscaler"]) == (2, "shapes-upscaler")
     assert [p.name for p in frame_paths(run_dir)] == ["000000.png", "000001.png", "000002.png"]
     assert (run_dir / "final_x2.png").is_file()

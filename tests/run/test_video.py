@@ -120,6 +120,9 @@ def test_cli_video_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cli.main(["video", str(run), "--length", "1", "--first", "5", "--image", "2"])
     assert str(run / "video.mp4") in capsys.readouterr().out
     assert count_video_frames(run / "video.mp4") == 3 and video_fps(run / "video.mp4") == 3
+    cli.main(["video", str(run), "--format", "gif", "--loop", "--image", "0"])
+    assert str(run / "video.gif") in capsys.readouterr().out
+    assert count_video_frames(run / "video.gif") == 6  # 4 iterations, there and back
     with pytest.raises(SystemExit) as stop:  # argparse: --fps and --length exclude each other
         cli.main(["video", str(run), "--fps", "5", "--length", "2"])
     assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
@@ -243,3 +246,58 @@ def test_a_soundtrack_is_a_local_file_and_reaches_no_network(tmp_path: Path) -> 
         with pytest.raises(TimeoutError):
             listener.accept()  # no one came
     assert not (tmp_path / "v.mp4").exists()
+
+
+def _moving_disc_run(run_dir: Path, frames: int = 4, step: int = 8) -> Path:
+    """A run whose frames show a textured disc moving ``step`` px right a frame (96x96)."""
+    from tests.models.test_flow import _disc_scene
+
+    (run_dir / "frames").mkdir(parents=True)
+    for k in range(frames):
+        image = _disc_scene(32 + step * k)[0][0].permute(1, 2, 0)
+        Image.fromarray((image * 255).round().byte().numpy()).save(run_dir / "frames" / f"{k:06d}.png")  # fmt: skip
+    return run_dir
+
+
+def test_frames_in_between_along_the_flow_beat_a_cross_fade(tmp_path: Path) -> None:
+    """Linear motion: the frame flow interpolation makes halfway is closer to the true middle
+    frame than a cross-fade of the neighbours; the video holds every frame made."""
+    from tests.models.test_flow import _disc_scene
+    from vqclip.models.flow import dis_flow, in_between
+
+    (a, _), (middle, _), (b, _) = (_disc_scene(cx) for cx in (36, 40, 44))
+    (made,) = in_between(a, b, [0.5], dis_flow)
+    flow_error = (made - middle).abs().mean().item()
+    fade_error = ((a + b) / 2 - middle).abs().mean().item()
+    print(f"middle frame's mean error: flow {flow_error:.4f}, cross-fade {fade_error:.4f}")
+    assert flow_error < 0.6 * fade_error  # measured 0.0047 against 0.0117
+    run = _moving_disc_run(tmp_path / "run")
+    path = assemble_video(run, fps=2, interpolate=8, interpolation="flow")
+    frames = _read_frames(path)
+    assert len(frames) == 4 * 4 and video_fps(path) == pytest.approx(
+        8.0
+    )  # 3 made between, the last held
+    last, before = (np.asarray(Image.open(run / "frames" / f"00000{k}.png")) for k in (3, 2))
+    assert np.abs(frames[-1].astype(int) - last).mean() < 0.5 * np.abs(frames[-1].astype(int) - before).mean()  # fmt: skip
+
+
+def test_webm_gif_and_ping_pong_decode_with_their_frame_counts(tmp_path: Path) -> None:
+    from vqclip.run.video import has_sound
+
+    run = _moving_disc_run(tmp_path / "run")
+    tone = _tone(tmp_path / "tone.wav", 3.0)
+    webm = assemble_video(run, fps=2, format="webm", soundtrack=tone)
+    assert webm.name == "video.webm" and count_video_frames(webm) == 4 and has_sound(webm)
+    gif = assemble_video(run, fps=2, output=tmp_path / "out.gif")  # the format from the suffix
+    assert count_video_frames(gif) == 4 and not has_sound(gif)
+    pong = assemble_video(run, fps=2, format="gif", ping_pong=True)
+    frames = _read_frames(pong)
+    assert len(frames) == 6  # 0 1 2 3 2 1, then the GIF loops to 0
+    assert np.abs(frames[4].astype(int) - frames[2]).mean() < 3  # frame 2 again, on the way back
+    small = assemble_video(run, fps=2, format="gif", output=tmp_path / "small.gif", max_gif_mb=0.01)  # fmt: skip
+    assert small.stat().st_size <= 10_000 and next(imageio_ffmpeg.read_frames(str(small)))["size"][0] < 96  # fmt: skip
+    with pytest.raises(ValueError, match="soundtrack: a GIF has no sound"):
+        assemble_video(run, fps=2, format="gif", output=tmp_path / "x.gif", soundtrack=tone)
+    with pytest.raises(ValueError, match="output: x.mp4 does not end in .gif"):
+        assemble_video(run, fps=2, format="gif", output=tmp_path / "x.mp4")
+    assert not (tmp_path / "x.gif").exists() and not (tmp_path / "x.mp4").exists()

@@ -173,9 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     video = sub.add_parser(
         "video",
-        help="assemble a run's saved frames into an MP4",
-        description="Assemble a run's saved frames into an H.264 MP4. A batch run's images are "
-        "tiled side by side unless --image picks one.",
+        help="assemble a run's saved frames into an MP4, WebM or GIF",
+        description="Assemble a run's saved frames into an H.264 MP4, a VP9 WebM or a GIF. A "
+        "batch run's images are tiled side by side unless --image picks one.",
     )
     video.add_argument("run_dir", type=Path)
     rate = video.add_mutually_exclusive_group()
@@ -187,7 +187,12 @@ def _parser() -> argparse.ArgumentParser:
     video.add_argument(
         "--interpolate", type=float, metavar="FPS", help="motion-interpolate up to FPS (e.g. 30)"
     )
-    video.add_argument("--output", type=Path, help="default: RUN_DIR/video.mp4")
+    video.add_argument("--interpolation", choices=["minterpolate", "flow"], default="minterpolate", help="how --interpolate makes frames: ffmpeg's minterpolate, or warping both neighbours along the optical flow (as many between each pair as FPS / the frame rate)")  # fmt: skip
+    video.add_argument("--flow_estimator", "--flow-estimator", default="dis", help="the flow of --interpolation flow: dis, raft_small, raft_large or a plugin's")  # fmt: skip
+    video.add_argument("--format", choices=["mp4", "webm", "gif"], help="default: --output's suffix, else mp4")  # fmt: skip
+    video.add_argument("--loop", action="store_true", help="ping-pong: the frames forward, then back")  # fmt: skip
+    video.add_argument("--max_gif_mb", "--max-gif-mb", type=float, default=8.0, help="a GIF is scaled down until it fits (default 8)")  # fmt: skip
+    video.add_argument("--output", type=Path, help="default: RUN_DIR/video.FORMAT")
     video.add_argument("--overwrite", action="store_true", help="replace an existing video")
     video.add_argument(
         "--upscale", type=int, default=1, help="enlarge each frame this many times (2, 3, 4)"
@@ -450,8 +455,9 @@ def _report(result: Any, args: argparse.Namespace) -> None:
 def _video(args: argparse.Namespace) -> None:
     from vqclip.run.video import assemble_video
 
-    names = ("length", "first", "last", "image", "interpolate", "upscale", "upscaler", "soundtrack", "soundtrack_offset")  # fmt: skip
+    names = ("length", "first", "last", "image", "interpolate", "interpolation", "flow_estimator", "upscale", "upscaler", "soundtrack", "soundtrack_offset", "format", "max_gif_mb")  # fmt: skip
     options = {k: getattr(args, k) for k in names}
+    options["ping_pong"] = args.loop
     path = assemble_video(args.run_dir, args.fps, args.output, args.overwrite, **options)
     print(f"video: {path}")
 

@@ -78,13 +78,15 @@ def fetch_models(
 ) -> list[Path]:
     """Download (or find in the cache) the CLIPs and what the generator needs (the VQGAN, the
     diffusion model); returns their local files."""
+    from vqclip.core import presets
     from vqclip.core.config import GenerationConfig
     from vqclip.models.acquire import acquire
 
-    config = GenerationConfig(
-        generator=generator, vqgan=vqgan, clip_model=clip_model, diffusion_model=diffusion_model
-    )
-    files = acquire(config)
+    config = GenerationConfig(  # a placeholder prompt: the models are what is acquired
+        prompts="-", generator=generator, vqgan=vqgan, clip_model=clip_model,
+        diffusion_model=diffusion_model,
+    )  # fmt: skip
+    files = acquire(presets.apply(config))  # with what the preset adds (a prior)
     models = [*files.clips.values(), *(files.vqgan or ())]
     return models + ([files.diffusion[0]] if files.diffusion else [])
 
@@ -216,10 +218,13 @@ def preview_motion(config: GenerationConfig) -> Any:
     return SimpleNamespace(run_dir=run_dir, config=config, frames=tuple(frames))
 
 
-def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
+def show_video(
+    run_dir: Path, fps: float | None = None, gif: bool = False, **options: Any
+) -> Path:
     """Assemble the run's frames into ``RUN_DIR/video.mp4`` (made again from the frames each
     time), show it inline with the final image as its poster, and offer it for download in
-    Colab; ``fps`` and ``options`` (length, first, last, image, interpolate; None for the
+    Colab; with ``gif``, ``RUN_DIR/video.gif`` too (silent, within its size budget), shown and
+    offered alike. ``fps`` and ``options`` (length, first, last, image, interpolate; None for the
     default) as :func:`vqclip.run.video.assemble_video` takes them. With neither ``fps`` nor
     ``length``, a run's frames last long enough to watch (:func:`~vqclip.run.video.watchable_length`;
     a restyled video keeps its own rate)."""
@@ -245,8 +250,15 @@ def show_video(run_dir: Path, fps: float | None = None, **options: Any) -> Path:
             f'src="data:video/mp4;base64,{video}"></video>'
         )
     )
+    made = [path]
+    if gif:
+        silent = {k: v for k, v in given.items() if k not in ("soundtrack", "soundtrack_offset")}
+        made.append(assemble_video(run_dir, fps, run_dir / "video.gif", overwrite=True, **silent))
+        data = base64.b64encode(made[-1].read_bytes()).decode()
+        display(HTML(f'<img width="{min(512, 4 * 128)}" src="data:image/gif;base64,{data}">'))
     if in_colab():
         from google.colab import files  # type: ignore[import-not-found]
 
-        files.download(str(path))
+        for made_path in made:
+            files.download(str(made_path))
     return path

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from vqclip.core import plugins
 from vqclip.models.checkpoints import load_weights
 
-__all__ = ["FlowFn", "FLOW_ESTIMATORS", "check_flow_estimator", "flow_estimator", "dis_flow", "load_raft", "warp", "consistent", "flows"]  # fmt: skip
+__all__ = ["FlowFn", "FLOW_ESTIMATORS", "check_flow_estimator", "flow_estimator", "dis_flow", "load_raft", "warp", "consistent", "flows", "in_between"]  # fmt: skip
 
 FlowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RAFT_MIN = 128  # RAFT's encoders downsample 8 times and its correlation pyramid 4 more levels
@@ -158,3 +158,24 @@ def consistent(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
 def flows(estimate: FlowFn, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The flows a -> b and b -> a."""
     return estimate(a, b), estimate(b, a)
+
+
+def in_between(
+    a: torch.Tensor, b: torch.Tensor, times: list[float], estimate: FlowFn
+) -> list[torch.Tensor]:
+    """Frames at ``times`` (each in (0, 1)) between ``a`` and ``b`` ((1, 3, H, W) in [0, 1]):
+    both neighbours warped toward time t along the flow (the flow at t approximated from the
+    two, as Jiang et al.'s Super SloMo does), blended by nearness and occlusion-aware: where a
+    pixel of one neighbour has no counterpart in the other (its flow fails the consistency
+    check), the other's sample is trusted less."""
+    ahead, back = flows(estimate, a, b)  # a -> b at a's pixels; b -> a at b's
+    holds_a, holds_b = consistent(ahead, back), consistent(back, ahead)
+    out = []
+    for t in times:
+        to_a = -(1 - t) * t * ahead + t * t * back  # from time t to a, at t's pixels
+        to_b = (1 - t) * (1 - t) * ahead - t * (1 - t) * back
+        weight_a = (1 - t) * (warp(holds_b, to_b) + 1e-3)  # b's pixel has no match in a: not a
+        weight_b = t * (warp(holds_a, to_a) + 1e-3)
+        blend = weight_a * warp(a, to_a) + weight_b * warp(b, to_b)
+        out.append((blend / (weight_a + weight_b)).clamp(0, 1))
+    return out

@@ -1,5 +1,6 @@
-"""Videos through imageio-ffmpeg: frames -> H.264 MP4 (yuv420p, even dimensions), and a video's
-frames (or a folder of frames) read back, to restyle it. Needs torch only to upscale frames."""
+"""Videos through imageio-ffmpeg: frames -> H.264 MP4 (yuv420p, even dimensions), VP9 WebM or
+GIF, and a video's frames (or a folder of frames) read back, to restyle it. Needs torch only to
+upscale frames or make frames in between along the flow."""
 
 from __future__ import annotations
 
@@ -120,14 +121,30 @@ def _frame_rate(run_dir: Path, steps: int, fps: float | None, length: float | No
     return fps or default_fps(run_dir)
 
 
-def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int]) -> list[str]:
-    """ffmpeg options that interpolate motion up to ``interpolate`` frames per second."""
+FORMATS = ("mp4", "webm", "gif")
+INTERPOLATIONS = ("minterpolate", "flow")
+MAX_GIF_MB = 8.0  # a GIF's size budget: what chat services take (Discord's free limit)
+# (codec, pixel format, options) of each format: H.264 and VP9 at a quality, not a bitrate.
+_CODECS = {
+    "mp4": ("libx264", "yuv420p", ["-crf", "18"]),
+    "webm": ("libvpx-vp9", "yuv420p", ["-crf", "32", "-b:v", "0", "-row-mt", "1"]),
+    "gif": ("gif", "pal8", []),
+}
+
+
+def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int], how: str) -> list[str]:  # fmt: skip
+    """ffmpeg filters that interpolate motion up to ``interpolate`` frames per second (none for
+    ``how`` "flow", which makes its frames itself)."""
     if interpolate is None:
         return []
+    if how not in INTERPOLATIONS:
+        raise ValueError(f"interpolation: {how!r}; expected one of {', '.join(INTERPOLATIONS)}")
     if not interpolate > fps:
         raise ValueError(
             f"interpolate: expected more than the input's {fps:g} fps, got {interpolate}"
         )
+    if how == "flow":
+        return []
     if min(size) < 32:  # ffmpeg's minterpolate works on blocks
         raise ValueError(
             f"interpolate: needs frames of at least 32x32, these are {size[0]}x{size[1]}"
@@ -135,7 +152,50 @@ def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int]) -> 
     mode = "mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"  # motion-compensated, as generate.py
     # minterpolate ends at the last frame but one: two clones of the last frame keep it, and
     # the video as long as it is without interpolation.
-    return ["-vf", f"tpad=stop_mode=clone:stop=2,minterpolate=fps={interpolate:g}:{mode}"]
+    return [f"tpad=stop_mode=clone:stop=2,minterpolate=fps={interpolate:g}:{mode}"]
+
+
+def _filters(chain: list[str], fmt: str, scale: float) -> list[str]:
+    """The ``-vf`` option of a format: the chain, a GIF scaled by ``scale`` and given its own
+    palette (generated from the frames, then applied with ordered dithering)."""
+    if fmt == "gif":
+        if scale < 1:
+            chain = [*chain, f"scale=trunc(iw*{scale:.4f}/2)*2:-2:flags=lanczos"]
+        palette = "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer:bayer_scale=3"  # fmt: skip
+        chain = [*chain, palette]
+    return ["-vf", ",".join(chain)] if chain else []
+
+
+def _sequence(steps: list[list[Path]], ping_pong: bool) -> list[list[Path]]:
+    """The frames in order, and for a ping-pong video back again (the ends not repeated)."""
+    return steps + steps[-2:0:-1] if ping_pong and len(steps) > 2 else steps
+
+
+def _frames_with_in_betweens(
+    frames: Iterator[np.ndarray], count: int, estimate: Callable | None
+) -> Iterator[np.ndarray]:
+    """The frames, with ``count - 1`` made along the flow between each pair and the last held
+    as long as the others (``count`` 1: the frames as they are)."""
+    if count == 1:
+        yield from frames
+        return
+    import torch
+
+    from vqclip.models.flow import in_between
+
+    def tensor(pixels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+
+    previous = None
+    for pixels in frames:
+        if previous is not None:
+            times = [k / count for k in range(1, count)]
+            for image in in_between(tensor(previous), tensor(pixels), times, estimate):
+                yield np.ascontiguousarray((image[0].permute(1, 2, 0) * 255).round().byte().numpy())
+        yield pixels
+        previous = pixels
+    for _ in range(count - 1):
+        yield previous
 
 
 def assemble_video(
@@ -149,25 +209,44 @@ def assemble_video(
     last: int | None = None,
     image: int | None = None,
     interpolate: float | None = None,
+    interpolation: str = "minterpolate",
+    flow_estimator: str = "dis",
     upscale: int = 1,
     upscaler: str | None = None,
     soundtrack: str | Path | None = None,
     soundtrack_offset: float | None = None,
+    format: str | None = None,  # noqa: A002  (the CLI's --format)
+    ping_pong: bool = False,
+    max_gif_mb: float = MAX_GIF_MB,
 ) -> Path:
-    """Write the run's frames to ``output`` (default ``RUN_DIR/video.mp4``); returns its path.
+    """Write the run's frames to ``output`` (default ``RUN_DIR/video.FORMAT``); returns its path.
 
     ``fps`` defaults to a restyled video's own rate, else 10; ``length`` (seconds) sets it from
     the frame count instead. ``first``/``last`` pick a range of iterations. A batch run's images
     are tiled side by side, or ``image`` picks one. ``interpolate`` raises the frame rate to that
-    many fps by motion interpolation (ffmpeg's minterpolate), for smooth slow videos. ``upscale``
-    enlarges every frame that many times first, with ``upscaler`` (default: the run's).
-    ``soundtrack`` (default: the run's, else a restyled video's own sound) plays under it from
-    ``soundtrack_offset`` seconds, cut to the video's length.
+    many fps by motion interpolation: ffmpeg's minterpolate, or with ``interpolation`` "flow"
+    frames made along the optical flow (``flow_estimator``'s), as many between each pair as
+    the rates' ratio, rounded. ``upscale`` enlarges every frame that many times first, with
+    ``upscaler`` (default: the run's). ``soundtrack`` (default: the run's, else a restyled
+    video's own sound) plays under it from ``soundtrack_offset`` seconds, cut to the video's
+    length. ``format``: mp4 (H.264), webm (VP9) or gif (its own palette, scaled down until it
+    fits ``max_gif_mb``; no sound); default: ``output``'s suffix, else mp4. ``ping_pong``: the
+    frames forward, then back.
     """
-    import imageio_ffmpeg
-
     run_dir = Path(run_dir)
+    fmt = format or (Path(output).suffix.lstrip(".").lower() if output else "mp4")
+    if fmt not in FORMATS:
+        raise ValueError(f"format: {fmt!r}; expected one of {', '.join(FORMATS)}")
+    output = Path(output) if output else run_dir / f"video.{fmt}"
+    if output.suffix.lower() != f".{fmt}":
+        raise ValueError(f"output: {output.name} does not end in .{fmt}, the format written")
+    if not max_gif_mb > 0:
+        raise ValueError(f"max_gif_mb: expected a positive size in MB, got {max_gif_mb!r}")
     sound, offset = _sound(run_dir, soundtrack, soundtrack_offset)
+    if fmt == "gif" and sound is not None:
+        if soundtrack is not None:
+            raise ValueError("soundtrack: a GIF has no sound; give --format mp4 or webm")
+        sound = None  # the run's own sound: a GIF goes without
     steps = select_frames(run_dir, first, last, image)
     rate = _frame_rate(run_dir, len(steps), fps, length)
     grow = _frame_upscaler(run_dir, upscale, upscaler)
@@ -175,34 +254,74 @@ def assemble_video(
     _check_frame_size(width * upscale, height * upscale, f"{steps[0][0].name} upscaled x{upscale}")
     first_frame = _read_step(steps[0], grow)
     size = (first_frame.shape[1], first_frame.shape[0])
-    options = ["-crf", "18", *_smoothing(rate, interpolate, size)]
-    output = Path(output) if output else run_dir / "video.mp4"
+    chain = _smoothing(rate, interpolate, size, interpolation)
+    count, estimate = 1, None
+    if interpolate is not None and interpolation == "flow":
+        from vqclip.models.flow import check_flow_estimator
+        from vqclip.models.flow import flow_estimator as load_estimator
+
+        check_flow_estimator(flow_estimator)
+        count, estimate = max(2, round(interpolate / rate)), load_estimator(flow_estimator)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = temp_beside(output, f".part{output.suffix}")  # ffmpeg picks the format by suffix
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), size, fps=rate, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=None, output_params=options,
-    )  # fmt: skip
-    writer.send(None)  # start ffmpeg
-    try:
-        for paths in steps:
+    sequence = _sequence(steps, ping_pong)
+
+    def frames() -> Iterator[np.ndarray]:
+        for paths in sequence:
             pixels = _read_step(paths, grow)
             if (pixels.shape[1], pixels.shape[0]) != size:
                 raise ValueError(
                     f"frame {paths[0]} is {pixels.shape[1]}x{pixels.shape[0]}, not {size}"
                 )
-            writer.send(np.ascontiguousarray(pixels))
-        writer.close()
-        _check_written(tmp, len(steps), output)
+            yield np.ascontiguousarray(pixels)
+
+    tmp = temp_beside(output, f".part{output.suffix}")  # ffmpeg picks the format by suffix
+    try:
+        scale = 1.0
+        for _ in range(4):  # a GIF over its budget is made again, smaller
+            written = _encode(tmp, fmt, size, rate * count, _filters(chain, fmt, scale),
+                              _frames_with_in_betweens(frames(), count, estimate))  # fmt: skip
+            _check_written(tmp, written if count > 1 else len(sequence), output)
+            megabytes = tmp.stat().st_size / 1e6
+            if fmt != "gif" or megabytes <= max_gif_mb:
+                break
+            scale *= 0.9 * math.sqrt(max_gif_mb / megabytes)
+        else:
+            raise ValueError(f"max_gif_mb: the GIF is {megabytes:.1f} MB at {scale:.0%} of its size, over {max_gif_mb} MB; give fewer frames (--first, --last) or a larger budget")  # fmt: skip
         if sound is not None:
             add_soundtrack(tmp, sound, offset)
     except BaseException:
-        writer.close()
         tmp.unlink(missing_ok=True)  # no half-written video is left behind
         raise
     os.replace(tmp, output)
     return output
+
+
+def _encode(
+    path: Path,
+    fmt: str,
+    size: tuple[int, int],
+    rate: float,
+    filters: list[str],
+    frames: Iterator[np.ndarray],
+) -> int:
+    """Encode ``frames`` into ``path`` as ``fmt``; returns how many were sent."""
+    import imageio_ffmpeg
+
+    codec, pixel_format, options = _CODECS[fmt]
+    writer = imageio_ffmpeg.write_frames(
+        str(path), size, fps=rate, codec=codec, pix_fmt_in="rgb24", pix_fmt_out=pixel_format,
+        macro_block_size=1, quality=None, output_params=[*options, *filters],
+    )  # fmt: skip
+    writer.send(None)  # start ffmpeg
+    sent = 0
+    try:
+        for pixels in frames:
+            writer.send(pixels)
+            sent += 1
+    finally:
+        writer.close()
+    return sent
 
 
 MAX_SOUNDTRACK_BYTES = 1 << 30  # a sound file: over an hour of WAV at CD quality
@@ -230,8 +349,8 @@ def _sound(run_dir: Path, given: str | Path | None, offset: float | None) -> tup
 
 
 def add_soundtrack(video: Path, sound: Path, offset: float = 0.0) -> None:
-    """Put ``sound`` (from ``offset`` seconds on) under the MP4 ``video``, in place: the frames
-    copied, the sound as AAC, cut to the video's length; a file with no sound leaves the video
+    """Put ``sound`` (from ``offset`` seconds on) under the MP4 or WebM ``video``, in place: the
+    frames copied, the sound as AAC (Opus in a WebM), cut to the video's length; a file with no sound leaves the video
     silent. ffmpeg may open local files only (``-protocol_whitelist file``, for every input and
     whatever a playlist inside one names), so no sound file reaches the network."""
     import subprocess
@@ -240,10 +359,11 @@ def add_soundtrack(video: Path, sound: Path, offset: float = 0.0) -> None:
 
     muxed = temp_beside(video, f".sound{video.suffix}")
     local = ["-protocol_whitelist", "file"]
+    audio = ["-c:a", "libopus", "-b:a", "160k"] if video.suffix == ".webm" else ["-c:a", "aac", "-b:a", "192k"]  # fmt: skip
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
         *local, "-i", f"file:{video}", *local, "-ss", f"{offset:.3f}", "-i", f"file:{sound}",
-        "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
+        "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", *audio,
         "-shortest", f"file:{muxed}",
     ]  # fmt: skip
     try:

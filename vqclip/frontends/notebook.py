@@ -218,9 +218,7 @@ def preview_motion(config: GenerationConfig) -> Any:
     return SimpleNamespace(run_dir=run_dir, config=config, frames=tuple(frames))
 
 
-def show_video(
-    run_dir: Path, fps: float | None = None, gif: bool = False, **options: Any
-) -> Path:
+def show_video(run_dir: Path, fps: float | None = None, gif: bool = False, **options: Any) -> Path:
     """Assemble the run's frames into ``RUN_DIR/video.mp4`` (made again from the frames each
     time), show it inline with the final image as its poster, and offer it for download in
     Colab; with ``gif``, ``RUN_DIR/video.gif`` too (silent, within its size budget), shown and

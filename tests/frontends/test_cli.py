@@ -500,12 +500,14 @@ def test_any_input_through_model_preparation_is_a_clear_error_or_a_prepared_run(
     """The property above, carried through model preparation on the shapes models (their
     files loaded, the prompts embedded, the prior and the start built): each input ends in one
     line and exit 2, or in a prepared run whose loop is about to start."""
+    from vqclip.loop.diffusion import Sampler
     from vqclip.run import driver
 
     def reached(*args: object, **kwargs: object) -> None:
         raise _Reached
 
-    monkeypatch.setattr(driver, "run_schedule", reached)
+    monkeypatch.setattr(driver, "run_schedule", reached)  # an optimisation's loop
+    monkeypatch.setattr(Sampler, "run", reached)  # a diffusion sample's
     root = tmp_path_factory.mktemp("prepared")
     base = {"vqgan": "shapes-vqgan", "device": "cpu", "output_dir": str(root / "out")}
     (root / "config.json").write_text(json.dumps({**base, **values}))

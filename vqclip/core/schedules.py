@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Schedule", "parse_schedule", "FUNCTIONS", "MAX_TEXT", "MAX_DEPTH", "MAX_HEIGHT"]
+__all__ = ["Schedule", "parse_schedule", "parse_step_list", "step_value", "FUNCTIONS", "MAX_TEXT", "MAX_DEPTH", "MAX_HEIGHT"]
 
 MAX_TEXT = 4096  # characters in one schedule
 MAX_DEPTH = 32  # nested parentheses and calls
@@ -288,3 +288,53 @@ def _keyframes(text: str) -> tuple[tuple[int, Node], ...]:
     if not keys:
         raise ValueError("no keyframes")
     return tuple(sorted(keys.items(), key=lambda item: item[0]))
+
+
+MAX_STEPS_LISTED = 10_000  # entries of a step list (Disco's lists have 1000)
+_LIST_TERM = re.compile(r"\s*\[\s*([^\[\]]*)\]\s*(?:\*\s*(\d{1,6}))?\s*")
+
+
+def parse_step_list(text: str, name: str) -> tuple[float, ...]:
+    """Disco Diffusion's per-step lists, such as ``cut_overview``'s ``"[12]*400+[4]*600"``:
+    ``+``-joined terms, each a bracketed list of numbers, optionally repeated ``* N``; or one
+    number, held throughout. Read by a pattern, never evaluated; at most
+    :data:`MAX_STEPS_LISTED` entries, counted before any list is built."""
+    text = str(text).strip()
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"{name}: {len(text)} characters; expected at most {MAX_TEXT}")
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: {text!r} is not a finite number")
+        return (value,)
+    terms, count = [], 0
+    for part in text.split("+"):
+        match = _LIST_TERM.fullmatch(part)
+        if match is None:
+            raise ValueError(f'{name}: {part.strip()!r} is not a list term; expected Disco\'s form, such as "[12]*400+[4]*600"')  # fmt: skip
+        items = [item.strip() for item in match[1].split(",")]
+        try:
+            numbers = [float(item) for item in items]
+        except ValueError:
+            raise ValueError(f"{name}: {match[1].strip()!r} holds something other than numbers") from None  # fmt: skip
+        if not all(math.isfinite(x) for x in numbers):
+            raise ValueError(f"{name}: {match[1].strip()!r} holds a number that is not finite")
+        times = int(match[2]) if match[2] else 1
+        count += len(numbers) * times
+        if count > MAX_STEPS_LISTED:
+            raise ValueError(f"{name}: over {MAX_STEPS_LISTED} entries; expected a shorter list")
+        terms.append((numbers, times))
+    values = tuple(x for numbers, times in terms for _ in range(times) for x in numbers)
+    if not values:
+        raise ValueError(f"{name}: an empty list; expected at least one number")
+    return values
+
+
+def step_value(values: tuple[float, ...], step: int, steps: int) -> float:
+    """The entry of a step list in force at ``step`` of ``steps``: the list spread evenly over
+    the run (Disco's lists are read at the fraction of the schedule done)."""
+    index = len(values) * step // max(1, steps)
+    return values[min(max(index, 0), len(values) - 1)]

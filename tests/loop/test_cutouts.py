@@ -96,3 +96,61 @@ def test_region_crops_are_the_named_boxes_of_the_image() -> None:
     assert torch.equal(left, image[..., :, :4]) and torch.equal(top_right, image[..., :3, 4:])
     (tiny,) = region_crops(image, ((0.5, 0.5, 0.5, 0.5),))[1:]  # an empty box keeps one pixel
     assert tiny.shape[-2:] == (1, 1)
+
+
+def test_overview_views_are_the_whole_image_padded_square_grey_and_mirrored() -> None:
+    from vqclip.loop.cutouts import greyscale, overview_cutouts
+
+    image = torch.zeros(1, 3, 16, 32)
+    image[:, 0, :, :16] = 1.0  # red left half
+    image[:, 2, :, 16:] = 1.0  # blue right half
+    plain, grey, mirror, mirror_grey = overview_cutouts(image, 8, 4)
+    assert plain[:, 0].abs().max() == 0 and plain[:, -1].abs().max() == 0  # padded: black
+    assert plain[0, 4, 1] > 0.9 and plain[2, 4, 6] > 0.9  # red left, blue right
+    assert mirror[2, 4, 1] > 0.9 and mirror[0, 4, 6] > 0.9  # mirrored
+    assert torch.equal(grey, greyscale(plain)) and torch.equal(mirror_grey, greyscale(mirror))
+    assert torch.equal(grey[0], grey[1]) and not torch.equal(plain[0], plain[1])
+    many = overview_cutouts(image, 8, 6)  # more than Disco's four: copies, for the augments
+    assert len(many) == 6 and all(torch.equal(view, plain) for view in many)
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("[12]*400+[4]*600", [12.0] * 400 + [4.0] * 600),  # Disco's cut_overview default
+        ("[2]*400+[4]*600", [2.0] * 400 + [4.0] * 600),  # its cut_innercut
+        ("[0.2]*400+[0]*600", [0.2] * 400 + [0.0] * 600),  # its cut_icgray_p
+        ("[1, 2]*2 + [3]", [1.0, 2.0, 1.0, 2.0, 3.0]),
+        ("6", [6.0]),
+    ],
+)
+def test_discos_step_lists_read_as_disco_reads_them(text: str, values: list) -> None:
+    from vqclip.core.schedules import parse_step_list, step_value
+
+    assert list(parse_step_list(text, "cut_overview")) == values
+    listed = parse_step_list("[12]*400+[4]*600", "cut_overview")
+    assert [step_value(listed, step, 200) for step in (0, 79, 80, 199)] == [12, 12, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cut_overview": "[4]"}, "cut_overview, cut_innercut: give both"),
+        ({"cut_overview": "[0]", "cut_innercut": "[0]*3+[2]"}, "no cuts at step 0"),
+        ({"cut_overview": "[2.5]", "cut_innercut": "[2]"}, "cut_overview: expected whole numbers"),
+        ({"cut_overview": "__import__('os')", "cut_innercut": "[2]"}, "is not a list term"),
+        ({"cut_overview": "[1]*99999", "cut_innercut": "[2]"}, "over 10000 entries"),
+        ({"cut_icgray_p": "[0.5]"}, "cut_icgray_p: is for a cut schedule"),
+        (
+            {"cut_overview": "[1]", "cut_innercut": "[2]", "cut_icgray_p": "[2]"},
+            "cut_icgray_p: expected shares",
+        ),  # fmt: skip
+        (
+            {"cut_overview": "[1]", "cut_innercut": "[2]", "max_iterations": -1},
+            "give a number of steps, not -1",
+        ),  # fmt: skip
+    ],
+)
+def test_a_bad_cut_schedule_is_one_clear_line(tiny_config, changes: dict, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=message):
+        tiny_config.replace(**changes)

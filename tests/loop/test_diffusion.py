@@ -295,3 +295,32 @@ def test_weights_that_do_not_fit_their_flags_are_refused_on_the_meta_device(
     with pytest.raises(ValueError, match="does not fit the architecture its config describes"):
         load_unet(tiny_diffusion, big)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def test_a_cut_schedule_sets_each_steps_cuts_for_both_the_loop_and_the_sampler(
+    tiny_config,
+    tiny_diffusion,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    """Disco's cut_overview and cut_innercut spread over the run: the perceptor sees each
+    step's overview views plus crops, in an optimisation and in a diffusion sample."""
+    from vqclip.loop.perceptors import Perceptor
+    from vqclip.run.driver import generate
+
+    encode, seen = Perceptor.encode_image, []
+
+    def counted(self: Perceptor, images: torch.Tensor) -> torch.Tensor:
+        seen.append(len(images))
+        return encode(self, images)
+
+    monkeypatch.setattr(Perceptor, "encode_image", counted)
+    schedule = {"cut_overview": "[3]*2+[1]*2", "cut_innercut": "[2]", "cut_icgray_p": "0.5", "max_iterations": 4}  # fmt: skip
+    result = generate(tiny_config.replace(**schedule, best_of=1, run_name="optimised"))
+    assert [n for n in seen if n > 1] == [5, 5, 3, 3] and not result.interrupted  # 1: ranking
+    seen.clear()
+    diffusion = tiny_config.replace(
+        generator="diffusion", diffusion_model=str(tiny_diffusion), clip_guidance_scale=500.0,
+        tv_scale=10.0, range_scale=50.0, best_of=1, run_name="sampled", **schedule,
+    )  # fmt: skip
+    generate(diffusion)
+    assert [n for n in seen if n > 1] == [5, 5, 3, 3]

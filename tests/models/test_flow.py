@@ -75,3 +75,15 @@ def test_an_unknown_estimator_is_a_clear_error() -> None:
         check_flow_estimator("farneback")
     with pytest.raises(ValueError, match="flow_estimator: unknown estimator"):
         flow_estimator("farneback")
+
+
+def test_a_plugins_flow_estimator_is_used_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqclip.core import plugins
+
+    def still(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(a), 2, *a.shape[-2:])
+
+    monkeypatch.setattr(plugins, "_ESTIMATORS", dict(plugins._ESTIMATORS))  # undone after
+    plugins.register_estimator(plugins.Estimator("still", "flow", "no motion", lambda device="cpu": still))  # fmt: skip
+    check_flow_estimator("still")
+    assert flow_estimator("still") is still

@@ -255,7 +255,7 @@ def _along_the_motion(frames: list[Path], step: int = 5) -> float:
         was = (x - 18 - step * (k - 1)) ** 2 + (y - 32) ** 2 < 12**2
         flow = torch.zeros(1, 2, 64, 64)
         flow[0, 0] = torch.from_numpy(now * -float(step))
-        a, b = (torch.from_numpy(png_pixels(p)).permute(2, 0, 1)[None].float() for p in frames[k - 1 : k + 1])  # fmt: skip
+        a, b = (torch.from_numpy(png_pixels(p).copy()).permute(2, 0, 1)[None].float() for p in frames[k - 1 : k + 1])  # fmt: skip
         changes.append((b - warp(a, flow)).abs().mean(1)[0][torch.from_numpy(~(was & ~now))].mean().item())  # fmt: skip
     return float(np.mean(changes))
 

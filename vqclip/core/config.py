@@ -13,7 +13,7 @@ from typing import Any
 
 from vqclip.core import limits
 from vqclip.core.prompts import is_keyed, parse_prompts, split_phases, split_prompts
-from vqclip.core.schedules import Schedule, parse_schedule
+from vqclip.core.schedules import Schedule, parse_schedule, parse_step_list, step_value
 
 __all__ = [
     "GenerationConfig", "OPTIMIZERS", "PRECISIONS", "AUGMENTS", "STARTS", "resolve_seed",
@@ -62,6 +62,7 @@ _TEXT_FIELDS = (
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
     "upscaler", "terms", "transforms", "animation_mode", "padding_mode", "sampling_mode",
     "depth_model", *SCHEDULES, "symmetry", "palette", "soundtrack", "flow_estimator",
+    "cut_overview", "cut_innercut", "cut_icgray_p",
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler", "soundtrack")  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -131,6 +132,10 @@ class GenerationConfig:
     cutn_batches: int = _field(1, "score the cutouts in this many sequential batches, gradients accumulated: the same step in about 1/N of CLIP's memory", STEPS)  # fmt: skip
     cut_pow: float = _field(1.0, "cutout size exponent: > 1 favours small cutouts", STEPS)
     cut_method: str = _field("crops", 'random "crops", or "pooling": the whole image, as generate.py', STEPS)  # fmt: skip
+    cut_overview: str = _field("", 'Disco\'s cut schedule (with cut_innercut, in place of cutn): whole-image views per step, a number or a list spread over the run, e.g. "[12]*400+[4]*600"', STEPS)  # fmt: skip
+    cut_innercut: str = _field("", 'Disco\'s cut schedule: random crops per step, e.g. "[4]*400+[12]*600"', STEPS)  # fmt: skip
+    cut_icgray_p: str = _field("", 'with cut_innercut: the share of crops in greyscale, a number or a list, e.g. "[0.2]*400+[0]*600"', STEPS)  # fmt: skip
+    cut_ic_pow: float = _field(1.0, "with cut_innercut: the crops' size exponent (> 1 favours small crops)", STEPS)  # fmt: skip
     augments: tuple[str, ...] | None = _field(None, f"kornia augmentations of cutouts ({_PRESET}: the classic Af Pe Ji Er)", STEPS)  # fmt: skip
     latent_levels: int | None = _field(None, f"optimise as a pyramid of this many resolutions, 1: classic ({_PRESET})", STEPS)  # fmt: skip
     batch_size: int = _field(1, "images optimised together as one batch (one seed for the batch)", STEPS)  # fmt: skip
@@ -229,6 +234,7 @@ class GenerationConfig:
         self._check_composition()
         self._check_regions()
         self._check_video()
+        self._check_cut_schedule()
         self._check_diffusion()
         self._check_animation()
 
@@ -253,7 +259,7 @@ class GenerationConfig:
             _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
                             "latent_levels", "best_of", "pixel_scale", "cutn_batches",
                             "video_stride", "steps_per_frame"),
-            _positive_number: ("cut_pow", "step_size", "zoom_scale", "fps"),
+            _positive_number: ("cut_pow", "step_size", "zoom_scale", "fps", "cut_ic_pow"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("soundtrack_offset", "smoothness", "prior_weight", "clip_guidance_scale",
                                    "tv_scale", "range_scale", "clamp_max", "video_fps",
@@ -485,6 +491,49 @@ class GenerationConfig:
         """Each image's prompt phases (``"a ^ b"`` -> ``["a", "b"]``): one list per item of
         ``batch_prompts``, or the one list of ``prompts`` that every image shares."""
         return [split_phases(prompts) for prompts in self.batch_prompts or (self.prompts,)]
+
+    def _check_cut_schedule(self) -> None:
+        if not (self.cut_overview or self.cut_innercut):
+            if self.cut_icgray_p:
+                raise ValueError("cut_icgray_p: is for a cut schedule; give cut_overview and cut_innercut too")  # fmt: skip
+            return
+        if not (self.cut_overview and self.cut_innercut):
+            raise ValueError("cut_overview, cut_innercut: give both (Disco's cut schedule), or neither (cutn)")  # fmt: skip
+        if self.cut_method != "crops":
+            raise ValueError(f"cut_method: {self.cut_method!r} does not combine with a cut schedule (its inner cuts are crops)")  # fmt: skip
+        for name in ("cut_overview", "cut_innercut"):
+            values = parse_step_list(getattr(self, name), name)
+            if not all(x == int(x) and 0 <= x <= limits.MAX_CUTN for x in values):
+                raise ValueError(f"{name}: expected whole numbers from 0 to {limits.MAX_CUTN}")
+        grey = parse_step_list(self.cut_icgray_p or "0", "cut_icgray_p")
+        if not all(0 <= x <= 1 for x in grey):
+            raise ValueError("cut_icgray_p: expected shares from 0 to 1")
+        if self.max_iterations == -1:
+            raise ValueError("cut_overview, cut_innercut: a cut schedule is spread over max_iterations; give a number of steps, not -1")  # fmt: skip
+        for step in self.cut_changes():
+            if sum(self.cuts_at(step)[:2]) == 0:
+                raise ValueError(f"cut_overview, cut_innercut: no cuts at step {step}; expected at least one at every step")  # fmt: skip
+
+    def cuts_at(self, step: int) -> tuple[int, int, float]:
+        """A cut schedule's (overview views, inner crops, their grey share) at ``step``."""
+        steps = max(self.max_iterations or 1, 1)
+        overview, inner = (
+            int(step_value(parse_step_list(getattr(self, name), name), step, steps))
+            for name in ("cut_overview", "cut_innercut")
+        )
+        grey = step_value(parse_step_list(self.cut_icgray_p or "0", "cut_icgray_p"), step, steps)
+        return overview, inner, grey
+
+    def cut_changes(self) -> list[int]:
+        """The steps at which a cut schedule's entries may change (0 first; [] without one)."""
+        if not self.cut_overview:
+            return []
+        steps = max(self.max_iterations or 1, 1)
+        starts = {0}
+        for name in ("cut_overview", "cut_innercut", "cut_icgray_p"):
+            count = len(parse_step_list(getattr(self, name) or "0", name))
+            starts |= {-(-index * steps // count) for index in range(count)}
+        return sorted(start for start in starts if start < steps)
 
     def follows_flow(self) -> bool:
         """Whether a restyle warps the previous result along the source's optical flow."""

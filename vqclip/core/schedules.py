@@ -19,12 +19,22 @@ and a value that is not finite is one line naming the setting and the frame.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Schedule", "parse_schedule", "parse_step_list", "step_value", "FUNCTIONS", "MAX_TEXT", "MAX_DEPTH", "MAX_HEIGHT"]
+__all__ = [
+    "Schedule",
+    "parse_schedule",
+    "parse_step_list",
+    "step_value",
+    "FUNCTIONS",
+    "MAX_TEXT",
+    "MAX_DEPTH",
+    "MAX_HEIGHT",
+]
 
 MAX_TEXT = 4096  # characters in one schedule
 MAX_DEPTH = 32  # nested parentheses and calls
@@ -294,6 +304,7 @@ MAX_STEPS_LISTED = 10_000  # entries of a step list (Disco's lists have 1000)
 _LIST_TERM = re.compile(r"\s*\[\s*([^\[\]]*)\]\s*(?:\*\s*(\d{1,6}))?\s*")
 
 
+@functools.lru_cache(maxsize=64)  # a config reads its lists at every change of the cuts
 def parse_step_list(text: str, name: str) -> tuple[float, ...]:
     """Disco Diffusion's per-step lists, such as ``cut_overview``'s ``"[12]*400+[4]*600"``:
     ``+``-joined terms, each a bracketed list of numbers, optionally repeated ``* N``; or one

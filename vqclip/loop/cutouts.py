@@ -13,6 +13,8 @@ from torch import nn
 __all__ = [
     "draw_places",
     "make_cutouts",
+    "overview_cutouts",
+    "greyscale",
     "make_augments",
     "augment",
     "shift_hue",
@@ -65,6 +67,29 @@ def make_cutouts(
     grid = F.affine_grid(theta, [cutn * batch, 3, cut_size, cut_size], align_corners=False)
     images = image.repeat_interleave(cutn, 0)  # (B * cutn, 3, H, W), image-major
     return F.grid_sample(images, grid.to(image.dtype), mode="bilinear", align_corners=False)
+
+
+def greyscale(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) -> the same, each pixel its luma in all three channels."""
+    weights = images.new_tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    return (images * weights).sum(-3, keepdim=True).expand_as(images)
+
+
+def overview_cutouts(image: torch.Tensor, cut_size: int, count: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B * count, 3, cut_size, cut_size), image-major: the whole image,
+    padded with black to a square and resized, as Disco Diffusion's overview cuts. Up to 4 are
+    the image, its greyscale, its mirror and the mirror's greyscale (Disco's four); more are
+    copies of the image, for the augments to vary."""
+    height, width = image.shape[-2:]
+    side = max(height, width)
+    left, top = (side - width) // 2, (side - height) // 2
+    square = F.pad(image, (left, side - width - left, top, side - height - top))
+    view = F.interpolate(square, size=(cut_size, cut_size), mode="bilinear", antialias=True, align_corners=False)  # fmt: skip
+    if count > 4:
+        return view.repeat_interleave(count, 0)
+    flipped = view.flip(-1)
+    four = [view, greyscale(view), flipped, greyscale(flipped)][:count]
+    return torch.stack(four, 1).flatten(0, 1)
 
 
 def make_augments(names: tuple[str, ...], cut_size: int, fast: bool = True) -> nn.Module:

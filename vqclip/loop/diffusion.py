@@ -347,19 +347,21 @@ class Sampler:
         return state.image()
 
 
-def clip_guidance(loop: Loop) -> Guidance:
+def clip_guidance(loop: Loop, at: Callable[[int], Loop] | None = None) -> Guidance:
     """The loop's objective (CLIP on cutouts, the pulls) as a sampler's guidance: minus its
     gradient with respect to the noisy sample ``x`` (a leaf that requires grad), scored on
     Crowson's blend of the clean estimate and ``x`` by the step's ``noise`` level (the
-    estimate kept in range for CLIP, the gradient passing the clamp)."""
+    estimate kept in range for CLIP, the gradient passing the clamp). ``at(step)``: the loop
+    in force at a step (a cut schedule's cuts), if it changes."""
 
     def guide(
         state: SampleState, x: torch.Tensor, pred: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        loop_now = at(state.iteration) if at else loop
         blend = clamp_with_grad(pred, -1.0, 1.0) * noise + x * (1 - noise)
         image = (blend + 1) / 2
-        views = make_views(loop, state, image)
-        total, terms, losses = backward_objective(loop, state, image, pred, views)
+        views = make_views(loop_now, state, image)
+        total, terms, losses = backward_objective(loop_now, state, image, pred, views)
         grad = x.grad if x.grad is not None else torch.zeros_like(x)
         report = {"loss": total.detach(), "losses": losses.detach(), "terms": {k: v.detach() for k, v in terms.items()}}  # fmt: skip
         return -grad, report

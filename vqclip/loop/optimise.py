@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vqclip.loop.cutouts import augment, draw_places, make_cutouts
+from vqclip.loop.cutouts import augment, draw_places, greyscale, make_cutouts, overview_cutouts
 from vqclip.loop.generators import Generator, compose_latent
 from vqclip.loop.losses import Targets, own_region, spherical_dist_loss
 from vqclip.loop.objective import Loss, Objective, PerceptorTargets, PromptTerm, View
@@ -61,6 +61,8 @@ class Cuts:
     # Boxes (left, top, right, bottom as fractions) whose own cutouts region prompts are scored
     # on; the whole image's come first. (): no prompt names a region.
     regions: tuple[tuple[float, float, float, float], ...] = ()
+    overview: int = 0  # of the cutn, whole-image views first (Disco's cut_overview); 0: none
+    grey: float = 0.0  # the share of the crops turned to greyscale (Disco's cut_icgray_p)
 
 
 @dataclass(frozen=True)
@@ -229,18 +231,43 @@ def make_views(loop: Loop, state: LoopState, image: torch.Tensor) -> tuple[torch
     seeded by the step: adding a perceptor changes nothing that the first one sees.
     """
     cuts, device = loop.cuts, image.device
-    places = draw_places(cuts.cutn, state.rng, device) if cuts.method == "crops" else None
+    crops = cuts.cutn - cuts.overview
+    places = draw_places(crops, state.rng, device) if cuts.method == "crops" else None
     seed = _step_seed(loop, state)
     views = []
     for index, (perceptor, augments) in enumerate(zip(loop.perceptors, cuts.augments, strict=True)):  # fmt: skip
         size, first = perceptor.input_resolution, loop.perceptors[0].input_resolution
         cutouts = torch.cat([
-            make_cutouts(part, size, cuts.cutn, cuts.cut_pow, state.rng, cuts.method, places, first)
+            _cut(part, cuts, size, state.rng, places, first)
             for part in region_crops(image, cuts.regions)
         ])  # fmt: skip
         noise = state.rng if index == 0 else _own_rng(seed + index, device)
         views.append(augment(cutouts, augments, NOISE, noise, seed))
     return tuple(views)
+
+
+def _cut(
+    image: torch.Tensor,
+    cuts: Cuts,
+    size: int,
+    rng: torch.Generator,
+    places: torch.Tensor | None,
+    smallest: int,
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (B * cutn, 3, size, size), image-major: the crops, or with a cut
+    schedule each image's overview views, then its crops (the first ``grey`` share grey)."""
+    crops = cuts.cutn - cuts.overview
+    if not cuts.overview and not cuts.grey:
+        return make_cutouts(image, size, crops, cuts.cut_pow, rng, cuts.method, places, smallest)
+    parts = []
+    if cuts.overview:
+        parts.append(overview_cutouts(image, size, cuts.overview).unflatten(0, (len(image), -1)))
+    if crops:
+        cut = make_cutouts(image, size, crops, cuts.cut_pow, rng, cuts.method, places, smallest)
+        cut = cut.unflatten(0, (len(image), crops))
+        grey = round(cuts.grey * crops)
+        parts.append(torch.cat([greyscale(cut[:, :grey]), cut[:, grey:]], 1) if grey else cut)
+    return torch.cat(parts, 1).flatten(0, 1)
 
 
 def region_crops(image: torch.Tensor, boxes: tuple[tuple[float, float, float, float], ...]) -> list[torch.Tensor]:  # fmt: skip

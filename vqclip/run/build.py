@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -455,6 +456,9 @@ def prepare_loop(
         augments, config.cutn, config.cut_pow, config.cut_method, config.cutn_batches,
         tuple(boxes.values()),
     )  # fmt: skip
+    if config.cut_overview:  # Disco's cut schedule, at step 0 (stories.loop_at moves it on)
+        overview, crops, grey = config.cuts_at(0)
+        cuts = replace(cuts, cutn=overview + crops, cut_pow=config.cut_ic_pow, overview=overview, grey=grey)  # fmt: skip
     kinds = plugins.transform_kinds() if config.transforms else {}
     transforms = tuple(kinds[name].make(arg, config) for name, arg in config.transform_args())
     if config.symmetry != "none":

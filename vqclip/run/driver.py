@@ -390,7 +390,7 @@ class _Sample(_Optimise):
         self.image: torch.Tensor | None = None
 
     def run(self, report: Callback) -> None:
-        guidance = clip_guidance(self.loop)
+        guidance = clip_guidance(self.loop, lambda step: loop_at(self.loop, step, self.config))
         self.image = self.sampler.run(self.state, guidance, self.config.display_frequency, report)
 
     def _render(self) -> torch.Tensor:

@@ -31,6 +31,7 @@ from vqclip.loop.objective import TemporalTerm
 from vqclip.loop.optimise import Callback, Loop, best_candidates, run_loop, start_state
 from vqclip.models.flow import FlowFn, consistent, flows, warp
 from vqclip.run.frames import FrameWriter, frame_iteration
+from vqclip.run.stories import loop_at
 from vqclip.run.video import count_video_frames, frame_stride, read_video_frames
 
 __all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames", "Remote"]
@@ -153,7 +154,9 @@ def restyle_frame(
     if len(latent) == 1:
         latent = latent.repeat(config.batch_size * config.best_of, 1, 1, 1)
     state = start_state(latent, config.optimizer, config.step_size, rng, config.latent_levels)
-    image = run_loop(loop, state, config.max_iterations, config.display_frequency, callback)
+    for end in [*config.cut_changes()[1:], config.max_iterations]:  # a cut schedule's segments
+        current = loop_at(loop, state.iteration, config)
+        image = run_loop(current, state, end, config.display_frequency, callback)
     return best_candidates(loop, image, config.best_of)
 
 

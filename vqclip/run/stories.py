@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import replace
 
 import torch
 
@@ -66,6 +67,7 @@ def next_change(iteration: int, config: GenerationConfig, phases: int) -> int:
     """The first step after ``iteration`` at which the prompts change or the image is zoomed,
     or ``config.max_iterations`` (which is -1 for a run until interrupted) if none comes first."""
     changes = [start for start in phase_starts(config, phases) if start > iteration][:1]
+    changes += [start for start in config.cut_changes() if start > iteration][:1]
     if config.animation_mode != "none":
         first, every = config.first_steps(), config.steps_per_frame
         changes.append(first if iteration < first else first + ((iteration - first) // every + 1) * every)  # fmt: skip
@@ -100,7 +102,11 @@ def frame_due(iteration: int, config: GenerationConfig) -> bool:
 
 
 def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
-    """``loop`` with the prompt phase in force at step ``iteration``."""
+    """``loop`` with the prompt phase and the cuts (of a cut schedule) in force at step
+    ``iteration``."""
+    if config.cut_overview:
+        overview, crops, grey = config.cuts_at(iteration)
+        loop = replace(loop, cuts=replace(loop.cuts, cutn=overview + crops, overview=overview, grey=grey))  # fmt: skip
     if not loop.objective.prompts.phases:
         return loop
     count = len(loop.objective.prompts.phases)

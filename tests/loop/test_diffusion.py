@@ -324,3 +324,72 @@ def test_a_cut_schedule_sets_each_steps_cuts_for_both_the_loop_and_the_sampler(
     )  # fmt: skip
     generate(diffusion)
     assert [n for n in seen if n > 1] == [5, 5, 3, 3]
+
+
+def test_a_diffusion_animation_samples_each_moved_frame_back_and_resumes_to_the_same_bits(
+    diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frame 0 a sample of 8 steps; each later frame the previous one moved 2 px right,
+    noised half way into the schedule and sampled back in 4 steps; stopped in frame 2 and
+    resumed, the frames are those of an unbroken run."""
+    from vqclip.run.frames import frame_paths
+    from vqclip.run.video import assemble_video
+
+    config = diffusion_config.replace(
+        animation_mode="2D", max_frames=4, translation_x="2", frame_strength=0.5
+    )
+    progress = progress_of(config)
+    assert (progress.first, progress.per_frame, progress.total) == (8, 4, 8 + 3 * 4)
+    assert progress.done({"frame": 3, "iteration": 3}) == progress.total
+    unbroken = generate(config.replace(run_name="unbroken"))
+    frames = frame_paths(unbroken.run_dir)
+    assert [p.name for p in frames] == [f"{k:06d}.png" for k in range(4)]
+    assert json.loads(read_png_metadata(frames[2])["motion"])["translation_x"] == 2.0
+    assert count_video_frames(assemble_video(unbroken.run_dir)) == 4
+    step, calls = Sampler.step, {"n": 0}
+
+    def stop_in_frame_2(sampler, state, guidance):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 8 + 4 + 2:
+            raise KeyboardInterrupt
+        return step(sampler, state, guidance)
+
+    monkeypatch.setattr(Sampler, "step", stop_in_frame_2)
+    stopped = generate(config.replace(run_name="stopped"))
+    monkeypatch.undo()
+    assert stopped.interrupted and len(frame_paths(stopped.run_dir)) == 2
+    resume(stopped.run_dir)
+    _assert_same_frames(stopped.run_dir, unbroken.run_dir)
+    with pytest.raises(ValueError, match="every frame of the animation is made"):
+        resume(stopped.run_dir)
+    with pytest.raises(ValueError, match="frame_strength: expected a share"):
+        config.replace(frame_strength=1.0)
+
+
+def _shape_centre(pixels: np.ndarray) -> tuple[float, float]:
+    """The centroid of the pixels unlike the border's median colour: where the shape is."""
+    values = pixels.astype(float)
+    border = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
+    ys, xs = np.nonzero(np.abs(values - np.median(border, axis=0)).sum(-1) > 120)
+    return float(xs.mean()), float(ys.mean())
+
+
+@pytest.mark.slow
+def test_the_shapes_diffusion_animation_follows_its_camera(tmp_path: Path) -> None:
+    """With the bundled shapes diffusion model: translation_x 2 moves the drawn shape right,
+    frame after frame, while a still camera keeps it in place (seed 0, 6 frames)."""
+    from vqclip.run.frames import frame_paths
+
+    base = GenerationConfig(
+        prompts="a red circle on a blue background", generator="diffusion", seed=0,
+        animation_mode="2D", max_frames=6, frame_strength=0.8, device="cpu", precision="fp32",
+        output_dir=str(tmp_path),
+    )  # fmt: skip
+    travels = {}
+    for name, moves in (("moving", "2"), ("still", "0")):
+        frames = frame_paths(generate(base.replace(translation_x=moves, run_name=name)).run_dir)
+        centres = [_shape_centre(png_pixels(p)) for p in frames]
+        travels[name] = (centres[-1][0] - centres[0][0], max(abs(c[1] - centres[0][1]) for c in centres))  # fmt: skip
+        print(name, [tuple(round(v, 1) for v in c) for c in centres])
+    assert 5 <= travels["moving"][0] <= 13, travels  # the schedule: 5 moves of 2 px (measured 7)
+    assert abs(travels["still"][0]) <= 2 and travels["moving"][1] <= 3, travels

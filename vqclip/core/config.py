@@ -187,6 +187,7 @@ class GenerationConfig:
     max_frames: int = _field(0, "animation: how many frames", ANIMATION)
     steps_per_frame: int = _field(10, "animation: optimisation steps per frame, each from the moved previous frame", ANIMATION)  # fmt: skip
     first_frame_steps: int = _field(0, "animation: steps of the first frame, made from the start (0: steps_per_frame)", ANIMATION)  # fmt: skip
+    frame_strength: float = _field(0.6, "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)", ANIMATION)  # fmt: skip
     fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
     zoom: str = _field("1.0", "2D: each frame this many times larger about the centre" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     angle: str = _field("0", "2D: each frame turned this many degrees anticlockwise" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
@@ -437,6 +438,18 @@ class GenerationConfig:
             return
         if self.max_frames < 1:
             raise ValueError(f"max_frames: an animation needs at least 1 frame, got {self.max_frames}")  # fmt: skip
+        if not _is_number(self.frame_strength) or not 0 <= self.frame_strength < 1:
+            raise ValueError(f"frame_strength: expected a share from 0 up to, not including, 1; got {self.frame_strength!r}")  # fmt: skip
+        if self.generator == "diffusion":  # each frame a sample over max_iterations steps
+            self._check_schedule_values()
+            if self.max_frames > MAX_FRAMES:
+                raise ValueError(f"max_frames: {self.max_frames}; expected at most {MAX_FRAMES}")  # fmt: skip
+            for name, value in (("zoom_every", self.zoom_every), ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
+                if value:
+                    raise ValueError(f"{name}: {value!r} does not combine with animation_mode {self.animation_mode!r} yet")  # fmt: skip
+            if self.best_of is None:  # one image moves from frame to frame
+                object.__setattr__(self, "best_of", 1)
+            return
         if self.max_frames > MAX_FRAMES or self.max_frames * self.steps_per_frame > limits.MAX_STEPS:  # fmt: skip
             raise ValueError(f"max_frames: {self.max_frames} frames of {self.steps_per_frame} steps; expected at most {MAX_FRAMES} frames and {limits.MAX_STEPS} steps in all")  # fmt: skip
         self._check_schedule_values()
@@ -450,8 +463,7 @@ class GenerationConfig:
                 f"max_iterations: {self.max_iterations} is not a first frame of {first} steps "
                 f"and whole frames of {every}; leave it unset (it follows max_frames)"
             )
-        for name, value in (("generator", self.generator == "diffusion" and "diffusion"),
-                            ("zoom_every", self.zoom_every), ("init_video", self.init_video),
+        for name, value in (("zoom_every", self.zoom_every), ("init_video", self.init_video),
                             ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
             if value:
                 raise ValueError(f"{name}: {value!r} does not combine with animation_mode {self.animation_mode!r} yet")  # fmt: skip
@@ -534,6 +546,10 @@ class GenerationConfig:
             count = len(parse_step_list(getattr(self, name) or "0", name))
             starts |= {-(-index * steps // count) for index in range(count)}
         return sorted(start for start in starts if start < steps)
+
+    def frame_skip(self) -> int:
+        """The sampling steps a diffusion animation's frames after the first skip."""
+        return min(round(self.frame_strength * self.max_iterations), self.max_iterations - 1)
 
     def follows_flow(self) -> bool:
         """Whether a restyle warps the previous result along the source's optical flow."""

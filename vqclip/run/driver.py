@@ -31,6 +31,7 @@ from vqclip.models.flow import flow_estimator
 from vqclip.models.tuning import keep_freed_memory, measure_precision
 from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
 from vqclip.run.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from
+from vqclip.run.motion import CameraPath
 from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames
 from vqclip.run.runstate import STATE, read_state, save_state, stop_between_steps
 from vqclip.run.stories import loop_at, run_schedule
@@ -59,16 +60,21 @@ class RunResult:
 @dataclass(frozen=True)
 class Progress:
     """A run's steps for a progress bar, the one formula of every frontend (the CLI's bar, the
-    notebook's, the web page's): per frame of a restyled video (else the run's) and in all
-    (None: a run until stopped)."""
+    notebook's, the web page's): per frame of a restyled video or a diffusion animation (else
+    the run's) and in all (None: a run until stopped); ``first``: the first frame's, where it
+    differs."""
 
     per_frame: int
     total: int | None
+    first: int | None = None
 
     def done(self, info: dict) -> int:
         """Steps done once the step that ``info`` reports (its ``frame``, ``iteration``) ends:
         a resumed run or restyle starts part-way."""
-        return info.get("frame", 0) * self.per_frame + info["iteration"] + 1
+        frame = info.get("frame", 0)
+        first = self.per_frame if self.first is None else self.first
+        before = first + (frame - 1) * self.per_frame if frame else 0
+        return before + info["iteration"] + 1
 
 
 def progress_of(config: GenerationConfig, max_iterations: int | None = None) -> Progress:
@@ -79,6 +85,9 @@ def progress_of(config: GenerationConfig, max_iterations: int | None = None) -> 
     if iterations == -1:
         return Progress(0, None)
     per_frame = iterations - config.skip_timesteps
+    if _sampled_frames(config):  # the first frame a sample; each later one from frame_skip on
+        later = iterations - config.frame_skip()
+        return Progress(later, per_frame + (config.max_frames - 1) * later, per_frame)
     return Progress(per_frame, per_frame * frames_to_restyle(config))
 
 
@@ -170,7 +179,7 @@ def _read_resumable(run_dir: Path, max_iterations: int | None) -> bytes:
         raise ValueError(f"resume: {run_dir} is a symlink; give the run directory itself ({run_dir.resolve()})")  # fmt: skip
     config = read_run_config(run_dir)
     saved = None
-    if config.init_video:
+    if config.init_video or _sampled_frames(config):  # frame by frame: the PNGs are the state
         _check_restyle_resumable(run_dir, config, max_iterations)
     else:
         saved = read_state(run_dir / STATE)
@@ -194,16 +203,23 @@ def _unpack(data: bytes) -> tuple[GenerationConfig, dict | None]:
     return GenerationConfig.from_json(text.decode(), "resume"), saved
 
 
+def _sampled_frames(config: GenerationConfig) -> bool:
+    """Whether a run is a diffusion animation: a sample per frame, each saved whole."""
+    return config.generator == "diffusion" and config.animation_mode != "none"
+
+
 def _check_restyle_resumable(
     run_dir: Path, config: GenerationConfig, max_iterations: int | None
 ) -> None:
+    """A run made frame by frame (a restyle, a diffusion animation) goes on as it started."""
     if max_iterations is not None:
         raise ValueError(
-            "max_iterations: a restyled video goes on with the iterations per frame it was "
-            f"started with ({config.max_iterations}); leave max_iterations out"
+            "max_iterations: a run made frame by frame goes on with the steps per frame it "
+            f"was started with ({config.max_iterations}); leave max_iterations out"
         )
     if any(run_dir.glob("final*.png")):
-        raise ValueError(f"resume: every frame of {config.init_video!r} is restyled in {run_dir}")
+        made = f"of {config.init_video!r} is restyled" if config.init_video else "of the animation is made"  # fmt: skip
+        raise ValueError(f"resume: every frame {made} in {run_dir}")
 
 
 def _check_sample_resumable(
@@ -252,6 +268,8 @@ def drive(
     files = files or acquire(config)
     if config.init_video:
         job: _Job = _Restyle(config, device, remote, files)
+    elif config.generator == "diffusion" and config.animation_mode != "none":
+        job = _AnimateSample(config, device, files)
     elif config.generator == "diffusion":
         job = _Sample(config, device, saved, processes, files)
     else:
@@ -395,6 +413,53 @@ class _Sample(_Optimise):
 
     def _render(self) -> torch.Tensor:
         return self.state.image()
+
+
+class _AnimateSample(_Job):
+    """A diffusion animation: frame 0 a sample; each later frame the previous one moved along
+    the camera path, noised ``frame_strength`` of the way into the schedule and sampled back
+    (Deforum's and Disco's way). Each frame's draws come from the seed and the frame, and the
+    previous frame is read back from its PNG, so that a stopped animation goes on from its
+    first missing frame exactly as it would have."""
+
+    def __init__(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> None:
+        self.config, self.device = config, device
+        self.loop, self.sampler, self.first = prepare_sample(config, device, files)
+        self.path = CameraPath(config, device)
+
+    def start(self, run_dir: Path | None) -> None:
+        self.writer = FrameWriter(run_dir, self.config)
+        done = len({frame_iteration(path) for path in self.writer.saved})
+        set_aside_from(run_dir, done)  # an earlier video of the frames
+
+    def run(self, report: Callback) -> None:
+        config, guidance = self.config, clip_guidance(self.loop)
+        done = {frame_iteration(path) for path in self.writer.saved}
+        batch, size = config.batch_size * config.best_of, (config.height, config.width)
+        for frame in range(config.max_frames):
+            if frame in done:
+                continue
+            state = self.first
+            if frame:  # the previous frame, as saved, moved into this one
+                rng = torch.Generator(device=self.device).manual_seed((config.seed + frame) % 2**63)  # fmt: skip
+                moved = self.path.move(last_frames(self.writer.saved).to(self.device), frame)
+                state = self.sampler.start(batch, *size, rng, moved, config.frame_skip())
+
+            def step(info: dict, frame: int = frame) -> None:
+                report({**{k: v for k, v in info.items() if k != "image"}, "frame": frame})
+
+            image = self.sampler.run(state, guidance, config.display_frequency, step)
+            motion = self.path.values(frame)
+            name = f"frames/{frame:06d}"
+            self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)  # fmt: skip
+
+    def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
+        if not self.writer.saved:
+            return self.first.image(), []
+        image = last_frames(self.writer.saved)
+        if interrupted:
+            return image, []
+        return image, self.writer.save("final", [to_uint8(x) for x in image], self.config.max_frames - 1)  # fmt: skip
 
 
 class _Restyle(_Job):

@@ -393,3 +393,42 @@ def test_the_shapes_diffusion_animation_follows_its_camera(tmp_path: Path) -> No
         print(name, [tuple(round(v, 1) for v in c) for c in centres])
     assert 5 <= travels["moving"][0] <= 13, travels  # the schedule: 5 moves of 2 px (measured 7)
     assert abs(travels["still"][0]) <= 2 and travels["moving"][1] <= 3, travels
+
+
+def test_with_cadence_only_every_nth_frame_is_sampled_and_a_stop_resumes_alike(
+    diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vqclip.run.frames import frame_paths
+
+    config = diffusion_config.replace(
+        animation_mode="2D", max_frames=5, cadence=2, translation_x="2", frame_strength=0.5
+    )
+    progress = progress_of(config)
+    assert progress.total == 8 + 2 * 4 and progress.done({"frame": 4, "iteration": 3}) == 16
+    run, runs = Sampler.run, []
+
+    def counted(sampler, state, *args, **kwargs):  # noqa: ANN001, ANN202
+        runs.append(state.first)
+        return run(sampler, state, *args, **kwargs)
+
+    monkeypatch.setattr(Sampler, "run", counted)
+    unbroken = generate(config.replace(run_name="unbroken"))
+    assert runs == [7, 3, 3]  # frames 0, 2 and 4: a sample, then two from half way
+    frames = [png_pixels(p).astype(int) for p in frame_paths(unbroken.run_dir)]
+    assert len(frames) == 5
+    # Frame 1 is frame 0 moved 2 px right (a tween: nothing sampled), edges repeated.
+    assert np.abs(frames[1][:, 4:] - frames[0][:, 2:-2]).mean() < 3
+    step, calls = Sampler.step, {"n": 0}
+
+    def stop_in_frame_4(sampler, state, guidance):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 8 + 4 + 1:
+            raise KeyboardInterrupt
+        return step(sampler, state, guidance)
+
+    monkeypatch.setattr(Sampler, "step", stop_in_frame_4)
+    stopped = generate(config.replace(run_name="stopped"))
+    monkeypatch.undo()
+    assert stopped.interrupted and len(frame_paths(stopped.run_dir)) == 4  # 0-3, then 4 stopped
+    resume(stopped.run_dir)
+    _assert_same_frames(stopped.run_dir, unbroken.run_dir)

@@ -55,6 +55,7 @@ COLOR_NAMES = {
     "magenta": (210, 40, 190),
 }  # fmt: skip  -- red ... white as the shapes world draws them
 MAX_FRAMES = 100_000  # an animation's frames: over two hours at 12 a second
+MAX_CADENCE = 50  # frames per sampled frame
 SAMPLINGS = ("bilinear", "bicubic", "nearest")
 _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
@@ -187,6 +188,7 @@ class GenerationConfig:
     max_frames: int = _field(0, "animation: how many frames", ANIMATION)
     steps_per_frame: int = _field(10, "animation: optimisation steps per frame, each from the moved previous frame", ANIMATION)  # fmt: skip
     first_frame_steps: int = _field(0, "animation: steps of the first frame, made from the start (0: steps_per_frame)", ANIMATION)  # fmt: skip
+    cadence: int = _field(1, "diffusion animation: sample every Nth frame; the frames between are the last two sampled frames moved along the camera and cross-faded (Disco's turbo, Deforum's cadence)", ANIMATION)  # fmt: skip
     frame_strength: float = _field(0.6, "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)", ANIMATION)  # fmt: skip
     fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
     zoom: str = _field("1.0", "2D: each frame this many times larger about the centre" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
@@ -259,7 +261,7 @@ class GenerationConfig:
         checks = {
             _positive_int: ("width", "height", "cutn", "display_frequency", "batch_size",
                             "latent_levels", "best_of", "pixel_scale", "cutn_batches",
-                            "video_stride", "steps_per_frame"),
+                            "video_stride", "steps_per_frame", "cadence"),
             _positive_number: ("cut_pow", "step_size", "zoom_scale", "fps", "cut_ic_pow"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("soundtrack_offset", "smoothness", "prior_weight", "clip_guidance_scale",
@@ -433,13 +435,16 @@ class GenerationConfig:
         if self.animation_mode == "none":
             if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
                 raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
-            if self.max_frames:
-                raise ValueError(f"max_frames: {self.max_frames} frames need animation_mode 2D or 3D")  # fmt: skip
+            for name in ("max_frames", "cadence"):
+                if getattr(self, name) != (0 if name == "max_frames" else 1):
+                    raise ValueError(f"{name}: {getattr(self, name)} is for an animation; give animation_mode 2D or 3D")  # fmt: skip
             return
         if self.max_frames < 1:
             raise ValueError(f"max_frames: an animation needs at least 1 frame, got {self.max_frames}")  # fmt: skip
         if not _is_number(self.frame_strength) or not 0 <= self.frame_strength < 1:
             raise ValueError(f"frame_strength: expected a share from 0 up to, not including, 1; got {self.frame_strength!r}")  # fmt: skip
+        if self.cadence > MAX_CADENCE:
+            raise ValueError(f"cadence: {self.cadence}; expected 1 to {MAX_CADENCE}")
         if self.generator == "diffusion":  # each frame a sample over max_iterations steps
             self._check_schedule_values()
             if self.max_frames > MAX_FRAMES:
@@ -463,7 +468,7 @@ class GenerationConfig:
                 f"max_iterations: {self.max_iterations} is not a first frame of {first} steps "
                 f"and whole frames of {every}; leave it unset (it follows max_frames)"
             )
-        for name, value in (("zoom_every", self.zoom_every), ("init_video", self.init_video),
+        for name, value in (("cadence", self.cadence > 1 and self.cadence), ("zoom_every", self.zoom_every), ("init_video", self.init_video),
                             ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
             if value:
                 raise ValueError(f"{name}: {value!r} does not combine with animation_mode {self.animation_mode!r} yet")  # fmt: skip

@@ -21,7 +21,7 @@ import torch
 from vqclip.core import presets
 from vqclip.core.config import GenerationConfig, resolve_seed
 from vqclip.core.files import write_atomic
-from vqclip.core.images import to_uint8
+from vqclip.core.images import load_image, to_uint8
 from vqclip.core.limits import read_text
 from vqclip.loop.diffusion import clip_guidance
 from vqclip.loop.optimise import Callback, best_candidates, render
@@ -67,11 +67,12 @@ class Progress:
     per_frame: int
     total: int | None
     first: int | None = None
+    every: int = 1  # frames per frame that takes steps (a diffusion animation's cadence)
 
     def done(self, info: dict) -> int:
         """Steps done once the step that ``info`` reports (its ``frame``, ``iteration``) ends:
         a resumed run or restyle starts part-way."""
-        frame = info.get("frame", 0)
+        frame = info.get("frame", 0) // self.every
         first = self.per_frame if self.first is None else self.first
         before = first + (frame - 1) * self.per_frame if frame else 0
         return before + info["iteration"] + 1
@@ -86,8 +87,8 @@ def progress_of(config: GenerationConfig, max_iterations: int | None = None) -> 
         return Progress(0, None)
     per_frame = iterations - config.skip_timesteps
     if _sampled_frames(config):  # the first frame a sample; each later one from frame_skip on
-        later = iterations - config.frame_skip()
-        return Progress(later, per_frame + (config.max_frames - 1) * later, per_frame)
+        later, sampled = iterations - config.frame_skip(), -(-config.max_frames // config.cadence)
+        return Progress(later, per_frame + (sampled - 1) * later, per_frame, config.cadence)
     return Progress(per_frame, per_frame * frames_to_restyle(config))
 
 
@@ -418,9 +419,11 @@ class _Sample(_Optimise):
 class _AnimateSample(_Job):
     """A diffusion animation: frame 0 a sample; each later frame the previous one moved along
     the camera path, noised ``frame_strength`` of the way into the schedule and sampled back
-    (Deforum's and Disco's way). Each frame's draws come from the seed and the frame, and the
-    previous frame is read back from its PNG, so that a stopped animation goes on from its
-    first missing frame exactly as it would have."""
+    (Deforum's and Disco's way). With ``cadence`` N only every Nth frame is sampled; the frames
+    after one are the last two sampled frames moved on along the path and cross-faded toward
+    the newer. Each frame's draws come from the seed and the frame, and the frames it starts
+    from are read back from their PNGs, so that a stopped animation goes on from its first
+    missing frame exactly as it would have."""
 
     def __init__(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> None:
         self.config, self.device = config, device
@@ -439,6 +442,9 @@ class _AnimateSample(_Job):
         for frame in range(config.max_frames):
             if frame in done:
                 continue
+            if frame % config.cadence:
+                self._tween(frame)
+                continue
             state = self.first
             if frame:  # the previous frame, as saved, moved into this one
                 rng = torch.Generator(device=self.device).manual_seed((config.seed + frame) % 2**63)  # fmt: skip
@@ -452,6 +458,29 @@ class _AnimateSample(_Job):
             motion = self.path.values(frame)
             name = f"frames/{frame:06d}"
             self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)  # fmt: skip
+
+    def _tween(self, frame: int) -> None:
+        """A frame between sampled ones: the newest sampled frame and the one before it, each
+        moved frame by frame along the path and cross-faded: all the newer just after it, more
+        of the older (up to half) as the next sample nears, which softens the change it brings
+        (after the first sampled frame, the newer alone)."""
+        config = self.config
+        key = frame - frame % config.cadence
+        images = []
+        for start in (max(key - config.cadence, 0), key):
+            image = self._saved(start)
+            for step in range(start + 1, frame + 1):
+                image = self.path.move(image, step)
+            images.append(image)
+        share = (frame - key) / config.cadence
+        image = torch.lerp(images[0], images[1], 1 - share / 2 if key else 1.0)
+        name, motion = f"frames/{frame:06d}", self.path.values(frame)
+        self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)
+
+    def _saved(self, frame: int) -> torch.Tensor:
+        """Frame ``frame`` as saved, (B, 3, H, W) in [0, 1] on the run's device."""
+        paths = [p for p in self.writer.saved if frame_iteration(p) == frame]
+        return torch.cat([load_image(path) for path in paths]).to(self.device)
 
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         if not self.writer.saved:

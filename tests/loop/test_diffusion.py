@@ -432,3 +432,25 @@ def test_with_cadence_only_every_nth_frame_is_sampled_and_a_stop_resumes_alike(
     assert stopped.interrupted and len(frame_paths(stopped.run_dir)) == 4  # 0-3, then 4 stopped
     resume(stopped.run_dir)
     _assert_same_frames(stopped.run_dir, unbroken.run_dir)
+
+
+def test_a_diffusion_animations_prompts_change_at_their_key_frames(
+    diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vqclip.run import driver
+
+    guided, made = [], driver.clip_guidance
+
+    def recorded(loop, *args):  # noqa: ANN001, ANN202
+        guided.append(loop.objective.prompts.targets)
+        return made(loop, *args)
+
+    monkeypatch.setattr(driver, "clip_guidance", recorded)
+    config = diffusion_config.replace(
+        prompts="0: a red circle | 2: a green square", animation_mode="2D", max_frames=4
+    )
+    generate(config)
+    assert len(guided) == 4 and guided[0] is guided[1] and guided[2] is guided[3]
+    assert not torch.equal(guided[1][0].embeds, guided[2][0].embeds)  # the key at frame 2
+    with pytest.raises(ValueError, match="phases"):  # a still sample has no frames to key
+        diffusion_config.replace(prompts="a red circle ^ a green square")

@@ -387,7 +387,7 @@ class GenerationConfig:
         clashes = {
             first: getattr(self, first),
             "zoom_every": self.zoom_every,
-            "prompts": self.phase_count() > 1 and "phases ('^')",
+            "prompts": self.phase_count() > 1 and not self._keyed_diffusion() and "phases ('^')",
             "max_iterations": self.max_iterations == -1 and -1,
         }
         for name, value in clashes.items():
@@ -551,6 +551,10 @@ class GenerationConfig:
             count = len(parse_step_list(getattr(self, name) or "0", name))
             starts |= {-(-index * steps // count) for index in range(count)}
         return sorted(start for start in starts if start < steps)
+
+    def _keyed_diffusion(self) -> bool:
+        """Whether a diffusion animation's prompts change at frames (each frame a sample)."""
+        return self.generator == "diffusion" and self.animation_mode != "none" and is_keyed(self.prompts)  # fmt: skip
 
     def frame_skip(self) -> int:
         """The sampling steps a diffusion animation's frames after the first skip."""

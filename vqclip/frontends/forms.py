@@ -69,5 +69,12 @@ def animation_settings(**form: Any) -> dict[str, Any]:
     "none", so that a still's config records none. Counts of 0 are whole numbers."""
     if form.get("animation_mode", "none") == "none":
         return {}
-    counts = ("max_frames", "first_frame_steps", "steps_per_frame")
-    return {key: int(value or 0) if key in counts else str(value) for key, value in form.items()}
+    counts = ("max_frames", "first_frame_steps", "steps_per_frame", "cadence")
+    numbers = ("frame_strength",)  # the rest are schedules: text
+
+    def field(key: str, value: Any) -> Any:
+        if key in counts:
+            return int(value or 0)
+        return float(value) if key in numbers else str(value)
+
+    return {key: field(key, value) for key, value in form.items()}

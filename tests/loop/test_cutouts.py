@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vqclip.core.config import AUGMENTS, GenerationConfig
 from vqclip.loop.cutouts import augment, make_augments, make_cutouts, shift_hue
@@ -154,3 +156,16 @@ def test_discos_step_lists_read_as_disco_reads_them(text: str, values: list) -> 
 def test_a_bad_cut_schedule_is_one_clear_line(tiny_config, changes: dict, message: str) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=message):
         tiny_config.replace(**changes)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.text(alphabet="[]*+,.0123456789 -eE_ainf()x", max_size=60))
+def test_any_step_list_is_one_clear_error_or_finite_numbers(text: str) -> None:
+    from vqclip.core.schedules import MAX_STEPS_LISTED, parse_step_list
+
+    try:
+        values = parse_step_list(text, "cut_overview")
+    except ValueError as error:
+        assert str(error).startswith("cut_overview: ") and "\n" not in str(error)
+    else:
+        assert 1 <= len(values) <= MAX_STEPS_LISTED and all(math.isfinite(x) for x in values)

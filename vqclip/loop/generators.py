@@ -12,6 +12,8 @@ composed tensor in range after every step (``clamp``). Two ship with vqclip:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -20,7 +22,14 @@ from torch import nn
 
 from vqclip.loop.latents import clamp_with_grad, decode_latent, encode_image, random_latent
 
-__all__ = ["Generator", "VQGANGenerator", "PixelGenerator", "compose_latent", "clamp_levels"]
+__all__ = [
+    "Generator",
+    "VQGANGenerator",
+    "wrapped_padding",
+    "PixelGenerator",
+    "compose_latent",
+    "clamp_levels",
+]
 
 
 class Generator(Protocol):
@@ -46,13 +55,29 @@ class Generator(Protocol):
         ...
 
 
+@contextmanager
+def wrapped_padding(model: nn.Module) -> Iterator[None]:
+    """Every padded convolution of ``model`` pads circularly while inside: the edges see the
+    opposite edges, so a decoded image is periodic (a seamless tile). The model, shared by the
+    model cache, is put back as it was."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and any(m.padding)]
+    modes = [conv.padding_mode for conv in convs]
+    for conv in convs:
+        conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in zip(convs, modes, strict=True):
+            conv.padding_mode = mode
+
+
 class VQGANGenerator:
     """A VQGAN latent: random codes or an encoded image, decoded through the codebook."""
 
     name = "vqgan"
 
-    def __init__(self, vqgan: nn.Module) -> None:
-        self.vqgan = vqgan
+    def __init__(self, vqgan: nn.Module, circular: bool = False) -> None:
+        self.vqgan, self.circular = vqgan, circular
         self.factor = vqgan.spec.factor
 
     def random(self, batch: int, height: int, width: int, rng: torch.Generator) -> torch.Tensor:
@@ -63,7 +88,10 @@ class VQGANGenerator:
         return encode_image(self.vqgan, images)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return decode_latent(self.vqgan, latent)
+        if not self.circular:
+            return decode_latent(self.vqgan, latent)
+        with wrapped_padding(self.vqgan):  # a seamless tile: the decoder works on the torus
+            return decode_latent(self.vqgan, latent)
 
     @torch.no_grad()
     def clamp(self, levels: list[torch.Tensor]) -> None:

@@ -261,7 +261,9 @@ def load_parts(
     vqgan, perceptors = load_models(config, device, files)
     if config.generator == "diffusion":
         return None, perceptors
-    generator = PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan)
+    generator = (
+        PixelGenerator(config.pixel_scale) if vqgan is None else VQGANGenerator(vqgan, config.tile)
+    )
     return generator, perceptors
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vqclip.core import presets
@@ -32,7 +33,7 @@ from vqclip.models.acquire import RunFiles, acquire
 from vqclip.models.flow import flow_estimator
 from vqclip.models.tuning import keep_freed_memory, measure_precision
 from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
-from vqclip.run.frames import FrameWriter, create_run_dir, frame_iteration, set_aside_from
+from vqclip.run.frames import TILED, FrameWriter, create_run_dir, frame_iteration, set_aside_from
 from vqclip.run.motion import CameraPath
 from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames
 from vqclip.run.runstate import STATE, read_state, save_state, stop_between_steps
@@ -391,7 +392,10 @@ class _Optimise(_Job):
         frame_end = self.config.frame_ended(state.iteration) is not None
         if not frame_end and (not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration):  # fmt: skip
             writer({"iteration": state.iteration, "image": image})
-        return image, writer.save("final", [to_uint8(x) for x in image], state.iteration)
+        finals = writer.save("final", [to_uint8(x) for x in image], state.iteration)
+        if self.config.tile:  # the tile as it repeats, to see its seams: 2x2 copies
+            writer.save(TILED, [np.tile(to_uint8(x), (2, 2, 1)) for x in image], state.iteration)
+        return image, finals
 
 
 class _Sample(_Optimise):

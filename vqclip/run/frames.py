@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 FRAMES = "frames"
+TILED = "tiled"  # a tile's 2x2 preview beside final.png: tiled.png (tiled-K.png in a batch)
 DEPTH = "depth"  # a 3D animation's depth images, with save_depth
 
 
@@ -161,7 +162,7 @@ def set_aside_from(run_dir: str | Path, iteration: int) -> Path | None:
     of it; returns that directory, or None when there was nothing to move."""
     run_dir = Path(run_dir)
     later = [p for p in frame_paths(run_dir) if frame_iteration(p) >= iteration]
-    later += [*run_dir.glob("final*.png"), *run_dir.glob("video.mp4")]
+    later += [*run_dir.glob("final*.png"), *run_dir.glob(f"{TILED}*.png"), *run_dir.glob("video.*")]
     depth = run_dir / DEPTH
     deeper = [] if depth.is_symlink() or not depth.is_dir() else [
         p for p in sorted(depth.glob("[0-9]*.png")) if frame_iteration(p) >= iteration

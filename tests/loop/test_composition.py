@@ -13,6 +13,7 @@ from tests.conftest import png_pixels
 from vqclip.core.config import GenerationConfig
 from vqclip.loop.composition import Tile, palette_distances, symmetric
 from vqclip.run.driver import generate
+from vqclip.run.frames import frame_iteration
 
 PROMPT = "a red circle on a blue background"
 
@@ -43,6 +44,13 @@ def test_symmetries_mirror_halves_and_a_tile_rolls_only_what_is_cut() -> None:
 def test_symmetry_makes_a_symmetric_image_and_the_palette_holds_its_colours(tmp_path: Path) -> None:
     mirrored = _run(tmp_path, symmetry="horizontal", start="random")
     assert torch.equal(mirrored, mirrored.flip(-1))
+    # Held for the first half of the steps only: the frames before step 10 are mirrored, those
+    # after move freely.
+    config = GenerationConfig(prompts=PROMPT, seed=0, device="cpu", precision="fp32", best_of=1, output_dir=str(tmp_path))  # fmt: skip
+    changes = {"symmetry": "horizontal", "symmetry_share": 0.5, "start": "random", "max_iterations": 20, "display_frequency": 5}  # fmt: skip
+    frames = {frame_iteration(p): png_pixels(p) for p in generate(config.replace(**changes)).frames}
+    assert all(np.array_equal(frames[k], frames[k][:, ::-1]) for k in (0, 5))
+    assert not any(np.array_equal(frames[k], frames[k][:, ::-1]) for k in (15, 20))
     # The pixels generator without the shapes prior (which pulls toward its own clean colours).
     base = {"generator": "pixels", "prior": None, "prior_weight": 0.0}
     colors = GenerationConfig(prompts="-", palette="#dc1e1e, #1e3cdc").palette_colors()
@@ -115,6 +123,8 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
         ({"palette": "red, mauve"}, "palette: 'mauve'; expected a colour name"),
         ({"palette": "#12345"}, "palette: '#12345'"),
         ({"tile": "yes"}, "tile: expected true or false"),
+        ({"symmetry_share": 0.5}, "symmetry_share: is a share of a symmetric run's steps"),
+        ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
         ({"generator": "diffusion", "symmetry": "both"}, "symmetry, tile: for an optimised image"),
         ({"saturation_weight": -1.0}, "saturation_weight"),
     ],

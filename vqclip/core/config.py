@@ -156,6 +156,7 @@ class GenerationConfig:
     prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
     prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
     symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", or "none"', START)  # fmt: skip
+    symmetry_share: float = _field(1.0, "the share of the steps, from the first, that symmetry holds for (as Disco's transformation_percent); the rest go on freely", START)  # fmt: skip
     tile: bool = _field(False, "a seamless texture: the image rolled on a torus before each step's cutouts, so that its edges meet", START)  # fmt: skip
     palette: str = _field("", 'colours by name or hex ("red, #1e3cdc"): pull each pixel to its nearest', START)  # fmt: skip
     palette_weight: float = _field(1.0, "weight of the palette's pull (with palette)", START)
@@ -560,6 +561,12 @@ class GenerationConfig:
         """The sampling steps a diffusion animation's frames after the first skip."""
         return min(round(self.frame_strength * self.max_iterations), self.max_iterations - 1)
 
+    def symmetry_until(self) -> int | None:
+        """The step at which symmetry ends (None: it holds throughout)."""
+        if self.symmetry_share >= 1:
+            return None
+        return math.ceil(self.symmetry_share * self.max_iterations)
+
     def follows_flow(self) -> bool:
         """Whether a restyle warps the previous result along the source's optical flow."""
         return bool(self.flow_warp or self.flow_weight)
@@ -580,6 +587,10 @@ class GenerationConfig:
 
     def _check_composition(self) -> None:
         _choice("symmetry", self.symmetry, SYMMETRIES)
+        if not _is_number(self.symmetry_share) or not 0 < self.symmetry_share <= 1:
+            raise ValueError(f"symmetry_share: expected a share above 0, at most 1; got {self.symmetry_share!r}")  # fmt: skip
+        if self.symmetry_share < 1 and (self.symmetry == "none" or self.max_iterations == -1):
+            raise ValueError("symmetry_share: is a share of a symmetric run's steps; give symmetry and a number of max_iterations")  # fmt: skip
         if not isinstance(self.tile, bool):
             raise ValueError(f"tile: expected true or false, got {self.tile!r}")
         self.palette_colors()

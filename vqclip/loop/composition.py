@@ -35,11 +35,14 @@ def _mirror(image: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([first, image.narrow(dim, 0, half).flip(dim)], dim)
 
 
-def symmetric(kind: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting."""
+def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
+    step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
     dims = {"horizontal": (-1,), "vertical": (-2,), "both": (-1, -2)}[kind]
 
     def transform(image: torch.Tensor, iteration: int) -> torch.Tensor:
+        if until is not None and iteration >= until:
+            return image
         for dim in dims:
             image = _mirror(image, dim)
         return image

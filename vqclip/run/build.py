@@ -464,7 +464,7 @@ def prepare_loop(
     kinds = plugins.transform_kinds() if config.transforms else {}
     transforms = tuple(kinds[name].make(arg, config) for name, arg in config.transform_args())
     if config.symmetry != "none":
-        transforms = (symmetric(config.symmetry), *transforms)
+        transforms = (symmetric(config.symmetry, config.symmetry_until()), *transforms)
     if config.tile:
         transforms = (*transforms, Tile(config.seed))
     loop = Loop(

@@ -452,5 +452,9 @@ def test_a_diffusion_animations_prompts_change_at_their_key_frames(
     generate(config)
     assert len(guided) == 4 and guided[0] is guided[1] and guided[2] is guided[3]
     assert not torch.equal(guided[1][0].embeds, guided[2][0].embeds)  # the key at frame 2
+    guided.clear()
+    generate(config.replace(prompt_blend=1))  # frame 2 half each, frame 3 the new prompt
+    assert [t[0].names for t in guided] == [("a red circle",)] * 2 + [("a red circle", "a green square"), ("a green square",)]  # fmt: skip
+    assert guided[2][0].weights.tolist() == [0.5, 0.5]
     with pytest.raises(ValueError, match="phases"):  # a still sample has no frames to key
         diffusion_config.replace(prompts="a red circle ^ a green square")

@@ -104,3 +104,35 @@ def test_a_region_prompt_is_scored_on_its_regions_cutouts_only() -> None:
     assert torch.allclose(losses[0], prompt_losses(whole, plain)[0])
     assert torch.allclose(losses[1], prompt_losses(region, plain)[1])
     assert not torch.allclose(losses[1], prompt_losses(whole, plain)[1])
+
+
+def test_blended_targets_interpolate_the_two_prompt_lists_losses() -> None:
+    """An animation's prompt blend: both lists scored at once, weights scaled by 1 - s and s,
+    gives (1 - s) of the first list's loss plus s of the second's."""
+    from vqclip.loop.losses import Targets, blend_targets, prompt_losses
+
+    g = torch.Generator().manual_seed(0)
+
+    def targets(count: int, names: tuple[str, ...]) -> Targets:
+        embeds = torch.nn.functional.normalize(torch.randn(count, 8, generator=g), dim=-1)
+        owner = torch.arange(count) % len(names)
+        weights = torch.rand(len(names), generator=g) + 0.5
+        return Targets(embeds, owner, weights, torch.full((len(names),), -1e9), names)
+
+    first, second = targets(3, ("a red circle", "blue")), targets(2, ("a green square",))
+    cuts = torch.randn(6, 8, generator=g)
+    for share in (0.0, 0.25, 1.0):
+        blended = prompt_losses(cuts, blend_targets(first, second, share)).sum()
+        expected = (1 - share) * prompt_losses(cuts, first).sum() + share * prompt_losses(cuts, second).sum()  # fmt: skip
+        assert torch.allclose(blended, expected, atol=1e-6), share
+
+
+def test_prompt_blend_spreads_a_keys_change_over_frames() -> None:
+    from vqclip.core.config import GenerationConfig
+
+    config = GenerationConfig(prompts="0: a red circle | 4: a green square", animation_mode="2D", max_frames=10, prompt_blend=3)  # fmt: skip
+    assert [config.prompt_at(frame) for frame in (3, 4, 5, 6, 7)] == [
+        (0, None), (1, (0, 0.25)), (1, (0, 0.5)), (1, (0, 0.75)), (1, None),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="prompt_blend: 2 frames blend prompts keyed by frame"):
+        GenerationConfig(prompts="a red circle", animation_mode="2D", max_frames=4, prompt_blend=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import json
@@ -12,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vqclip.core import limits
-from vqclip.core.prompts import is_keyed, parse_prompts, split_phases, split_prompts
+from vqclip.core.prompts import is_keyed, parse_prompts, split_keyed, split_phases, split_prompts
 from vqclip.core.schedules import Schedule, parse_schedule, parse_step_list, step_value
 
 __all__ = [
@@ -189,6 +190,7 @@ class GenerationConfig:
     max_frames: int = _field(0, "animation: how many frames", ANIMATION)
     steps_per_frame: int = _field(10, "animation: optimisation steps per frame, each from the moved previous frame", ANIMATION)  # fmt: skip
     first_frame_steps: int = _field(0, "animation: steps of the first frame, made from the start (0: steps_per_frame)", ANIMATION)  # fmt: skip
+    prompt_blend: int = _field(0, "animation: frames over which prompts keyed by frame blend into the next key's, from the key on (their losses interpolated); 0: they change at once", ANIMATION)  # fmt: skip
     cadence: int = _field(1, "diffusion animation: sample every Nth frame; the frames between are the last two sampled frames moved along the camera and cross-faded (Disco's turbo, Deforum's cadence)", ANIMATION)  # fmt: skip
     frame_strength: float = _field(0.6, "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)", ANIMATION)  # fmt: skip
     fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
@@ -270,7 +272,7 @@ class GenerationConfig:
                                    "temporal_weight", "palette_weight", "saturation_weight",
                                    "contrast_weight", "flow_weight"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
-                                "video_frames", "skip_timesteps", "max_frames",
+                                "video_frames", "skip_timesteps", "max_frames", "prompt_blend",
                                 "first_frame_steps"),
         }  # fmt: skip
         optional = {f.name for f in fields(self) if f.default is None}  # None: the preset's
@@ -436,14 +438,16 @@ class GenerationConfig:
         if self.animation_mode == "none":
             if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
                 raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
-            for name in ("max_frames", "cadence"):
-                if getattr(self, name) != (0 if name == "max_frames" else 1):
+            for name in ("max_frames", "cadence", "prompt_blend"):
+                if getattr(self, name) != (1 if name == "cadence" else 0):
                     raise ValueError(f"{name}: {getattr(self, name)} is for an animation; give animation_mode 2D or 3D")  # fmt: skip
             return
         if self.max_frames < 1:
             raise ValueError(f"max_frames: an animation needs at least 1 frame, got {self.max_frames}")  # fmt: skip
         if not _is_number(self.frame_strength) or not 0 <= self.frame_strength < 1:
             raise ValueError(f"frame_strength: expected a share from 0 up to, not including, 1; got {self.frame_strength!r}")  # fmt: skip
+        if self.prompt_blend and not is_keyed(self.prompts):
+            raise ValueError(f"prompt_blend: {self.prompt_blend} frames blend prompts keyed by frame; give prompts such as \"0: a forest | 50: a city\"")  # fmt: skip
         if self.cadence > MAX_CADENCE:
             raise ValueError(f"cadence: {self.cadence}; expected 1 to {MAX_CADENCE}")
         if self.generator == "diffusion":  # each frame a sample over max_iterations steps
@@ -560,6 +564,16 @@ class GenerationConfig:
     def frame_skip(self) -> int:
         """The sampling steps a diffusion animation's frames after the first skip."""
         return min(round(self.frame_strength * self.max_iterations), self.max_iterations - 1)
+
+    def prompt_at(self, frame: int) -> tuple[int, tuple[int, float] | None]:
+        """The keyed prompt phase in force at animation frame ``frame``, and, within
+        ``prompt_blend`` frames of its key, the phase before it and this one's share."""
+        keys = [key for key, _ in split_keyed(self.prompts)] if is_keyed(self.prompts) else [0]
+        phase = bisect.bisect_right(keys, frame) - 1
+        since = frame - keys[phase]
+        if phase == 0 or since >= self.prompt_blend:
+            return phase, None
+        return phase, (phase - 1, (since + 1) / (self.prompt_blend + 1))
 
     def symmetry_until(self) -> int | None:
         """The step at which symmetry ends (None: it holds throughout)."""

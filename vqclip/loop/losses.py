@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "blend_targets",
     "Targets", "spherical_dist_loss", "own_region", "prompt_losses", "init_loss", "smoothness_loss",
 ]  # fmt: skip
 
@@ -35,6 +36,25 @@ class Targets:
     @property
     def count(self) -> int:
         return len(self.names)
+
+
+def blend_targets(first: Targets, second: Targets, share: float) -> Targets:
+    """Both prompt lists at once, ``first``'s weights scaled by ``1 - share`` and ``second``'s
+    by ``share``: the loss is the two lists' losses interpolated (an animation's blend from one
+    keyed prompt to the next)."""
+    if first.groups != second.groups:
+        raise ValueError("prompt_blend: the two prompt lists are cut into different regions")
+    regions = [t.region if t.region is not None else torch.zeros_like(t.weights, dtype=torch.long) for t in (first, second)]  # fmt: skip
+    has_region = first.region is not None or second.region is not None
+    return Targets(
+        embeds=torch.cat([first.embeds, second.embeds]),
+        owner=torch.cat([first.owner, second.owner + first.count]),
+        weights=torch.cat([first.weights * (1 - share), second.weights * share]),
+        stops=torch.cat([first.stops, second.stops]),
+        names=(*first.names, *second.names),
+        region=torch.cat(regions) if has_region else None,
+        groups=first.groups,
+    )
 
 
 def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

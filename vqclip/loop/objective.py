@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from vqclip.loop.losses import Targets, init_loss, prompt_losses, smoothness_loss
+from vqclip.loop.losses import Targets, blend_targets, init_loss, prompt_losses, smoothness_loss
 from vqclip.models.prior import prior_loss, prior_pull
 
 __all__ = [
@@ -114,6 +114,17 @@ class PromptTerm(Term):
         """This term with phase ``index``'s targets."""
         targets, row_targets = self.phases[index]
         return replace(self, targets=targets, row_targets=row_targets)
+
+    def at_blend(self, first: int, second: int, share: float) -> PromptTerm:
+        """This term between phases ``first`` and ``second``: both phases' prompts, their
+        weights scaled by ``1 - share`` and ``share`` (:func:`~vqclip.loop.losses.blend_targets`)."""
+        (a, a_rows), (b, b_rows) = self.phases[first], self.phases[second]
+
+        def blend(x: PerceptorTargets, y: PerceptorTargets) -> PerceptorTargets:
+            return tuple(blend_targets(s, t, share) for s, t in zip(x, y, strict=True))
+
+        rows = tuple(blend(x, y) for x, y in zip(a_rows, b_rows, strict=True))
+        return replace(self, targets=blend(a, b), row_targets=rows)
 
 
 @dataclass(frozen=True)
@@ -219,9 +230,12 @@ class Objective:
             reports[term.name] = loss
         return total, reports
 
-    def at_phase(self, index: int) -> Objective:
-        """The objective with the prompts of phase ``index`` of a story."""
-        return replace(self, prompts=self.prompts.at_phase(index))
+    def at_phase(self, index: int, blend: tuple[int, float] | None = None) -> Objective:
+        """The objective with the prompts of phase ``index`` of a story, or (``blend``: the
+        phase before and the share of this one) on the way to them."""
+        if blend is None:
+            return replace(self, prompts=self.prompts.at_phase(index))
+        return replace(self, prompts=self.prompts.at_blend(blend[0], index, blend[1]))
 
     def with_targets(
         self, targets: PerceptorTargets, row_targets: tuple[PerceptorTargets, ...] = ()

@@ -81,9 +81,10 @@ class Loop:
     # (image, iteration) -> image, applied in order to every rendered image (plugins' transforms)
     transforms: tuple[Callable[[torch.Tensor, int], torch.Tensor], ...] = ()
 
-    def at_phase(self, index: int) -> Loop:
-        """The loop with the prompts of phase ``index`` of a story."""
-        return replace(self, objective=self.objective.at_phase(index))
+    def at_phase(self, index: int, blend: tuple[int, float] | None = None) -> Loop:
+        """The loop with the prompts of phase ``index`` of a story (``blend``: on the way from
+        phase ``blend[0]``, ``blend[1]`` of the way)."""
+        return replace(self, objective=self.objective.at_phase(index, blend))
 
     def with_targets(
         self, targets: PerceptorTargets, row_targets: tuple[PerceptorTargets, ...] = ()

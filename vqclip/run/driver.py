@@ -10,7 +10,6 @@ run per frame.
 
 from __future__ import annotations
 
-import bisect
 import io
 import logging
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from vqclip.core.config import GenerationConfig, resolve_seed
 from vqclip.core.files import write_atomic
 from vqclip.core.images import load_image, to_uint8
 from vqclip.core.limits import read_text
-from vqclip.core.prompts import is_keyed, split_keyed
 from vqclip.loop.diffusion import clip_guidance
 from vqclip.loop.optimise import Callback, best_candidates, render
 from vqclip.loop.processes import ONE_PROCESS, Processes
@@ -443,7 +441,6 @@ class _AnimateSample(_Job):
 
     def run(self, report: Callback) -> None:
         config = self.config
-        keys = [frame for frame, _ in split_keyed(config.prompts)] if is_keyed(config.prompts) else [0]  # fmt: skip
         done = {frame_iteration(path) for path in self.writer.saved}
         batch, size = config.batch_size * config.best_of, (config.height, config.width)
         for frame in range(config.max_frames):
@@ -461,9 +458,9 @@ class _AnimateSample(_Job):
             def step(info: dict, frame: int = frame) -> None:
                 report({**{k: v for k, v in info.items() if k != "image"}, "frame": frame})
 
-            loop = self.loop  # with the prompts keyed at or before this frame
-            if len(keys) > 1:
-                loop = loop.at_phase(bisect.bisect_right(keys, frame) - 1)
+            loop = self.loop  # with the prompts keyed at or before this frame (or blending)
+            if loop.objective.prompts.phases:
+                loop = loop.at_phase(*config.prompt_at(frame))
             image = self.sampler.run(state, clip_guidance(loop), config.display_frequency, step)
             motion = self.path.values(frame)
             name = f"frames/{frame:06d}"

@@ -109,6 +109,10 @@ def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
         loop = replace(loop, cuts=replace(loop.cuts, cutn=overview + crops, overview=overview, grey=grey))  # fmt: skip
     if not loop.objective.prompts.phases:
         return loop
+    if config.prompt_blend:  # keyed by frame: the frame this step belongs to
+        first, every = config.first_steps(), config.steps_per_frame
+        frame = 0 if iteration < first else (iteration - first) // every + 1
+        return loop.at_phase(*config.prompt_at(frame))
     count = len(loop.objective.prompts.phases)
     return loop.at_phase(phase_at(iteration, phase_starts(config, count)))
 

@@ -162,6 +162,7 @@ def test_bad_video_input_is_a_clear_error_before_any_run(
     [
         ({"frame_init_weight": 0.5, "temporal_weight": 5.0}, "temporal"),
         ({"flow_warp": True, "flow_weight": 5.0}, "flow"),  # along the source's optical flow
+        ({"flow_warp": True, "flow_weight": 5.0, "flow_long_term": 2}, "flow-2"),  # two back too
     ],
 )
 def test_frames_that_follow_start_from_the_previous_result_and_resume_alike(
@@ -212,6 +213,7 @@ def test_video_stride_and_video_fps_pick_the_frames_and_the_rate(
         ({"init_video": None, "temporal_weight": 1.0}, "temporal_weight: 1.0 is for restyling"),
         ({"init_video": None, "video_stride": 2}, "video_stride: 2 is for restyling a video"),
         ({"flow_blend": 1.5}, "flow_blend: expected 0 to 1, got 1.5"),
+        ({"flow_long_term": 2}, "flow_long_term: 2 frames back are pulled toward with flow_weight"),
         ({"flow_warp": "yes"}, "flow_warp: expected true or false, got 'yes'"),
         ({"init_video": None, "flow_weight": 1.0}, "flow_weight: 1.0 is for restyling"),
     ],

@@ -184,6 +184,7 @@ class GenerationConfig:
     flow_warp: bool = _field(False, "restyle: start each frame from the previous frame's result warped along the source's optical flow, where the flow holds", VIDEO)  # fmt: skip
     flow_blend: float = _field(1.0, "restyle with flow_warp: the share of the warped result in a frame's start where the flow holds (the source frame elsewhere)", VIDEO)  # fmt: skip
     flow_weight: float = _field(0.0, "restyle: pull each frame toward the previous frame's result warped along the flow, where it holds (pixel MSE), 0 = off", VIDEO)  # fmt: skip
+    flow_long_term: int = _field(0, "restyle with flow_weight: also pull toward the results of this many frames further back, each warped along the flow from its source frame, where it holds (weight flow_weight / frames back)", VIDEO)  # fmt: skip
     flow_estimator: str = _field("dis", 'restyle with flow: "dis" (OpenCV, no weights), "raft_small" or "raft_large" (torchvision\'s RAFT, weights from the registry), or a plugin\'s', VIDEO)  # fmt: skip
     # -- animation
     animation_mode: str = _field("none", '"2D" moves the picture, "3D" a camera through it (with depth_model), between frames; "none": one image', ANIMATION)  # fmt: skip
@@ -273,6 +274,7 @@ class GenerationConfig:
                                    "contrast_weight", "flow_weight"),
             _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps", "max_frames", "prompt_blend",
+                                "flow_long_term",
                                 "first_frame_steps"),
         }  # fmt: skip
         optional = {f.name for f in fields(self) if f.default is None}  # None: the preset's
@@ -356,6 +358,10 @@ class GenerationConfig:
         object.__setattr__(self, "batch_size", len(self.batch_prompts))
 
     def _check_video(self) -> None:
+        if self.flow_long_term and not self.flow_weight:
+            raise ValueError(f"flow_long_term: {self.flow_long_term} frames back are pulled toward with flow_weight; give flow_weight too")  # fmt: skip
+        if self.flow_long_term > 8:
+            raise ValueError(f"flow_long_term: {self.flow_long_term}; expected 0 to 8 frames back")  # fmt: skip
         if not isinstance(self.flow_warp, bool):
             raise ValueError(f"flow_warp: expected true or false, got {self.flow_warp!r}")
         for name in ("frame_init_weight", "flow_blend"):
@@ -365,7 +371,7 @@ class GenerationConfig:
         if not _is_number(self.ema) or not 0 <= self.ema < 1:
             raise ValueError(f"ema: expected a decay from 0 (off) up to, not including, 1; got {self.ema!r}")  # fmt: skip
         if not self.init_video:
-            for name in ("video_fps", "frame_init_weight", "temporal_weight", "flow_warp", "flow_weight"):  # fmt: skip
+            for name in ("video_fps", "frame_init_weight", "temporal_weight", "flow_warp", "flow_weight", "flow_long_term"):  # fmt: skip
                 if getattr(self, name):
                     raise ValueError(
                         f"{name}: {getattr(self, name)!r} is for restyling a video; set init_video or leave it at 0"  # fmt: skip

@@ -82,9 +82,10 @@ def restyle_frames(
         return made
     draws = rng.get_state()  # every frame's run starts its draws here
     follow = config.frame_init_weight or config.temporal_weight or config.follows_flow()
-    source = None  # the previous source frame, resized as the run sees it
+    history: list[torch.Tensor] = []  # the source frames before this one, resized, nearest last
     for index, pixels in enumerate(frames):
-        before, source = source, _source(config, pixels, rng.device)
+        source = _source(config, pixels, rng.device)
+        earlier, history = history, (history + [source])[-(1 + config.flow_long_term) :]
         if index in done:
             continue
 
@@ -94,10 +95,12 @@ def restyle_frames(
 
         rng.set_state(draws)
         previous = _frames(writer.saved, index - 1) if follow and index else None
-        motion = None
-        if estimate is not None and before is not None:
-            motion = frame_motion(estimate, before, source)
-        image = restyle_frame(config, loop, rng, pixels, report, previous, motion)
+        motion, further = None, []
+        if estimate is not None and earlier:
+            motion = frame_motion(estimate, earlier[-1], source)
+            for back, before in enumerate(reversed(earlier[:-1]), start=2):  # flow_long_term
+                further.append((_frames(writer.saved, index - back), frame_motion(estimate, before, source)))  # fmt: skip
+        image = restyle_frame(config, loop, rng, pixels, report, previous, motion, further)
         writer.saved += writer.save(
             f"frames/{index:06d}", [to_uint8(x) for x in image], config.max_iterations
         )
@@ -130,12 +133,14 @@ def restyle_frame(
     callback: Callback | None = None,
     previous: torch.Tensor | None = None,
     motion: tuple[torch.Tensor, torch.Tensor] | None = None,
+    further: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = (),
 ) -> torch.Tensor:
     """One video frame, (H, W, 3) uint8 -> its restyled image (B, 3, H, W) in [0, 1];
     ``previous``: the previous frame's result (B, 3, H, W), which the frame starts from and is
     pulled toward as ``frame_init_weight`` and ``temporal_weight`` say; ``motion``: the flow
     from :func:`frame_motion`, along which it is warped first for ``flow_warp`` and
-    ``flow_weight``."""
+    ``flow_weight``; ``further``: the results and motions of frames further back
+    (``flow_long_term``), each pulled toward the same way, more weakly the further back."""
     frame = _source(config, pixels, rng.device)
     if previous is not None:  # each image of the batch follows its own; its candidates alike
         previous = previous.to(frame.device).repeat_interleave(config.best_of, 0)
@@ -150,6 +155,11 @@ def restyle_frame(
         if config.flow_weight:
             pull = TemporalTerm(name="flow", weight=config.flow_weight, target=warped, mask=holds)
             loop = _add_pull(loop, pull)
+    for back, (result, (flow, holds)) in enumerate(further, start=2):  # frames further back
+        result = result.to(frame.device).repeat_interleave(config.best_of, 0)
+        warped = warp(result, flow.to(frame.device).expand(len(result), -1, -1, -1))
+        weight = config.flow_weight / back
+        loop = _add_pull(loop, TemporalTerm(name=f"flow-{back}", weight=weight, target=warped, mask=holds.to(frame.device)))  # fmt: skip
     latent = loop.generator.encode(frame)
     if len(latent) == 1:
         latent = latent.repeat(config.batch_size * config.best_of, 1, 1, 1)

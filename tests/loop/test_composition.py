@@ -41,6 +41,15 @@ def test_symmetries_mirror_halves_and_a_tile_rolls_only_what_is_cut() -> None:
     assert sorted(tile(image, 7).flatten().tolist()) == sorted(image.flatten().tolist())
 
 
+def test_rotational_symmetries_turn_the_image_into_itself() -> None:
+    image = torch.rand(2, 3, 8, 8)
+    twice, four = symmetric("rotate2")(image, 0), symmetric("rotate4")(image, 0)
+    assert torch.equal(twice, torch.rot90(twice, 2, (-2, -1))) and torch.equal(twice[..., :4, :], image[..., :4, :])  # fmt: skip
+    assert torch.equal(four, torch.rot90(four, 1, (-2, -1))) and torch.equal(four[..., :4, :4], image[..., :4, :4])  # fmt: skip
+    wide = torch.rand(1, 3, 6, 10)  # half a turn needs no square
+    assert torch.equal(symmetric("rotate2")(wide, 0), torch.rot90(symmetric("rotate2")(wide, 0), 2, (-2, -1)))  # fmt: skip
+
+
 def test_symmetry_makes_a_symmetric_image_and_the_palette_holds_its_colours(tmp_path: Path) -> None:
     mirrored = _run(tmp_path, symmetry="horizontal", start="random")
     assert torch.equal(mirrored, mirrored.flip(-1))
@@ -124,6 +133,10 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
         ({"palette": "#12345"}, "palette: '#12345'"),
         ({"tile": "yes"}, "tile: expected true or false"),
         ({"symmetry_share": 0.5}, "symmetry_share: is a share of a symmetric run's steps"),
+        (
+            {"symmetry": "rotate4", "width": 64, "height": 32},
+            "symmetry: 'rotate4' turns a square into itself",
+        ),
         ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
         ({"generator": "diffusion", "symmetry": "both"}, "symmetry, tile: for an optimised image"),
         ({"saturation_weight": -1.0}, "saturation_weight"),

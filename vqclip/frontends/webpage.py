@@ -24,7 +24,7 @@ import gradio as gr
 import numpy as np
 
 from vqclip.core import plugins
-from vqclip.core.config import GenerationConfig
+from vqclip.core.config import SYMMETRIES, GenerationConfig
 from vqclip.core.errors import USER_ERRORS
 from vqclip.core.images import to_uint8
 from vqclip.core.presets import preset_for
@@ -394,7 +394,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                 with gr.Accordion("composition", open=False):
                     composition = [
                         gr.Dropdown(
-                            ["none", "horizontal", "vertical", "both"],
+                            list(SYMMETRIES),
                             value="none",
                             label="symmetry",
                         ),  # fmt: skip

@@ -35,9 +35,35 @@ def _mirror(image: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([first, image.narrow(dim, 0, half).flip(dim)], dim)
 
 
+def _turned_twice(image: torch.Tensor) -> torch.Tensor:
+    """The top half, and below it the same turned half a turn: the image is its own 180°
+    rotation (an even height; an odd one keeps its middle row as it is)."""
+    size = image.shape[-2]
+    half = size // 2
+    top = image.narrow(-2, 0, size - half)
+    return torch.cat([top, image.narrow(-2, 0, half).flip(-2).flip(-1)], -2)
+
+
+def _turned_four_times(image: torch.Tensor) -> torch.Tensor:
+    """The top-left quarter, turned a quarter turn into each other corner: the image is its
+    own 90° rotation (a square image of even side)."""
+    half = image.shape[-1] // 2
+    quarter = image[..., :half, :half]
+    top = torch.cat([quarter, torch.rot90(quarter, -1, (-2, -1))], -1)
+    bottom = torch.cat([torch.rot90(quarter, 1, (-2, -1)), torch.rot90(quarter, 2, (-2, -1))], -1)
+    return torch.cat([top, bottom], -2)
+
+
 def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
     step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
+    if kind in ("rotate2", "rotate4"):
+        turn = _turned_twice if kind == "rotate2" else _turned_four_times
+
+        def rotated(image: torch.Tensor, iteration: int) -> torch.Tensor:
+            return image if until is not None and iteration >= until else turn(image)
+
+        return rotated
     dims = {"horizontal": (-1,), "vertical": (-2,), "both": (-1, -2)}[kind]
 
     def transform(image: torch.Tensor, iteration: int) -> torch.Tensor:

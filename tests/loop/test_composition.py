@@ -138,7 +138,6 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
             "symmetry: 'rotate4' turns a square into itself",
         ),
         ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
-        ({"generator": "diffusion", "symmetry": "both"}, "symmetry, tile: for an optimised image"),
         ({"saturation_weight": -1.0}, "saturation_weight"),
     ],
 )

@@ -458,3 +458,20 @@ def test_a_diffusion_animations_prompts_change_at_their_key_frames(
     assert guided[2][0].weights.tolist() == [0.5, 0.5]
     with pytest.raises(ValueError, match="phases"):  # a still sample has no frames to key
         diffusion_config.replace(prompts="a red circle ^ a green square")
+
+
+def test_a_diffusion_sample_can_be_symmetric_and_a_seamless_tile(
+    diffusion_config: GenerationConfig,
+) -> None:
+    from vqclip.run.build import prepare_sample, resolve_device
+
+    mirrored = generate(diffusion_config.replace(symmetry="horizontal", run_name="mirrored"))
+    assert torch.equal(mirrored.image, mirrored.image.flip(-1))  # each step's sample mirrored
+    turned = generate(diffusion_config.replace(symmetry="rotate4", run_name="turned"))
+    assert torch.equal(turned.image, torch.rot90(turned.image, 1, (-2, -1)))
+    tile = diffusion_config.replace(tile=True, run_name="tile")
+    assert (generate(tile).run_dir / "tiled.png").is_file()
+    _, sampler, _ = prepare_sample(tile, resolve_device("cpu"))
+    x, t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])  # fmt: skip
+    with torch.no_grad():  # the U-Net on the torus: a rolled input, the rolled output
+        assert torch.allclose(sampler.model(x.roll(8, -1), t), sampler.model(x, t).roll(8, -1), atol=1e-4)  # fmt: skip

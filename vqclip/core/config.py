@@ -617,8 +617,6 @@ class GenerationConfig:
         if not isinstance(self.tile, bool):
             raise ValueError(f"tile: expected true or false, got {self.tile!r}")
         self.palette_colors()
-        if (self.symmetry != "none" or self.tile) and self.generator == "diffusion":
-            raise ValueError("symmetry, tile: for an optimised image (generator vqgan or pixels); a diffusion sample is not transformed yet")  # fmt: skip
 
     def palette_colors(self) -> tuple[tuple[float, float, float], ...]:
         """``palette`` as RGB colours in [0, 1]."""

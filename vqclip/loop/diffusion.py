@@ -31,6 +31,7 @@ from vqclip.loop.optimise import (
     fast_math,
     iterations,
     make_views,
+    transformed,
 )
 from vqclip.models.unet import UNet
 
@@ -224,6 +225,9 @@ class Sampler:
     method: str = "ddpm"  # or "ddim"
     clamp_max: float = 0.0  # each image's guidance at most this in RMS; 0: unbounded
     precision: str = "fp32"  # the model's autocast
+    # (image, step) -> image, applied to the sample and its clean estimate after each step (a
+    # symmetry: range-agnostic, so the noisy sample can be mirrored as the clean one)
+    transforms: tuple[Callable[[torch.Tensor, int], torch.Tensor], ...] = ()
 
     @classmethod
     def for_unet(
@@ -315,6 +319,8 @@ class Sampler:
             eps = (recip * x - pred) / recipm1
             prev = schedule.at("alphas_cumprod_prev", index, x)
             sample = pred * prev.sqrt() + (1 - prev).sqrt() * eps
+        for transform in self.transforms:
+            sample, pred = transform(sample, state.iteration), transform(pred, state.iteration)
         state.sample, state.pred = sample, pred
         state.iteration += 1
         return {"image": to_image(pred), **report}
@@ -360,7 +366,7 @@ def clip_guidance(loop: Loop, at: Callable[[int], Loop] | None = None) -> Guidan
         loop_now = at(state.iteration) if at else loop
         blend = clamp_with_grad(pred, -1.0, 1.0) * noise + x * (1 - noise)
         image = (blend + 1) / 2
-        views = make_views(loop_now, state, image)
+        views = make_views(loop_now, state, transformed(loop_now, image, state.iteration, views=True))  # fmt: skip
         total, terms, losses = backward_objective(loop_now, state, image, pred, views)
         grad = x.grad if x.grad is not None else torch.zeros_like(x)
         report = {"loss": total.detach(), "losses": losses.detach(), "terms": {k: v.detach() for k, v in terms.items()}}  # fmt: skip

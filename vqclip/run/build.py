@@ -27,7 +27,7 @@ from vqclip.loop.composition import ContrastTerm, PaletteTerm, SaturationTerm, T
 from vqclip.loop.cutouts import make_augments
 from vqclip.loop.diffusion import Sampler, SampleState
 from vqclip.loop.embeddings import build_targets
-from vqclip.loop.generators import Generator, PixelGenerator, VQGANGenerator
+from vqclip.loop.generators import Generator, PixelGenerator, VQGANGenerator, wrapped_padding
 from vqclip.loop.latents import noise_image
 from vqclip.loop.objective import (
     InitTerm,
@@ -268,11 +268,22 @@ def load_parts(
 
 
 def load_sampler(config: GenerationConfig, device: torch.device, files: RunFiles) -> Sampler:
-    """The sampler of the config's diffusion model."""
+    """The sampler of the config's diffusion model: with ``tile``, a U-Net whose convolutions
+    pad circularly (a seamless sample); with ``symmetry``, each step's sample mirrored."""
     unet = _load_unet(files, device)
-    return Sampler.for_unet(
+    sampler = Sampler.for_unet(
         unet, config.max_iterations, config.sampler, config.clamp_max, config.precision
     )
+    if config.tile:
+
+        def on_the_torus(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with wrapped_padding(unet):
+                return unet(x, t)
+
+        sampler = replace(sampler, model=on_the_torus)
+    if config.symmetry != "none":
+        sampler = replace(sampler, transforms=(symmetric(config.symmetry, config.symmetry_until()),))  # fmt: skip
+    return sampler
 
 
 def palette_start(loop: Loop, config: GenerationConfig, device: torch.device) -> torch.Tensor:
@@ -463,7 +474,7 @@ def prepare_loop(
         cuts = replace(cuts, cutn=overview + crops, cut_pow=config.cut_ic_pow, overview=overview, grey=grey)  # fmt: skip
     kinds = plugins.transform_kinds() if config.transforms else {}
     transforms = tuple(kinds[name].make(arg, config) for name, arg in config.transform_args())
-    if config.symmetry != "none":
+    if config.symmetry != "none" and config.generator != "diffusion":  # a sample's: its sampler's
         transforms = (symmetric(config.symmetry, config.symmetry_until()), *transforms)
     if config.tile:
         transforms = (*transforms, Tile(config.seed))

@@ -441,6 +441,8 @@ class GenerationConfig:
             raise ValueError(f"save_depth: expected true or false, got {self.save_depth!r}")
         for name in SCHEDULES:
             parse_schedule(getattr(self, name), name)
+        if not _is_number(self.frame_strength) or not 0 <= self.frame_strength < 1:
+            raise ValueError(f"frame_strength: expected a share from 0 up to, not including, 1; got {self.frame_strength!r}")  # fmt: skip
         if self.animation_mode == "none":
             if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
                 raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
@@ -450,8 +452,6 @@ class GenerationConfig:
             return
         if self.max_frames < 1:
             raise ValueError(f"max_frames: an animation needs at least 1 frame, got {self.max_frames}")  # fmt: skip
-        if not _is_number(self.frame_strength) or not 0 <= self.frame_strength < 1:
-            raise ValueError(f"frame_strength: expected a share from 0 up to, not including, 1; got {self.frame_strength!r}")  # fmt: skip
         if self.prompt_blend and not is_keyed(self.prompts):
             raise ValueError(f"prompt_blend: {self.prompt_blend} frames blend prompts keyed by frame; give prompts such as \"0: a forest | 50: a city\"")  # fmt: skip
         if self.cadence > MAX_CADENCE:

@@ -220,3 +220,25 @@ def test_the_page_answers_only_its_user(tiny_config: GenerationConfig, tmp_path:
         grown = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
         assert grown < 5 << 20, f"{grown} bytes left in the temp dir"
     assert not any(temp.iterdir()), list(temp.iterdir())  # gradio's cache removed at the end
+
+
+def test_the_page_outlines_the_regions_the_prompts_name(tmp_path: Path) -> None:
+    import numpy as np
+
+    from vqclip.frontends.webpage import named_regions, outline_regions, region_canvas
+
+    assert named_regions("a red circle @left:1.5 | a green square @Right | me@example.com") == ["left", "right"]  # fmt: skip
+    assert named_regions("0: a cat @top | 5: a dog @bottom") == ["top", "bottom"]
+    assert named_regions("a castle @mask.png") == [] and named_regions("a:b:c:d") == []
+    canvas = region_canvas("a red circle @left | a green square @right", 64, 32)
+    assert canvas.shape == (128, 256, 3)  # the form's shape, 256 pixels on its long side
+    assert tuple(canvas[64, 0]) == (255, 220, 0) and tuple(canvas[64, 127]) == (
+        255,
+        220,
+        0,
+    )  # @left's box
+    assert tuple(canvas[64, 128]) == (0, 230, 255) and tuple(canvas[64, 255]) == (0, 230, 255)
+    assert tuple(canvas[64, 64]) == (96, 96, 96)  # inside: the canvas as it was
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert outline_regions(image, ["left"]).any() and not image.any()  # drawn on a copy
+    assert not isinstance(region_canvas("a red circle", 64, 64), np.ndarray)  # nothing to draw

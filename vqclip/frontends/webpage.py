@@ -28,6 +28,7 @@ from vqclip.core.config import SYMMETRIES, GenerationConfig
 from vqclip.core.errors import USER_ERRORS
 from vqclip.core.images import to_uint8
 from vqclip.core.presets import preset_for
+from vqclip.core.prompts import REGIONS, is_keyed, parse_prompts, split_keyed, split_phases
 from vqclip.frontends.forms import (
     ANIMATION_FIELDS,
     COMPOSITION_FIELDS,
@@ -148,6 +149,49 @@ def run_in_thread(work: Callable[[Callable], RunResult]) -> Run:
     return run
 
 
+# Outline colours of the regions drawn over the preview, in the order the prompts name them.
+OUTLINES = ((255, 220, 0), (0, 230, 255), (255, 60, 200), (120, 255, 60))
+
+
+def named_regions(prompts: str) -> list[str]:
+    """The named regions (``@left``, ...) the prompts use, in order, each once; a mask image's
+    is drawn by no one (the page reads no file a prompt names)."""
+    try:
+        phases = [text for _, text in split_keyed(prompts)] if is_keyed(prompts) else split_phases(prompts)  # fmt: skip
+        names = [p.region.lower() for phase in phases for p in parse_prompts(phase) if p.region]
+    except ValueError:  # the run refuses the prompts in one line: nothing to draw here
+        return []
+    return list(dict.fromkeys(name for name in names if name in REGIONS))
+
+
+def outline_regions(image: np.ndarray, regions: list[str]) -> np.ndarray:
+    """(H, W, 3) uint8 with each region's box outlined (2 pixels, or 1 in a small image) in
+    its colour: where its prompts are scored; the saved frames are untouched."""
+    image = image.copy()
+    height, width = image.shape[:2]
+    line = 1 if min(height, width) < 64 else 2
+    for index, name in enumerate(regions):
+        left, top, right, bottom = REGIONS[name]
+        x0, y0 = min(int(left * width), width - line), min(int(top * height), height - line)
+        x1, y1 = max(int(round(right * width)), x0 + line), max(int(round(bottom * height)), y0 + line)  # fmt: skip
+        colour = OUTLINES[index % len(OUTLINES)]
+        for box in ((y0, y0 + line, x0, x1), (y1 - line, y1, x0, x1), (y0, y1, x0, x0 + line), (y0, y1, x1 - line, x1)):  # fmt: skip
+            image[box[0] : box[1], box[2] : box[3]] = colour
+    return image
+
+
+def region_canvas(prompts: str, width: float, height: float) -> Any:
+    """Before a run: the prompts' regions outlined on a grey canvas of the form's size (or a
+    square, with the preset's), so that a user sees where each prompt will apply."""
+    regions = named_regions(prompts)
+    if not regions:
+        return gr.skip()
+    width, height = int(width or 0) or 256, int(height or 0) or int(width or 0) or 256
+    scale = 256 / max(width, height)  # drawn at most 256 pixels a side
+    size = (max(8, round(height * scale)), max(8, round(width * scale)))
+    return outline_regions(np.full((*size, 3), 96, np.uint8), regions)
+
+
 def follow(run: Run, steps: Progress) -> Iterator[tuple[np.ndarray | None, str]]:
     """The page's view of ``run`` as it goes: (the latest frame or None, a status line with a
     progress bar over the run's ``steps``), until the run ends."""
@@ -254,16 +298,16 @@ class _Page:
         except USER_ERRORS as error:
             yield None, _error(error), None
             return
-        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config))
+        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config), config.prompts)  # fmt: skip
 
     def resume(self, name: str | None) -> Iterator[tuple]:
         try:
             run_dir = run_named(self.output_dir, name)
-            steps = progress_of(read_run_config(run_dir))
+            config = read_run_config(run_dir)
         except USER_ERRORS as error:
             yield None, _error(error), name
             return
-        yield from self._drive(lambda cb: resume(run_dir, callback=cb), steps)
+        yield from self._drive(lambda cb: resume(run_dir, callback=cb), progress_of(config), config.prompts)  # fmt: skip
 
     def replay(self, name: str | None) -> Iterator[tuple]:
         """A new run with a chosen run's whole config: the same image, bit for bit on a CPU."""
@@ -274,15 +318,20 @@ class _Page:
         except USER_ERRORS as error:
             yield None, _error(error), name
             return
-        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config))
+        yield from self._drive(lambda cb: generate(config, callback=cb), progress_of(config), config.prompts)  # fmt: skip
 
-    def _drive(self, work: Callable[[Callable], RunResult], steps: Progress) -> Iterator[tuple]:
+    def _drive(
+        self, work: Callable[[Callable], RunResult], steps: Progress, prompts: str = ""
+    ) -> Iterator[tuple]:
         if self.run is not None and self.run.thread.is_alive():
             yield gr.skip(), "a run is under way: stop it first", gr.skip()
             return
         self.run = run = run_in_thread(work)
+        regions = named_regions(prompts)
         for image, status in follow(run, steps):
             chosen = run.result.run_dir.name if run.result is not None else gr.skip()
+            if image is not None and regions:  # where each region's prompts are scored
+                image = outline_regions(image, regions)
             yield (image if image is not None else gr.skip()), status, chosen
 
     def preview_motion(self, *form: Any) -> tuple[Any, str]:
@@ -440,6 +489,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
         gallery.select(page.choose, None, [chosen, config_view])
         video_button.click(page.video, chosen, [video, status])
         motion.click(page.preview_motion, form, [video, status])
+        prompts.change(region_canvas, [prompts, width, height], preview)
     return ui
 
 

@@ -57,7 +57,8 @@ def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) ->
 # The animation fields a form shows, in order: the mode and its counts, then the schedules.
 ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_per_frame",
                     "zoom", "angle", "translation_x", "translation_y", "translation_z",
-                    "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov", "depth_model")  # fmt: skip
+                    "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov", "depth_model",
+                    "frame_strength", "cadence", "prompt_blend")  # fmt: skip
 SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
 
 
@@ -69,7 +70,7 @@ def animation_settings(**form: Any) -> dict[str, Any]:
     "none", so that a still's config records none. Counts of 0 are whole numbers."""
     if form.get("animation_mode", "none") == "none":
         return {}
-    counts = ("max_frames", "first_frame_steps", "steps_per_frame", "cadence")
+    counts = ("max_frames", "first_frame_steps", "steps_per_frame", "cadence", "prompt_blend")
     numbers = ("frame_strength",)  # the rest are schedules: text
 
     def field(key: str, value: Any) -> Any:

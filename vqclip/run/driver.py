@@ -215,9 +215,10 @@ def _check_restyle_resumable(
 ) -> None:
     """A run made frame by frame (a restyle, a diffusion animation) goes on as it started."""
     if max_iterations is not None:
+        what = "a restyled video" if config.init_video else "a diffusion animation"
         raise ValueError(
-            "max_iterations: a run made frame by frame goes on with the steps per frame it "
-            f"was started with ({config.max_iterations}); leave max_iterations out"
+            f"max_iterations: {what} goes on with the iterations per frame it was started "
+            f"with ({config.max_iterations}); leave max_iterations out"
         )
     if any(run_dir.glob("final*.png")):
         made = f"of {config.init_video!r} is restyled" if config.init_video else "of the animation is made"  # fmt: skip

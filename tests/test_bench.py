@@ -79,3 +79,10 @@ def test_quick_animation_bench_times_a_frame_of_each_mode(capsys: pytest.Capture
     results = json.loads(capsys.readouterr().out)
     assert [row["case"] for row in results["rows"]] == ["shapes 64², 2D", "shapes 64², 3D"]
     assert all(0 < row["frame_s"] < 60 for row in results["rows"])
+
+
+def test_quick_flow_bench_times_each_estimator(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["bench", "--flow", "--quick", "--device", "cpu", "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert [row["estimator"] for row in results["rows"]] == ["dis", "raft_small", "raft_large"]
+    assert all(row["pair_s"] > 0 and row["in_between_s"] > 0 for row in results["rows"])

@@ -49,6 +49,12 @@ def _configure(bench: argparse.ArgumentParser) -> None:
         "and a 3D frame (depth, warp, encoding, 10 steps) of the real architectures",
     )
     bench.add_argument(
+        "--flow",
+        action="store_true",
+        help="instead: optical flow per pair of frames and per frame made in between, for dis, "
+        "raft_small and raft_large at 256² and 512²",
+    )
+    bench.add_argument(
         "--diffusion",
         action="store_true",
         help="instead: one CLIP-guided sampling step of OpenAI's 256x256 U-Net with ViT-B/32, "
@@ -70,6 +76,12 @@ def _run(args: argparse.Namespace) -> None:
 
         results = run_animation_benchmark(args.quick, args.device, args.precision)
         print(json.dumps(results, indent=2) if args.json else format_animation_table(results))
+        return
+    if args.flow:
+        from vqclip.bench.flow import format_flow_table, run_flow_benchmark
+
+        results = run_flow_benchmark(args.quick, args.device)
+        print(json.dumps(results, indent=2) if args.json else format_flow_table(results))
         return
     if args.diffusion:
         from vqclip.bench.loops import format_diffusion_table, run_diffusion_benchmark

@@ -159,20 +159,24 @@ def test_a_guided_sample_is_seeded_saved_and_steered(
     assert not np.array_equal(png_pixels(unguided.finals[0]), png_pixels(first.finals[0]))
 
 
+def _stop_sampling_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Ctrl-C at the ``call``-th sampling step from now (undone by ``monkeypatch.undo()``)."""
+    step, calls = Sampler.step, {"n": 0}
+
+    def stopping(sampler, state, guidance):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return step(sampler, state, guidance)
+
+    monkeypatch.setattr(Sampler, "step", stopping)
+
+
 def test_a_stopped_sample_resumes_to_the_bits_of_an_unbroken_one(
     diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unbroken = generate(diffusion_config.replace(run_name="unbroken"))
-    step = Sampler.step
-    calls = {"n": 0}
-
-    def stop_at_five(sampler, state, guidance):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return step(sampler, state, guidance)
-
-    monkeypatch.setattr(Sampler, "step", stop_at_five)
+    _stop_sampling_at(monkeypatch, 6)  # after five steps
     stopped = generate(diffusion_config.replace(run_name="stopped"))
     monkeypatch.undo()
     assert stopped.interrupted and read_state(stopped.run_dir / STATE)["iteration"] == 4
@@ -346,15 +350,7 @@ def test_a_diffusion_animation_samples_each_moved_frame_back_and_resumes_to_the_
     assert [p.name for p in frames] == [f"{k:06d}.png" for k in range(4)]
     assert json.loads(read_png_metadata(frames[2])["motion"])["translation_x"] == 2.0
     assert count_video_frames(assemble_video(unbroken.run_dir)) == 4
-    step, calls = Sampler.step, {"n": 0}
-
-    def stop_in_frame_2(sampler, state, guidance):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 8 + 4 + 2:
-            raise KeyboardInterrupt
-        return step(sampler, state, guidance)
-
-    monkeypatch.setattr(Sampler, "step", stop_in_frame_2)
+    _stop_sampling_at(monkeypatch, 8 + 4 + 2)  # in frame 2
     stopped = generate(config.replace(run_name="stopped"))
     monkeypatch.undo()
     assert stopped.interrupted and len(frame_paths(stopped.run_dir)) == 2
@@ -418,15 +414,7 @@ def test_with_cadence_only_every_nth_frame_is_sampled_and_a_stop_resumes_alike(
     assert len(frames) == 5
     # Frame 1 is frame 0 moved 2 px right (a tween: nothing sampled), edges repeated.
     assert np.abs(frames[1][:, 4:] - frames[0][:, 2:-2]).mean() < 3
-    step, calls = Sampler.step, {"n": 0}
-
-    def stop_in_frame_4(sampler, state, guidance):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 8 + 4 + 1:
-            raise KeyboardInterrupt
-        return step(sampler, state, guidance)
-
-    monkeypatch.setattr(Sampler, "step", stop_in_frame_4)
+    _stop_sampling_at(monkeypatch, 8 + 4 + 1)  # in frame 4
     stopped = generate(config.replace(run_name="stopped"))
     monkeypatch.undo()
     assert stopped.interrupted and len(frame_paths(stopped.run_dir)) == 4  # 0-3, then 4 stopped

@@ -22,7 +22,7 @@ import torch
 from vqclip.core import presets
 from vqclip.core.config import GenerationConfig, resolve_seed
 from vqclip.core.files import write_atomic
-from vqclip.core.images import load_image, to_uint8
+from vqclip.core.images import to_uint8
 from vqclip.core.limits import read_text
 from vqclip.loop.diffusion import clip_guidance
 from vqclip.loop.optimise import Callback, best_candidates, render
@@ -33,7 +33,7 @@ from vqclip.models.tuning import keep_freed_memory, measure_precision
 from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
 from vqclip.run.frames import TILED, FrameWriter, create_run_dir, frame_iteration, set_aside_from
 from vqclip.run.motion import CameraPath
-from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames
+from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames, saved_frame
 from vqclip.run.runstate import STATE, read_state, save_state, stop_between_steps
 from vqclip.run.stories import loop_at, run_schedule
 
@@ -347,9 +347,12 @@ class _Optimise(_Job):
         files: RunFiles,
     ) -> None:
         self.config, self.saved = config, saved
-        loop, self.state = prepare(config, device, files)
+        loop, self.state = self._prepare(config, device, files)
         self.loop = replace(loop, processes=processes)
         self.image: torch.Tensor | None = None
+
+    def _prepare(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> tuple:
+        return prepare(config, device, files)
 
     def start(self, run_dir: Path | None) -> None:
         if self.saved is not None:  # resuming: the state goes in, what came after goes aside
@@ -400,18 +403,9 @@ class _Optimise(_Job):
 class _Sample(_Optimise):
     """One diffusion sample, guided by the loop's objective: frames and state at display steps."""
 
-    def __init__(
-        self,
-        config: GenerationConfig,
-        device: torch.device,
-        saved: dict | None,
-        processes: Processes,
-        files: RunFiles,
-    ) -> None:
-        self.config, self.saved = config, saved
-        loop, self.sampler, self.state = prepare_sample(config, device, files)
-        self.loop = replace(loop, processes=processes)
-        self.image: torch.Tensor | None = None
+    def _prepare(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> tuple:
+        loop, self.sampler, state = prepare_sample(config, device, files)
+        return loop, state
 
     def run(self, report: Callback) -> None:
         guidance = clip_guidance(self.loop, lambda step: loop_at(self.loop, step, self.config))
@@ -434,6 +428,7 @@ class _AnimateSample(_Job):
         self.config, self.device = config, device
         self.loop, self.sampler, self.first = prepare_sample(config, device, files)
         self.path = CameraPath(config, device)
+        self.moved: dict[int, tuple[int, torch.Tensor]] = {}  # a sampled frame: as far as moved
 
     def start(self, run_dir: Path | None) -> None:
         self.writer = FrameWriter(run_dir, self.config)
@@ -476,19 +471,17 @@ class _AnimateSample(_Job):
         key = frame - frame % config.cadence
         images = []
         for start in (max(key - config.cadence, 0), key):
-            image = self._saved(start)
-            for step in range(start + 1, frame + 1):
+            reached, image = self.moved.get(start, (start, None))
+            if image is None or reached >= frame:  # from its PNG: the first time, or on resume
+                reached, image = start, saved_frame(self.writer.saved, start).to(self.device)
+            for step in range(reached + 1, frame + 1):  # on from where it was last moved to
                 image = self.path.move(image, step)
+            self.moved[start] = (frame, image)
             images.append(image)
         share = (frame - key) / config.cadence
         image = torch.lerp(images[0], images[1], 1 - share / 2 if key else 1.0)
         name, motion = f"frames/{frame:06d}", self.path.values(frame)
         self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)
-
-    def _saved(self, frame: int) -> torch.Tensor:
-        """Frame ``frame`` as saved, (B, 3, H, W) in [0, 1] on the run's device."""
-        paths = [p for p in self.writer.saved if frame_iteration(p) == frame]
-        return torch.cat([load_image(path) for path in paths]).to(self.device)
 
     def finish(self, interrupted: bool) -> tuple[torch.Tensor, list[Path]]:
         if not self.writer.saved:

@@ -34,7 +34,14 @@ from vqclip.run.frames import FrameWriter, frame_iteration
 from vqclip.run.stories import loop_at
 from vqclip.run.video import count_video_frames, frame_stride, read_video_frames
 
-__all__ = ["frames_to_restyle", "restyle_frames", "restyle_frame", "last_frames", "Remote"]
+__all__ = [
+    "frames_to_restyle",
+    "restyle_frames",
+    "restyle_frame",
+    "last_frames",
+    "saved_frame",
+    "Remote",
+]
 
 # Restyles frames elsewhere: (config, (index, pixels) frames) -> (index, uint8 images), in order.
 Remote = Callable[
@@ -94,12 +101,12 @@ def restyle_frames(
                 callback({**info, "frame": index})
 
         rng.set_state(draws)
-        previous = _frames(writer.saved, index - 1) if follow and index else None
+        previous = saved_frame(writer.saved, index - 1) if follow and index else None
         motion, further = None, []
         if estimate is not None and earlier:
             motion = frame_motion(estimate, earlier[-1], source)
             for back, before in enumerate(reversed(earlier[:-1]), start=2):  # flow_long_term
-                further.append((_frames(writer.saved, index - back), frame_motion(estimate, before, source)))  # fmt: skip
+                further.append((saved_frame(writer.saved, index - back), frame_motion(estimate, before, source)))  # fmt: skip
         image = restyle_frame(config, loop, rng, pixels, report, previous, motion, further)
         writer.saved += writer.save(
             f"frames/{index:06d}", [to_uint8(x) for x in image], config.max_iterations
@@ -172,9 +179,9 @@ def restyle_frame(
 
 def last_frames(saved: list[Path]) -> torch.Tensor:
     """The saved images of the last frame, (B, 3, H, W) in [0, 1]."""
-    return _frames(saved, frame_iteration(saved[-1]))
+    return saved_frame(saved, frame_iteration(saved[-1]))
 
 
-def _frames(saved: list[Path], index: int) -> torch.Tensor:
+def saved_frame(saved: list[Path], index: int) -> torch.Tensor:
     """The saved images of frame ``index``, (B, 3, H, W) in [0, 1]."""
     return torch.cat([load_image(path) for path in saved if frame_iteration(path) == index])

@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqclip.models.prior import load_prior, prior_loss, prior_pull, redraw, save_prior
+from vqclip.models.prior import (
+    Scores,
+    letterbox,
+    load_prior,
+    prior_loss,
+    prior_pull,
+    redraw,
+    save_prior,
+)
 from vqclip.shapes.data import Scene, render
 from vqclip.shapes.prior import ScenePrior, scene_targets
 
@@ -104,12 +112,37 @@ def test_a_score_picks_the_redrawing_among_the_alternatives() -> None:
         per_image = options.view(2, -1, *options.shape[1:])
         return (per_image - wanted[:, None]).pow(2).flatten(2).mean(2).flatten()
 
-    assert torch.allclose(redraw(images, prior, score), wanted)
+    assert torch.allclose(redraw(images, prior, Scores(score)), wanted)
     assert calls == [60]  # one batched call for all images and alternatives
     assert torch.allclose(redraw(images, prior), prior(images))  # no score: its own reading
-    pulls = prior_pull(images, prior, 2.0, score)
+    pulls = prior_pull(images, prior, 2.0, Scores(score))
     assert torch.allclose(pulls, 2.0 * (images - wanted).pow(2).flatten(1).mean(1))
-    assert torch.allclose(pulls.sum(), prior_loss(images, prior, 2.0, score))
+    assert torch.allclose(pulls.sum(), prior_loss(images, prior, 2.0, Scores(score)))
+
+
+def test_each_region_is_redrawn_as_a_scene_of_its_own() -> None:
+    """A region prompt's box is read and redrawn alone, picked by its own score on the box seen
+    as a picture of its own; the rest of the image is the whole image's redrawing, or where no
+    prompt is for the whole image, the regions' background."""
+    scene = Scene("red", "blue", "circle", 32.0, 32.0, 12.0)
+    prior = _reading(scene)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    green, white = render([replace(scene, color="green")]), render([replace(scene, color="white")])
+    seen = []
+
+    def left_score(options: torch.Tensor) -> torch.Tensor:  # (K, 3, 64, 32): the left half's
+        seen.append(options.shape)
+        return (letterbox(options)[0] - green).pow(2).flatten(1).mean(1)
+
+    left = ((0.0, 0.0, 0.5, 1.0), left_score)
+    alone = redraw(images, prior, Scores(None, (left,)))
+    assert seen == [(30, 3, 64, 32)]
+    # The half letterboxed is a 64x64 picture: the prior draws its scene whole inside the half.
+    assert torch.equal(alone[..., :32], green[..., 16:48])
+    assert torch.equal(alone[..., 32:], green[..., :1].expand(-1, -1, -1, 32))  # only its blue
+    with_whole = redraw(images, prior, Scores(lambda x: (x - white).pow(2).flatten(1).mean(1), (left,)))  # fmt: skip
+    assert torch.equal(with_whole[..., :32], green[..., 16:48])
+    assert torch.equal(with_whole[..., 32:], white[..., 32:])
 
 
 def test_a_prior_without_alternatives_ignores_the_score() -> None:
@@ -121,7 +154,7 @@ def test_a_prior_without_alternatives_ignores_the_score() -> None:
 
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(
-        redraw(images, Grey(), lambda x: x.sum((1, 2, 3))), torch.full_like(images, 0.5)
+        redraw(images, Grey(), Scores(lambda x: x.sum((1, 2, 3)))), torch.full_like(images, 0.5)
     )
 
 
@@ -206,7 +239,7 @@ def test_images_of_another_size_are_read_at_its_own_and_redrawn_at_theirs() -> N
         assert options.shape == (2, 30, 3, height, width)
         # The score sees the alternatives at the image's size and picks among them.
         middle = images.mean()
-        picked = redraw(images, prior, lambda x, m=middle: (x - m).abs().flatten(1).mean(1))
+        picked = redraw(images, prior, Scores(lambda x, m=middle: (x - m).abs().flatten(1).mean(1)))
         assert any(torch.equal(picked[0], option) for option in options[0])
         assert prior_loss(images, prior, 2.0).item() == pytest.approx(
             2.0 * 2 * (images - expected).pow(2).mean().item(), rel=1e-5

@@ -18,15 +18,12 @@ import torch
 from torch import nn
 
 from vqclip.loop.losses import Targets, blend_targets, init_loss, prompt_losses, smoothness_loss
-from vqclip.models.prior import prior_loss, prior_pull
+from vqclip.models.prior import Scores, prior_loss, prior_pull
 
 __all__ = [
     "View", "Loss", "Term", "PromptTerm", "InitTerm", "SmoothnessTerm", "RangeTerm", "PriorTerm",
     "TemporalTerm", "Objective", "PerceptorTargets",
 ]  # fmt: skip
-
-Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N,) prompt loss, lower better
-
 
 @dataclass(frozen=True)
 class View:
@@ -37,7 +34,7 @@ class View:
     start: torch.Tensor  # (B, C, h, w) the parameters the run (or the last zoom) started from
     embeds: tuple[torch.Tensor, ...]  # per perceptor, (B * cutn, E) cutout embeddings, image-major
     iteration: int
-    score: Score  # whole images -> their prompt loss (ranks a prior's alternatives)
+    scores: Scores  # images -> their prompt loss, whole and by region (ranks a prior's alternatives)
     share: float = 1.0  # the fraction of the step's cutouts these are (cutout batches)
 
 
@@ -63,7 +60,7 @@ class Term(ABC):
     def __call__(self, view: View) -> Loss:
         """The term's loss at this step, weighted."""
 
-    def rank(self, images: torch.Tensor, score: Score) -> torch.Tensor | None:
+    def rank(self, images: torch.Tensor, scores: Scores) -> torch.Tensor | None:
         """(N, 3, H, W) -> (N,): the term's share of each candidate's rank, or None."""
         return None
 
@@ -188,11 +185,11 @@ class PriorTerm(Term):
     def __call__(self, view: View) -> Loss:
         weight = self.weight_at(view.iteration)
         return Loss(
-            prior_loss(view.image, self.prior, weight, view.score, view.latent, self.encode)
+            prior_loss(view.image, self.prior, weight, view.scores, view.latent, self.encode)
         )
 
-    def rank(self, images: torch.Tensor, score: Score) -> torch.Tensor:
-        return prior_pull(images, self.prior, self.weight, score)
+    def rank(self, images: torch.Tensor, scores: Scores) -> torch.Tensor:
+        return prior_pull(images, self.prior, self.weight, scores)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ its parts only by their interfaces (:mod:`vqclip.loop.generators`, :mod:`vqclip.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from vqclip.loop.objective import Loss, Objective, PerceptorTargets, PromptTerm,
 from vqclip.loop.optimizers import make_optimizer
 from vqclip.loop.perceptors import Perceptor
 from vqclip.loop.processes import ONE_PROCESS, Processes
+from vqclip.models.prior import Scores, box_slices, letterbox
 
 __all__ = [
     "Cuts",
@@ -33,6 +33,7 @@ __all__ = [
     "LoopState",
     "compose_latent",
     "image_losses",
+    "prompt_scores",
     "make_views",
     "backward_objective",
     "fast_math",
@@ -274,12 +275,7 @@ def _cut(
 def region_crops(image: torch.Tensor, boxes: tuple[tuple[float, float, float, float], ...]) -> list[torch.Tensor]:  # fmt: skip
     """The whole image, then its crop to each box (at least one pixel each way)."""
     height, width = image.shape[-2:]
-    parts = [image]
-    for left, top, right, bottom in boxes:
-        x0, y0 = min(int(left * width), width - 1), min(int(top * height), height - 1)
-        x1, y1 = max(x0 + 1, math.ceil(right * width)), max(y0 + 1, math.ceil(bottom * height))
-        parts.append(image[..., y0:y1, x0:x1])
-    return parts
+    return [image, *(image[(..., *box_slices(box, height, width))] for box in boxes)]
 
 
 def backward_objective(
@@ -317,8 +313,8 @@ def _score(
     """The objective of a step whose cutouts are all scored at once."""
     with fast_math(loop.precision, latent.device):
         embeds = tuple(p.encode_image(v) for p, v in zip(loop.perceptors, views, strict=True))
-    score = partial(image_losses, loop)
-    return loop.objective(View(image, latent, state.start, embeds, state.iteration, score))
+    scores = prompt_scores(loop)
+    return loop.objective(View(image, latent, state.start, embeds, state.iteration, scores))
 
 
 def _score_in_batches(
@@ -341,18 +337,18 @@ def _score_in_batches(
     """
     leaves = [v.detach().requires_grad_(True) for v in views]
     cutn, rows = loop.cuts.cutn, len(image)
-    score = partial(image_losses, loop)
+    scores = prompt_scores(loop)
     prompts = None
     for picks in loop.processes.my_batches(cutn, loop.cuts.batches, image.device):
         batch = [leaf.view(rows, cutn, *leaf.shape[1:])[:, picks].flatten(0, 1) for leaf in leaves]
         with fast_math(loop.precision, latent.device):
             embeds = tuple(p.encode_image(b) for p, b in zip(loop.perceptors, batch, strict=True))
         share = len(picks) / cutn
-        view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, score, share)  # fmt: skip
+        view = View(image.detach(), latent.detach(), state.start, embeds, state.iteration, scores, share)  # fmt: skip
         loss = loop.objective.prompts(view)
         loss.total.backward()
         prompts = _accumulate(prompts, loss)
-    view = View(image, latent, state.start, (), state.iteration, score)
+    view = View(image, latent, state.start, (), state.iteration, scores)
     if loop.processes.world > 1:
         loop.processes.sum_([leaf.grad for leaf in leaves])
         total, parts, *shares = loop.processes.sum_([prompts.total, prompts.parts, *prompts.by_perceptor])  # fmt: skip
@@ -399,14 +395,15 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> (B,): each whole image's weighted prompt loss, unaugmented.
 
     The same distances and weights as the loop (stops aside), on one resized view per image
-    and perceptor (and per region that prompts name): what ranks candidates.
+    and perceptor (and per region that prompts name, the region seen as a picture of its own:
+    letterboxed, not stretched to a square): what ranks candidates.
     """
     prompts = loop.objective.prompts
     total = None
     for index, (perceptor, weight) in enumerate(zip(loop.perceptors, prompts.weights, strict=True)):  # fmt: skip
         size = perceptor.input_resolution
         views = torch.cat([
-            F.interpolate(part, (size, size), mode="bilinear", antialias=True)
+            F.interpolate(letterbox(part)[0], (size, size), mode="bilinear", antialias=True)
             for part in region_crops(images, loop.cuts.regions)
         ])  # fmt: skip
         with fast_math(loop.precision, images.device):
@@ -414,6 +411,40 @@ def image_losses(loop: Loop, images: torch.Tensor) -> torch.Tensor:
         losses = _distances(prompts, embeds, index) * weight
         total = losses if total is None else total + losses
     return total
+
+
+@torch.no_grad()
+def region_losses(loop: Loop, group: int, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, h, w) images of one region's box -> (B,): the weighted loss of the prompts that
+    name region ``group`` (the loop's ``cuts.regions``, from 1), each image seen as a picture of
+    its own (letterboxed), as :func:`image_losses` sees that region."""
+    prompts = loop.objective.prompts
+    square = letterbox(images)[0]
+    total = None
+    for index, (perceptor, weight) in enumerate(zip(loop.perceptors, prompts.weights, strict=True)):  # fmt: skip
+        size = perceptor.input_resolution
+        views = F.interpolate(square, (size, size), mode="bilinear", antialias=True)
+        with fast_math(loop.precision, images.device):
+            embeds = perceptor.encode_image(views)  # (B, E)
+        targets = prompts.targets[index]
+        distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
+        theirs = (targets.region == group).to(distances.dtype)  # (P,)
+        losses = (_per_prompt(distances, targets) * theirs).sum(1) * weight
+        total = losses if total is None else total + losses
+    return total
+
+
+def prompt_scores(loop: Loop) -> Scores:
+    """What ranks an image prior's alternatives: :func:`image_losses` for whole images and,
+    for each region that prompts name, :func:`region_losses` for images of that region."""
+    regions = tuple(
+        (box, partial(region_losses, loop, group)) for group, box in enumerate(loop.cuts.regions, 1)
+    )
+    # Scored whole only where a prompt is: a prompt of the left half has nothing to say about
+    # the shape the whole image's reading puts across the middle.
+    targets = loop.objective.prompts.targets[0]
+    unplaced = targets.region is None or bool((targets.region == 0).any())
+    return Scores(partial(image_losses, loop) if unplaced else None, regions)
 
 
 def _distances(prompts: PromptTerm, embeds: torch.Tensor, index: int) -> torch.Tensor:
@@ -432,10 +463,15 @@ def weighted_distances(embeds: torch.Tensor, targets: Targets) -> torch.Tensor:
     distances = spherical_dist_loss(embeds[:, None], targets.embeds[None])  # (B, K)
     if targets.region is not None:  # each row measured on its prompt's region's view
         distances = own_region(distances, targets)
+    return _per_prompt(distances, targets).sum(1)
+
+
+def _per_prompt(distances: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(B, K) distances to the target rows -> (B, P): each prompt's weighted mean distance."""
     per_prompt = distances.new_zeros(len(distances), targets.count).index_add(
         1, targets.owner, distances
     )
-    return (per_prompt / targets.rows * targets.weights).sum(1)
+    return per_prompt / targets.rows * targets.weights
 
 
 def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.Tensor:
@@ -445,7 +481,7 @@ def best_candidates(loop: Loop, images: torch.Tensor, candidates: int) -> torch.
         return images
     losses = image_losses(loop, images)
     for term in loop.objective.pulls:
-        share = term.rank(images, partial(image_losses, loop))
+        share = term.rank(images, prompt_scores(loop))
         if share is not None:
             losses = losses + share
     losses = losses.view(-1, candidates)  # (N, candidates)

@@ -17,7 +17,9 @@ A plugin registers its kinds of prior (:func:`register_prior_kind`): the shapes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,11 +30,33 @@ from vqclip.core.plugins import load_plugins
 from vqclip.models.checkpoints import check_fits, load_checkpoint
 
 __all__ = [
-    "register_prior_kind", "prior_kinds", "load_prior", "save_prior", "redraw", "prior_loss",
-    "prior_pull",
+    "register_prior_kind", "prior_kinds", "load_prior", "save_prior", "Scores", "box_slices",
+    "letterbox", "redraw", "prior_loss", "prior_pull",
 ]  # fmt: skip
 
-Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, S, S) -> (N,), lower is better
+Score = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) -> (N,), lower is better
+Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of the image
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What picks among a prior's alternatives: ``whole`` scores whole images (None: every
+    prompt names a region, and the image outside them is left as it is); each of ``regions``
+    is a box of the image and the loss of the prompts that name it, scored on images of that
+    box alone (a region prompt's box is redrawn as a scene of its own)."""
+
+    whole: Score | None
+    regions: tuple[tuple[Box, Score], ...] = ()
+
+
+def box_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
+    """The rows and columns of ``box`` in an image of ``height`` by ``width`` (at least one
+    pixel each way)."""
+    left, top, right, bottom = box
+    x0, y0 = min(int(left * width), width - 1), min(int(top * height), height - 1)
+    x1, y1 = max(x0 + 1, math.ceil(right * width)), max(y0 + 1, math.ceil(bottom * height))
+    return slice(y0, y1), slice(x0, x1)
+
 
 _KINDS: dict[str, type[nn.Module]] = {}
 
@@ -78,7 +102,7 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     return model.eval().requires_grad_(False).to(device)
 
 
-def _letterbox(images: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:
+def letterbox(images: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, slice]]:
     """(B, 3, H, W) -> (B, 3, S, S) with S = max(H, W): the images centred in a square filled
     with the median colour of each one's border (its background, for the kind of image a prior
     knows), and the rows and columns where each image lies in it."""
@@ -103,15 +127,37 @@ def _as_read(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def redraw(images: torch.Tensor, prior: nn.Module, score: Score | None = None) -> torch.Tensor:
+def redraw(images: torch.Tensor, prior: nn.Module, scores: Scores | None = None) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 3, H, W): the prior's redrawing of each image.
 
     A prior with ``alternatives(images, size) -> (B, K, 3, size, size)`` offers several
-    redrawings it finds plausible; given a ``score`` (the loop's prompt loss), each image gets
+    redrawings it finds plausible; given ``scores`` (the loop's prompt loss), each image gets
     the one it scores lowest: the prior keeps images near the kind it knows, the prompt picks
-    which.
+    which. Each of the scores' regions is then redrawn alone, as the prior reads that box,
+    over the whole image's redrawing (or, where no prompt is for the whole image, over the
+    regions' background): a shape prompted into the left half is drawn whole inside it.
     """
-    square, (rows, cols) = _letterbox(images.float())
+    images = images.float()
+    height, width = images.shape[-2:]
+    boxes = [(box_slices(box, height, width), score) for box, score in scores.regions] if scores else []  # fmt: skip
+    drawn = [_redraw(images[..., rows, cols], prior, score) for (rows, cols), score in boxes]
+    if scores is not None and scores.whole is None:  # every prompt names a region: the rest of
+        target = _border_fill(drawn).expand_as(images).clone()  # the image is their background
+    else:
+        target = _redraw(images, prior, scores.whole if scores else None)
+    for ((rows, cols), _), region in zip(boxes, drawn, strict=True):
+        target[..., rows, cols] = region
+    return target
+
+
+def _border_fill(images: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 3, 1, 1): the median colour of all the images' borders, image by image."""
+    edges = [e for i in images for e in (i[..., 0, :], i[..., -1, :], i[..., :, 0], i[..., :, -1])]
+    return torch.cat(edges, -1).median(-1).values[..., None, None]
+
+
+def _redraw(images: torch.Tensor, prior: nn.Module, score: Score | None) -> torch.Tensor:
+    square, (rows, cols) = letterbox(images)
     read, side = _as_read(square, prior.resolution), square.shape[-1]
     if score is None or not hasattr(prior, "alternatives"):
         return prior(read, side)[..., rows, cols]
@@ -124,7 +170,7 @@ def prior_loss(
     image: torch.Tensor,
     prior: nn.Module,
     weight: float,
-    score: Score | None = None,
+    scores: Scores | None = None,
     params: torch.Tensor | None = None,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -138,7 +184,7 @@ def prior_loss(
     "The pull in the latent"); for RGB parameters the two are one.
     """
     image = image.float()
-    target = redraw(image, prior, score)
+    target = redraw(image, prior, scores)
     if params is None or encode is None:
         return F.mse_loss(image, target) * (weight * image.shape[0])
     with torch.no_grad():
@@ -148,9 +194,9 @@ def prior_loss(
 
 @torch.no_grad()
 def prior_pull(
-    images: torch.Tensor, prior: nn.Module, weight: float, score: Score | None = None
+    images: torch.Tensor, prior: nn.Module, weight: float, scores: Scores | None = None
 ) -> torch.Tensor:
     """(B, 3, H, W) -> (B,): each image's ``weight * MSE`` to its redrawing, the terms that
     :func:`prior_loss` adds up (what ranks candidates)."""
     images = images.float()
-    return (images - redraw(images, prior, score)).pow(2).flatten(1).mean(1) * weight
+    return (images - redraw(images, prior, scores)).pow(2).flatten(1).mean(1) * weight

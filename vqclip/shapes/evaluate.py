@@ -211,12 +211,16 @@ def _run_case(
 
     start = time.perf_counter()
     result = generate(shapes_config(case.prompt, seed, output_dir, **changes))
-    verdict = judge(to_uint8(result.image[0]))
+    pixels = to_uint8(result.image[0])
+    verdict = judge(pixels)
+    halves = (judge(pixels[:, : pixels.shape[1] // 2]), judge(pixels[:, pixels.shape[1] // 2 :]))
     return {
         "prompt": case.prompt, "seed": seed, "color": case.color, "shape": case.shape,
         "background": case.background, "judged_color": verdict.color,
         "judged_shape": verdict.shape, "judged_background": verdict.background,
-        "top_two": sorted(verdict.top_two()), "shares": verdict.shares,
+        "top_two": sorted(verdict.top_two()), "shares": verdict.shares, "centre": verdict.centre,
+        # each half judged as an image of its own (region prompts: a shape in each half)
+        "halves": [(h.color, h.shape, h.background) for h in halves],
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
 

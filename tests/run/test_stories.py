@@ -15,7 +15,7 @@ from vqclip.core.config import GenerationConfig
 from vqclip.core.images import to_uint8
 from vqclip.loop.latents import decode_latent, encode_image
 from vqclip.run.build import load_models, resolve_device
-from vqclip.run.driver import generate, resume
+from vqclip.run.driver import generate, progress_of, resume
 from vqclip.run.frames import frame_paths
 from vqclip.run.motion import warp_2d
 from vqclip.run.stories import next_change, phase_at, phase_starts, zoom_due
@@ -200,6 +200,45 @@ def test_an_interrupted_3d_animation_resumes_as_if_unbroken(tiny_config: Generat
     for x, y in zip(*depths, strict=True):
         assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))
     assert len({np.asarray(Image.open(p)).tobytes() for p in depths[0]}) > 1  # the frames differ
+
+
+def test_with_cadence_only_every_nth_frame_is_optimised_and_a_stop_resumes_alike(
+    tiny_config: GenerationConfig,
+) -> None:
+    """Cadence 2: frames 0, 2 and 4 take steps (3, then 2 each: 7 in all), frames 1 and 3 are
+    the last two such frames moved on and cross-faded, named by the steps after their key so
+    that all five sort in order; a run stopped in frame 4 resumes to the same frames."""
+    config = tiny_config.replace(
+        max_iterations=None, animation_mode="2D", max_frames=5, first_frame_steps=3,
+        steps_per_frame=2, cadence=2, translation_x="2",
+    )  # fmt: skip
+    assert config.max_iterations == 7 and progress_of(config).total == 7
+    steps: list[int] = []
+    unbroken = generate(config.replace(run_name="unbroken"), callback=lambda i: steps.append(i["iteration"]))  # fmt: skip
+    assert steps == list(range(7))
+    names = [p.name for p in frame_paths(unbroken.run_dir)]
+    assert names == [f"{i:06d}.png" for i in range(2, 7)]
+    frames = [f.astype(int) for f in _frames(unbroken.run_dir)]
+    # Frame 1 is frame 0 moved 2 px right (nothing optimised), its left edge repeated.
+    assert np.abs(frames[1][:, 4:] - frames[0][:, 2:-2]).mean() < 3
+    assert np.abs(frames[1][:, 4:] - frames[2][:, 4:]).mean() > 0  # frame 2 was optimised
+    values = json.loads(Image.open(frame_paths(unbroken.run_dir)[3]).text["motion"])
+    assert values["translation_x"] == 2.0
+
+    def stop_in_frame_4(info: dict) -> None:
+        if info["iteration"] == 5:
+            raise KeyboardInterrupt
+
+    stopped = generate(config.replace(run_name="stopped"), callback=stop_in_frame_4)
+    made = [p.name for p in frame_paths(stopped.run_dir)]  # frames 0-2, and where it stopped
+    assert stopped.interrupted and made == [*names[:3], "000006.png"]
+    again = resume(stopped.run_dir)
+    assert [p.name for p in frame_paths(stopped.run_dir)] == names
+    for x, y in zip(_frames(stopped.run_dir), _frames(unbroken.run_dir), strict=True):
+        assert np.array_equal(x, y)
+    assert torch.equal(again.image, unbroken.image)
+    with pytest.raises(ValueError, match=r"cadence: 3 is more than steps_per_frame \(2\)"):
+        config.replace(cadence=3)
 
 
 def test_the_circle_follows_the_translation_schedule_and_keeps_its_look(tmp_path: Path) -> None:

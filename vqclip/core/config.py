@@ -192,7 +192,7 @@ class GenerationConfig:
     steps_per_frame: int = _field(10, "animation: optimisation steps per frame, each from the moved previous frame", ANIMATION)  # fmt: skip
     first_frame_steps: int = _field(0, "animation: steps of the first frame, made from the start (0: steps_per_frame)", ANIMATION)  # fmt: skip
     prompt_blend: int = _field(0, "animation: frames over which prompts keyed by frame blend into the next key's, from the key on (their losses interpolated); 0: they change at once", ANIMATION)  # fmt: skip
-    cadence: int = _field(1, "diffusion animation: sample every Nth frame; the frames between are the last two sampled frames moved along the camera and cross-faded (Disco's turbo, Deforum's cadence)", ANIMATION)  # fmt: skip
+    cadence: int = _field(1, "animation: optimise or sample every Nth frame (at most steps_per_frame); the frames between are the last two such frames moved along the camera and cross-faded (Disco's turbo, Deforum's cadence)", ANIMATION)  # fmt: skip
     frame_strength: float = _field(0.6, "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)", ANIMATION)  # fmt: skip
     fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
     zoom: str = _field("1.0", "2D: each frame this many times larger about the centre" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
@@ -468,10 +468,13 @@ class GenerationConfig:
             return
         if self.max_frames > MAX_FRAMES or self.max_frames * self.steps_per_frame > limits.MAX_STEPS:  # fmt: skip
             raise ValueError(f"max_frames: {self.max_frames} frames of {self.steps_per_frame} steps; expected at most {MAX_FRAMES} frames and {limits.MAX_STEPS} steps in all")  # fmt: skip
+        if self.cadence > self.steps_per_frame:  # the frames between are named by the steps between
+            raise ValueError(f"cadence: {self.cadence} is more than steps_per_frame ({self.steps_per_frame}); expected at most that many")  # fmt: skip
         self._check_schedule_values()
         first, every = self.first_steps(), self.steps_per_frame
         if self.max_iterations is None:  # the preset's would not fit the frames
-            object.__setattr__(self, "max_iterations", first + (self.max_frames - 1) * every)
+            keys = -(-self.max_frames // self.cadence)  # the frames that take steps
+            object.__setattr__(self, "max_iterations", first + (keys - 1) * every)
         if self.best_of is None:  # one image moves from frame to frame
             object.__setattr__(self, "best_of", 1)
         if self.max_iterations < first or (self.max_iterations - first) % every:
@@ -479,7 +482,7 @@ class GenerationConfig:
                 f"max_iterations: {self.max_iterations} is not a first frame of {first} steps "
                 f"and whole frames of {every}; leave it unset (it follows max_frames)"
             )
-        for name, value in (("cadence", self.cadence > 1 and self.cadence), ("zoom_every", self.zoom_every), ("init_video", self.init_video),
+        for name, value in (("zoom_every", self.zoom_every), ("init_video", self.init_video),
                             ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
             if value:
                 raise ValueError(f"{name}: {value!r} does not combine with animation_mode {self.animation_mode!r} yet")  # fmt: skip
@@ -495,11 +498,22 @@ class GenerationConfig:
         return self.first_frame_steps or self.steps_per_frame
 
     def frame_ended(self, steps: int) -> int | None:
-        """The animation frame whose last step is step ``steps`` - 1 (None: no frame ends)."""
+        """The animation frame whose last step is step ``steps`` - 1 (None: no frame ends).
+        With ``cadence`` N only every Nth frame takes steps."""
         past = steps - self.first_steps()
         if self.animation_mode == "none" or past < 0 or past % self.steps_per_frame:
             return None
-        return past // self.steps_per_frame
+        return past // self.steps_per_frame * self.cadence
+
+    def frame_at(self, iteration: int) -> int:
+        """The animation frame that step ``iteration`` makes (every ``cadence``th takes steps)."""
+        first = self.first_steps()
+        return 0 if iteration < first else ((iteration - first) // self.steps_per_frame + 1) * self.cadence  # fmt: skip
+
+    def frame_start(self, frame: int) -> int:
+        """The first step of the first frame at or after ``frame`` that takes steps."""
+        key = -(-frame // self.cadence)
+        return 0 if key == 0 else self.first_steps() + (key - 1) * self.steps_per_frame
 
     def schedule(self, name: str) -> Schedule:
         """The parsed schedule of the setting ``name`` (one of :data:`SCHEDULES`)."""

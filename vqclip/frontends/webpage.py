@@ -442,7 +442,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             0.6, label="frame_strength (diffusion: the share each frame keeps)"
                         ),  # fmt: skip
                         gr.Number(
-                            1, label="cadence (diffusion: sample every Nth frame)", precision=0
+                            1, label="cadence (optimise or sample every Nth frame)", precision=0
                         ),  # fmt: skip
                         gr.Number(
                             0, label="prompt_blend (frames a keyed prompt blends over)", precision=0

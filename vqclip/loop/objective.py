@@ -25,6 +25,7 @@ __all__ = [
     "TemporalTerm", "Objective", "PerceptorTargets",
 ]  # fmt: skip
 
+
 @dataclass(frozen=True)
 class View:
     """What the terms read at one step."""
@@ -34,7 +35,9 @@ class View:
     start: torch.Tensor  # (B, C, h, w) the parameters the run (or the last zoom) started from
     embeds: tuple[torch.Tensor, ...]  # per perceptor, (B * cutn, E) cutout embeddings, image-major
     iteration: int
-    scores: Scores  # images -> their prompt loss, whole and by region (ranks a prior's alternatives)
+    scores: (
+        Scores  # images -> their prompt loss, whole and by region (ranks a prior's alternatives)
+    )
     share: float = 1.0  # the fraction of the step's cutouts these are (cutout batches)
 
 

@@ -32,7 +32,7 @@ from vqclip.models.flow import flow_estimator
 from vqclip.models.tuning import keep_freed_memory, measure_precision
 from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
 from vqclip.run.frames import TILED, FrameWriter, create_run_dir, frame_iteration, set_aside_from
-from vqclip.run.motion import CameraPath
+from vqclip.run.motion import CameraPath, Tweens
 from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames, saved_frame
 from vqclip.run.runstate import STATE, read_state, save_state, stop_between_steps
 from vqclip.run.stories import loop_at, run_schedule
@@ -350,6 +350,9 @@ class _Optimise(_Job):
         loop, self.state = self._prepare(config, device, files)
         self.loop = replace(loop, processes=processes)
         self.image: torch.Tensor | None = None
+        self.tweens = None
+        if config.animation_mode != "none" and config.cadence > 1 and config.generator != "diffusion":  # fmt: skip
+            self.tweens = Tweens(CameraPath(config, device), config.cadence, self._saved_key)
 
     def _prepare(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> tuple:
         return prepare(config, device, files)
@@ -369,9 +372,32 @@ class _Optimise(_Job):
         if "image" in info:  # frames show each image's best candidate so far
             current = loop_at(self.loop, info["iteration"], self.config)
             info = {**info, "image": best_candidates(current, info["image"], self.config.best_of)}
+            key = self.config.frame_ended(info["iteration"] + 1)
+            if self.tweens is not None and key:  # the frames after the key before this one
+                self._write_tweens(key - self.config.cadence, key)
             self.writer(info)
             self._save_state()
         return info
+
+    def _saved_key(self, key: int) -> torch.Tensor:
+        return saved_frame(self.writer.saved, self._named(key)).to(self.state.start.device)
+
+    def _named(self, key: int) -> int:
+        """The step a key frame (one that takes steps) is named by: its last."""
+        return self.config.first_steps() - 1 + key // self.config.cadence * self.config.steps_per_frame  # fmt: skip
+
+    def _write_tweens(self, key: int, end: int) -> None:
+        """Frames ``key`` + 1 up to ``end`` (not included) of an animation with a cadence,
+        named by the steps after ``key``'s (as many as there are steps per frame: the cadence
+        is at most that), so that the frames sort in order. They are written with the next key
+        frame, so that a run resumed from its state after ``key`` (which sets aside what was
+        named from there on) writes them again."""
+        if self.writer.run_dir is None:
+            return
+        for frame in range(key + 1, min(end, self.config.max_frames)):
+            image = [to_uint8(x) for x in self.tweens(frame)]
+            name, motion = self._named(key) + frame - key, self.tweens.path.values(frame)
+            self.writer.saved += self.writer.save(f"frames/{name:06d}", image, name, motion)
 
     def _save_state(self) -> None:
         if self.writer.run_dir is not None:  # the process that writes
@@ -394,6 +420,9 @@ class _Optimise(_Job):
         frame_end = self.config.frame_ended(state.iteration) is not None
         if not frame_end and (not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration):  # fmt: skip
             writer({"iteration": state.iteration, "image": image})
+        last = self.config.frame_ended(state.iteration)
+        if self.tweens is not None and last is not None and not interrupted:  # after the last key
+            self._write_tweens(last, self.config.max_frames)
         finals = writer.save("final", [to_uint8(x) for x in image], state.iteration)
         if self.config.tile:  # the tile as it repeats, to see its seams: 2x2 copies
             writer.save(TILED, [np.tile(to_uint8(x), (2, 2, 1)) for x in image], state.iteration)
@@ -428,7 +457,9 @@ class _AnimateSample(_Job):
         self.config, self.device = config, device
         self.loop, self.sampler, self.first = prepare_sample(config, device, files)
         self.path = CameraPath(config, device)
-        self.moved: dict[int, tuple[int, torch.Tensor]] = {}  # a sampled frame: as far as moved
+        self.tweens = Tweens(
+            self.path, config.cadence, lambda k: saved_frame(self.writer.saved, k).to(device)
+        )
 
     def start(self, run_dir: Path | None) -> None:
         self.writer = FrameWriter(run_dir, self.config)
@@ -463,23 +494,8 @@ class _AnimateSample(_Job):
             self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)  # fmt: skip
 
     def _tween(self, frame: int) -> None:
-        """A frame between sampled ones: the newest sampled frame and the one before it, each
-        moved frame by frame along the path and cross-faded: all the newer just after it, more
-        of the older (up to half) as the next sample nears, which softens the change it brings
-        (after the first sampled frame, the newer alone)."""
-        config = self.config
-        key = frame - frame % config.cadence
-        images = []
-        for start in (max(key - config.cadence, 0), key):
-            reached, image = self.moved.get(start, (start, None))
-            if image is None or reached >= frame:  # from its PNG: the first time, or on resume
-                reached, image = start, saved_frame(self.writer.saved, start).to(self.device)
-            for step in range(reached + 1, frame + 1):  # on from where it was last moved to
-                image = self.path.move(image, step)
-            self.moved[start] = (frame, image)
-            images.append(image)
-        share = (frame - key) / config.cadence
-        image = torch.lerp(images[0], images[1], 1 - share / 2 if key else 1.0)
+        """A frame between sampled ones (:class:`vqclip.run.motion.Tweens`)."""
+        image = self.tweens(frame)
         name, motion = f"frames/{frame:06d}", self.path.values(frame)
         self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)
 

@@ -34,7 +34,7 @@ from vqclip.run.frames import FrameWriter, create_run_dir
 __all__ = [
     "TRANSLATION_SCALE", "PADDING_MODES", "SAMPLING_MODES", "warp_2d", "warp_3d", "rotation",
     "plane_depth", "NEAR", "FAR", "normalised_depth", "CameraPath", "MODE_SCHEDULES",
-    "calibration_card", "preview_motion", "depth_pixels", "describe",
+    "calibration_card", "preview_motion", "depth_pixels", "describe", "Tweens",
 ]  # fmt: skip
 
 TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
@@ -186,6 +186,34 @@ class CameraPath:
         moved = (v["translation_x"], v["translation_y"], v["translation_z"])
         turned = (v["rotation_3d_x"], v["rotation_3d_y"], v["rotation_3d_z"])
         return warp_3d(image, self.depth(image), moved, turned, v["fov"], **modes)
+
+
+class Tweens:
+    """The frames between those that take steps, with ``cadence`` N (Disco's turbo, Deforum's
+    cadence): after key frame k (every Nth), frame k + j is the key and the one before it,
+    each moved frame by frame along the camera path and cross-faded: all the newer just after
+    it, more of the older (up to half) as the next key nears, which softens the change it brings
+    (after the first key, the newer alone). ``load(k)`` reads key frame k back (from its PNG, so
+    that a resumed run makes the same frames); each key is kept as far as it was moved."""
+
+    def __init__(self, path: CameraPath, cadence: int, load: Callable[[int], torch.Tensor]) -> None:  # fmt: skip
+        self.path, self.cadence, self.load = path, cadence, load
+        self.moved: dict[int, tuple[int, torch.Tensor]] = {}  # a key frame: as far as moved
+
+    def __call__(self, frame: int) -> torch.Tensor:
+        """Frame ``frame`` (not a key frame), (B, 3, H, W)."""
+        key = frame - frame % self.cadence
+        images = []
+        for start in (max(key - self.cadence, 0), key):
+            reached, image = self.moved.get(start, (start, None))
+            if image is None or reached >= frame:  # from its PNG: the first time, or on resume
+                reached, image = start, self.load(start)
+            for step in range(reached + 1, frame + 1):  # on from where it was last moved to
+                image = self.path.move(image, step)
+            self.moved[start] = (frame, image)
+            images.append(image)
+        share = (frame - key) / self.cadence
+        return torch.lerp(images[0], images[1], 1 - share / 2 if key else 1.0)
 
 
 def calibration_card(width: int, height: int) -> torch.Tensor:

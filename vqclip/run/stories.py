@@ -52,8 +52,7 @@ def phase_starts(config: GenerationConfig, phases: int) -> tuple[int, ...]:
         return (0,)
     if is_keyed(config.prompts):
         frames = [frame for frame, _ in split_keyed(config.prompts)]
-        first, every = config.first_steps(), config.steps_per_frame
-        return (0, *(first + (frame - 1) * every for frame in frames[1:]))
+        return (0, *(config.frame_start(frame) for frame in frames[1:]))
     length = config.prompt_every or math.ceil(config.max_iterations / phases)
     return tuple(index * length for index in range(phases))
 
@@ -110,9 +109,7 @@ def loop_at(loop: Loop, iteration: int, config: GenerationConfig) -> Loop:
     if not loop.objective.prompts.phases:
         return loop
     if config.prompt_blend:  # keyed by frame: the frame this step belongs to
-        first, every = config.first_steps(), config.steps_per_frame
-        frame = 0 if iteration < first else (iteration - first) // every + 1
-        return loop.at_phase(*config.prompt_at(frame))
+        return loop.at_phase(*config.prompt_at(config.frame_at(iteration)))
     count = len(loop.objective.prompts.phases)
     return loop.at_phase(phase_at(iteration, phase_starts(config, count)))
 
@@ -173,9 +170,12 @@ def zoom_state(loop: Loop, state: LoopState, config: GenerationConfig) -> None:
 
 @torch.no_grad()
 def move_state(loop: Loop, state: LoopState, config: GenerationConfig, path: CameraPath) -> None:
-    """Move the current image into the next frame and start afresh from it (in place)."""
-    frame = config.frame_ended(state.iteration) + 1
-    _start_from(loop, state, config, path.move(render(loop, state), frame))
+    """Move the current image into the next frame that takes steps, frame by frame (``cadence``
+    of them), and start afresh from it (in place)."""
+    image, key = render(loop, state), config.frame_ended(state.iteration)
+    for frame in range(key + 1, key + config.cadence + 1):
+        image = path.move(image, frame)
+    _start_from(loop, state, config, image)
 
 
 def _start_from(

@@ -445,3 +445,79 @@ def test_raft_weights_come_from_a_registry_row_hashed_and_a_pickle_with_code_is_
     with pytest.raises(ValueError):
         load_raft(tmp_path / "evil.pth", large=False)
     assert not (tmp_path / "ran").exists()
+
+
+# Tiny instances of the two depth architectures (transformers' own classes, a few hundred
+# thousand weights each), with the settings a registry row would hold for them.
+_TINY_DEPTH = {
+    "depth-anything": {
+        "backbone_config": {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+                            "image_size": 28, "patch_size": 14, "out_indices": [1, 2, 3, 4],
+                            "reshape_hidden_states": False},
+        "reassemble_hidden_size": 32, "neck_hidden_sizes": [8, 16, 32, 32],
+        "fusion_hidden_size": 16, "head_hidden_size": 8,
+    },
+    "dpt-hybrid": {
+        "backbone_config": {"depths": [1, 1, 1], "hidden_sizes": [16, 32, 64, 128],
+                            "embedding_size": 32, "num_groups": 8, "global_padding": "same",
+                            "out_features": ["stage1", "stage2", "stage3"],
+                            "layer_type": "bottleneck", "embedding_dynamic_padding": True},
+        "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+        "intermediate_size": 64, "image_size": 64, "backbone_out_indices": [0, 1, 2, 3],
+        "backbone_featmap_shape": [1, 64, 4, 4], "neck_hidden_sizes": [16, 32, 32, 32],
+        "fusion_hidden_size": 16,
+    },
+}  # fmt: skip
+
+
+def test_depth_models_come_from_registry_rows_hashed_and_make_a_3d_frame(
+    server: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_config
+) -> None:
+    """Depth-Anything and DPT-Hybrid, tiny instances of transformers' classes saved as
+    transformers saves them (``model.safetensors``), fetched from 127.0.0.1 through registry
+    rows whose settings build the architecture: each gives a depth map, one moves a 3D frame;
+    a wrong hash, and a file of the other architecture, are each refused with one line."""
+    import torch
+
+    from vqclip.models.depth import ARCHITECTURES, architecture, depth_estimator
+    from vqclip.models.download import sha256_file
+    from vqclip.run.driver import generate
+    from vqclip.run.frames import frame_paths
+
+    for kind, settings in _TINY_DEPTH.items():
+        torch.manual_seed(0)
+        folder, (model_class, config) = tmp_path / kind, architecture(kind, settings)
+        model_class(config).save_pretrained(folder)  # the real file format
+        _Handler.files[f"{kind}.safetensors"] = (folder / "model.safetensors").read_bytes()
+        sha = sha256_file(folder / "model.safetensors")
+        flags = {"architecture": kind, "config": settings, "size": 56 if kind == "depth-anything" else 64}  # fmt: skip
+        name = f"tiny-{kind}"
+        file = registry.ModelFile(f"{name}.safetensors", (f"{server}/ok/{kind}.safetensors",), sha, kind="safetensors")  # fmt: skip
+        monkeypatch.setitem(registry.REGISTRY, name, registry.ModelEntry(name, "depth", (file,), 1, flags=flags))  # fmt: skip
+        depth = depth_estimator(name)(torch.rand(2, 3, 40, 48))
+        assert depth.shape == (2, 1, 40, 48) and torch.isfinite(depth).all()
+    assert [p for p, _ in _Handler.log] == ["/ok/depth-anything.safetensors", "/ok/dpt-hybrid.safetensors"]  # fmt: skip
+    assert set(ARCHITECTURES) == set(_TINY_DEPTH)
+
+    config = tiny_config.replace(
+        max_iterations=None, animation_mode="3D", max_frames=2, steps_per_frame=2,
+        translation_z="20", depth_model="tiny-depth-anything", save_depth=True,
+    )  # fmt: skip
+    result = generate(config)
+    assert len(frame_paths(result.run_dir)) == 2 and len(list((result.run_dir / "depth").iterdir())) == 2  # fmt: skip
+    assert len(_Handler.log) == 2  # from the cache: nothing fetched again
+
+    wrong = registry.REGISTRY["tiny-dpt-hybrid"]
+    monkeypatch.setitem(registry.REGISTRY, "tiny-dpt-hybrid", registry.ModelEntry(
+        "tiny-dpt-hybrid", "depth", wrong.files, 1, flags={**wrong.flags, "architecture": "depth-anything", "config": _TINY_DEPTH["depth-anything"]},
+    ))  # fmt: skip
+    with pytest.raises(ValueError, match="does not fit the architecture of depth-anything"):
+        depth_estimator("tiny-dpt-hybrid")
+    file = registry.ModelFile("other.safetensors", (f"{server}/ok/dpt-hybrid.safetensors",), "0" * 64, kind="safetensors")  # fmt: skip
+    monkeypatch.setitem(registry.REGISTRY, "other", registry.ModelEntry("other", "depth", (file,), 1, flags=wrong.flags))  # fmt: skip
+    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
+        depth_estimator("other")
+    runs = sorted(Path(config.output_dir).iterdir())
+    with pytest.raises(ValueError, match=r"depth_model: unknown estimator 'midas'; expected none or one of \['depth-anything-v2-small', 'dpt-hybrid-midas'"):  # fmt: skip
+        generate(config.replace(depth_model="midas"))
+    assert sorted(Path(config.output_dir).iterdir()) == runs  # refused before a run was begun

@@ -2,13 +2,15 @@
 
 Two measures. The shapes world's animations as a user runs them (2D, and 3D through the shapes
 depth estimator), timed between frames by the run's own reports. And, for the real
-architectures with random weights (VQGAN imagenet f16-16384, CLIP ViT-B/32), what one frame
-costs: the move (depth, warp, encoding the moved frame) plus ``steps_per_frame`` loop steps.
+architectures with random weights (VQGAN imagenet f16-16384, CLIP ViT-B/32, and with
+transformers the depth models Depth-Anything-V2-Small and DPT-Hybrid), what one frame costs:
+the move (depth, warp, encoding the moved frame) plus ``steps_per_frame`` loop steps.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -50,7 +52,17 @@ def _shapes_frames(mode: str, frames: int, device: str) -> float:
     return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
 
 
-def _real_frame(size: int, cutn: int, device: torch.device, precision: str, repeats: int) -> dict[str, float]:  # fmt: skip
+def _depth_model(name: str, device: torch.device) -> Any:
+    """The shapes world's depth estimator, or a real depth architecture with random weights."""
+    if name == "shapes-depth":
+        return plugins.estimators("depth")["shapes-depth"].load(device)
+    from vqclip.models.depth import ARCHITECTURES, architecture, as_estimator
+
+    model_class, config = architecture(name, {})
+    return as_estimator(model_class(config), name, ARCHITECTURES[name]["size"], device)
+
+
+def _real_frame(size: int, cutn: int, device: torch.device, precision: str, repeats: int, depth_name: str = "shapes-depth") -> dict[str, float]:  # fmt: skip
     """One frame of the real architectures: a 3D move (depth, warp, encoding) and the steps."""
     torch.manual_seed(0)
     vqgan = build_vqgan(F16_16384).eval().requires_grad_(False).to(device)
@@ -63,7 +75,7 @@ def _real_frame(size: int, cutn: int, device: torch.device, precision: str, repe
     g = torch.Generator(device=device).manual_seed(0)
     cells = size // vqgan.spec.factor
     state = start_state(random_latent(vqgan.codebook, 1, cells, cells, g), "Adam", 0.1, g)
-    depth = plugins.estimators("depth")["shapes-depth"].load(device)
+    depth = _depth_model(depth_name, device)
 
     def move() -> None:
         with torch.no_grad():
@@ -89,6 +101,14 @@ def run_animation_benchmark(quick: bool = False, device: str | None = None, prec
         for size in sizes:
             row = _real_frame(size, 32, dev, precision, 3)
             rows.append({"case": f"f16-16384 + ViT-B/32 {size}², 3D, cutn 32", **row})
+        # With a real depth model's architecture (random weights), where transformers is.
+        for name in ("depth-anything", "dpt-hybrid") if importlib.util.find_spec("transformers") else ():  # fmt: skip
+            row = _real_frame(sizes[-1], 32, dev, precision, 3, name)
+            rows.append({"case": f"f16-16384 + ViT-B/32 {sizes[-1]}², 3D with {name}, cutn 32", **row})  # fmt: skip
+    return _results(dev, precision, rows)
+
+
+def _results(dev: torch.device, precision: str, rows: list[dict]) -> dict[str, Any]:
     return {
         "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda"

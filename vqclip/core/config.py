@@ -206,7 +206,7 @@ class GenerationConfig:
     fov: str = _field("40", "3D: the camera's field of view across the shorter side, in degrees" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     padding_mode: str = _field("reflection", "animation: what fills where the moved frame leaves the picture: reflection, border or zeros", ANIMATION)  # fmt: skip
     sampling_mode: str = _field("bilinear", "animation: resampling of the moved frame: bilinear, bicubic or nearest", ANIMATION)  # fmt: skip
-    depth_model: str = _field("none", '3D: the depth estimator ("none": a plane facing the camera; or an installed one, such as "shapes-depth")', ANIMATION)  # fmt: skip
+    depth_model: str = _field("none", '3D: the depth estimator ("none": a plane facing the camera; a registry model, "depth-anything-v2-small" or "dpt-hybrid-midas", with vqclip[depth]; or an installed one, such as "shapes-depth")', ANIMATION)  # fmt: skip
     save_depth: bool = _field(False, "3D: write each frame's depth as frames/depth-NNNNNN.png", ANIMATION)  # fmt: skip
     ema: float = _field(0.0, "frames show an exponential moving average of the generator's parameters with this decay per step (e.g. 0.9), for zooms and stories that flicker; 0 = off", VIDEO)  # fmt: skip
     # -- device and run

@@ -39,6 +39,7 @@ from vqclip.frontends.forms import (
     resolve,
 )  # fmt: skip
 from vqclip.models import registry
+from vqclip.models.depth import depth_models
 from vqclip.run.driver import Progress, RunResult, generate, progress_of, read_run_config, resume
 from vqclip.run.frames import list_runs, run_picture
 from vqclip.run.motion import preview_motion
@@ -434,7 +435,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             )
                         ),  # fmt: skip
                         gr.Dropdown(
-                            ["none", *plugins.estimators("depth")],
+                            ["none", *depth_models(), *plugins.estimators("depth")],
                             value="none",
                             label="depth_model",
                         ),  # fmt: skip

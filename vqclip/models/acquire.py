@@ -29,6 +29,7 @@ class RunFiles:
     prior: Path | None = None
     upscaler: Path | None = None  # None for "lanczos" or no upscale
     flow: Path | None = None  # a restyle's flow estimator's weights (RAFT's); None: none needed
+    depth: Path | None = None  # a 3D animation's depth model's weights, if from the registry
     images: dict[str, Path] = field(default_factory=dict)  # path or URL -> local file
 
     def image(self, source: str) -> Path:
@@ -74,7 +75,10 @@ def acquire(config: GenerationConfig) -> RunFiles:
     flow = None
     if config.follows_flow() and config.flow_estimator in registry.model_names("flow"):
         flow = registry.resolve_flow(config.flow_estimator)
+    depth = None
+    if config.animation_mode == "3D" and config.depth_model in registry.model_names("depth"):
+        (depth,) = registry.entry_paths(registry.registry()[config.depth_model])
     return RunFiles(
         clips=clips, vqgan=vqgan, diffusion=diffusion, prior=prior, upscaler=upscaler,
-        flow=flow, images=images,
+        flow=flow, depth=depth, images=images,
     )  # fmt: skip

@@ -40,7 +40,7 @@ class ModelEntry:
     files: tuple[ModelFile, ...]
     size_mb: float  # approximate download size (`vqclip models` shows the real one once cached)
     directory: Path | None = None  # where a plugin ships the files; None: the cache
-    flags: dict | None = None  # a diffusion model's architecture, for weights that carry none
+    flags: dict | None = None  # the architecture of weights that carry none (diffusion, depth)
 
     @property
     def bundled(self) -> bool:
@@ -152,6 +152,22 @@ def _raft(name: str, file: str, mb: float) -> ModelEntry:
     return ModelEntry(name, "flow", (ModelFile(f"{name}.pth", (_TORCHVISION + file,), sha),), mb)
 
 
+# Depth models for 3D animation, as transformers saves them on the Hugging Face Hub; the
+# architecture is held here (vqclip.models.depth), never read from the download. No SHA-256
+# is published where this was written (and no network but the package registries to read
+# one): the first download records it, as for the VQGAN rows, and later reads check it.
+_HUB = "https://huggingface.co/{}/resolve/main/model.safetensors"
+_DEPTH = (
+    ("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small-hf", "depth-anything", 99),
+    ("dpt-hybrid-midas", "Intel/dpt-hybrid-midas", "dpt-hybrid", 490),
+)
+
+
+def _depth(name: str, repo: str, architecture: str, mb: float) -> ModelEntry:
+    file = ModelFile(f"{name}.safetensors", (_HUB.format(repo),), kind="safetensors")
+    return ModelEntry(name, "depth", (file,), mb, flags={"architecture": architecture})
+
+
 def _clip(name: str, path: str) -> ModelEntry:
     digest = path.split("/")[0]
     file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
@@ -203,6 +219,7 @@ REGISTRY: dict[str, ModelEntry] = {
         *(_diffusion(*row) for row in _DIFFUSION),
         *(_upscaler(*row) for row in _UPSCALERS),
         *(_raft(*row) for row in _RAFT),
+        *(_depth(*row) for row in _DEPTH),
     )
 }
 
@@ -236,7 +253,7 @@ def entry_dir(entry: ModelEntry) -> Path:
 
 
 _FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior", "diffusion": "diffusion_model",
-           "upscaler": "upscaler", "flow": "flow_estimator"}  # fmt: skip
+           "upscaler": "upscaler", "flow": "flow_estimator", "depth": "depth_model"}  # fmt: skip
 
 
 def _entry(name: str, family: str) -> ModelEntry:

@@ -56,6 +56,7 @@ from vqclip.models.vqgan_clip import (
 )
 from vqclip.run.frames import check_output_dir
 from vqclip.run.memory import check_memory
+from vqclip.run.motion import check_depth_model
 from vqclip.run.video import check_video
 
 __all__ = [
@@ -163,6 +164,8 @@ def check_inputs(
         check_video(config.init_video, "init_video")
     if config.follows_flow():
         check_flow_estimator(config.flow_estimator)
+    if config.animation_mode == "3D":
+        check_depth_model(config.depth_model)
     _check_plugin_names(config)
     if config.generator == "vqgan":
         spec = read_vqgan_spec(files.vqgan[0])

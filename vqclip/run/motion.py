@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from vqclip.core import plugins
 from vqclip.core.config import GenerationConfig
 from vqclip.core.images import load_image
+from vqclip.models.depth import depth_estimator, depth_models
 from vqclip.run.frames import FrameWriter, create_run_dir
 
 __all__ = [
     "TRANSLATION_SCALE", "PADDING_MODES", "SAMPLING_MODES", "warp_2d", "warp_3d", "rotation",
     "plane_depth", "NEAR", "FAR", "normalised_depth", "CameraPath", "MODE_SCHEDULES",
-    "calibration_card", "preview_motion", "depth_pixels", "describe", "Tweens",
+    "calibration_card", "preview_motion", "depth_pixels", "describe", "Tweens", "check_depth_model",
 ]  # fmt: skip
 
 TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
@@ -150,6 +151,13 @@ MODE_SCHEDULES = {
 }  # fmt: skip
 
 
+def check_depth_model(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is none, a registry depth model or a plugin's."""
+    found = {*depth_models(), *plugins.estimators("depth")}
+    if name != "none" and name not in found:
+        raise ValueError(f"depth_model: unknown estimator {name!r}; expected none or one of {sorted(found)} (the registry's and the installed plugins')")  # fmt: skip
+
+
 class CameraPath:
     """An animation's motion from its config: each frame's schedule values, and the move of
     one frame into the next (with the depth estimator the config names, loaded once)."""
@@ -160,10 +168,11 @@ class CameraPath:
         self.schedules = {name: config.schedule(name) for name in MODE_SCHEDULES[self.mode]}
         self.estimate = None
         if self.mode == "3D" and config.depth_model != "none":
-            found = plugins.estimators("depth")
-            if config.depth_model not in found:
-                raise ValueError(f"depth_model: unknown estimator {config.depth_model!r}; expected none or one of {sorted(found)} (from the installed plugins)")  # fmt: skip
-            self.estimate = found[config.depth_model].load(device)
+            check_depth_model(config.depth_model)
+            if config.depth_model in depth_models():  # from the registry, fetched by acquire
+                self.estimate = depth_estimator(config.depth_model, device)
+            else:
+                self.estimate = plugins.estimators("depth")[config.depth_model].load(device)
 
     def values(self, frame: int) -> dict[str, float]:
         """The schedules' values at ``frame``, by setting."""

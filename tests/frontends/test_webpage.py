@@ -10,12 +10,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import free_port, png_pixels, serving, video_duration
 
 from vqclip.core import presets
 from vqclip.core.config import GenerationConfig
-from vqclip.frontends.webpage import _Page, follow, form_config, gallery_items, run_in_thread
+from vqclip.frontends.webpage import (
+    OUTLINES,
+    _Page,
+    follow,
+    form_config,
+    gallery_items,
+    run_in_thread,
+)
 from vqclip.run.driver import generate, progress_of, resume
 from vqclip.run.runstate import STATE, read_state
 
@@ -114,6 +122,13 @@ def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
         page.goto(url)
         page.wait_for_selector("#generate")
         assert "preset shapes" in page.inner_text("#preset")
+        # Prompts that name regions: their boxes are outlined over the preview as they are typed.
+        page.fill("#prompts textarea", "a red circle @left | a green square @right")
+        page.wait_for_selector("#preview img")
+        seen = page.evaluate(_PIXELS_AT, [[0.0, 0.5], [0.25, 0.5], [0.999, 0.5]])
+        edge, inside, far_edge = (np.array(rgb) for rgb in seen)
+        assert np.abs(edge - OUTLINES[0]).max() < 24 and np.abs(far_edge - OUTLINES[1]).max() < 24, seen  # fmt: skip
+        assert np.abs(inside - 96).max() < 24, seen  # the canvas's grey inside the left box
         page.fill("#prompts textarea", PROMPT)
         page.fill("#seed input", "5")
         page.fill("#steps input", "60")
@@ -147,6 +162,20 @@ def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
         assert video_duration(page, "#video video") > 2
         assert page.locator(".vqclip-error").count() == 0
         page.close()
+
+
+# The preview's colours at points given as fractions of its width and height.
+_PIXELS_AT = """async (points) => {
+  const img = document.querySelector('#preview img');
+  await img.decode();
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(img, 0, 0);
+  return points.map(([x, y]) => Array.from(context.getImageData(
+    Math.floor(x * canvas.width), Math.floor(y * canvas.height), 1, 1).data.slice(0, 3)));
+}"""
 
 
 def _progress(page) -> float | None:
@@ -224,8 +253,6 @@ def test_the_page_answers_only_its_user(tiny_config: GenerationConfig, tmp_path:
 
 
 def test_the_page_outlines_the_regions_the_prompts_name(tmp_path: Path) -> None:
-    import numpy as np
-
     from vqclip.frontends.webpage import named_regions, outline_regions, region_canvas
 
     assert named_regions("a red circle @left:1.5 | a green square @Right | me@example.com") == ["left", "right"]  # fmt: skip

@@ -143,6 +143,18 @@ def test_each_region_is_redrawn_as_a_scene_of_its_own() -> None:
     with_whole = redraw(images, prior, Scores(lambda x: (x - white).pow(2).flatten(1).mean(1), (left,)))  # fmt: skip
     assert torch.equal(with_whole[..., :32], green[..., 16:48])
     assert torch.equal(with_whole[..., 32:], white[..., 32:])
+    # A shape read near the half's edge: where no other region is, its scene runs on past the
+    # box, so that the disc is drawn whole, not cut flat where the half ends.
+    near = replace(scene, cx=44.0)  # in the half's 64-pixel square: x 32 to 56, so 16 to 40 here
+    edge = render([replace(near, color="green")])
+
+    def wants_edge(options: torch.Tensor) -> torch.Tensor:
+        return (letterbox(options)[0] - edge).pow(2).flatten(1).mean(1)
+
+    whole_disc = redraw(images, _reading(near), Scores(None, (((0.0, 0.0, 0.5, 1.0), wants_edge),)))
+    assert torch.equal(whole_disc[..., :48], edge[..., 16:])  # the square's columns 16 on
+    assert torch.equal(whole_disc[..., 48:], edge[..., :1].expand(-1, -1, -1, 16))
+    assert (whole_disc[..., 32:40] != edge[..., :1]).any()  # the disc's part past the half
 
 
 def test_a_prior_without_alternatives_ignores_the_score() -> None:

@@ -140,14 +140,37 @@ def redraw(images: torch.Tensor, prior: nn.Module, scores: Scores | None = None)
     images = images.float()
     height, width = images.shape[-2:]
     boxes = [(box_slices(box, height, width), score) for box, score in scores.regions] if scores else []  # fmt: skip
-    drawn = [_redraw(images[..., rows, cols], prior, score) for (rows, cols), score in boxes]
+    drawn = [(box, _redraw(images[..., box[0], box[1]], prior, score)) for box, score in boxes]
     if scores is not None and scores.whole is None:  # every prompt names a region: the rest of
-        target = _border_fill(drawn).expand_as(images).clone()  # the image is their background
+        crops = [square[..., rows, cols] for _, (square, (rows, cols)) in drawn]  # the image is
+        target = _border_fill(crops).expand_as(images).clone()  # their background, and
+        _spill(target, drawn)  # their scenes where they run on past their boxes
     else:
-        target = _redraw(images, prior, scores.whole if scores else None)
-    for ((rows, cols), _), region in zip(boxes, drawn, strict=True):
-        target[..., rows, cols] = region
+        square, (rows, cols) = _redraw(images, prior, scores.whole if scores else None)
+        target = square[..., rows, cols]
+    for (box_rows, box_cols), (square, (rows, cols)) in drawn:
+        target[..., box_rows, box_cols] = square[..., rows, cols]
     return target
+
+
+Drawn = tuple[tuple[slice, slice], tuple[torch.Tensor, tuple[slice, slice]]]
+
+
+def _spill(target: torch.Tensor, drawn: list[Drawn]) -> None:
+    """Each region's redrawing as a whole square scene, placed where its box lies in it, on
+    the pixels no region's box holds (in place): a shape near its box's edge is drawn whole,
+    not cut flat there, where nothing else is prompted."""
+    height, width = target.shape[-2:]
+    free = torch.ones(height, width, dtype=torch.bool, device=target.device)
+    for (box_rows, box_cols), _ in drawn:
+        free[box_rows, box_cols] = False
+    for (box_rows, box_cols), (square, (rows, cols)) in drawn:
+        top, left, side = box_rows.start - rows.start, box_cols.start - cols.start, square.shape[-1]
+        y0, y1, x0, x1 = max(top, 0), min(top + side, height), max(left, 0), min(left + side, width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        patch = square[..., y0 - top : y1 - top, x0 - left : x1 - left]
+        target[..., y0:y1, x0:x1] = torch.where(free[y0:y1, x0:x1], patch, target[..., y0:y1, x0:x1])  # fmt: skip
 
 
 def _border_fill(images: list[torch.Tensor]) -> torch.Tensor:
@@ -156,14 +179,21 @@ def _border_fill(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(edges, -1).median(-1).values[..., None, None]
 
 
-def _redraw(images: torch.Tensor, prior: nn.Module, score: Score | None) -> torch.Tensor:
+def _redraw(
+    images: torch.Tensor, prior: nn.Module, score: Score | None
+) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """The redrawing of the images letterboxed into a square (the best by ``score`` of the
+    prior's alternatives, judged on the images' own part), and where the images lie in it."""
     square, (rows, cols) = letterbox(images)
     read, side = _as_read(square, prior.resolution), square.shape[-1]
     if score is None or not hasattr(prior, "alternatives"):
-        return prior(read, side)[..., rows, cols]
-    options = prior.alternatives(read, side)[..., rows, cols]  # (B, K, 3, H, W)
-    losses = score(options.flatten(0, 1)).view(options.shape[:2])
-    return options[torch.arange(len(options), device=options.device), losses.argmin(1)]
+        return prior(read, side), (rows, cols)
+    options = prior.alternatives(read, side)  # (B, K, 3, S, S)
+    losses = score(options[..., rows, cols].flatten(0, 1)).view(options.shape[:2])
+    return options[torch.arange(len(options), device=options.device), losses.argmin(1)], (
+        rows,
+        cols,
+    )
 
 
 def prior_loss(

@@ -46,6 +46,9 @@ def test_rotational_symmetries_turn_the_image_into_itself() -> None:
     twice, four = symmetric("rotate2")(image, 0), symmetric("rotate4")(image, 0)
     assert torch.equal(twice, torch.rot90(twice, 2, (-2, -1))) and torch.equal(twice[..., :4, :], image[..., :4, :])  # fmt: skip
     assert torch.equal(four, torch.rot90(four, 1, (-2, -1))) and torch.equal(four[..., :4, :4], image[..., :4, :4])  # fmt: skip
+    glide = symmetric("glide")(image, 0)  # half a width on, upside down, it is itself
+    assert torch.equal(glide.roll(4, -1).flip(-2), glide) and torch.equal(glide[..., :4], image[..., :4])  # fmt: skip
+    assert not torch.equal(glide, glide.flip(-1))  # not a mirror image
     wide = torch.rand(1, 3, 6, 10)  # half a turn needs no square
     assert torch.equal(symmetric("rotate2")(wide, 0), torch.rot90(symmetric("rotate2")(wide, 0), 2, (-2, -1)))  # fmt: skip
 
@@ -137,6 +140,10 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
             {"symmetry": "rotate4", "width": 64, "height": 32},
             "symmetry: 'rotate4' turns a square into itself",
         ),
+        (
+            {"symmetry": "glide", "width": 33, "height": 32},
+            "symmetry: 'glide' shifts the image by half its width; expected an even width, got 33",
+        ),  # fmt: skip
         ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
         ({"saturation_weight": -1.0}, "saturation_weight"),
     ],

@@ -54,11 +54,20 @@ def _turned_four_times(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], -2)
 
 
+def _glided(image: torch.Tensor) -> torch.Tensor:
+    """The left half, and beside it the same turned upside down: shifted half its width and
+    reflected top to bottom, the image is itself (a glide reflection; an even width). Tiled,
+    the texture has the wallpaper group pg."""
+    half = image.shape[-1] // 2
+    left = image[..., :half]
+    return torch.cat([left, left.flip(-2)], -1)
+
+
 def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
     step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
-    if kind in ("rotate2", "rotate4"):
-        turn = _turned_twice if kind == "rotate2" else _turned_four_times
+    if kind in ("rotate2", "rotate4", "glide"):
+        turn = {"rotate2": _turned_twice, "rotate4": _turned_four_times, "glide": _glided}[kind]
 
         def rotated(image: torch.Tensor, iteration: int) -> torch.Tensor:
             return image if until is not None and iteration >= until else turn(image)

@@ -105,10 +105,6 @@ def run_animation_benchmark(quick: bool = False, device: str | None = None, prec
         for name in ("depth-anything", "dpt-hybrid") if importlib.util.find_spec("transformers") else ():  # fmt: skip
             row = _real_frame(sizes[-1], 32, dev, precision, 3, name)
             rows.append({"case": f"f16-16384 + ViT-B/32 {sizes[-1]}², 3D with {name}, cutn 32", **row})  # fmt: skip
-    return _results(dev, precision, rows)
-
-
-def _results(dev: torch.device, precision: str, rows: list[dict]) -> dict[str, Any]:
     return {
         "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda"

@@ -350,9 +350,12 @@ class _Optimise(_Job):
         loop, self.state = self._prepare(config, device, files)
         self.loop = replace(loop, processes=processes)
         self.image: torch.Tensor | None = None
+        # An animation's camera path (its depth model loaded once), and with a cadence the
+        # frames between those that take steps.
+        self.path = CameraPath(config, device) if config.animation_mode != "none" else None
         self.tweens = None
-        if config.animation_mode != "none" and config.cadence > 1 and config.generator != "diffusion":  # fmt: skip
-            self.tweens = Tweens(CameraPath(config, device), config.cadence, self._saved_key)
+        if self.path is not None and config.cadence > 1:
+            self.tweens = Tweens(self.path, config.cadence, self._saved_key)
 
     def _prepare(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> tuple:
         return prepare(config, device, files)
@@ -396,7 +399,7 @@ class _Optimise(_Job):
             return
         for frame in range(key + 1, min(end, self.config.max_frames)):
             image = [to_uint8(x) for x in self.tweens(frame)]
-            name, motion = self._named(key) + frame - key, self.tweens.path.values(frame)
+            name, motion = self._named(key) + frame - key, self.path.values(frame)
             self.writer.saved += self.writer.save(f"frames/{name:06d}", image, name, motion)
 
     def _save_state(self) -> None:
@@ -404,7 +407,7 @@ class _Optimise(_Job):
             save_state(self.state, self.writer.run_dir / STATE)
 
     def run(self, report: Callback) -> None:
-        self.image = run_schedule(self.loop, self.state, self.config, report)
+        self.image = run_schedule(self.loop, self.state, self.config, report, self.path)
 
     def _render(self) -> torch.Tensor:
         return render(self.loop, self.state)
@@ -417,10 +420,9 @@ class _Optimise(_Job):
         image = best_candidates(
             loop_at(loop, state.iteration, self.config), image, self.config.best_of
         )
-        frame_end = self.config.frame_ended(state.iteration) is not None
-        if not frame_end and (not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration):  # fmt: skip
+        last = self.config.frame_ended(state.iteration)  # the frame that ends here, if one does
+        if last is None and (not writer.saved or frame_iteration(writer.saved[-1]) != state.iteration):  # fmt: skip
             writer({"iteration": state.iteration, "image": image})
-        last = self.config.frame_ended(state.iteration)
         if self.tweens is not None and last is not None and not interrupted:  # after the last key
             self._write_tweens(last, self.config.max_frames)
         finals = writer.save("final", [to_uint8(x) for x in image], state.iteration)

@@ -119,15 +119,15 @@ def run_schedule(
     state: LoopState,
     config: GenerationConfig,
     callback: Callback | None = None,
+    path: CameraPath | None = None,
 ) -> torch.Tensor:
     """:func:`vqclip.loop.optimise.run_loop` up to ``config.max_iterations``, segment by segment: a
-    new segment at each change of prompt phase, at each zoom and at each animation frame.
-    Returns the final image."""
+    new segment at each change of prompt phase, at each zoom and at each animation frame (along
+    ``path``, made here if not given). Returns the final image."""
     phases = len(loop.objective.prompts.phases) or 1
     display, report = config.display_frequency, callback
-    path = None
     if config.animation_mode != "none":
-        path = CameraPath(config, state.start.device)
+        path = path or CameraPath(config, state.start.device)
         display, report = 1, _frame_ends(config, path, callback)
     while True:
         current = loop_at(loop, state.iteration, config)

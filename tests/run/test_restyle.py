@@ -225,16 +225,27 @@ def test_bad_follow_settings_are_clear_errors(
         tiny_config.replace(**{"init_video": str(clip_mp4), **changes})
 
 
-def _moving_circle(path: Path, frames: int = 6) -> Path:
-    """A white circle gliding over black, 64x64 at 8 fps: the shapes world's size."""
+PAN = 5  # pixels the camera pans a frame: the whole view moves this far to the right
+
+
+def _panning_circle(path: Path, frames: int = 6) -> Path:
+    """A camera panning over a white circle on dark, faintly textured ground, 64x64 at 8 fps
+    (the shapes world's size): the texture makes the pan the only motion that explains the
+    frames, so it is the true motion of every pixel, whatever a restyle draws there."""
     writer = imageio_ffmpeg.write_frames(
         str(path), (64, 64), fps=8, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1
     )
     writer.send(None)
-    y, x = np.mgrid[:64, :64]
+    width = 64 + PAN * (frames - 1)
+    coarse = torch.from_numpy(np.random.default_rng(0).random((1, 1, 12, width // 4 + 1)))
+    ground = torch.nn.functional.interpolate(coarse.float(), size=(64, width), mode="bicubic")
+    canvas = np.clip(ground[0, 0].numpy() * 70, 0, 255)
+    y, x = np.mgrid[:64, :width]
+    right = PAN * (frames - 1)
+    canvas[(x - 18 - right) ** 2 + (y - 32) ** 2 < 12**2] = 255
     for k in range(frames):
-        inside = (x - 18 - 5 * k) ** 2 + (y - 32) ** 2 < 12**2
-        writer.send(np.repeat((inside * 255).astype(np.uint8)[..., None], 3, axis=2))
+        view = canvas[:, right - PAN * k : right - PAN * k + 64]
+        writer.send(np.repeat(view.astype(np.uint8)[..., None], 3, axis=2))
     writer.close()
     return path
 
@@ -244,36 +255,27 @@ def _mean_change(paths: list) -> float:
     return float(np.mean([np.abs(a - b).mean() for a, b in zip(pixels, pixels[1:], strict=False)]))
 
 
-def _along_the_motion(frames: list[Path], step: int = 5) -> float:
-    """The mean change between consecutive results once the previous one is warped by the
-    source's true motion (the circle's pixels moved ``step`` to the right), over the pixels both
-    frames show (not those the circle uncovers)."""
-    from vqclip.models.flow import warp
-
-    y, x = np.mgrid[:64, :64]
-    changes = []
-    for k in range(1, len(frames)):
-        now = (x - 18 - step * k) ** 2 + (y - 32) ** 2 < 12**2
-        was = (x - 18 - step * (k - 1)) ** 2 + (y - 32) ** 2 < 12**2
-        flow = torch.zeros(1, 2, 64, 64)
-        flow[0, 0] = torch.from_numpy(now * -float(step))
-        a, b = (torch.from_numpy(png_pixels(p).copy()).permute(2, 0, 1)[None].float() for p in frames[k - 1 : k + 1])  # fmt: skip
-        changes.append((b - warp(a, flow)).abs().mean(1)[0][torch.from_numpy(~(was & ~now))].mean().item())  # fmt: skip
-    return float(np.mean(changes))
+def _along_the_pan(frames: list[Path]) -> float:
+    """Issue 49's temporal error: the mean change between consecutive results once the previous
+    one is moved by the true motion (the pan), over the pixels both frames show (not the strip
+    the pan brings into view)."""
+    pixels = [png_pixels(p).astype(np.float64) for p in frames]
+    return float(np.mean([np.abs(b[:, PAN:] - a[:, :-PAN]).mean() for a, b in zip(pixels, pixels[1:], strict=False)]))  # fmt: skip
 
 
 @pytest.mark.slow
 def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: Path) -> None:
-    """Issues 34's and 49's checks: a moving circle restyled with the shapes models, three ways.
-    Every frame shows the prompted colours by the judge. Following the previous result
-    (frame_init_weight, temporal_weight) changes less between frames than independent frames
-    (measured over seeds 0-3: 0.61 to 0.76 of the input's change against 1.29 to 1.69), but
-    its circle stays where the first frame put it; following along the optical flow
-    (flow_warp, flow_weight) keeps the change along the true motion at 0.48 to 0.62 of
-    independent frames' (seeds 0-3) while its circle travels with the source's (docs/video.md)."""
+    """Issues 34's and 49's checks: a camera pan over a circle restyled with the shapes models,
+    three ways. Every frame shows the prompted colours by the judge. Following the previous
+    result (frame_init_weight, temporal_weight) changes less between frames than independent
+    frames, but its circle stays where the first frame put it, so along the pan it changes about
+    as much as independent frames (0.57 to 0.66 of the input's change over seeds 0-3, against
+    0.58 to 1.02); following along the optical flow (flow_warp, flow_weight) changes least along
+    the pan (0.29 to 0.41, at most 0.71 of either other way's) while its circle travels with the
+    source's (23 to 26 px of 25; docs/video.md)."""
     from vqclip.shapes.judge import judge
 
-    video = _moving_circle(tmp_path / "circle.mp4")
+    video = _panning_circle(tmp_path / "pan.mp4")
     source = _mean_change(list(read_video_frames(video)))
     base = GenerationConfig(
         prompts="a green circle on a yellow background", init_video=str(video), seed=0,
@@ -288,11 +290,11 @@ def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: P
     for name, changes in ways.items():
         frames = frame_paths(generate(base.replace(**changes)).run_dir)
         ratios[name] = _mean_change(frames) / source
-        along[name] = _along_the_motion(frames) / source
+        along[name] = _along_the_pan(frames) / source
         verdicts = [judge(png_pixels(p)) for p in frames]
         assert all(v.top_two() == {"green", "yellow"} for v in verdicts), name
         travel[name] = verdicts[-1].centre[0] - verdicts[0].centre[0]  # the source's: 25 px
-        print(f"{name}: output change / input change {ratios[name]:.3f}, along the motion {along[name]:.3f}; the circle travels {travel[name]:.0f} px")  # fmt: skip
+        print(f"{name}: output change / input change {ratios[name]:.3f}, along the pan {along[name]:.3f}; the circle travels {travel[name]:.0f} px")  # fmt: skip
     assert ratios["following"] < ratios["independent"], ratios
-    assert along["flow"] < 0.8 * along["independent"], along
-    assert travel["flow"] > travel["following"] + 8 and travel["flow"] > 8, travel
+    assert along["flow"] < 0.85 * min(along["following"], along["independent"]), along  # 0.71 at most over seeds 0-3
+    assert travel["flow"] > travel["following"] + 8 and travel["flow"] >= 20, travel  # 23 to 26 over seeds 0-3

@@ -296,5 +296,6 @@ def test_following_frames_flicker_less_and_keep_the_prompted_colours(tmp_path: P
         travel[name] = verdicts[-1].centre[0] - verdicts[0].centre[0]  # the source's: 25 px
         print(f"{name}: output change / input change {ratios[name]:.3f}, along the pan {along[name]:.3f}; the circle travels {travel[name]:.0f} px")  # fmt: skip
     assert ratios["following"] < ratios["independent"], ratios
-    assert along["flow"] < 0.85 * min(along["following"], along["independent"]), along  # 0.71 at most over seeds 0-3
-    assert travel["flow"] > travel["following"] + 8 and travel["flow"] >= 20, travel  # 23 to 26 over seeds 0-3
+    # over seeds 0-3 flow's was at most 0.71 of the others', and its circle travelled 23 to 26 px
+    assert along["flow"] < 0.85 * min(along["following"], along["independent"]), along
+    assert travel["flow"] > travel["following"] + 8 and travel["flow"] >= 20, travel

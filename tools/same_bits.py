@@ -1,13 +1,14 @@
 """Run the CLI of a git revision and of the working tree on the same configs; compare pixels.
 
-    .venv/bin/python tools/same_bits.py REV [--only NAME ...]
+    .venv/bin/python tools/same_bits.py REV [--only NAME ...] [--new-args "--step_decay 0"]
 
 Each config covers one feature (plain, init image, image and noise prompts, story, zoom, batch
 of prompts, best_of, bf16, restyle of a short video, resume after an interrupt), then the
 pixels generator and the diffusion sampler (each plain, from an init image, and resumed). Both sides run
 in this venv, the revision from a git worktree on ``PYTHONPATH``; every final PNG's pixels are
 compared (their text differs: a newer config records more fields). Prints a Markdown table and
-exits 1 if any image differs.
+exits 1 if any image differs. ``--new-args``: flags for the working tree's runs only, to pin a
+setting added since REV (or a preset's new value) to what REV did.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -136,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare against, e.g. HEAD~3")
     parser.add_argument("--only", nargs="*", help="config names to run (default: all)")
+    parser.add_argument("--new-args", default="", help="flags for the working tree's runs only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -151,9 +154,10 @@ def main() -> None:
                 config = [a.format(**inputs) for a in template]
                 wait = 0.5 if name.startswith("resume") else 0  # Ctrl-C after a state, resume
                 digests = []
-                for side, source in (("old", old), ("new", ROOT)):
+                sides = (("old", old, config), ("new", ROOT, config + shlex.split(args.new_args)))
+                for side, source, flags in sides:
                     (work / side).mkdir(exist_ok=True)
-                    digests.append(pixels_digest(vqclip(source, config, work / side, wait)))
+                    digests.append(pixels_digest(vqclip(source, flags, work / side, wait)))
                 same &= digests[0] == digests[1]
                 rows.append(
                     f"| {name} | {digests[0]} | {digests[1]} | {digests[0] == digests[1]} |"

@@ -280,3 +280,42 @@ def test_a_prompt_keyed_to_a_frame_changes_the_judged_colour_from_there(tmp_path
     seen = [(j.color, j.shape, j.background) for j in judged]
     assert seen[:3] == [("red", "circle", "blue")] * 3, seen  # before its frame
     assert seen[4:] == [("green", "circle", "blue")] * 2, seen  # the frame after it on
+
+
+def test_step_decay_settles_the_last_steps_of_a_run_or_frame_and_resumes_alike(
+    tiny_config: GenerationConfig, tmp_path: Path
+) -> None:
+    """The step size falls linearly over the last ``step_decay`` steps to a tenth at the last
+    (of the run; of each frame in an animation); a run stopped inside the fall resumes to the
+    bits of an unbroken one, and a run saved before the setting existed resumes without it."""
+    from vqclip.core import presets
+    from vqclip.run.driver import read_run_config
+
+    config = tiny_config.replace(max_iterations=8, step_decay=4, step_size=0.1)
+    steps = [config.step_size_at(i) for i in range(8)]
+    assert steps == pytest.approx([0.1] * 4 + [0.0775, 0.055, 0.0325, 0.01])
+    frames = config.replace(max_iterations=None, animation_mode="2D", max_frames=3, first_frame_steps=3, steps_per_frame=2, step_decay=1)  # fmt: skip
+    assert [frames.step_size_at(i) for i in range(7)] == pytest.approx([0.1, 0.1, 0.01, 0.1, 0.01, 0.1, 0.01])  # fmt: skip
+
+    unbroken = generate(config.replace(run_name="unbroken"))
+    constant = generate(config.replace(run_name="constant", step_decay=0))
+    assert not torch.equal(unbroken.image, constant.image)
+
+    def stop_in_the_fall(info: dict) -> None:
+        if info["iteration"] == 5:
+            raise KeyboardInterrupt
+
+    stopped = generate(config.replace(run_name="stopped"), callback=stop_in_the_fall)
+    assert stopped.interrupted
+    assert torch.equal(resume(stopped.run_dir).image, unbroken.image)
+
+    # A shapes run resolved before step_decay existed (its preset now says 10) ran with a
+    # constant step: resuming it must not start a fall it never had.
+    saved = presets.apply(GenerationConfig(prompts="a red circle", output_dir=str(tmp_path)))
+    assert saved.step_decay == 10
+    values = json.loads(saved.to_json())
+    del values["step_decay"]
+    old = tmp_path / "old-run"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps(values))
+    assert read_run_config(old).step_decay == 0

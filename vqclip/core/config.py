@@ -129,6 +129,7 @@ class GenerationConfig:
     # -- optimisation
     max_iterations: int | None = _field(None, f"optimisation steps (-1 runs until interrupted); diffusion: the sampling steps its schedule is respaced to ({_PRESET})", STEPS)  # fmt: skip
     step_size: float | None = _field(None, f"optimiser learning rate ({_PRESET})", STEPS)
+    step_decay: int | None = _field(None, f"over the last this many steps of the run (of each frame, in an animation) the step size falls linearly to a tenth, so the image settles on what it is pulled toward; 0: a constant step ({_PRESET})", STEPS)  # fmt: skip
     optimizer: str = _field("Adam", "Adam AdamW AdamP DiffGrad NAdam RAdam Adagrad Adamax RMSprop SGD", STEPS)  # fmt: skip
     cutn: int | None = _field(None, f"cutouts scored by CLIP per step ({_PRESET})", STEPS)
     cutn_batches: int = _field(1, "score the cutouts in this many sequential batches, gradients accumulated: the same step in about 1/N of CLIP's memory", STEPS)  # fmt: skip
@@ -272,7 +273,7 @@ class GenerationConfig:
                                    "tv_scale", "range_scale", "clamp_max", "video_fps",
                                    "temporal_weight", "palette_weight", "saturation_weight",
                                    "contrast_weight", "flow_weight"),
-            _non_negative_int: ("prior_ramp", "prompt_every", "zoom_every", "zoom_start",
+            _non_negative_int: ("prior_ramp", "step_decay", "prompt_every", "zoom_every", "zoom_start",
                                 "video_frames", "skip_timesteps", "max_frames", "prompt_blend",
                                 "flow_long_term",
                                 "first_frame_steps"),
@@ -492,6 +493,19 @@ class GenerationConfig:
         field of view inside (0, 180) degrees; one line naming the setting and the frame."""
         for name in SCHEDULES:
             _check_schedule(name, getattr(self, name), self.max_frames, max(self.seed, 0))
+
+    def step_size_at(self, iteration: int) -> float:
+        """The step size of step ``iteration``: ``step_size``, falling linearly over the last
+        ``step_decay`` steps before the run's end (an animation frame's) to a tenth at the last."""
+        first, every = self.first_steps(), self.steps_per_frame
+        if self.animation_mode != "none":
+            end = first if iteration < first else first + ((iteration - first) // every + 1) * every
+        else:
+            end = self.max_iterations
+        left = end - iteration  # 1 at the last step
+        if not self.step_decay or end == -1 or left > self.step_decay:
+            return self.step_size
+        return self.step_size * (0.1 + 0.9 * (left - 1) / self.step_decay)
 
     def first_steps(self) -> int:
         """An animation's first frame's steps."""

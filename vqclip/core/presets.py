@@ -33,10 +33,11 @@ __all__ = [
 # The fields a preset may set: the ones whose good value depends on the model. Some are read
 # by one kind of generator only: a preset for that kind states them, a preset for the other
 # does not (and a run of it records none).
-PRESET_FIELDS = ("width", "height", "cutn", "max_iterations", "step_size", "start",
+PRESET_FIELDS = ("width", "height", "cutn", "max_iterations", "step_size", "step_decay", "start",
                  "latent_levels", "best_of", "prior", "prior_weight", "prior_ramp",
                  "clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "upscaler", "augments")  # fmt: skip
-OPTIMISED_ONLY = ("step_size", "start", "latent_levels")  # an optimised image's (vqgan, pixels)
+# an optimised image's (vqgan, pixels)
+OPTIMISED_ONLY = ("step_size", "step_decay", "start", "latent_levels")
 SAMPLED_ONLY = ("clip_guidance_scale", "tv_scale", "range_scale", "clamp_max")  # diffusion's
 
 
@@ -69,7 +70,7 @@ class Preset:
 
 # The classic notebooks' settings, at their 256x256.
 _CLASSIC = {"width": 256, "height": 256, "cutn": 32, "max_iterations": 100, "step_size": 0.1,
-            "start": "random", "latent_levels": 1, "best_of": 1, "prior": None,
+            "step_decay": 0, "start": "random", "latent_levels": 1, "best_of": 1, "prior": None,
             "prior_weight": 0.0, "prior_ramp": 0,
             # CLIP-guided diffusion's (Crowson's 256x256 notebook; tv on [0, 1] pixels, x4)
             "clip_guidance_scale": 1000.0, "tv_scale": 150.0, "range_scale": 50.0,

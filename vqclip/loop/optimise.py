@@ -81,6 +81,7 @@ class Loop:
     processes: Processes = ONE_PROCESS  # who shares each step's cutouts (handed in by the driver)
     # (image, iteration) -> image, applied in order to every rendered image (plugins' transforms)
     transforms: tuple[Callable[[torch.Tensor, int], torch.Tensor], ...] = ()
+    step_sizes: Callable[[int], float] | None = None  # step -> step size (None: the optimizer's)
 
     def at_phase(self, index: int, blend: tuple[int, float] | None = None) -> Loop:
         """The loop with the prompts of phase ``index`` of a story (``blend``: on the way from
@@ -206,6 +207,9 @@ def step(loop: Loop, state: LoopState) -> dict[str, Any]:
     state.optimizer.zero_grad(set_to_none=True)
     total, terms, losses = backward_objective(loop, state, image, latent, views)
     # 6. Step, then keep the parameters in the generator's range.
+    if loop.step_sizes:
+        for group in state.optimizer.param_groups:
+            group["lr"] = loop.step_sizes(state.iteration)
     state.optimizer.step()
     loop.generator.clamp(state.levels)
     state.iteration += 1

@@ -483,7 +483,7 @@ def prepare_loop(
         transforms = (*transforms, Tile(config.seed))
     loop = Loop(
         generator, perceptors, objective, cuts, config.seed, config.precision, config.ema,
-        transforms=transforms,
+        transforms=transforms, step_sizes=config.step_size_at if config.step_decay else None,
     )  # fmt: skip
     return loop, rng
 

@@ -243,12 +243,16 @@ def read_run_config(run_dir: Path) -> GenerationConfig:
     if not path.is_file():
         raise FileNotFoundError(f"resume: {run_dir} is not a run directory (no config.json)")
     try:
-        return GenerationConfig.from_json(read_text(path, "resume"), f"resume: {path}")
+        config = GenerationConfig.from_json(read_text(path, "resume"), f"resume: {path}")
     except (ValueError, TypeError) as error:
         message = str(error)
         raise ValueError(
             message if message.startswith("resume") else f"resume: {path}: {message}"
         ) from None
+    if config.step_decay is None and config.generator != "diffusion" and config.step_size:
+        # resolved before step_decay existed: it ran with a constant step
+        config = replace(config, step_decay=0)
+    return config
 
 
 def drive(

@@ -304,18 +304,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the runs")
     # Settings left out take the generator's preset.
-    for name, kind in (("latent-levels", int), ("best-of", int), ("prior-weight", float),
-                       ("prior-ramp", int), ("step-size", float), ("max-iterations", int),
-                       ("cutn", int), ("clip-guidance-scale", float), ("tv-scale", float),
-                       ("range-scale", float), ("clamp-max", float), ("sampler", str)):  # fmt: skip
+    settings = (("latent-levels", int), ("best-of", int), ("prior-weight", float),
+                ("prior-ramp", int), ("step-size", float), ("step-decay", int),
+                ("max-iterations", int), ("cutn", int), ("clip-guidance-scale", float),
+                ("tv-scale", float), ("range-scale", float), ("clamp-max", float),
+                ("sampler", str))  # fmt: skip
+    for name, kind in settings:
         parser.add_argument(f"--{name}", type=kind, help="default: the generator's preset")
     args = parser.parse_args(argv)
     changes = {"precision": args.precision, "generator": args.generator, "clip_model": args.clip_model}  # fmt: skip
     if args.size:
         changes.update(width=args.size[0], height=args.size[1])
-    for name in ("latent_levels", "best_of", "prior_weight", "prior_ramp", "step_size",
-                 "max_iterations", "cutn", "clip_guidance_scale", "tv_scale", "range_scale",
-                 "clamp_max", "sampler"):  # fmt: skip
+    for name in (flag.replace("-", "_") for flag, _ in settings):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = shapes_config("x", 0, ".")

@@ -390,8 +390,10 @@ def test_prompt_success_as_the_judge_sees_it(generations: list[dict]) -> None:
     # (the pull in pixels, to 12 over 60 steps: 0.96, 0.96, 0.75 to 0.85; no prior: 0.94, 0.81,
     # 0.15). Issue 30 aims at 0.9 shapes on every CPU; the bounds sit a few of the 24 runs below
     # the measured rates: another CPU sums floats in another order.
-    # Joint (colour, shape and background right in the same image) with the fitting judge:
-    # 0.96 (23 of 24) here (2026-12-06, AMD EPYC); asserted 4 runs lower, as the shapes are.
+    # Joint (colour, shape and background right in the same image) with the fitting judge and
+    # the step's fall over the last 10 steps: 0.96 (23 of 24) here (2026-12-07, AMD EPYC; 22 to
+    # 23 of 24 on seeds 1-3, 91 of 96 in all); asserted 4 runs lower: the seeds' spread and
+    # another CPU's rounding (which moved 3 of 96 runs before).
     assert rates["joint"] >= 0.8, rates
     assert rates["colors"] >= 0.85 and rates["roles"] >= 0.85 and rates["shapes"] >= 0.8, rates
 
@@ -411,7 +413,7 @@ def test_fast_path_keeps_prompt_success(tmp_path: Path, generations: list[dict])
     print("fp32:", exact, "bf16:", fast)
     assert fast["runs"] == exact["runs"] == 24
     assert fast["colors"] >= exact["colors"] - 0.15 and fast["shapes"] >= exact["shapes"] - 0.2
-    assert fast["joint"] >= exact["joint"] - 0.2  # measured 0.92 against 0.96 (AMD EPYC)
+    assert fast["joint"] >= exact["joint"] - 0.2  # measured 1.0 against 0.96 (AMD EPYC)
 
 
 @pytest.mark.slow  # 24 generations with two CLIPs, one candidate each: about 1.5 minutes
@@ -433,7 +435,8 @@ def test_an_ensemble_of_the_two_shapes_clips_steers_the_colour(
     print(f"single model, best of 3: {single}")
     # Measured 100% steering, colours 0.92, shapes 0.88 (with the pull in pixels over 60 steps:
     # 100%, 0.96, 0.71).
-    # Joint with the fitting judge: 0.79 (19 of 24; AMD EPYC, 2026-12-06), asserted 4 runs lower.
+    # Joint with the fitting judge: 0.83 (20 of 24; AMD EPYC, 2026-12-07, with the step's fall;
+    # 0.79 before it), asserted 4 runs below the 0.79.
     assert rate >= 0.9 and both["colors"] >= 0.8 and both["joint"] >= 0.62, (rate, both)
 
 

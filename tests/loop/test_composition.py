@@ -49,6 +49,12 @@ def test_rotational_symmetries_turn_the_image_into_itself() -> None:
     glide = symmetric("glide")(image, 0)  # half a width on, upside down, it is itself
     assert torch.equal(glide.roll(4, -1).flip(-2), glide) and torch.equal(glide[..., :4], image[..., :4])  # fmt: skip
     assert not torch.equal(glide, glide.flip(-1))  # not a mirror image
+    eight = symmetric("kaleidoscope")(image, 0)  # mirrored across both axes and both diagonals
+    for mirrored in (eight.flip(-1), eight.flip(-2), eight.transpose(-2, -1), eight.flip(-1).flip(-2).transpose(-2, -1)):  # fmt: skip
+        assert torch.equal(mirrored, eight)
+    lower = torch.ones(4, 4, dtype=torch.bool).tril()  # what it keeps of the image
+    assert torch.equal(eight[..., :4, :4][..., lower], image[..., :4, :4][..., lower])
+    assert len(eight.unique()) == 2 * 3 * 10  # the 10 pixels of that eighth, per channel
     wide = torch.rand(1, 3, 6, 10)  # half a turn needs no square
     assert torch.equal(symmetric("rotate2")(wide, 0), torch.rot90(symmetric("rotate2")(wide, 0), 2, (-2, -1)))  # fmt: skip
 
@@ -139,6 +145,10 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
         (
             {"symmetry": "rotate4", "width": 64, "height": 32},
             "symmetry: 'rotate4' turns a square into itself",
+        ),
+        (
+            {"symmetry": "kaleidoscope", "width": 30, "height": 30 + 2},
+            "symmetry: 'kaleidoscope' turns a square into itself",
         ),
         (
             {"symmetry": "glide", "width": 33, "height": 32},

@@ -63,11 +63,25 @@ def _glided(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([left, left.flip(-2)], -1)
 
 
+def _kaleidoscope(image: torch.Tensor) -> torch.Tensor:
+    """The top-left quarter made its own mirror image along its diagonal, then mirrored onto
+    the other three: the image is its own mirror image across both axes and both diagonals
+    (eight ways; a square image of even side). Tiled, the texture has the wallpaper group p4m."""
+    half = image.shape[-1] // 2
+    quarter = image[..., :half, :half]
+    below = torch.ones(half, half, dtype=torch.bool, device=image.device).tril()
+    quarter = torch.where(below, quarter, quarter.transpose(-2, -1))
+    top = torch.cat([quarter, quarter.flip(-1)], -1)
+    return torch.cat([top, top.flip(-2)], -2)
+
+
 def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
     step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
-    if kind in ("rotate2", "rotate4", "glide"):
-        turn = {"rotate2": _turned_twice, "rotate4": _turned_four_times, "glide": _glided}[kind]
+    turns = {"rotate2": _turned_twice, "rotate4": _turned_four_times, "glide": _glided,
+             "kaleidoscope": _kaleidoscope}  # fmt: skip
+    if kind in turns:
+        turn = turns[kind]
 
         def rotated(image: torch.Tensor, iteration: int) -> torch.Tensor:
             return image if until is not None and iteration >= until else turn(image)

@@ -498,9 +498,8 @@ class GenerationConfig:
     def step_size_at(self, iteration: int) -> float:
         """The step size of step ``iteration``: ``step_size``, falling linearly over the last
         ``step_decay`` steps before the run's end (an animation frame's) to a tenth at the last."""
-        first, every = self.first_steps(), self.steps_per_frame
-        if self.animation_mode != "none":
-            end = first if iteration < first else first + ((iteration - first) // every + 1) * every
+        if self.animation_mode != "none":  # the first step of the next frame that takes steps
+            end = self.frame_start(self.frame_at(iteration) + self.cadence)
         else:
             end = self.max_iterations
         left = end - iteration  # 1 at the last step

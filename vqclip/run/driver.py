@@ -249,8 +249,8 @@ def read_run_config(run_dir: Path) -> GenerationConfig:
         raise ValueError(
             message if message.startswith("resume") else f"resume: {path}: {message}"
         ) from None
-    if config.step_decay is None and config.generator != "diffusion" and config.step_size:
-        # resolved before step_decay existed: it ran with a constant step
+    if config.step_decay is None and config.step_size is not None:
+        # an optimised run resolved before step_decay existed: it ran with a constant step
         config = replace(config, step_decay=0)
     return config
 

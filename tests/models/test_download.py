@@ -470,6 +470,30 @@ _TINY_DEPTH = {
 }  # fmt: skip
 
 
+def test_the_real_depth_architectures_are_the_published_checkpoints() -> None:
+    """Built on the meta device as the registry rows build them: the weights the published
+    models have (Depth-Anything-V2-Small 24.8M, DPT-Hybrid MiDaS 122M), and Depth-Anything
+    reading V2's DINOv2 layers (3, 6, 9, 12, as transformers' V2 conversion sets them), not
+    transformers' default V1 layers, which the same file would fill without a word."""
+    import torch
+    import transformers
+
+    from vqclip.models.depth import ARCHITECTURES, architecture
+
+    counts = {}
+    for name in ARCHITECTURES:
+        model_class, config = architecture(name, {})
+        with torch.device("meta"):
+            counts[name] = sum(p.numel() for p in model_class(config).parameters())
+    assert round(counts["depth-anything"] / 1e6, 1) == 24.8
+    assert round(counts["dpt-hybrid"] / 1e6) == 122
+    layers = architecture("depth-anything", {})[1].backbone_config.out_indices
+    assert list(layers) == [3, 6, 9, 12] != list(transformers.DepthAnythingConfig().backbone_config.out_indices)  # fmt: skip
+    row = registry.REGISTRY["depth-anything-v2-small"].files[0]
+    # pinned to a revision, so that the published hash holds
+    assert len(row.sha256) == 64 and "/resolve/main/" not in row.urls[0]
+
+
 def test_depth_models_come_from_registry_rows_hashed_and_make_a_3d_frame(
     server: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_config
 ) -> None:

@@ -30,15 +30,27 @@ __all__ = [
 
 DepthFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) in [0, 1] -> (B, 1, H, W)
 
-# The architectures vqclip builds, each with the settings of its published checkpoint
-# (transformers' defaults for these classes are those checkpoints'; DPT-Hybrid's neck takes
-# its BiT backbone's 256- and 512-channel stages), the side its input is resized to, and the
-# normalisation it was trained with.
+# The architectures vqclip builds, each with the settings of its published checkpoint (as
+# transformers' conversion scripts make them), the side its input is resized to, and the
+# normalisation it was trained with. Depth-Anything-V2 reads DINOv2-small's layers 3, 6, 9
+# and 12, where transformers' defaults are V1's 9-12: the same tensors, so a file of either
+# fills the model, but V1's layers give a wrong depth. DPT-Hybrid's neck takes its BiT
+# backbone's 256- and 512-channel stages.
+_DINOV2_SMALL = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+                 "mlp_ratio": 4, "image_size": 518, "patch_size": 14, "layerscale_value": 1.0,
+                 "apply_layernorm": True, "reshape_hidden_states": False,
+                 "out_indices": [3, 6, 9, 12]}  # fmt: skip
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "depth-anything": {
         "classes": ("DepthAnythingConfig", "DepthAnythingForDepthEstimation"),
         "backbone": "dinov2",
-        "config": {},
+        "config": {
+            "backbone_config": _DINOV2_SMALL,
+            "reassemble_hidden_size": 384,
+            "patch_size": 14,
+            "neck_hidden_sizes": [48, 96, 192, 384],
+            "fusion_hidden_size": 64,
+        },  # fmt: skip
         "size": 518,  # a multiple of its 14-pixel patches
         "mean": (0.485, 0.456, 0.406),
         "std": (0.229, 0.224, 0.225),

@@ -153,18 +153,21 @@ def _raft(name: str, file: str, mb: float) -> ModelEntry:
 
 
 # Depth models for 3D animation, as transformers saves them on the Hugging Face Hub; the
-# architecture is held here (vqclip.models.depth), never read from the download. No SHA-256
-# is published where this was written (and no network but the package registries to read
-# one): the first download records it, as for the VQGAN rows, and later reads check it.
-_HUB = "https://huggingface.co/{}/resolve/main/model.safetensors"
+# architecture is held here (vqclip.models.depth), never read from the download. Depth-
+# Anything's file is pinned to a revision whose SHA-256 two unrelated projects publish (no
+# network here but the package registries to read it from the Hub); DPT-Hybrid's, for which
+# none was found, is recorded at the first download, as for the VQGAN rows, and checked later.
+_HUB = "https://huggingface.co/{}/resolve/{}/model.safetensors"
 _DEPTH = (
-    ("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small-hf", "depth-anything", 99),
-    ("dpt-hybrid-midas", "Intel/dpt-hybrid-midas", "dpt-hybrid", 490),
-)
+    ("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small-hf", "depth-anything", 99,
+     "5426e4f0f36572d16453bbda7a8389317b1bef99",
+     "3152477ce0d8d6978d76b995120de97cb5b928701fd0f817769f59e249a16b70"),
+    ("dpt-hybrid-midas", "Intel/dpt-hybrid-midas", "dpt-hybrid", 490, "main", None),
+)  # fmt: skip
 
 
-def _depth(name: str, repo: str, architecture: str, mb: float) -> ModelEntry:
-    file = ModelFile(f"{name}.safetensors", (_HUB.format(repo),), kind="safetensors")
+def _depth(name: str, repo: str, architecture: str, mb: float, revision: str, sha: str | None) -> ModelEntry:  # fmt: skip
+    file = ModelFile(f"{name}.safetensors", (_HUB.format(repo, revision),), sha, kind="safetensors")  # fmt: skip
     return ModelEntry(name, "depth", (file,), mb, flags={"architecture": architecture})
 
 

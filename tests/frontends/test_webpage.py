@@ -106,6 +106,18 @@ def test_the_gallery_shows_runs_newest_first_and_no_planted_links(
     assert items[1][1] == f"a red circle · seed 5 · {first.name}"
 
 
+def test_the_page_plays_a_run_with_its_soundtrack(tiny_config: GenerationConfig, tmp_path: Path) -> None:  # fmt: skip
+    """The gallery's Video button makes a run's video with the soundtrack its config names
+    (issue 49: the page plays the result with its sound), as the CLI's `vqclip video` does."""
+    from tests.run.test_video import _tone
+    from vqclip.run.video import has_sound
+
+    tone = _tone(tmp_path / "tone.wav", 4.0)
+    run_dir = generate(tiny_config.replace(max_iterations=4, display_frequency=1, soundtrack=str(tone))).run_dir  # fmt: skip
+    path, status = _Page(run_dir.parent).video(run_dir.name)
+    assert path == str(run_dir / "video.mp4") and status.startswith("video, made") and has_sound(path)  # fmt: skip
+
+
 @pytest.mark.slow
 def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
     """Chromium against ``vqclip ui``: generate with a live preview, stop, resume, replay from

@@ -46,8 +46,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "backbone": "dinov2",
         "config": {
             "backbone_config": _DINOV2_SMALL,
-            "reassemble_hidden_size": 384,
-            "patch_size": 14,
+            "reassemble_hidden_size": _DINOV2_SMALL["hidden_size"],
+            "patch_size": _DINOV2_SMALL["patch_size"],
             "neck_hidden_sizes": [48, 96, 192, 384],
             "fusion_hidden_size": 64,
         },  # fmt: skip

@@ -447,6 +447,57 @@ def test_raft_weights_come_from_a_registry_row_hashed_and_a_pickle_with_code_is_
     assert not (tmp_path / "ran").exists()
 
 
+def test_rife_is_the_published_layout_fetched_hashed_and_makes_the_frames_of_a_video(
+    server: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RIFE's network, random weights saved as the published file is (safetensors, fp32): the
+    file is byte for byte as long as the registry's, it comes through its row hashed, and
+    ``vqclip video --interpolation rife`` makes its frames; other layouts and pickled code are
+    refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.run.test_video import _moving_disc_run
+    from vqclip.models.download import sha256_file
+    from vqclip.models.rife import IFNet, load_rife
+    from vqclip.run.video import assemble_video, count_video_frames
+
+    torch.manual_seed(0)
+    state = IFNet().state_dict()
+    save_file(state, tmp_path / "rife.safetensors")
+    assert (tmp_path / "rife.safetensors").stat().st_size == 22_674_392  # the Hub's file's size
+    _Handler.files["rife.safetensors"] = (tmp_path / "rife.safetensors").read_bytes()
+
+    def row(sha: str) -> registry.ModelEntry:
+        file = registry.ModelFile("rife.safetensors", (f"{server}/ok/rife.safetensors",), sha, kind="safetensors")  # fmt: skip
+        return registry.ModelEntry("rife", "interpolator", (file,), 22.7)
+
+    run = _moving_disc_run(tmp_path / "run")
+    monkeypatch.setitem(registry.REGISTRY, "rife", row("0" * 64))
+    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
+        assemble_video(run, fps=2, interpolate=8, interpolation="rife")
+    monkeypatch.setitem(registry.REGISTRY, "rife", row(sha256_file(tmp_path / "rife.safetensors")))
+    path = assemble_video(run, fps=2, interpolate=8, interpolation="rife")
+    assert count_video_frames(path) == 4 * 4  # 3 made between each pair, the last held
+    assert [p for p, _ in _Handler.log] == ["/ok/rife.safetensors"] * 2
+
+    interpolate = load_rife(home / "rife" / "rife.safetensors")
+    a, b = torch.rand(1, 3, 44, 60), torch.rand(1, 3, 44, 60)  # padded to 128, cut back
+    assert [f.shape for f in interpolate(a, b, [0.25, 0.5])] == [(1, 3, 44, 60)] * 2
+    save_file({k: v for k, v in state.items() if not k.startswith("block4.")}, tmp_path / "v4.6.safetensors")  # fmt: skip
+    with pytest.raises(ValueError, match="not RIFE 4.25's IFNet"):
+        load_rife(tmp_path / "v4.6.safetensors")
+
+    class Payload:  # a pickle that would run code when unpickled by plain torch.load
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (tmp_path / "ran",))
+
+    torch.save({"x": Payload()}, tmp_path / "flownet.pkl")
+    with pytest.raises(ValueError):
+        load_rife(tmp_path / "flownet.pkl")
+    assert not (tmp_path / "ran").exists()
+
+
 # Tiny instances of the two depth architectures (transformers' own classes, a few hundred
 # thousand weights each), with the settings a registry row would hold for them.
 _TINY_DEPTH = {

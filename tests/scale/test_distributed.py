@@ -27,7 +27,9 @@ def _run(
     """``vqclip COMMAND`` in ``processes`` processes under torchrun (gloo on loopback), or in
     one plain process; each with one thread, as torchrun gives its workers. ``cwd_by_rank``:
     each rank starts in ``{cwd_by_rank}{LOCAL_RANK}``, as ranks on separate machines would."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    scratch = out.parent / "tmp"  # torchrun writes torchelastic_* folders here, not in /tmp
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     if processes > 1:
         launcher = [str(BIN / "torchrun"), "--nproc_per_node", str(processes),
                     "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "vqclip"]  # fmt: skip

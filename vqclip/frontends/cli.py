@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     video.add_argument(
         "--interpolate", type=float, metavar="FPS", help="motion-interpolate up to FPS (e.g. 30)"
     )
-    video.add_argument("--interpolation", choices=["minterpolate", "flow"], default="minterpolate", help="how --interpolate makes frames: ffmpeg's minterpolate, or warping both neighbours along the optical flow (as many between each pair as FPS / the frame rate)")  # fmt: skip
+    video.add_argument("--interpolation", choices=["minterpolate", "flow", "rife"], default="minterpolate", help="how --interpolate makes frames: ffmpeg's minterpolate, warping both neighbours along the optical flow, or RIFE's network (its 23 MB of weights fetched once; as many between each pair as FPS / the frame rate)")  # fmt: skip
     video.add_argument("--flow_estimator", "--flow-estimator", default="dis", help="the flow of --interpolation flow: dis, raft_small, raft_large or a plugin's")  # fmt: skip
     video.add_argument("--format", choices=["mp4", "webm", "gif"], help="default: --output's suffix, else mp4")  # fmt: skip
     video.add_argument("--loop", action="store_true", help="ping-pong: the frames forward, then back")  # fmt: skip
@@ -512,12 +512,12 @@ def _models(args: argparse.Namespace) -> None:
         print("\n".join(str(p) for p in _download(args.name)))
         return
     width = max(map(len, registry.registry()))
-    print(f"{'name':{width}} {'family':9} {'size':>9}  cached  (cache: {registry.cache_dir()})")
+    print(f"{'name':{width}} {'family':12} {'size':>9}  cached  (cache: {registry.cache_dir()})")
     for name, entry in registry.registry().items():
         local = registry.local_size_mb(entry)  # the real size once present; else the registry's
         cached = "bundled" if entry.bundled else ("yes" if local is not None else "no")
         size = f"{entry.size_mb if local is None else local:.1f}MB"
-        print(f"{name:{width}} {entry.family:9} {size:>9}  {cached}")
+        print(f"{name:{width}} {entry.family:12} {size:>9}  {cached}")
 
 
 def _download(name: str) -> tuple[Path, ...]:

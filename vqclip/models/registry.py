@@ -36,7 +36,7 @@ class ModelEntry:
     file), or a diffusion model (its weights, after its flags' JSON unless ``flags`` gives them)."""
 
     name: str
-    family: str  # "vqgan", "clip", "prior", "diffusion" or "upscaler"
+    family: str  # "vqgan", "clip", "prior", "diffusion", "upscaler", "flow", "depth", ...
     files: tuple[ModelFile, ...]
     size_mb: float  # approximate download size (`vqclip models` shows the real one once cached)
     directory: Path | None = None  # where a plugin ships the files; None: the cache
@@ -171,6 +171,18 @@ def _depth(name: str, repo: str, architecture: str, mb: float, revision: str, sh
     return ModelEntry(name, "depth", (file,), mb, flags={"architecture": architecture})
 
 
+# RIFE's interpolator (Practical-RIFE 4.25, MIT) as safetensors, pinned to the Hub revision
+# whose commit publishes the file's SHA-256 (its Git LFS pointer); the network's layout is
+# held here (vqclip.models.rife): the file's size is exactly that layout's, saved in fp32.
+_RIFE = ModelFile(
+    "rife.safetensors",
+    ("https://huggingface.co/benjamin-paine/taproot-common/resolve/"
+     "d556fe57524f691388df3d28a082a0ff1625e784/image-interpolation-rife-flownet.safetensors",),
+    "e4638dde35c5467e3a29df4dfbd3b5972ab5919ecce39f8d9def482f70633368",
+    kind="safetensors",
+)  # fmt: skip
+
+
 def _clip(name: str, path: str) -> ModelEntry:
     digest = path.split("/")[0]
     file = ModelFile(f"{name.replace('/', '-')}.pt", (_CLIP_BASE + path,), digest, kind="clip")
@@ -223,6 +235,7 @@ REGISTRY: dict[str, ModelEntry] = {
         *(_upscaler(*row) for row in _UPSCALERS),
         *(_raft(*row) for row in _RAFT),
         *(_depth(*row) for row in _DEPTH),
+        ModelEntry("rife", "interpolator", (_RIFE,), 22.7),
     )
 }
 
@@ -256,7 +269,8 @@ def entry_dir(entry: ModelEntry) -> Path:
 
 
 _FIELDS = {"vqgan": "vqgan", "clip": "clip_model", "prior": "prior", "diffusion": "diffusion_model",
-           "upscaler": "upscaler", "flow": "flow_estimator", "depth": "depth_model"}  # fmt: skip
+           "upscaler": "upscaler", "flow": "flow_estimator", "depth": "depth_model",
+           "interpolator": "interpolation"}  # fmt: skip
 
 
 def _entry(name: str, family: str) -> ModelEntry:
@@ -347,6 +361,11 @@ def resolve_flow(name_or_path: str, fetch: bool = True) -> Path:
     """A registry name (``"raft_small"``, ``"raft_large"``) or a path to RAFT weights in
     torchvision's file format."""
     return _resolve_one_file(name_or_path, "flow", fetch)
+
+
+def resolve_interpolator(name_or_path: str, fetch: bool = True) -> Path:
+    """A registry name (``"rife"``) or a path to RIFE's weights."""
+    return _resolve_one_file(name_or_path, "interpolator", fetch)
 
 
 def resolve_diffusion(name_or_path: str, fetch: bool = True) -> tuple[Path, dict]:

@@ -122,7 +122,7 @@ def _frame_rate(run_dir: Path, steps: int, fps: float | None, length: float | No
 
 
 FORMATS = ("mp4", "webm", "gif")
-INTERPOLATIONS = ("minterpolate", "flow")
+INTERPOLATIONS = ("minterpolate", "flow", "rife")
 MAX_GIF_MB = 8.0  # a GIF's size budget: what chat services take (Discord's free limit)
 # (codec, pixel format, options) of each format: H.264 and VP9 at a quality, not a bitrate.
 _CODECS = {
@@ -134,7 +134,7 @@ _CODECS = {
 
 def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int], how: str) -> list[str]:  # fmt: skip
     """ffmpeg filters that interpolate motion up to ``interpolate`` frames per second (none for
-    ``how`` "flow", which makes its frames itself)."""
+    ``how`` "flow" or "rife", which make their frames themselves)."""
     if interpolate is None:
         return []
     if how not in INTERPOLATIONS:
@@ -143,7 +143,7 @@ def _smoothing(fps: float, interpolate: float | None, size: tuple[int, int], how
         raise ValueError(
             f"interpolate: expected more than the input's {fps:g} fps, got {interpolate}"
         )
-    if how == "flow":
+    if how != "minterpolate":
         return []
     if min(size) < 32:  # ffmpeg's minterpolate works on blocks
         raise ValueError(
@@ -171,17 +171,30 @@ def _sequence(steps: list[list[Path]], ping_pong: bool) -> list[list[Path]]:
     return steps + steps[-2:0:-1] if ping_pong and len(steps) > 2 else steps
 
 
+def _in_betweens(how: str, estimator: str) -> Callable:
+    """``between(a, b, times)``, the frames at ``times`` between two: along the flow of
+    ``estimator`` ("flow"), or by RIFE's network ("rife", the registry's weights, fetched)."""
+    if how == "rife":
+        from vqclip.models.registry import resolve_interpolator
+        from vqclip.models.rife import load_rife
+
+        return load_rife(resolve_interpolator("rife"))
+    from vqclip.models.flow import check_flow_estimator, flow_estimator, in_between
+
+    check_flow_estimator(estimator)
+    estimate = flow_estimator(estimator)
+    return lambda a, b, times: in_between(a, b, times, estimate)
+
+
 def _frames_with_in_betweens(
-    frames: Iterator[np.ndarray], count: int, estimate: Callable | None
+    frames: Iterator[np.ndarray], count: int, between: Callable | None
 ) -> Iterator[np.ndarray]:
-    """The frames, with ``count - 1`` made along the flow between each pair and the last held
+    """The frames, with ``count - 1`` made by ``between`` between each pair and the last held
     as long as the others (``count`` 1: the frames as they are)."""
     if count == 1:
         yield from frames
         return
     import torch
-
-    from vqclip.models.flow import in_between
 
     def tensor(pixels: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
@@ -190,7 +203,7 @@ def _frames_with_in_betweens(
     for pixels in frames:
         if previous is not None:
             times = [k / count for k in range(1, count)]
-            for image in in_between(tensor(previous), tensor(pixels), times, estimate):
+            for image in between(tensor(previous), tensor(pixels), times):
                 yield np.ascontiguousarray((image[0].permute(1, 2, 0) * 255).round().byte().numpy())
         yield pixels
         previous = pixels
@@ -225,8 +238,8 @@ def assemble_video(
     the frame count instead. ``first``/``last`` pick a range of iterations. A batch run's images
     are tiled side by side, or ``image`` picks one. ``interpolate`` raises the frame rate to that
     many fps by motion interpolation: ffmpeg's minterpolate, or with ``interpolation`` "flow"
-    frames made along the optical flow (``flow_estimator``'s), as many between each pair as
-    the rates' ratio, rounded. ``upscale`` enlarges every frame that many times first, with
+    frames made along the optical flow (``flow_estimator``'s), or "rife" by RIFE's network, as
+    many between each pair as the rates' ratio, rounded. ``upscale`` enlarges every frame that many times first, with
     ``upscaler`` (default: the run's). ``soundtrack`` (default: the run's, else a restyled
     video's own sound) plays under it from ``soundtrack_offset`` seconds, cut to the video's
     length. ``format``: mp4 (H.264), webm (VP9) or gif (its own palette, scaled down until it
@@ -255,13 +268,9 @@ def assemble_video(
     first_frame = _read_step(steps[0], grow)
     size = (first_frame.shape[1], first_frame.shape[0])
     chain = _smoothing(rate, interpolate, size, interpolation)
-    count, estimate = 1, None
-    if interpolate is not None and interpolation == "flow":
-        from vqclip.models.flow import check_flow_estimator
-        from vqclip.models.flow import flow_estimator as load_estimator
-
-        check_flow_estimator(flow_estimator)
-        count, estimate = max(2, round(interpolate / rate)), load_estimator(flow_estimator)
+    count, between = 1, None
+    if interpolate is not None and interpolation != "minterpolate":
+        count, between = max(2, round(interpolate / rate)), _in_betweens(interpolation, flow_estimator)  # fmt: skip
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
     sequence = _sequence(steps, ping_pong)
@@ -280,7 +289,7 @@ def assemble_video(
         scale = 1.0
         for _ in range(4):  # a GIF over its budget is made again, smaller
             written = _encode(tmp, fmt, size, rate * count, _filters(chain, fmt, scale),
-                              _frames_with_in_betweens(frames(), count, estimate))  # fmt: skip
+                              _frames_with_in_betweens(frames(), count, between))  # fmt: skip
             _check_written(tmp, written if count > 1 else len(sequence), output)
             megabytes = tmp.stat().st_size / 1e6
             if fmt != "gif" or megabytes <= max_gif_mb:

@@ -84,6 +84,10 @@ def test_seed_minus_one_is_resolved_and_recorded() -> None:
         ),  # fmt: skip
         ({"prompts": "a red \udc00 circle"}, "prompts: .* holds a lone surrogate"),
         ({"run_name": "x" * 70_000}, "run_name: 70000 characters"),
+        (  # the count before the schedule is walked frame by frame (it was, 10**8 times)
+            {"generator": "diffusion", "animation_mode": "2D", "max_frames": 10**8, "zoom": "1+t/1e9"},  # fmt: skip
+            "max_frames: 100000000; expected at most 100000",
+        ),
     ],
 )
 def test_every_size_and_count_is_bounded_before_work(changes: dict, message: str) -> None:

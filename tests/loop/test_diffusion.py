@@ -343,7 +343,7 @@ def test_a_diffusion_animation_samples_each_moved_frame_back_and_resumes_to_the_
         animation_mode="2D", max_frames=4, translation_x="2", frame_strength=0.5
     )
     progress = progress_of(config)
-    assert (progress.first, progress.per_frame, progress.total) == (8, 4, 8 + 3 * 4)
+    assert (progress.frames, progress.total) == ((8, 4, 4, 4), 8 + 3 * 4)
     assert progress.done({"frame": 3, "iteration": 3}) == progress.total
     unbroken = generate(config.replace(run_name="unbroken"))
     frames = frame_paths(unbroken.run_dir)
@@ -358,8 +358,35 @@ def test_a_diffusion_animation_samples_each_moved_frame_back_and_resumes_to_the_
     _assert_same_frames(stopped.run_dir, unbroken.run_dir)
     with pytest.raises(ValueError, match="every frame of the animation is made"):
         resume(stopped.run_dir)
-    with pytest.raises(ValueError, match="frame_strength: expected a share"):
+    with pytest.raises(ValueError, match="frame_strength: 1 at frame 1; expected a share"):
         config.replace(frame_strength=1.0)
+
+
+def test_frame_strength_is_a_schedule_each_frame_keeping_its_share(
+    diffusion_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deforum's strength_schedule: each frame is noised to its own share of the 8 steps (0.5,
+    0.25, then 0 at frames 1-3: a fresh sample), the progress counts each frame's steps, the
+    frame's PNG records the share, and a share out of range at any frame is one line."""
+    from vqclip.run.frames import frame_paths
+
+    config = diffusion_config.replace(animation_mode="2D", max_frames=4, frame_strength="0: (0.75), 3: (0)")  # fmt: skip
+    progress = progress_of(config)
+    assert (progress.frames, progress.total) == ((8, 4, 6, 8), 26)
+    assert progress.done({"frame": 2, "iteration": 0}) == 8 + 4 + 1
+    run, firsts = Sampler.run, []
+
+    def counted(sampler, state, *args, **kwargs):  # noqa: ANN001, ANN202
+        firsts.append(state.first)
+        return run(sampler, state, *args, **kwargs)
+
+    monkeypatch.setattr(Sampler, "run", counted)
+    frames = frame_paths(generate(config).run_dir)
+    assert firsts == [7, 3, 5, 7]  # the respaced step each frame starts at
+    shares = [json.loads(read_png_metadata(p)["motion"]).get("frame_strength") for p in frames]
+    assert shares == [None, 0.5, 0.25, 0.0]
+    with pytest.raises(ValueError, match="frame_strength: 1.5 at frame 2; expected a share"):
+        config.replace(frame_strength="where(t < 2, 0.5, 1.5)")
 
 
 def _shape_centre(pixels: np.ndarray) -> tuple[float, float]:

@@ -35,7 +35,7 @@ AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "G
 ANIMATION_MODES = ("none", "2D", "3D")
 # The settings that are schedules: a number, "0: (1.0), 50: (1.05)", or an expression of t.
 SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z", "rotation_3d_x",
-             "rotation_3d_y", "rotation_3d_z", "fov")  # fmt: skip
+             "rotation_3d_y", "rotation_3d_z", "fov", "frame_strength")  # fmt: skip
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
 PADDINGS = ("reflection", "border", "zeros")
 SYMMETRIES = ("none", "horizontal", "vertical", "both", "rotate2", "rotate4", "glide",
@@ -195,7 +195,7 @@ class GenerationConfig:
     first_frame_steps: int = _field(0, "animation: steps of the first frame, made from the start (0: steps_per_frame)", ANIMATION)  # fmt: skip
     prompt_blend: int = _field(0, "animation: frames over which prompts keyed by frame blend into the next key's, from the key on (their losses interpolated); 0: they change at once", ANIMATION)  # fmt: skip
     cadence: int = _field(1, "animation: optimise or sample every Nth frame (at most steps_per_frame); the frames between are the last two such frames moved along the camera and cross-faded (Disco's turbo, Deforum's cadence)", ANIMATION)  # fmt: skip
-    frame_strength: float = _field(0.6, "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)", ANIMATION)  # fmt: skip
+    frame_strength: str = _field("0.6", "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)" + _SCHEDULE_HELP + ", as Deforum's strength_schedule", ANIMATION)  # fmt: skip
     fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
     zoom: str = _field("1.0", "2D: each frame this many times larger about the centre" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     angle: str = _field("0", "2D: each frame turned this many degrees anticlockwise" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
@@ -443,8 +443,6 @@ class GenerationConfig:
             raise ValueError(f"save_depth: expected true or false, got {self.save_depth!r}")
         for name in SCHEDULES:
             parse_schedule(getattr(self, name), name)
-        if not _is_number(self.frame_strength) or not 0 <= self.frame_strength < 1:
-            raise ValueError(f"frame_strength: expected a share from 0 up to, not including, 1; got {self.frame_strength!r}")  # fmt: skip
         if self.animation_mode == "none":
             if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
                 raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
@@ -459,9 +457,9 @@ class GenerationConfig:
         if self.cadence > MAX_CADENCE:
             raise ValueError(f"cadence: {self.cadence}; expected 1 to {MAX_CADENCE}")
         if self.generator == "diffusion":  # each frame a sample over max_iterations steps
-            self._check_schedule_values()
-            if self.max_frames > MAX_FRAMES:
+            if self.max_frames > MAX_FRAMES:  # before the schedules are walked frame by frame
                 raise ValueError(f"max_frames: {self.max_frames}; expected at most {MAX_FRAMES}")  # fmt: skip
+            self._check_schedule_values()
             for name, value in (("zoom_every", self.zoom_every), ("batch_prompts", bool(self.batch_prompts) and "a batch")):  # fmt: skip
                 if value:
                     raise ValueError(f"{name}: {value!r} does not combine with animation_mode {self.animation_mode!r} yet")  # fmt: skip
@@ -491,7 +489,8 @@ class GenerationConfig:
 
     def _check_schedule_values(self) -> None:
         """Every frame's value of every schedule, before any work: finite, a zoom above 0, a
-        field of view inside (0, 180) degrees; one line naming the setting and the frame."""
+        field of view inside (0, 180) degrees, a frame_strength from 0 up to 1; one line naming
+        the setting and the frame."""
         for name in SCHEDULES:
             _check_schedule(name, getattr(self, name), self.max_frames, max(self.seed, 0))
 
@@ -532,6 +531,11 @@ class GenerationConfig:
     def schedule(self, name: str) -> Schedule:
         """The parsed schedule of the setting ``name`` (one of :data:`SCHEDULES`)."""
         return parse_schedule(getattr(self, name), name)
+
+    def schedule_at(self, name: str, frame: int) -> float:
+        """The value at animation frame ``frame`` of the schedule ``name`` (``max_f``: the
+        run's frames; ``s``: its seed)."""
+        return self.schedule(name).at(frame, self.max_frames, max(self.seed, 0))
 
     def steps(self) -> int:
         """The steps a run takes (per frame of a restyle): ``max_iterations``, less the steps a
@@ -595,9 +599,11 @@ class GenerationConfig:
         """Whether a diffusion animation's prompts change at frames (each frame a sample)."""
         return self.generator == "diffusion" and self.animation_mode != "none" and is_keyed(self.prompts)  # fmt: skip
 
-    def frame_skip(self) -> int:
-        """The sampling steps a diffusion animation's frames after the first skip."""
-        return min(round(self.frame_strength * self.max_iterations), self.max_iterations - 1)
+    def frame_skip(self, frame: int) -> int:
+        """The sampling steps that frame ``frame`` (after the first) of a diffusion animation
+        skips: its ``frame_strength`` of the schedule."""
+        strength = self.schedule_at("frame_strength", frame)
+        return min(round(strength * self.max_iterations), self.max_iterations - 1)
 
     def prompt_at(self, frame: int) -> tuple[int, tuple[int, float] | None]:
         """The keyed prompt phase in force at animation frame ``frame``, and, within
@@ -824,6 +830,8 @@ def _check_schedule(name: str, text: str, frames: int, seed: int) -> None:
     low, high = {"zoom": (0, math.inf), "fov": (0, 180)}.get(name, (-math.inf, math.inf))
     for frame in range(1, 2 if schedule.constant else frames + 1):
         value = schedule.at(frame, frames, seed)
+        if name == "frame_strength" and not 0 <= value < 1:  # a share of the sampling steps
+            raise ValueError(f"frame_strength: {value:g} at frame {frame}; expected a share from 0 up to, not including, 1")  # fmt: skip
         if not low < value < high:
             raise ValueError(f"{name}: {value:g} at frame {frame}; expected above {low}" + (f" and below {high}" if high < math.inf else ""))  # fmt: skip
 

@@ -253,6 +253,7 @@ class Schedule:
 _KEY = re.compile(r"\s*(\d+)\s*:\s*")
 
 
+@functools.lru_cache(maxsize=256, typed=True)  # values are read frame by frame: parse once
 def parse_schedule(text: str | float | int, name: str) -> Schedule:
     """Read a schedule (see the module's doc); ``ValueError`` naming ``name`` if it is not one."""
     if isinstance(text, bool) or not isinstance(text, str | int | float):

@@ -71,11 +71,8 @@ def animation_settings(**form: Any) -> dict[str, Any]:
     if form.get("animation_mode", "none") == "none":
         return {}
     counts = ("max_frames", "first_frame_steps", "steps_per_frame", "cadence", "prompt_blend")
-    numbers = ("frame_strength",)  # the rest are schedules: text
 
-    def field(key: str, value: Any) -> Any:
-        if key in counts:
-            return int(value or 0)
-        return float(value) if key in numbers else str(value)
+    def field(key: str, value: Any) -> Any:  # the rest are schedules: text
+        return int(value or 0) if key in counts else str(value)
 
     return {key: field(key, value) for key, value in form.items()}

@@ -439,8 +439,10 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             value="none",
                             label="depth_model",
                         ),  # fmt: skip
-                        gr.Number(
-                            0.6, label="frame_strength (diffusion: the share each frame keeps)"
+                        gr.Textbox(
+                            "0.6",
+                            label="frame_strength (diffusion: the share each frame keeps)",
+                            elem_id="frame_strength",
                         ),  # fmt: skip
                         gr.Number(
                             1, label="cadence (optimise or sample every Nth frame)", precision=0

@@ -61,21 +61,20 @@ class RunResult:
 @dataclass(frozen=True)
 class Progress:
     """A run's steps for a progress bar, the one formula of every frontend (the CLI's bar, the
-    notebook's, the web page's): per frame of a restyled video or a diffusion animation (else
-    the run's) and in all (None: a run until stopped); ``first``: the first frame's, where it
-    differs."""
+    notebook's, the web page's): per frame of a restyled video (else the run's) and in all
+    (None: a run until stopped); ``frames``: each sampled frame's of a diffusion animation,
+    which differ (the first a whole sample, each later one from its frame_strength on)."""
 
     per_frame: int
     total: int | None
-    first: int | None = None
+    frames: tuple[int, ...] = ()
     every: int = 1  # frames per frame that takes steps (a diffusion animation's cadence)
 
     def done(self, info: dict) -> int:
         """Steps done once the step that ``info`` reports (its ``frame``, ``iteration``) ends:
         a resumed run or restyle starts part-way."""
         frame = info.get("frame", 0) // self.every
-        first = self.per_frame if self.first is None else self.first
-        before = first + (frame - 1) * self.per_frame if frame else 0
+        before = sum(self.frames[:frame]) if self.frames else frame * self.per_frame
         return before + info["iteration"] + 1
 
 
@@ -87,9 +86,10 @@ def progress_of(config: GenerationConfig, max_iterations: int | None = None) -> 
     if iterations == -1:
         return Progress(0, None)
     per_frame = iterations - config.skip_timesteps
-    if _sampled_frames(config):  # the first frame a sample; each later one from frame_skip on
-        later, sampled = iterations - config.frame_skip(), -(-config.max_frames // config.cadence)
-        return Progress(later, per_frame + (sampled - 1) * later, per_frame, config.cadence)
+    if _sampled_frames(config):  # the first frame a sample; each later one from its frame_skip on
+        taken = range(config.cadence, config.max_frames, config.cadence)
+        frames = (per_frame, *(iterations - config.frame_skip(frame) for frame in taken))
+        return Progress(per_frame, sum(frames), frames, config.cadence)
     return Progress(per_frame, per_frame * frames_to_restyle(config))
 
 
@@ -486,7 +486,7 @@ class _AnimateSample(_Job):
             if frame:  # the previous frame, as saved, moved into this one
                 rng = torch.Generator(device=self.device).manual_seed((config.seed + frame) % 2**63)  # fmt: skip
                 moved = self.path.move(last_frames(self.writer.saved).to(self.device), frame)
-                state = self.sampler.start(batch, *size, rng, moved, config.frame_skip())
+                state = self.sampler.start(batch, *size, rng, moved, config.frame_skip(frame))
 
             def step(info: dict, frame: int = frame) -> None:
                 report({**{k: v for k, v in info.items() if k != "image"}, "frame": frame})
@@ -496,6 +496,8 @@ class _AnimateSample(_Job):
                 loop = loop.at_phase(*config.prompt_at(frame))
             image = self.sampler.run(state, clip_guidance(loop), config.display_frequency, step)
             motion = self.path.values(frame)
+            if frame:  # what the frame kept of the one before
+                motion["frame_strength"] = config.schedule_at("frame_strength", frame)
             name = f"frames/{frame:06d}"
             self.writer.saved += self.writer.save(name, [to_uint8(x) for x in image], frame, motion)  # fmt: skip
 

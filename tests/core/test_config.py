@@ -67,6 +67,9 @@ def test_seed_minus_one_is_resolved_and_recorded() -> None:
     assert resolve_seed(GenerationConfig(prompts="x", seed=5)).seed == 5
 
 
+DIFFUSION_2D = {"generator": "diffusion", "animation_mode": "2D"}
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -84,8 +87,8 @@ def test_seed_minus_one_is_resolved_and_recorded() -> None:
         ),  # fmt: skip
         ({"prompts": "a red \udc00 circle"}, "prompts: .* holds a lone surrogate"),
         ({"run_name": "x" * 70_000}, "run_name: 70000 characters"),
-        (  # the count before the schedule is walked frame by frame (it was, 10**8 times)
-            {"generator": "diffusion", "animation_mode": "2D", "max_frames": 10**8, "zoom": "1+t/1e9"},  # fmt: skip
+        (  # counted before the schedule is walked frame by frame (it was, 10**8 times)
+            {**DIFFUSION_2D, "max_frames": 10**8, "zoom": "1+t/1e9"},
             "max_frames: 100000000; expected at most 100000",
         ),
     ],

@@ -41,16 +41,12 @@ def test_the_form_leaves_zeros_to_the_preset_and_takes_what_is_given() -> None:
 
 def test_the_animation_fields_make_an_animation_and_preview_its_motion(tmp_path: Path) -> None:
     form = [PROMPT, "pixels", "auto", "auto", 4, 0, 0, 0, 0, 0]
-    still = form_config(*form, "none", 5, 0, 10, "1.1", "0", "3", "0", "0", "0", "0", "0", "40", "none", 0.6, 1, 0)  # fmt: skip
+    still = form_config(*form, "none", 5, 0, 10, "1.1", "0", "3", "0", "0", "0", "0", "0", "40", "none", 0.6, 1, 0, "lab")  # fmt: skip
     assert still == form_config(*form)  # "none": no animation field is set
-    animated = [*form, "2D", 5, 20, 4, "0: (1.0), 4: (1.1)", "0", "3*sin(t)", "0", "0", "0", "0", "0", "40", "none", "0: (0.7), 4: (0.5)", 1, 0]  # fmt: skip
+    animated = [*form, "2D", 5, 20, 4, "0: (1.0), 4: (1.1)", "0", "3*sin(t)", "0", "0", "0", "0", "0", "40", "none", "0: (0.7), 4: (0.5)", 1, 0, "lab"]  # fmt: skip
     config = form_config(*animated)
     assert (config.animation_mode, config.max_frames, config.max_iterations) == ("2D", 5, 36)
-    assert (config.frame_strength, config.cadence, config.prompt_blend) == (
-        "0: (0.7), 4: (0.5)",
-        1,
-        0,
-    )
+    assert (config.frame_strength, config.cadence, config.color_coherence) == ("0: (0.7), 4: (0.5)", 1, "lab")  # fmt: skip
     assert config.zoom == "0: (1.0), 4: (1.1)" and config.translation_x == "3*sin(t)"
     video, status = _Page(tmp_path / "out").preview_motion(*animated)
     assert status.startswith("motion preview: 5 frames") and Path(video).is_file()

@@ -367,10 +367,15 @@ def test_frame_strength_is_a_schedule_each_frame_keeping_its_share(
 ) -> None:
     """Deforum's strength_schedule: each frame is noised to its own share of the 8 steps (0.5,
     0.25, then 0 at frames 1-3: a fresh sample), the progress counts each frame's steps, the
-    frame's PNG records the share, and a share out of range at any frame is one line."""
+    frame's PNG records the share, and a share out of range at any frame is one line. With
+    color_coherence each frame's start has frame 0's colours, read back from its PNG."""
+    from vqclip.core.images import to_uint8
+    from vqclip.run import coherence
     from vqclip.run.frames import frame_paths
 
-    config = diffusion_config.replace(animation_mode="2D", max_frames=4, frame_strength="0: (0.75), 3: (0)")  # fmt: skip
+    config = diffusion_config.replace(
+        animation_mode="2D", max_frames=4, frame_strength="0: (0.75), 3: (0)", color_coherence="rgb"
+    )
     progress = progress_of(config)
     assert (progress.frames, progress.total) == ((8, 4, 6, 8), 26)
     assert progress.done({"frame": 2, "iteration": 0}) == 8 + 4 + 1
@@ -381,8 +386,11 @@ def test_frame_strength_is_a_schedule_each_frame_keeping_its_share(
         return run(sampler, state, *args, **kwargs)
 
     monkeypatch.setattr(Sampler, "run", counted)
+    kept, match = [], coherence.match_colors
+    monkeypatch.setattr(coherence, "match_colors", lambda *a: kept.append(a[1]) or match(*a))
     frames = frame_paths(generate(config).run_dir)
     assert firsts == [7, 3, 5, 7]  # the respaced step each frame starts at
+    assert len(kept) == 3 and all(np.array_equal(to_uint8(r[0]), png_pixels(frames[0])) for r in kept)  # fmt: skip
     shares = [json.loads(read_png_metadata(p)["motion"]).get("frame_strength") for p in frames]
     assert shares == [None, 0.5, 0.25, 0.0]
     with pytest.raises(ValueError, match="frame_strength: 1.5 at frame 2; expected a share"):

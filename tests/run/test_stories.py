@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import png_pixels
 from vqclip.core.config import GenerationConfig
 from vqclip.core.images import to_uint8
 from vqclip.loop.latents import decode_latent, encode_image
@@ -175,13 +176,25 @@ def test_a_constant_2d_animation_makes_the_zoom_videos_images(tiny_config: Gener
         assert np.array_equal(pixels, by_step[path.name])
 
 
-def test_an_interrupted_3d_animation_resumes_as_if_unbroken(tiny_config: GenerationConfig) -> None:  # fmt: skip
+def test_an_interrupted_3d_animation_resumes_as_if_unbroken(
+    tiny_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames 1-3 start from the one before moved and, with color_coherence, matched to frame
+    0's colours (read back from its PNG: the resumed run reads it again)."""
+    from vqclip.run import coherence
+
     config = tiny_config.replace(
         max_iterations=None, animation_mode="3D", max_frames=4, first_frame_steps=3,
         steps_per_frame=2, translation_z="0: (0), 3: (15)", rotation_3d_y="1.5",
         translation_x="3*sin(t)", depth_model="shapes-depth", save_depth=True,
+        color_coherence="lab",
     )  # fmt: skip
+    kept, match = [], coherence.match_colors
+    monkeypatch.setattr(coherence, "match_colors", lambda *a: kept.append(a) or match(*a))
     unbroken = generate(config.replace(run_name="unbroken"))
+    frame_0 = png_pixels(frame_paths(unbroken.run_dir)[0])
+    assert len(kept) == 3 and all(space == "lab" for _, _, space in kept)
+    assert all(np.array_equal(to_uint8(reference[0]), frame_0) for _, reference, _ in kept)
 
     def stop_mid_frame(info: dict) -> None:
         if info["iteration"] == 5:  # the second step of frame 2

@@ -98,6 +98,15 @@ def test_what_several_processes_cannot_share_is_refused(tiny_config) -> None:  #
         ({"generator": "diffusion"}, "generator: 'diffusion' runs in one process"),
         ({"init_video": "in.mp4"}, "init_video: a restyle runs in one process"),
         ({"cutn": 1}, "cutn: 1 cutouts cannot be shared among 2 processes"),
+        (
+            {
+                "animation_mode": "2D",
+                "max_frames": 2,
+                "max_iterations": None,
+                "color_coherence": "lab",
+            },
+            "color_coherence: an animation that keeps frame 0's colours runs in one process",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             distributed.Ranks(world=2, rank=0).check(tiny_config.replace(**changes))

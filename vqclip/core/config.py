@@ -59,12 +59,13 @@ COLOR_NAMES = {
 MAX_FRAMES = 100_000  # an animation's frames: over two hours at 12 a second
 MAX_CADENCE = 50  # frames per sampled frame
 SAMPLINGS = ("bilinear", "bicubic", "nearest")
+COHERENCES = ("none", "rgb", "hsv", "lab")  # the colour spaces frames keep frame 0's colours in
 _TEXT_FIELDS = (
     "prompts", "image_prompts", "init_image", "init_video", "prior", "target_images", "vqgan",
     "vqgan_checkpoint", "clip_model", "optimizer", "cut_method", "start", "device", "precision",
     "output_dir", "run_name", "generator", "precision_choice", "diffusion_model", "sampler",
     "upscaler", "terms", "transforms", "animation_mode", "padding_mode", "sampling_mode",
-    "depth_model", *SCHEDULES, "symmetry", "palette", "soundtrack", "flow_estimator",
+    "depth_model", *SCHEDULES, "color_coherence", "symmetry", "palette", "soundtrack", "flow_estimator",
     "cut_overview", "cut_innercut", "cut_icgray_p",
 )  # fmt: skip
 _OPTIONAL = ("init_image", "init_video", "prior", "vqgan_checkpoint", "run_name", "start", "upscaler", "soundtrack")  # fmt: skip
@@ -208,6 +209,7 @@ class GenerationConfig:
     fov: str = _field("40", "3D: the camera's field of view across the shorter side, in degrees" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     padding_mode: str = _field("reflection", "animation: what fills where the moved frame leaves the picture: reflection, border or zeros", ANIMATION)  # fmt: skip
     sampling_mode: str = _field("bilinear", "animation: resampling of the moved frame: bilinear, bicubic or nearest", ANIMATION)  # fmt: skip
+    color_coherence: str = _field("none", 'animation: each frame starts from the moved one before it with its colours matched to frame 0\'s (each channel\'s histogram, in "rgb", "hsv" or "lab"; Deforum\'s color_coherence), against the drift of long animations; or "none"', ANIMATION)  # fmt: skip
     depth_model: str = _field("none", '3D: the depth estimator ("none": a plane facing the camera; a registry model, "depth-anything-v2-small" or "dpt-hybrid-midas", with vqclip[depth]; or an installed one, such as "shapes-depth")', ANIMATION)  # fmt: skip
     save_depth: bool = _field(False, "3D: write each frame's depth as frames/depth-NNNNNN.png", ANIMATION)  # fmt: skip
     ema: float = _field(0.0, "frames show an exponential moving average of the generator's parameters with this decay per step (e.g. 0.9), for zooms and stories that flicker; 0 = off", VIDEO)  # fmt: skip
@@ -439,6 +441,7 @@ class GenerationConfig:
         _choice("animation_mode", self.animation_mode, ANIMATION_MODES)
         _choice("padding_mode", self.padding_mode, PADDINGS)
         _choice("sampling_mode", self.sampling_mode, SAMPLINGS)
+        _choice("color_coherence", self.color_coherence, COHERENCES)
         if not isinstance(self.save_depth, bool):
             raise ValueError(f"save_depth: expected true or false, got {self.save_depth!r}")
         for name in SCHEDULES:
@@ -446,8 +449,8 @@ class GenerationConfig:
         if self.animation_mode == "none":
             if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
                 raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
-            for name in ("max_frames", "cadence", "prompt_blend"):
-                if getattr(self, name) != (1 if name == "cadence" else 0):
+            for name in ("max_frames", "cadence", "prompt_blend", "color_coherence"):
+                if getattr(self, name) != {"cadence": 1, "color_coherence": "none"}.get(name, 0):
                     raise ValueError(f"{name}: {getattr(self, name)} is for an animation; give animation_mode 2D or 3D")  # fmt: skip
             return
         if self.max_frames < 1:

@@ -58,7 +58,7 @@ def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) ->
 ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_per_frame",
                     "zoom", "angle", "translation_x", "translation_y", "translation_z",
                     "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov", "depth_model",
-                    "frame_strength", "cadence", "prompt_blend")  # fmt: skip
+                    "frame_strength", "cadence", "prompt_blend", "color_coherence")  # fmt: skip
 SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
 
 

@@ -24,7 +24,7 @@ import gradio as gr
 import numpy as np
 
 from vqclip.core import plugins
-from vqclip.core.config import SYMMETRIES, GenerationConfig
+from vqclip.core.config import COHERENCES, SYMMETRIES, GenerationConfig
 from vqclip.core.errors import USER_ERRORS
 from vqclip.core.images import to_uint8
 from vqclip.core.presets import preset_for
@@ -449,6 +449,11 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         ),  # fmt: skip
                         gr.Number(
                             0, label="prompt_blend (frames a keyed prompt blends over)", precision=0
+                        ),  # fmt: skip
+                        gr.Dropdown(
+                            list(COHERENCES),
+                            value="none",
+                            label="color_coherence (frames keep frame 0's colours)",
                         ),  # fmt: skip
                     ]
                     motion = gr.Button("Preview motion", elem_id="preview-motion")

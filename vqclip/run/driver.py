@@ -31,6 +31,7 @@ from vqclip.models.acquire import RunFiles, acquire
 from vqclip.models.flow import flow_estimator
 from vqclip.models.tuning import keep_freed_memory, measure_precision
 from vqclip.run.build import check_inputs, prepare, prepare_loop, prepare_sample, resolve_device
+from vqclip.run.coherence import ColorKeeper
 from vqclip.run.frames import TILED, FrameWriter, create_run_dir, frame_iteration, set_aside_from
 from vqclip.run.motion import CameraPath, Tweens
 from vqclip.run.restyle import Remote, frames_to_restyle, last_frames, restyle_frames, saved_frame
@@ -360,6 +361,8 @@ class _Optimise(_Job):
         self.tweens = None
         if self.path is not None and config.cadence > 1:
             self.tweens = Tweens(self.path, config.cadence, self._saved_key)
+        if self.path is not None and config.color_coherence != "none":
+            self.path.keep_colors = ColorKeeper(config.color_coherence, lambda: self._saved_key(0))
 
     def _prepare(self, config: GenerationConfig, device: torch.device, files: RunFiles) -> tuple:
         return prepare(config, device, files)
@@ -466,6 +469,8 @@ class _AnimateSample(_Job):
         self.tweens = Tweens(
             self.path, config.cadence, lambda k: saved_frame(self.writer.saved, k).to(device)
         )
+        if config.color_coherence != "none":
+            self.path.keep_colors = ColorKeeper(config.color_coherence, lambda: self.tweens.load(0))
 
     def start(self, run_dir: Path | None) -> None:
         self.writer = FrameWriter(run_dir, self.config)
@@ -486,6 +491,8 @@ class _AnimateSample(_Job):
             if frame:  # the previous frame, as saved, moved into this one
                 rng = torch.Generator(device=self.device).manual_seed((config.seed + frame) % 2**63)  # fmt: skip
                 moved = self.path.move(last_frames(self.writer.saved).to(self.device), frame)
+                if self.path.keep_colors is not None:
+                    moved = self.path.keep_colors(moved)
                 state = self.sampler.start(batch, *size, rng, moved, config.frame_skip(frame))
 
             def step(info: dict, frame: int = frame) -> None:

@@ -160,11 +160,14 @@ def check_depth_model(name: str) -> None:
 
 class CameraPath:
     """An animation's motion from its config: each frame's schedule values, and the move of
-    one frame into the next (with the depth estimator the config names, loaded once)."""
+    one frame into the next (with the depth estimator the config names, loaded once).
+    ``keep_colors``: with ``color_coherence``, what the job that knows where frame 0 is saved
+    sets to match a frame's start to its colours (:class:`vqclip.run.coherence.ColorKeeper`)."""
 
     def __init__(self, config: GenerationConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.mode = config.animation_mode
+        self.keep_colors: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.schedules = {name: config.schedule(name) for name in MODE_SCHEDULES[self.mode]}
         self.estimate = None
         if self.mode == "3D" and config.depth_model != "none":

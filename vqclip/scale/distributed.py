@@ -98,6 +98,8 @@ class Ranks(Processes):
             )
         if config.has_regions():
             raise ValueError(f"prompts: prompts in regions run in one process; torchrun started {self.world}")  # fmt: skip
+        if config.color_coherence != "none":  # frame 0, kept from its PNG, is rank 0's alone
+            raise ValueError(f"color_coherence: an animation that keeps frame 0's colours runs in one process; torchrun started {self.world}")  # fmt: skip
         if config.cutn < self.world:
             raise ValueError(
                 f"cutn: {config.cutn} cutouts cannot be shared among {self.world} processes; "

@@ -84,5 +84,6 @@ def test_quick_animation_bench_times_a_frame_of_each_mode(capsys: pytest.Capture
 def test_quick_flow_bench_times_each_estimator(capsys: pytest.CaptureFixture[str]) -> None:
     main(["bench", "--flow", "--quick", "--device", "cpu", "--json"])
     results = json.loads(capsys.readouterr().out)
-    assert [row["estimator"] for row in results["rows"]] == ["dis", "raft_small", "raft_large"]
-    assert all(row["pair_s"] > 0 and row["in_between_s"] > 0 for row in results["rows"])
+    assert [row["estimator"] for row in results["rows"]] == ["dis", "raft_small", "raft_large", "rife"]  # fmt: skip
+    assert all(row["in_between_s"] > 0 for row in results["rows"])
+    assert all(row["pair_s"] > 0 for row in results["rows"][:3]) and results["rows"][3]["pair_s"] is None  # fmt: skip

@@ -1,7 +1,7 @@
 """``vqclip bench --flow``: what a pair of frames costs a restyle that follows the flow, and
 what a frame made in between costs: both flows and the consistency mask, for each built-in
-estimator (RAFT with random weights in torchvision's architecture, which cost what trained
-ones do)."""
+estimator, and RIFE's frame in between (RAFT and RIFE with random weights in their
+architectures, which cost what trained ones do)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from vqclip.models.flow import FlowFn, consistent, dis_flow, flows, in_between, load_raft
+from vqclip.models.rife import IFNet, load_rife
 from vqclip.run.build import resolve_device
 
 __all__ = ["run_flow_benchmark", "format_flow_table"]
@@ -37,7 +38,8 @@ def _pair(estimate: FlowFn, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def run_flow_benchmark(quick: bool = False, device: str | None = None) -> dict[str, Any]:
     """Seconds per pair of frames (both flows and the mask) and per frame made in between, by
-    estimator and size."""
+    estimator and size (RIFE makes frames, not flows: no pair)."""
+    from safetensors.torch import save_file
     from torchvision.models.optical_flow import raft_large, raft_small
 
     dev = resolve_device(device or "auto")
@@ -50,6 +52,8 @@ def run_flow_benchmark(quick: bool = False, device: str | None = None) -> dict[s
             path = Path(folder) / f"{name}.pth"
             torch.save(build(weights=None).state_dict(), path)  # torchvision's format
             estimators[name] = load_raft(path, name == "raft_large", dev)
+        save_file(IFNet().state_dict(), Path(folder) / "rife.safetensors")  # the Hub's format
+        rife = load_rife(Path(folder) / "rife.safetensors", dev)
         for size in sizes:
             g = torch.Generator().manual_seed(size)
             a, b = (torch.rand(1, 3, size, size, generator=g).to(dev) for _ in range(2))
@@ -57,6 +61,8 @@ def run_flow_benchmark(quick: bool = False, device: str | None = None) -> dict[s
                 pair = _seconds(partial(_pair, estimate, a, b), dev, repeats)
                 tween = _seconds(partial(in_between, a, b, [0.5], estimate), dev, repeats)
                 rows.append({"estimator": name, "size": size, "pair_s": pair, "in_between_s": tween})  # fmt: skip
+            tween = _seconds(partial(rife, a, b, [0.5]), dev, repeats)
+            rows.append({"estimator": "rife", "size": size, "pair_s": None, "in_between_s": tween})
     return {
         "device": dev.type if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
@@ -72,5 +78,6 @@ def format_flow_table(results: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for row in results["rows"]:
-        lines.append(f"| {row['estimator']} | {row['size']}² | {row['pair_s']:.2f} | {row['in_between_s']:.2f} |")  # fmt: skip
+        pair = "-" if row["pair_s"] is None else f"{row['pair_s']:.2f}"
+        lines.append(f"| {row['estimator']} | {row['size']}² | {pair} | {row['in_between_s']:.2f} |")  # fmt: skip
     return "\n".join(lines)

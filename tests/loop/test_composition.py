@@ -59,6 +59,29 @@ def test_rotational_symmetries_turn_the_image_into_itself() -> None:
     assert torch.equal(symmetric("rotate2")(wide, 0), torch.rot90(symmetric("rotate2")(wide, 0), 2, (-2, -1)))  # fmt: skip
 
 
+def test_wallpaper_groups_leave_the_image_unchanged_by_their_own_moves_only() -> None:
+    """Each group's image is itself under the group's generators (the textbook ones: mirrors,
+    glides as half-rolls with a flip, half- and quarter-turns, the centring shift), is not
+    under a move the group lacks, and is made once for all (a projection)."""
+    image = torch.rand(2, 3, 8, 8)
+
+    def roll(x: torch.Tensor, dx: int = 4, dy: int = 0) -> torch.Tensor:
+        return x.roll((dy, dx), (-2, -1))
+
+    cases = {  # group: (moves it holds, a move it does not)
+        "cm": ((lambda x: x.flip(-1), lambda x: roll(x, 4, 4)), lambda x: x.flip(-2)),
+        "pmg": ((lambda x: x.flip(-1), lambda x: roll(x.flip(-2))), lambda x: x.flip(-2)),
+        "pgg": ((lambda x: x.flip(-1).flip(-2), lambda x: roll(x.flip(-2), 4, 4)), lambda x: x.flip(-1)),
+        "cmm": ((lambda x: x.flip(-1), lambda x: x.flip(-2), lambda x: roll(x, 4, 4)), lambda x: roll(x)),
+        "p4g": ((lambda x: torch.rot90(x, 1, (-2, -1)), lambda x: roll(x.transpose(-2, -1), 4, 4)), lambda x: x.transpose(-2, -1)),
+    }  # fmt: skip
+    for kind, (holds, lacks) in cases.items():
+        made = symmetric(kind)(image, 0)
+        assert all(torch.allclose(move(made), made, atol=1e-6) for move in holds), kind
+        assert not torch.allclose(lacks(made), made, atol=1e-3), kind
+        assert torch.allclose(symmetric(kind)(made, 0), made, atol=1e-6), kind
+
+
 def test_symmetry_makes_a_symmetric_image_and_the_palette_holds_its_colours(tmp_path: Path) -> None:
     mirrored = _run(tmp_path, symmetry="horizontal", start="random")
     assert torch.equal(mirrored, mirrored.flip(-1))
@@ -154,6 +177,11 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
             {"symmetry": "glide", "width": 33, "height": 32},
             "symmetry: 'glide' shifts the image by half its width; expected an even width, got 33",
         ),  # fmt: skip
+        (
+            {"symmetry": "pgg", "width": 64, "height": 33},
+            "symmetry: .pgg. shifts the image by half",
+        ),
+        ({"symmetry": "p4g", "width": 64, "height": 32}, "symmetry: .p4g. turns a square"),
         ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
         ({"saturation_weight": -1.0}, "saturation_weight"),
     ],

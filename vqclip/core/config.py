@@ -39,7 +39,7 @@ SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z",
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
 PADDINGS = ("reflection", "border", "zeros")
 SYMMETRIES = ("none", "horizontal", "vertical", "both", "rotate2", "rotate4", "glide",
-              "kaleidoscope")  # fmt: skip
+              "kaleidoscope", "cm", "pmg", "pgg", "cmm", "p4g")  # fmt: skip
 COLOR_NAMES = {
     "black": (20, 20, 20),
     "white": (245, 245, 245),
@@ -159,7 +159,7 @@ class GenerationConfig:
     prior: str | None = _field("auto", f'image prior: registry name (e.g. "shapes-prior"), a path, or none ({_PRESET})', START)  # fmt: skip
     prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
     prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
-    symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", "rotate2": the top half turned half a turn onto the bottom, "rotate4": the top-left quarter turned onto each corner (square), "glide": the left half beside itself upside down (even width; with tile, a pg wallpaper), "kaleidoscope": mirrored across both axes and both diagonals (square; with tile, p4m), or "none"', START)  # fmt: skip
+    symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", "rotate2": the top half turned half a turn onto the bottom, "rotate4": the top-left quarter turned onto each corner (square), "glide": the left half beside itself upside down (even width; with tile, a pg wallpaper), "kaleidoscope": mirrored across both axes and both diagonals (square; with tile, p4m); the wallpaper groups "cm", "pmg", "pgg", "cmm", "p4g" (the image is their cell: even sides, p4g square; use with tile); or "none"', START)  # fmt: skip
     symmetry_share: float = _field(1.0, "the share of the steps, from the first, that symmetry holds for (as Disco's transformation_percent); the rest go on freely", START)  # fmt: skip
     tile: bool = _field(False, "a seamless texture: the image rolled on a torus before each step's cutouts, so that its edges meet", START)  # fmt: skip
     palette: str = _field("", 'colours by name or hex ("red, #1e3cdc"): pull each pixel to its nearest', START)  # fmt: skip
@@ -645,11 +645,13 @@ class GenerationConfig:
     def _check_composition(self) -> None:
         _choice("symmetry", self.symmetry, SYMMETRIES)
         sized = self.width is not None and self.height is not None  # else the preset's, later
-        square = self.symmetry in ("rotate4", "kaleidoscope")
+        square = self.symmetry in ("rotate4", "kaleidoscope", "p4g")
         if square and sized and (self.width != self.height or self.width % 2):
             raise ValueError(f"symmetry: {self.symmetry!r} turns a square into itself; expected width equal to height and even, got {self.width}x{self.height}")  # fmt: skip
-        if self.symmetry == "glide" and sized and self.width % 2:
-            raise ValueError(f"symmetry: 'glide' shifts the image by half its width; expected an even width, got {self.width}")  # fmt: skip
+        if self.symmetry in ("glide", "pmg") and sized and self.width % 2:
+            raise ValueError(f"symmetry: {self.symmetry!r} shifts the image by half its width; expected an even width, got {self.width}")  # fmt: skip
+        if self.symmetry in ("cm", "pgg", "cmm") and sized and (self.width % 2 or self.height % 2):
+            raise ValueError(f"symmetry: {self.symmetry!r} shifts the image by half its width and height; expected both even, got {self.width}x{self.height}")  # fmt: skip
         if not _is_number(self.symmetry_share) or not 0 < self.symmetry_share <= 1:
             raise ValueError(f"symmetry_share: expected a share above 0, at most 1; got {self.symmetry_share!r}")  # fmt: skip
         if self.symmetry_share < 1 and (self.symmetry == "none" or self.max_iterations == -1):

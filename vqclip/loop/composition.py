@@ -75,11 +75,59 @@ def _kaleidoscope(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, top.flip(-2)], -2)
 
 
+def _half_turn(image: torch.Tensor) -> torch.Tensor:
+    return image.flip(-2).flip(-1)
+
+
+def _shifted(image: torch.Tensor, x: bool = True, y: bool = False) -> torch.Tensor:
+    """``image`` rolled half its width (``x``) and/or half its height (``y``) on the torus."""
+    dims = [d for d, on in ((-1, x), (-2, y)) if on]
+    return image.roll([image.shape[d] // 2 for d in dims], dims)
+
+
+def _same(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+def _mirrored(image: torch.Tensor) -> torch.Tensor:
+    return image.flip(-1)
+
+
+def _centred(maps: tuple) -> tuple:
+    """A group's maps, and each again shifted half the cell both ways (a centred cell)."""
+    return (*maps, *(lambda x, g=g: _shifted(g(x), y=True) for g in maps))
+
+
+# Wallpaper groups whose cell is the whole image (a tile; even sides, p4g's square), each as
+# the maps of the image onto itself that the group holds; the image made symmetric is their
+# mean (the projection onto the images they leave unchanged). Mirrors and glides are the
+# flips and half-rolls of the pixel torus.
+_GROUPS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    "cm": _centred((_same, _mirrored)),  # a mirror, in a centred cell
+    # pmg: mirrors across x; glides along x (a half-roll and a flip of y) at right angles
+    "pmg": (_same, _mirrored, lambda x: _shifted(x.flip(-2)), lambda x: _shifted(_half_turn(x))),
+    # pgg: glides both ways, half-turns where their axes do not meet
+    "pgg": (_same, _half_turn, lambda x: _shifted(x.flip(-2), y=True), lambda x: _shifted(x.flip(-1), y=True)),
+    "cmm": _centred((_same, _mirrored, lambda x: x.flip(-2), _half_turn)),  # pmm, centred
+    # p4g: quarter-turns, and mirrors on the diagonals shifted half the cell both ways
+    "p4g": tuple(
+        lambda x, k=k, d=d: torch.rot90(_shifted(x.transpose(-2, -1), y=True) if d else x, k, (-2, -1))
+        for d in (False, True)
+        for k in range(4)
+    ),
+}  # fmt: skip
+
+
+def _wallpaper(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    maps = _GROUPS[kind]
+    return lambda image: torch.stack([g(image) for g in maps]).mean(0)
+
+
 def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
     step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
     turns = {"rotate2": _turned_twice, "rotate4": _turned_four_times, "glide": _glided,
-             "kaleidoscope": _kaleidoscope}  # fmt: skip
+             "kaleidoscope": _kaleidoscope, **{k: _wallpaper(k) for k in _GROUPS}}  # fmt: skip
     if kind in turns:
         turn = turns[kind]
 

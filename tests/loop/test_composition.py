@@ -182,6 +182,7 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
             "symmetry: .pgg. shifts the image by half",
         ),
         ({"symmetry": "p4g", "width": 64, "height": 32}, "symmetry: .p4g. turns a square"),
+        ({"symmetry": "cmm", "generator": "diffusion"}, "symmetry: 'cmm' averages the image"),
         ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
         ({"saturation_weight": -1.0}, "saturation_weight"),
     ],

@@ -38,8 +38,9 @@ SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z",
              "rotation_3d_y", "rotation_3d_z", "fov", "frame_strength")  # fmt: skip
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
 PADDINGS = ("reflection", "border", "zeros")
+WALLPAPERS = ("cm", "pmg", "pgg", "cmm", "p4g")  # the groups the image is made the mean under
 SYMMETRIES = ("none", "horizontal", "vertical", "both", "rotate2", "rotate4", "glide",
-              "kaleidoscope", "cm", "pmg", "pgg", "cmm", "p4g")  # fmt: skip
+              "kaleidoscope", *WALLPAPERS)  # fmt: skip
 COLOR_NAMES = {
     "black": (20, 20, 20),
     "white": (245, 245, 245),
@@ -650,6 +651,8 @@ class GenerationConfig:
             raise ValueError(f"symmetry: {self.symmetry!r} turns a square into itself; expected width equal to height and even, got {self.width}x{self.height}")  # fmt: skip
         if self.symmetry in ("glide", "pmg") and sized and self.width % 2:
             raise ValueError(f"symmetry: {self.symmetry!r} shifts the image by half its width; expected an even width, got {self.width}")  # fmt: skip
+        if self.symmetry in WALLPAPERS and self.generator == "diffusion":  # it averages the image
+            raise ValueError(f"symmetry: {self.symmetry!r} averages the image over its group, which would also average away the sampler's noise; expected generator vqgan or pixels (or a symmetry that copies: horizontal, vertical, both, rotate2, rotate4, glide, kaleidoscope)")  # fmt: skip
         if self.symmetry in ("cm", "pgg", "cmm") and sized and (self.width % 2 or self.height % 2):
             raise ValueError(f"symmetry: {self.symmetry!r} shifts the image by half its width and height; expected both even, got {self.width}x{self.height}")  # fmt: skip
         if not _is_number(self.symmetry_share) or not 0 < self.symmetry_share <= 1:

@@ -1,6 +1,6 @@
 """Videos through imageio-ffmpeg: frames -> H.264 MP4 (yuv420p, even dimensions), VP9 WebM or
 GIF, and a video's frames (or a folder of frames) read back, to restyle it. Needs torch only to
-upscale frames or make frames in between along the flow."""
+upscale frames or make frames in between (along the flow or by RIFE)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from vqclip.core.files import temp_beside
 from vqclip.core.images import image_size, read_pixels
 from vqclip.core.limits import MAX_VIDEO_PIXELS, check_regular, read_text
 from vqclip.run.frames import FRAMES, frame_iteration, frame_paths
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "assemble_video",
@@ -171,18 +174,28 @@ def _sequence(steps: list[list[Path]], ping_pong: bool) -> list[list[Path]]:
     return steps + steps[-2:0:-1] if ping_pong and len(steps) > 2 else steps
 
 
+def _gpu_or_cpu() -> torch.device:
+    """Where a video's networks run: the GPU where there is one (as ``device auto``; the run
+    modules' resolve_device sits above this one, which they import)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _in_betweens(how: str, estimator: str) -> Callable:
     """``between(a, b, times)``, the frames at ``times`` between two: along the flow of
-    ``estimator`` ("flow"), or by RIFE's network ("rife", the registry's weights, fetched)."""
+    ``estimator`` ("flow"), or by RIFE's network ("rife", the registry's weights, fetched);
+    the networks on the GPU where there is one (the frames come back to the CPU)."""
+    device = _gpu_or_cpu()
     if how == "rife":
         from vqclip.models.registry import resolve_interpolator
         from vqclip.models.rife import load_rife
 
-        return load_rife(resolve_interpolator("rife"))
+        return load_rife(resolve_interpolator("rife"), device)
     from vqclip.models.flow import check_flow_estimator, flow_estimator, in_between
 
     check_flow_estimator(estimator)
-    estimate = flow_estimator(estimator)
+    estimate = flow_estimator(estimator, device)
     return lambda a, b, times: in_between(a, b, times, estimate)
 
 
@@ -415,13 +428,14 @@ def _check_written(path: Path, frames: int, output: Path) -> None:
 def _frame_upscaler(
     run_dir: Path, scale: int, name: str | None
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """What enlarges each frame ``scale`` times: ``name``, or the run's upscaler; None for 1."""
+    """What enlarges each frame ``scale`` times: ``name``, or the run's upscaler (on the GPU
+    where there is one); None for 1."""
     if scale == 1:
         return None
     from vqclip.run.upscale import check_upscale, default_upscaler, load_upscaler, upscale_pixels
 
     check_upscale(1, 1, scale)
-    upscaler = load_upscaler(name or default_upscaler(run_dir))
+    upscaler = load_upscaler(name or default_upscaler(run_dir), _gpu_or_cpu())
     return lambda pixels: upscale_pixels(pixels, scale, upscaler)
 
 

@@ -108,6 +108,21 @@ def _no_test_leaves_loopback():
     assert not reached, f"the test reached beyond loopback: {reached}"
 
 
+def assert_pickled_code_refused(load, path: Path) -> None:  # noqa: ANN001
+    """``load(path)`` refuses, with a ValueError, a pickle written at ``path`` that would run
+    code if plainly unpickled (touch a marker beside it), and the code never runs."""
+    marker = path.with_name(f"{path.name}.ran")
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    torch.save({"x": Payload()}, path)
+    with pytest.raises(ValueError):
+        load(path)
+    assert not marker.exists()
+
+
 def png_pixels(path: Path) -> np.ndarray:
     """A saved image's pixels, as written."""
     with Image.open(path) as image:

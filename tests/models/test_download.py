@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_pickled_code_refused
 from vqclip.models import registry
 from vqclip.models.download import CHUNK, DownloadError, download, ensure_file, fetch_url
 from vqclip.models.vqgan_clip import load_vqgan
@@ -436,15 +437,7 @@ def test_raft_weights_come_from_a_registry_row_hashed_and_a_pickle_with_code_is_
     assert estimate(a, b).shape == (1, 2, 44, 60)
     flow_estimator("raft_small")  # cached, and checked against the recorded full hash
     assert len(_Handler.log) == 2
-
-    class Payload:  # a pickle that would run code when unpickled by plain torch.load
-        def __reduce__(self) -> tuple:
-            return (Path.touch, (tmp_path / "ran",))
-
-    torch.save({"x": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError):
-        load_raft(tmp_path / "evil.pth", large=False)
-    assert not (tmp_path / "ran").exists()
+    assert_pickled_code_refused(lambda path: load_raft(path, large=False), tmp_path / "evil.pth")
 
 
 def test_rife_is_the_published_layout_fetched_hashed_and_makes_the_frames_of_a_video(
@@ -487,15 +480,7 @@ def test_rife_is_the_published_layout_fetched_hashed_and_makes_the_frames_of_a_v
     save_file({k: v for k, v in state.items() if not k.startswith("block4.")}, tmp_path / "v4.6.safetensors")  # fmt: skip
     with pytest.raises(ValueError, match="not RIFE 4.25's IFNet"):
         load_rife(tmp_path / "v4.6.safetensors")
-
-    class Payload:  # a pickle that would run code when unpickled by plain torch.load
-        def __reduce__(self) -> tuple:
-            return (Path.touch, (tmp_path / "ran",))
-
-    torch.save({"x": Payload()}, tmp_path / "flownet.pkl")
-    with pytest.raises(ValueError):
-        load_rife(tmp_path / "flownet.pkl")
-    assert not (tmp_path / "ran").exists()
+    assert_pickled_code_refused(load_rife, tmp_path / "flownet.pkl")
 
 
 # Tiny instances of the two depth architectures (transformers' own classes, a few hundred

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY_OPEN_CLIP
 
+from tests.conftest import assert_pickled_code_refused
 from tests.models.test_download import _Handler, server  # noqa: F401  (the loopback server fixture)
 from vqclip.core.config import GenerationConfig
 from vqclip.models import registry
@@ -57,15 +58,7 @@ def test_state_dict_weights_load_weights_only(tmp_path: Path, tiny_models: dict)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, folder / "open_clip_pytorch_model.bin")  # fmt: skip
     loaded, *_ = load_open_clip(folder / "open_clip_pytorch_model.bin")
     assert torch.equal(loaded.text_projection, model.text_projection)
-
-    class Payload:  # a pickle that would run code when unpickled by plain torch.load
-        def __reduce__(self) -> tuple:
-            return (Path.touch, (tmp_path / "ran",))
-
-    torch.save({"x": Payload()}, folder / "open_clip_pytorch_model.bin")
-    with pytest.raises(ValueError):
-        load_open_clip(folder / "open_clip_pytorch_model.bin")
-    assert not (tmp_path / "ran").exists()
+    assert_pickled_code_refused(load_open_clip, folder / "open_clip_pytorch_model.bin")
 
 
 @pytest.mark.parametrize(

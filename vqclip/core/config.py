@@ -450,8 +450,8 @@ class GenerationConfig:
         if self.animation_mode == "none":
             if any(is_keyed(p) for p in (self.prompts, *self.batch_prompts)):
                 raise ValueError("prompts: prompts keyed by frame need animation_mode 2D or 3D (a still's phases: \"a ^ b\")")  # fmt: skip
-            for name in ("max_frames", "cadence", "prompt_blend", "color_coherence"):
-                if getattr(self, name) != {"cadence": 1, "color_coherence": "none"}.get(name, 0):
+            for name, default in (("max_frames", 0), ("cadence", 1), ("prompt_blend", 0), ("color_coherence", "none")):  # fmt: skip
+                if getattr(self, name) != default:
                     raise ValueError(f"{name}: {getattr(self, name)} is for an animation; give animation_mode 2D or 3D")  # fmt: skip
             return
         if self.max_frames < 1:

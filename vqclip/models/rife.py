@@ -163,7 +163,6 @@ def load_rife(path: str | Path, device: torch.device | str = "cpu") -> Interpola
         height, width = a.shape[-2:]
         pads = (0, -width % MULTIPLE, 0, -height % MULTIPLE)
         x, y = (F.pad(frame.float().to(device), pads) for frame in (a, b))
-        out = [model(x, y, t)[..., :height, :width].clamp(0, 1).to(a.device) for t in times]
-        return out
+        return [model(x, y, t)[..., :height, :width].clamp(0, 1).to(a.device) for t in times]
 
     return interpolate

@@ -41,7 +41,7 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 
 def _match_channel(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``source``'s values sent to ``reference``'s at the same cumulative share."""
-    values, inverse, counts = torch.unique(source.flatten(), return_inverse=True, return_counts=True)  # fmt: skip
+    _, inverse, counts = torch.unique(source.flatten(), return_inverse=True, return_counts=True)  # fmt: skip
     ref_values, ref_counts = torch.unique(reference.flatten(), return_counts=True)
     shares = counts.cumsum(0).double() / source.numel()
     ref_shares = ref_counts.cumsum(0).double() / reference.numel()

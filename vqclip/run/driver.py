@@ -11,9 +11,10 @@ run per frame.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +71,17 @@ class Progress:
     total: int | None
     frames: tuple[int, ...] = ()
     every: int = 1  # frames per frame that takes steps (a diffusion animation's cadence)
+    # the steps before each of ``frames``, summed once: done() runs at every step
+    _before: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_before", (0, *itertools.accumulate(self.frames)))
 
     def done(self, info: dict) -> int:
         """Steps done once the step that ``info`` reports (its ``frame``, ``iteration``) ends:
         a resumed run or restyle starts part-way."""
         frame = info.get("frame", 0) // self.every
-        before = sum(self.frames[:frame]) if self.frames else frame * self.per_frame
+        before = self._before[frame] if self.frames else frame * self.per_frame
         return before + info["iteration"] + 1
 
 

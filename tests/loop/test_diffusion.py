@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import resource
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,11 +164,11 @@ def _stop_sampling_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Ctrl-C at the ``call``-th sampling step from now (undone by ``monkeypatch.undo()``)."""
     step, calls = Sampler.step, {"n": 0}
 
-    def stopping(sampler, state, guidance):  # noqa: ANN001, ANN202
+    def stopping(sampler, state, guidance, cond=None):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == call:
             raise KeyboardInterrupt
-        return step(sampler, state, guidance)
+        return step(sampler, state, guidance, cond)
 
     monkeypatch.setattr(Sampler, "step", stopping)
 
@@ -281,6 +282,12 @@ def test_the_cli_samples_and_names_bad_diffusion_input(
         ({"num_channels": 40}, "are not all multiples of 32"),
         ({"learn_sigma": "yes"}, "learn_sigma is 'yes', expected true or false"),
         ({"attention_resolutions": [10**9]}, "attention_resolutions is"),
+        (
+            {"cond_dim": 10**9, "cond_clip": "x"},
+            "cond_dim is 1000000000, expected an integer from 0",
+        ),  # fmt: skip
+        ({"cond_dim": 64}, "cond_clip is '' with cond_dim 64, expected a CLIP's name"),
+        ({"cond_clip": "shapes-clip"}, "cond_clip is 'shapes-clip' with cond_dim 0"),
     ],
 )
 def test_flags_are_bounded_before_any_model_is_built(flags: dict, message: str) -> None:
@@ -498,3 +505,37 @@ def test_a_diffusion_sample_can_be_symmetric_and_a_seamless_tile(
     x, t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])  # fmt: skip
     with torch.no_grad():  # the U-Net on the torus: a rolled input, the rolled output
         assert torch.allclose(sampler.model(x.roll(8, -1), t), sampler.model(x, t).roll(8, -1), atol=1e-4)  # fmt: skip
+
+
+def test_a_model_that_reads_the_prompts_is_guided_free_of_a_classifier(
+    diffusion_config: GenerationConfig, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A U-Net with cond_dim reads its CLIP's embedding of the prompts; cond_scale pushes its
+    estimate along the line from the unconditional (0) through the conditional (1)."""
+    clip = str(tiny_models["clip"])
+    dim = torch.load(clip, weights_only=True)["text_projection"].shape[1]
+    flags = {**TINY, "cond_dim": dim, "cond_clip": clip}
+    torch.manual_seed(0)
+    unet = UNet(UNetSpec.from_dict(flags)).eval()
+    for parameter in unet.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    torch.nn.init.normal_(unet.cond_embed.weight)  # a condition that matters
+    x, cond = torch.randn(2, 3, 32, 32), torch.nn.functional.normalize(torch.randn(2, dim), dim=1)
+    sampler = Sampler.for_unet(unet, 5, cond_scale=3.0)
+    with torch.no_grad():
+        free, conditional, pushed = (
+            replace(sampler, cond_scale=s).predict(x, 2, cond)[0] for s in (0.0, 1.0, 3.0)
+        )
+        unconditional = sampler.predict(x, 2, torch.zeros_like(cond))[0]
+    torch.testing.assert_close(pushed, free + 3 * (conditional - free), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unconditional, free, rtol=1e-4, atol=1e-5)
+    assert (conditional - free).abs().mean() > 1e-3  # the condition changes the estimate
+    torch.save(unet.state_dict(), tmp_path / "cond.pt")
+    (tmp_path / "cond.json").write_text(json.dumps(flags))
+    config = diffusion_config.replace(diffusion_model=str(tmp_path / "cond.pt"), max_iterations=4)
+    guided = generate(config.replace(run_name="guided", cond_scale=3.0))
+    plain = generate(config.replace(run_name="plain", cond_scale=1.0))
+    assert not np.array_equal(png_pixels(guided.finals[0]), png_pixels(plain.finals[0]))
+    assert json.loads((guided.run_dir / "config.json").read_text())["cond_scale"] == 3.0
+    with pytest.raises(ValueError, match=r"reads .*clip.pt's embeddings of the prompts; expected clip_model to name"):  # fmt: skip
+        generate(config.replace(run_name="other", clip_model=str(tiny_models["clip48"])))

@@ -151,6 +151,7 @@ class GenerationConfig:
     tv_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's total variation, as Crowson's ({_PRESET})", STEPS)  # fmt: skip
     range_scale: float | None = _field(None, f"diffusion: weight of the clean estimate's values beyond [-1, 1] ({_PRESET})", STEPS)  # fmt: skip
     clamp_max: float | None = _field(None, f"diffusion: the guidance gradient's largest RMS per image, 0 = unclamped ({_PRESET})", STEPS)  # fmt: skip
+    cond_scale: float | None = _field(None, f"diffusion, a model that reads the prompts (as shapes-diffusion): classifier-free guidance, its estimate pushed this many times from the unconditional toward the conditional; 1 = the conditional alone ({_PRESET})", STEPS)  # fmt: skip
     skip_timesteps: int = _field(0, "diffusion with init_image: skip this many sampling steps, starting from the init image noised to that level", STEPS)  # fmt: skip
     # -- start and pulls
     start: str | None = _field(None, "random codes, plain grey, palette colour (CLIP's closest flat colour; best_of's candidates take the next), pixels/gradient/perlin/fractal noise (encoded as an init image); without init_image" + f" ({_PRESET})", START)  # fmt: skip
@@ -274,7 +275,7 @@ class GenerationConfig:
             _positive_number: ("cut_pow", "step_size", "zoom_scale", "fps", "cut_ic_pow"),
             _finite_number: ("init_weight", "zoom_shift_x", "zoom_shift_y", "zoom_rotate"),
             _non_negative_number: ("soundtrack_offset", "smoothness", "prior_weight", "clip_guidance_scale",
-                                   "tv_scale", "range_scale", "clamp_max", "video_fps",
+                                   "tv_scale", "range_scale", "clamp_max", "cond_scale", "video_fps",
                                    "temporal_weight", "palette_weight", "saturation_weight",
                                    "contrast_weight", "flow_weight"),
             _non_negative_int: ("prior_ramp", "step_decay", "prompt_every", "zoom_every", "zoom_start",

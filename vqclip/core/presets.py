@@ -35,10 +35,12 @@ __all__ = [
 # does not (and a run of it records none).
 PRESET_FIELDS = ("width", "height", "cutn", "max_iterations", "step_size", "step_decay", "start",
                  "latent_levels", "best_of", "prior", "prior_weight", "prior_ramp",
-                 "clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "upscaler", "augments")  # fmt: skip
+                 "clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "cond_scale", "upscaler",
+                 "augments")  # fmt: skip
 # an optimised image's (vqgan, pixels)
 OPTIMISED_ONLY = ("step_size", "step_decay", "start", "latent_levels")
-SAMPLED_ONLY = ("clip_guidance_scale", "tv_scale", "range_scale", "clamp_max")  # diffusion's
+# diffusion's
+SAMPLED_ONLY = ("clip_guidance_scale", "tv_scale", "range_scale", "clamp_max", "cond_scale")
 
 
 def preset_fields(generator: str | None) -> tuple[str, ...]:
@@ -74,7 +76,7 @@ _CLASSIC = {"width": 256, "height": 256, "cutn": 32, "max_iterations": 100, "ste
             "prior_weight": 0.0, "prior_ramp": 0,
             # CLIP-guided diffusion's (Crowson's 256x256 notebook; tv on [0, 1] pixels, x4)
             "clip_guidance_scale": 1000.0, "tv_scale": 150.0, "range_scale": 50.0,
-            "clamp_max": 0.0,
+            "clamp_max": 0.0, "cond_scale": 1.0,  # OpenAI's models read no prompt
             "upscaler": "RealESRGAN_x4plus", "augments": ("Af", "Pe", "Ji", "Er")}  # fmt: skip
 _SAMPLED = {**{k: v for k, v in _CLASSIC.items() if k not in OPTIMISED_ONLY}, "max_iterations": 250, "cutn": 16}  # fmt: skip
 _CLASSIC = {k: v for k, v in _CLASSIC.items() if k not in SAMPLED_ONLY}

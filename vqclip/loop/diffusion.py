@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from vqclip.loop.latents import clamp_with_grad
+from vqclip.loop.losses import Targets
+from vqclip.loop.objective import PromptTerm
 from vqclip.loop.optimise import (
     Callback,
     Loop,
@@ -42,6 +45,7 @@ __all__ = [
     "Model",
     "Guidance",
     "clip_guidance",
+    "prompt_condition",
     "make_schedule",
     "respaced_timesteps",
     "pred_xstart",
@@ -225,6 +229,11 @@ class Sampler:
     method: str = "ddpm"  # or "ddim"
     clamp_max: float = 0.0  # each image's guidance at most this in RMS; 0: unbounded
     precision: str = "fp32"  # the model's autocast
+    # a model conditioned on this CLIP's prompt embedding (its U-Net's cond_clip; "": none),
+    # its noise estimate pushed cond_scale times from the unconditional one toward the
+    # conditional (Ho and Salimans' classifier-free guidance; 1: the conditional alone)
+    cond_clip: str = ""
+    cond_scale: float = 1.0
     # (image, step) -> image, applied to the sample and its clean estimate after each step (a
     # symmetry: range-agnostic, so the noisy sample can be mirrored as the clean one)
     transforms: tuple[Callable[[torch.Tensor, int], torch.Tensor], ...] = ()
@@ -237,12 +246,26 @@ class Sampler:
         method: str = "ddpm",
         clamp_max: float = 0.0,
         precision: str = "fp32",
+        cond_scale: float = 1.0,
     ) -> Sampler:
         """A sampler of an OpenAI-style U-Net, its schedule respaced to ``steps``."""
         spec = unet.spec
         variance = "learned" if spec.learn_sigma else "small" if spec.sigma_small else "large"
         schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
-        return cls(unet, schedule, variance, method, clamp_max, precision)
+        return cls(unet, schedule, variance, method, clamp_max, precision, spec.cond_clip, cond_scale)  # fmt: skip
+
+    def condition(self, loop: Loop, rows: int) -> torch.Tensor | None:
+        """What a conditioned model reads for ``loop``'s prompts (:func:`prompt_condition`), one
+        row per image; None for an unconditional model."""
+        if not self.cond_clip:
+            return None
+        names = [p.name for p in loop.perceptors]
+        if self.cond_clip not in names:
+            raise ValueError(
+                f"clip_model: the diffusion model reads {self.cond_clip}'s embeddings of the "
+                f"prompts; expected clip_model to name {self.cond_clip} (it names {', '.join(names)})"
+            )
+        return prompt_condition(loop.objective.prompts, names.index(self.cond_clip), rows)
 
     def start(
         self,
@@ -270,12 +293,23 @@ class Sampler:
         sample = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
         return SampleState(sample, x0.clone(), rng, first)
 
-    def predict(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's noise estimate for ``x`` at respaced step ``index``, and the step's log
-        variance (OpenAI's ``p_mean_variance``)."""
+    def predict(
+        self, x: torch.Tensor, index: int, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's noise estimate for ``x`` at respaced step ``index`` (given ``cond``,
+        guided free of a classifier), and the step's log variance (OpenAI's
+        ``p_mean_variance``)."""
         schedule = self.schedule
         t = schedule.timesteps[index].to(x.device, torch.float32).expand(len(x))
-        out = self.model(x, t).float()
+        if cond is None:
+            out = self.model(x, t).float()
+        elif self.cond_scale == 1:
+            out = self.model(x, t, cond).float()
+        else:  # both estimates in one batch; the variance's values are the conditional's
+            both = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.zeros_like(cond)]))  # fmt: skip
+            conditional, free = both.float().chunk(2)
+            eps = free[:, :3] + self.cond_scale * (conditional[:, :3] - free[:, :3])
+            out = torch.cat([eps, conditional[:, 3:]], dim=1)
         if self.variance == "learned":  # the variance interpolated between its bounds
             eps, values = out.chunk(2, dim=1)
             min_log = schedule.at("posterior_log_variance", index, x)
@@ -287,13 +321,16 @@ class Sampler:
         large = schedule.posterior_variance[1] if index == 0 else schedule.betas[index]
         return out, torch.full_like(x, math.log(float(large)))
 
-    def step(self, state: SampleState, guidance: Guidance) -> dict[str, Any]:
-        """One guided step from ``state.sample``; returns the predicted clean image (in [0, 1])
-        and what ``guidance`` reports (tensors, no host sync)."""
+    def step(
+        self, state: SampleState, guidance: Guidance, cond: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """One guided step from ``state.sample`` (a conditioned model reading ``cond``: (B, D));
+        returns the predicted clean image (in [0, 1]) and what ``guidance`` reports (tensors,
+        no host sync)."""
         schedule, index = self.schedule, state.index
         x = state.sample.detach().requires_grad_(True)
         with fast_math(self.precision, x.device):
-            eps, log_variance = self.predict(x, index)
+            eps, log_variance = self.predict(x, index, cond)
         pred = pred_xstart(schedule, x, eps, index)
         noise = (1 - schedule.at("alphas_cumprod", index, x)).sqrt()
         grad, report = guidance(state, x, pred, noise)
@@ -331,14 +368,16 @@ class Sampler:
         guidance: Guidance,
         display_frequency: int,
         callback: Callback | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample to the end of the schedule; returns the final image (B, 3, H, W) in [0, 1].
 
         ``callback`` gets what :func:`vqclip.loop.optimise.run_loop` reports: every step the
         losses, every ``display_frequency`` steps (and at the last) the predicted clean image.
+        ``cond``: what a conditioned model reads (:meth:`condition`).
         """
         for i in iterations(state.first + 1, state.iteration):
-            out = self.step(state, guidance)
+            out = self.step(state, guidance, cond)
             info = {"iteration": i, **{k: out[k] for k in ("loss", "losses", "terms")}}
             if i % display_frequency == 0:
                 if not torch.isfinite(out["loss"]):
@@ -351,6 +390,21 @@ class Sampler:
             if callback:
                 callback(info)
         return state.image()
+
+
+def prompt_condition(prompts: PromptTerm, perceptor: int, rows: int) -> torch.Tensor:
+    """(rows, D): each image's prompts in one perceptor's space as a conditioned model reads
+    them: the mean of each prompt's embeddings, weighted by its weight (negative prompts and
+    those blended out left aside), normalised; zeros (no condition) without a positive one."""
+
+    def mean(targets: Targets) -> torch.Tensor:
+        share = targets.weights.clamp(min=0) / targets.rows.clamp(min=1)  # (P,)
+        total = (share[targets.owner, None] * targets.embeds).sum(0)
+        return F.normalize(total, dim=0) if float(share.sum()) > 0 else torch.zeros_like(total)
+
+    if prompts.row_targets:
+        return torch.stack([mean(row[perceptor]) for row in prompts.row_targets]).float()
+    return mean(prompts.targets[perceptor]).float().expand(rows, -1)
 
 
 def clip_guidance(loop: Loop, at: Callable[[int], Loop] | None = None) -> Guidance:

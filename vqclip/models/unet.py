@@ -49,6 +49,11 @@ class UNetSpec:
     use_new_attention_order: bool = False
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"  # or "cosine"
+    # vqclip's, beyond OpenAI's flags: a model conditioned on a CLIP's unit text embedding (of
+    # width cond_dim, from the registry's CLIP cond_clip; zeros: no condition), added to the
+    # time embedding as GLIDE adds its text's, so classifier-free guidance can scale it
+    cond_dim: int = 0
+    cond_clip: str = ""
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "attention_resolutions"):
@@ -66,6 +71,10 @@ class UNetSpec:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"diffusion model: {name} is {getattr(self, name)!r}, expected true or false")  # fmt: skip
         self._check_shape()
+        if not isinstance(self.cond_dim, int) or isinstance(self.cond_dim, bool) or not 0 <= self.cond_dim <= 4096:  # fmt: skip
+            raise ValueError(f"diffusion model: cond_dim is {repr(self.cond_dim)[:40]}, expected an integer from 0 (unconditional) to 4096")  # fmt: skip
+        if not isinstance(self.cond_clip, str) or bool(self.cond_dim) != bool(self.cond_clip) or len(self.cond_clip) > 4096:  # fmt: skip
+            raise ValueError(f"diffusion model: cond_clip is {repr(self.cond_clip)[:40]} with cond_dim {self.cond_dim}, expected a CLIP's name exactly when cond_dim is above 0")  # fmt: skip
         if self.noise_schedule not in ("linear", "cosine"):
             raise ValueError(
                 f"diffusion model: noise_schedule {self.noise_schedule!r}, expected 'linear' or "
@@ -264,14 +273,18 @@ class Step(nn.ModuleList):
 
 
 class UNet(nn.Module):
-    """OpenAI's ``UNetModel`` (unconditional, 2-D): (N, 3, H, W) and (N,) timesteps -> (N, 3
-    or 6, H, W): the noise, and with ``learn_sigma`` the variance's interpolation."""
+    """OpenAI's ``UNetModel`` (2-D): (N, 3, H, W) and (N,) timesteps -> (N, 3 or 6, H, W): the
+    noise, and with ``learn_sigma`` the variance's interpolation. With ``cond_dim``, also an
+    (N, cond_dim) condition (a text embedding; zeros for none), projected into the time
+    embedding as OpenAI's class labels are."""
 
     def __init__(self, spec: UNetSpec) -> None:
         super().__init__()
         self.spec = spec
         mc, emb = spec.num_channels, spec.num_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        if spec.cond_dim:
+            self.cond_embed = nn.Linear(spec.cond_dim, emb)
         ch = int(spec.channel_mult[0] * mc)
         self.input_blocks = nn.ModuleList([Step([nn.Conv2d(3, ch, 3, padding=1)])])
         chans, ds = [ch], 1
@@ -321,8 +334,14 @@ class UNet(nn.Module):
         out_channels = 6 if spec.learn_sigma else 3
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(timesteps, self.spec.num_channels))
+        if cond is not None:
+            if not self.spec.cond_dim:
+                raise ValueError("diffusion model: a condition given to an unconditional model")
+            emb = emb + self.cond_embed(cond.to(emb.dtype))
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb)

@@ -275,13 +275,14 @@ def load_sampler(config: GenerationConfig, device: torch.device, files: RunFiles
     pad circularly (a seamless sample); with ``symmetry``, each step's sample mirrored."""
     unet = _load_unet(files, device)
     sampler = Sampler.for_unet(
-        unet, config.max_iterations, config.sampler, config.clamp_max, config.precision
-    )
+        unet, config.max_iterations, config.sampler, config.clamp_max, config.precision,
+        config.cond_scale,
+    )  # fmt: skip
     if config.tile:
 
-        def on_the_torus(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def on_the_torus(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
             with wrapped_padding(unet):
-                return unet(x, t)
+                return unet(x, t, *cond)
 
         sampler = replace(sampler, model=on_the_torus)
     if config.symmetry != "none":
@@ -497,6 +498,7 @@ def prepare_sample(
     files = files or acquire(config)
     loop, rng = prepare_loop(config, device, files)
     sampler = load_sampler(config, device, files)
+    sampler.condition(loop, 1)  # a model that reads a CLIP the config does not name: refused now
     size, batch = (config.height, config.width), config.batch_size * config.best_of
     init = None
     if config.init_image:

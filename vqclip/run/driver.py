@@ -453,7 +453,8 @@ class _Sample(_Optimise):
 
     def run(self, report: Callback) -> None:
         guidance = clip_guidance(self.loop, lambda step: loop_at(self.loop, step, self.config))
-        self.image = self.sampler.run(self.state, guidance, self.config.display_frequency, report)
+        cond = self.sampler.condition(self.loop, len(self.state.sample))
+        self.image = self.sampler.run(self.state, guidance, self.config.display_frequency, report, cond)  # fmt: skip
 
     def _render(self) -> torch.Tensor:
         return self.state.image()
@@ -507,7 +508,8 @@ class _AnimateSample(_Job):
             loop = self.loop  # with the prompts keyed at or before this frame (or blending)
             if loop.objective.prompts.phases:
                 loop = loop.at_phase(*config.prompt_at(frame))
-            image = self.sampler.run(state, clip_guidance(loop), config.display_frequency, step)
+            cond = self.sampler.condition(loop, batch)
+            image = self.sampler.run(state, clip_guidance(loop), config.display_frequency, step, cond)  # fmt: skip
             motion = self.path.values(frame)
             if frame:  # what the frame kept of the one before
                 motion["frame_strength"] = config.schedule_at("frame_strength", frame)

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = (("latent-levels", int), ("best-of", int), ("prior-weight", float),
                 ("prior-ramp", int), ("step-size", float), ("step-decay", int),
                 ("max-iterations", int), ("cutn", int), ("clip-guidance-scale", float),
-                ("tv-scale", float), ("range-scale", float), ("clamp-max", float),
+                ("tv-scale", float), ("range-scale", float), ("clamp-max", float), ("cond-scale", float),
                 ("sampler", str))  # fmt: skip
     for name, kind in settings:
         parser.add_argument(f"--{name}", type=kind, help="default: the generator's preset")

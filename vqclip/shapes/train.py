@@ -5,7 +5,7 @@
                                         [--adversarial EPS] [--noise SIGMA]
     python -m vqclip.shapes.train clip-vit [as clip: the second, ViT, perceptor]
     python -m vqclip.shapes.train prior [--steps N] [--out DIR]
-    python -m vqclip.shapes.train diffusion [--steps N] [--out DIR]
+    python -m vqclip.shapes.train diffusion [--steps N] [--out DIR] [--init FILE] [--unconditional]
     python -m vqclip.shapes.train upscaler [--steps N] [--out DIR]
 
 The VQGAN is taming's Encoder/Decoder/VectorQuantizer2 trained with L1 + L2 reconstruction and
@@ -23,8 +23,9 @@ prompted colours instead of textures that fool it.
 
 The diffusion model is a small :class:`vqclip.models.unet.UNet` (OpenAI's guided-diffusion
 architecture) trained at 32x32 to predict the noise of noised renderings (the plain DDPM loss,
-linear schedule as OpenAI's models (so that guidance scales carry over), fixed
-variances), its weights averaged over the steps (EMA), as OpenAI's.
+cosine schedule, fixed variances), its weights averaged over the steps (EMA), as OpenAI's. It
+reads the shapes CLIP's embedding of each scene's caption (zeros a fifth of the time), so that
+sampling can use classifier-free guidance beside CLIP's.
 
 The upscaler is Real-ESRGAN's compact SRVGG net (spandrel's ``Compact``: 8 convolutions of 32
 features, then a pixel shuffle added to the nearest-neighbour upscale) trained with a squared
@@ -125,6 +126,10 @@ DIFFUSION_SPEC = UNetSpec(
     sigma_small=True,
 )  # fmt: skip
 DIFFUSION_EMA = 0.995
+# Trained on the shapes CLIP's text embeddings of the scenes' captions, dropped (zeros) this
+# share of the time, so that one model also predicts unconditionally (classifier-free guidance)
+DIFFUSION_COND = replace(DIFFUSION_SPEC, cond_dim=CLIP_SHAPE["embed_dim"], cond_clip="shapes-clip")  # fmt: skip
+DIFFUSION_DROP = 0.2
 PRIOR_GEOMETRY_WEIGHT = 20.0  # the prior's loss: geometry error (image sides squared) vs names
 
 
@@ -404,19 +409,29 @@ def train_diffusion(
     batch: int = 32,
     init: Path | None = None,
     lr: float = 1e-3,
+    condition: bool = True,
 ) -> dict[str, float]:
     """Train and save ``shapes_diffusion.pt`` (and its flags, ``.json``) into ``out``: the noise
     of renderings noised to a uniform random step, mean squared error; the EMA weights saved.
-    ``init``: go on from those weights (with a fresh optimiser and schedule)."""
+    With ``condition``, the model also reads the shapes CLIP's embedding of each scene's
+    caption (``DIFFUSION_COND``). ``init``: go on from those weights (with a fresh optimiser
+    and schedule; an unconditional model's, its condition's projection starting at zero)."""
     from vqclip.loop.diffusion import _betas
 
     torch.manual_seed(seed)  # the layers initialise from the global RNG
     g = torch.Generator().manual_seed(seed)
-    spec, size = DIFFUSION_SPEC, DIFFUSION_SPEC.image_size
+    spec = DIFFUSION_COND if condition else DIFFUSION_SPEC
+    size = spec.image_size
     acp = torch.cumprod(1 - _betas(spec.diffusion_steps, spec.noise_schedule), 0).float()
     model = UNet(spec).train()
+    if condition:
+        nn.init.zeros_(model.cond_embed.weight)
+        nn.init.zeros_(model.cond_embed.bias)
+        clip = load_clip(WEIGHTS / CLIP_FILES["clip"][0]).eval().requires_grad_(False)
     if init is not None:
-        model.load_state_dict(load_checkpoint(init))
+        missing, unexpected = model.load_state_dict(load_checkpoint(init), strict=False)
+        if unexpected or any(not k.startswith("cond_embed.") for k in missing):
+            raise ValueError(f"--init: {init} does not fit (missing {missing}, unexpected {unexpected})")  # fmt: skip
     ema = UNet(spec).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.0)
@@ -424,11 +439,18 @@ def train_diffusion(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, steps, lr)
-        x0 = render(sample_scenes(batch, g), size) * 2 - 1
+        scenes = sample_scenes(batch, g)
+        x0 = render(scenes, size) * 2 - 1
         t = torch.randint(spec.diffusion_steps, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         a = acp[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float()), noise)
+        cond = None
+        if condition:
+            with torch.no_grad():
+                texts = tokenize(clip, [caption(s, g) for s in scenes])
+                cond = F.normalize(clip.encode_text(texts).float(), dim=-1)
+            cond = cond * (torch.rand(batch, 1, generator=g) >= DIFFUSION_DROP)
+        loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float(), cond), noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -549,6 +571,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--noise", type=float, default=NOISE, help="clip: largest per-image Gaussian noise scale"
     )
+    parser.add_argument(
+        "--unconditional", action="store_true", help="diffusion: without the caption's condition"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.use_deterministic_algorithms(True)
@@ -560,8 +585,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics = train_upscaler(args.steps or 1500, args.out, args.seed)
     elif args.model == "diffusion":
         metrics = train_diffusion(
-            args.steps or 3000, args.out, args.seed, init=args.init, lr=args.lr or 1e-3
-        )
+            args.steps or 3000, args.out, args.seed, init=args.init, lr=args.lr or 1e-3,
+            condition=not args.unconditional,
+        )  # fmt: skip
     else:
         metrics = train_clip(
             args.steps or 600, args.out, args.seed, init=args.init, lr=args.lr or 5e-4,

@@ -20,7 +20,7 @@ from tests.conftest import png_pixels
 from tests.run.test_runstate import _assert_same_frames
 from vqclip.core.config import GenerationConfig
 from vqclip.frontends import cli
-from vqclip.loop.diffusion import Sampler, make_schedule, pred_xstart
+from vqclip.loop.diffusion import Sampler, SampleState, make_schedule, pred_xstart
 from vqclip.models import registry
 from vqclip.models.unet import UNet, UNetSpec, load_unet, save_unet
 from vqclip.run.driver import generate, progress_of, resume
@@ -530,6 +530,15 @@ def test_a_model_that_reads_the_prompts_is_guided_free_of_a_classifier(
     torch.testing.assert_close(pushed, free + 3 * (conditional - free), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(unconditional, free, rtol=1e-4, atol=1e-5)
     assert (conditional - free).abs().mean() > 1e-3  # the condition changes the estimate
+    # The guidance magnifies the U-Net's rounding: under bf16 a step is the fp32 one, to the bit
+    # (the CLIPs alone take bf16); without the push (cond_scale 1) bf16 rounds it.
+    steps = {}
+    for precision, scale in (("fp32", 3.0), ("bf16", 3.0), ("bf16", 1.0), ("fp32", 1.0)):
+        state = SampleState(x.clone(), torch.zeros_like(x), torch.Generator().manual_seed(0), 4)
+        chosen = Sampler.for_unet(unet, 5, precision=precision, cond_scale=scale)
+        steps[precision, scale] = chosen.step(state, lambda *_: (torch.zeros_like(x), {}), cond)["image"]  # fmt: skip
+    assert torch.equal(steps["bf16", 3.0], steps["fp32", 3.0])
+    assert not torch.equal(steps["bf16", 1.0], steps["fp32", 1.0])
     torch.save(unet.state_dict(), tmp_path / "cond.pt")
     (tmp_path / "cond.json").write_text(json.dumps(flags))
     config = diffusion_config.replace(diffusion_model=str(tmp_path / "cond.pt"), max_iterations=4)

@@ -248,10 +248,15 @@ class Sampler:
         precision: str = "fp32",
         cond_scale: float = 1.0,
     ) -> Sampler:
-        """A sampler of an OpenAI-style U-Net, its schedule respaced to ``steps``."""
+        """A sampler of an OpenAI-style U-Net, its schedule respaced to ``steps``. A U-Net
+        guided free of a classifier runs in fp32 under ``precision`` bf16: the guidance
+        multiplies the difference of two estimates, and bf16's 8-bit fractions rounded it
+        into misdrawn shapes (docs/shapes.md: joint 88% against 97% with the U-Net in fp32)."""
         spec = unet.spec
         variance = "learned" if spec.learn_sigma else "small" if spec.sigma_small else "large"
         schedule = make_schedule(spec.diffusion_steps, spec.noise_schedule, steps)
+        if spec.cond_dim and cond_scale != 1 and precision == "bf16":
+            precision = "fp32"
         return cls(unet, schedule, variance, method, clamp_max, precision, spec.cond_clip, cond_scale)  # fmt: skip
 
     def condition(self, loop: Loop, rows: int) -> torch.Tensor | None:

@@ -1,17 +1,20 @@
 """CLIP-guided diffusion: Katherine Crowson's second method, a sampler beside the optimised loop.
 
-An unconditional diffusion model (any ``model(x, t)``; vqclip's is :mod:`vqclip.models.unet`)
-is sampled step by step over a respaced schedule (its 1000 training steps respaced to
-``max_iterations``, as OpenAI's ``timestep_respacing``). At each step the model predicts the
-clean image and a guidance function moves the step: :func:`clip_guidance` has CLIP score
-cutouts of the estimate (blended with the noisy sample by the noise level, as Crowson's
-notebook does) through the loop's own cutouts, augments and objective (the prompts weighted by
-``clip_guidance_scale``, total variation by ``tv_scale``, out-of-range values by
-``range_scale``); the gradient of that loss with respect to the noisy sample (its RMS per image
-at most ``clamp_max``, as Disco Diffusion clamps it: at the noisiest steps the clean estimate
-magnifies the gradient) moves the step's mean (DDPM) or its noise estimate (DDIM). Every
-random draw goes through the run's ``torch.Generator``, so a config gives the same bits on a
-CPU, and the sample, the step and the generator are all a resumed run needs.
+A diffusion model (any ``model(x, t)``, or ``model(x, t, cond)`` for one that reads the
+prompts; vqclip's is :mod:`vqclip.models.unet`) is sampled step by step over a respaced
+schedule (its 1000 training steps respaced to ``max_iterations``, as OpenAI's
+``timestep_respacing``). At each step the model predicts the clean image and a guidance
+function moves the step: :func:`clip_guidance` has CLIP score cutouts of the estimate (blended
+with the noisy sample by the noise level, as Crowson's notebook does) through the loop's own
+cutouts, augments and objective (the prompts weighted by ``clip_guidance_scale``, total
+variation by ``tv_scale``, out-of-range values by ``range_scale``); the gradient of that loss
+with respect to the noisy sample (its RMS per image at most ``clamp_max``, as Disco Diffusion
+clamps it: at the noisiest steps the clean estimate magnifies the gradient) moves the step's
+mean (DDPM) or its noise estimate (DDIM). A model that reads the prompts gets their embedding
+in its CLIP's space (:func:`prompt_condition`) and is guided free of a classifier too: its
+estimate pushed ``cond_scale`` times from the unconditional one through the conditional.
+Every random draw goes through the run's ``torch.Generator``, so a config gives the same bits
+on a CPU, and the sample, the step and the generator are all a resumed run needs.
 """
 
 from __future__ import annotations

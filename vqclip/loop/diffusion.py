@@ -403,12 +403,12 @@ class Sampler:
 def prompt_condition(prompts: PromptTerm, perceptor: int, rows: int) -> torch.Tensor:
     """(rows, D): each image's prompts in one perceptor's space as a conditioned model reads
     them: the mean of each prompt's embeddings, weighted by its weight (negative prompts and
-    those blended out left aside), normalised; zeros (no condition) without a positive one."""
+    those blended out left aside), normalised; zeros (no condition: normalising keeps them)
+    without a positive one."""
 
     def mean(targets: Targets) -> torch.Tensor:
         share = targets.weights.clamp(min=0) / targets.rows.clamp(min=1)  # (P,)
-        total = (share[targets.owner, None] * targets.embeds).sum(0)
-        return F.normalize(total, dim=0) if float(share.sum()) > 0 else torch.zeros_like(total)
+        return F.normalize((share[targets.owner, None] * targets.embeds).sum(0), dim=0)
 
     if prompts.row_targets:
         return torch.stack([mean(row[perceptor]) for row in prompts.row_targets]).float()

@@ -24,7 +24,8 @@ from vqclip.frontends.webpage import (
     gallery_items,
     run_in_thread,
 )
-from vqclip.run.driver import generate, progress_of, resume
+from vqclip.run.driver import generate, progress_of, read_run_config, resume
+from vqclip.run.frames import frame_paths
 from vqclip.run.runstate import STATE, read_state
 
 PROMPT = "a red circle on a blue background"
@@ -104,16 +105,68 @@ def test_the_gallery_shows_runs_newest_first_and_no_planted_links(
     assert items[1][1] == f"a red circle · seed 5 · {first.name}"
 
 
-def test_the_page_plays_a_run_with_its_soundtrack(tiny_config: GenerationConfig, tmp_path: Path) -> None:  # fmt: skip
-    """The gallery's Video button makes a run's video with the soundtrack its config names
-    (issue 49: the page plays the result with its sound), as the CLI's `vqclip video` does."""
-    from tests.run.test_video import _tone
-    from vqclip.run.video import has_sound
+# The form's fields after the first ten, at the page's defaults: a still, no composition.
+STILL = ["none", 0, 0, 10, "1.0", "0", "0", "0", "0", "0", "0", "0", "40", "none", "0.6", 1, 0, "none", "none", False, "", 0.0, 0.0]  # fmt: skip
 
-    tone = _tone(tmp_path / "tone.wav", 4.0)
-    run_dir = generate(tiny_config.replace(max_iterations=4, display_frequency=1, soundtrack=str(tone))).run_dir  # fmt: skip
-    path, status = _Page(run_dir.parent).video(run_dir.name)
-    assert path == str(run_dir / "video.mp4") and status.startswith("video, made") and has_sound(path)  # fmt: skip
+
+def _moving_square(path: Path, frames: int = 4) -> Path:
+    """A real H.264 video, 64x64 at 4 fps: a red square moving right over blue."""
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(str(path), (64, 64), fps=4, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1)  # fmt: skip
+    writer.send(None)
+    for k in range(frames):
+        frame = np.zeros((64, 64, 3), np.uint8)
+        frame[..., 2] = 200
+        frame[20:40, 8 + 6 * k : 28 + 6 * k, 0] = 230
+        writer.send(frame)
+    writer.close()
+    return path
+
+
+def test_the_page_restyles_an_uploaded_video_under_an_uploaded_sound(tmp_path: Path) -> None:
+    """Issue 49 on the page: a video restyled along its flow, a soundtrack under it, played
+    with its sound; both uploads kept beside the runs (gradio removes its own copies), once."""
+    from tests.run.test_video import _tone
+    from vqclip.run.video import count_video_frames, has_sound
+
+    uploads = tmp_path / "gradio"  # where gradio leaves what the browser sent
+    uploads.mkdir()
+    video, tone = _moving_square(uploads / "clip.mp4"), _tone(uploads / "tone.wav", 3.0)
+    page = _Page(tmp_path / "out")
+    form = [PROMPT, "vqgan", "auto", "auto", 3, 0, 0, 4, 0, 2, *STILL]
+    restyle = [str(video), 3, 0.0, 0.0, 0.0, True, 1.0, 1.0, "dis", str(tone), 0.5]
+    views = list(page.start(*form, *restyle))
+    assert views[-1][1].startswith("done: seed 3") and "step 12 of 12" in views[-2][1]  # 3 frames
+    run_dir = tmp_path / "out" / views[-1][2]
+    config = GenerationConfig.from_json((run_dir / "config.json").read_text())
+    kept = tmp_path / "out" / "uploads"
+    assert Path(config.init_video).parent == kept and Path(config.soundtrack).parent == kept
+    assert Path(config.init_video).read_bytes() == video.read_bytes()
+    assert (config.flow_warp, config.flow_weight, config.video_frames, config.soundtrack_offset) == (True, 1.0, 3, 0.5)  # fmt: skip
+    for name in ("clip.mp4", "tone.wav"):
+        (uploads / name).unlink()  # as gradio's cache is emptied: the run still has its files
+    player, download, status = page.video(run_dir.name)
+    assert player == download == str(run_dir / "video.mp4") and has_sound(player)
+    assert count_video_frames(player) == 3 and status.startswith("video, made")
+    player, download, _ = page.video(run_dir.name, "gif")
+    assert player is None and download.endswith("video.gif")  # a GIF: to download only
+    # The same file again is the same kept copy; what the page cannot take is one line.
+    again = _moving_square(uploads / "again.mp4")
+    list(page.start(*form, str(again), 1, *restyle[2:9], "", 0.0))
+    assert sorted(p.suffix for p in kept.iterdir()) == [".mp4", ".wav"]
+    status = list(page.start(*form, str(tone), *restyle[1:]))[-1][1]
+    assert "init_video: &#x27;tone.wav&#x27; is not a file the page takes" in status
+    status = list(page.start(*form, "", *restyle[1:9], "", 0.0))[-1][1]
+    assert "flow_warp" in status and "set init_video" in status  # no video: not dropped
+    # A link planted at the uploads folder is not written through.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = tmp_path / "planted"
+    _Page(planted).output_dir.mkdir()
+    (planted / "uploads").symlink_to(elsewhere)
+    status = list(_Page(planted).start(*form, str(again), *restyle[1:]))[-1][1]
+    assert "is a link or not a folder" in status and not any(elsewhere.iterdir())
 
 
 @pytest.mark.slow
@@ -170,6 +223,20 @@ def test_the_page_in_a_real_browser(tmp_path: Path, browser) -> None:
         page.click("#video-button")
         page.wait_for_selector("#video video")
         assert video_duration(page, "#video video") > 2
+        # A video uploaded through the page (and its guard), restyled, and its video played.
+        page.click("text=restyle a video")
+        page.set_input_files("#init_video input[type=file]", str(_moving_square(tmp_path / "clip.mp4")))  # fmt: skip
+        page.wait_for_selector("#init_video >> text=clip.mp4")
+        page.fill("#video_frames input", "2")
+        page.fill("#steps input", "3")
+        page.click("#generate")
+        restyled = _wait_status(page, "done", after=str(replay_dir))
+        restyle_dir = Path(re.search(r"run directory (\S+)", restyled)[1])
+        assert [p.name for p in frame_paths(restyle_dir)] == ["000000.png", "000001.png"]
+        assert Path(read_run_config(restyle_dir).init_video).parent == out / "uploads"
+        page.click("#video-button")
+        assert str(restyle_dir / "video.mp4") in _wait_status(page, "video, made")
+        assert video_duration(page, "#video video") > 0.2  # 2 frames at the clip's 4 fps
         assert page.locator(".vqclip-error").count() == 0
         page.close()
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from vqclip.core.config import GenerationConfig
 
-__all__ = ["choose_models", "preset_settings", "prompt_settings", "resolve"]
+__all__ = ["choose_models", "preset_settings", "prompt_settings", "resolve", "video_settings"]
 
 
 def choose_models(
@@ -76,3 +76,22 @@ def animation_settings(**form: Any) -> dict[str, Any]:
         return int(value or 0) if key in counts else str(value)
 
     return {key: field(key, value) for key, value in form.items()}
+
+
+# The restyle's and the sound's fields a form shows, in order: the video (a path; "" for none),
+# how much of it, how its frames follow each other, then the sound under the run's video.
+VIDEO_FIELDS = ("init_video", "video_frames", "video_fps", "frame_init_weight", "temporal_weight",
+                "flow_warp", "flow_blend", "flow_weight", "flow_estimator", "soundtrack",
+                "soundtrack_offset")  # fmt: skip
+
+
+def video_settings(**form: Any) -> dict[str, Any]:
+    """The form's restyle and sound fields as config fields: an empty path is none, a count a
+    whole number; the rest as given, for the config to check (a flow weight without a video
+    is its one clear line, not dropped)."""
+    paths, counts = ("init_video", "soundtrack"), ("video_frames",)
+    return {
+        key: (value or None) if key in paths else int(value or 0) if key in counts else value
+        for key, value in form.items()
+        if value is not None
+    }

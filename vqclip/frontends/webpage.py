@@ -9,6 +9,7 @@ lays the page out and moves reports from the run's thread to the page.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import json
 import logging
@@ -26,24 +27,29 @@ import numpy as np
 from vqclip.core import plugins
 from vqclip.core.config import COHERENCES, SYMMETRIES, GenerationConfig
 from vqclip.core.errors import USER_ERRORS
+from vqclip.core.files import write_atomic
 from vqclip.core.images import to_uint8
+from vqclip.core.limits import check_regular
 from vqclip.core.presets import preset_for
 from vqclip.core.prompts import REGIONS, is_keyed, parse_prompts, split_keyed, split_phases
 from vqclip.frontends.forms import (
     ANIMATION_FIELDS,
     COMPOSITION_FIELDS,
     SCHEDULE_HELP,
+    VIDEO_FIELDS,
     animation_settings,
     choose_models,
     preset_settings,
     resolve,
+    video_settings,
 )  # fmt: skip
 from vqclip.models import registry
 from vqclip.models.depth import depth_models
+from vqclip.models.flow import FLOW_ESTIMATORS
 from vqclip.run.driver import Progress, RunResult, generate, progress_of, read_run_config, resume
 from vqclip.run.frames import list_runs, run_picture
 from vqclip.run.motion import preview_motion
-from vqclip.run.video import assemble_video, tile_images, watchable_length
+from vqclip.run.video import FORMATS, assemble_video, tile_images, watchable_length
 
 __all__ = ["build_ui", "serve"]
 
@@ -72,10 +78,12 @@ def form_config(
 ) -> GenerationConfig:
     """The form's config, resolved (seed picked, preset applied) as the run will record it;
     ``fields`` are width, height, max_iterations, cutn and display_frequency (0: preset), then
-    the animation's (``ANIMATION_FIELDS``; none: a still)."""
+    the animation's (``ANIMATION_FIELDS``; none: a still), the composition's
+    (``COMPOSITION_FIELDS``) and the restyle's and sound's (``VIDEO_FIELDS``)."""
     numbers, animation = fields[:5], dict(zip(ANIMATION_FIELDS, fields[5:], strict=False))
     rest = fields[5 + len(ANIMATION_FIELDS) :]
     composition = {k: v for k, v in zip(COMPOSITION_FIELDS, rest, strict=False) if v is not None}
+    video = dict(zip(VIDEO_FIELDS, rest[len(COMPOSITION_FIELDS) :], strict=False))
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
     vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
     _check_registry_names(vqgan, clip_model)
@@ -92,6 +100,7 @@ def form_config(
             **preset_settings(**form),
             **animation_settings(**animation),
             **composition,
+            **video_settings(**video),
         )  # fmt: skip
     )
 
@@ -263,15 +272,50 @@ def run_named(output_dir: str | Path, name: str | None) -> Path:
     return runs[name]
 
 
-def make_video(run_dir: str | Path) -> tuple[Path, bool]:
-    """The run's video, long enough to watch: made from its frames, or the one it has (the
-    page never overwrites: delete it to make it again); and whether it was made now."""
+def make_video(run_dir: str | Path, fmt: str = "mp4") -> tuple[Path, bool]:
+    """The run's video as ``fmt`` (mp4, webm or gif), long enough to watch: made from its
+    frames, or the one it has (the page never overwrites: delete it to make it again); and
+    whether it was made now."""
     run_dir = Path(run_dir)
-    video = run_dir / "video.mp4"
+    if fmt not in FORMATS:
+        raise ValueError(f"format: {str(fmt)[:20]!r}; expected one of {', '.join(FORMATS)}")
+    video = run_dir / f"video.{fmt}"
     if video.is_file() and not video.is_symlink():
         return video, False
     length = None if read_run_config(run_dir).init_video else watchable_length(run_dir)
     return assemble_video(run_dir, None, video, length=length), True
+
+
+UPLOADS = "uploads"  # OUTPUT_DIR/uploads: the videos and sounds given to the page, kept
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi", ".gif")
+SOUND_SUFFIXES = (".wav", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac")
+MAX_UPLOAD = 32 << 20  # bytes a request may upload: a short clip to restyle (a minute of 720p)
+
+
+def keep_upload(output_dir: str | Path, path: str | None, field: str) -> str | None:
+    """A copy of the uploaded file at ``path`` in ``OUTPUT_DIR/uploads``, named by its
+    content's hash: gradio removes its own copy within the hour and when the page stops, while
+    the run's config must name a file that stays (Resume, Replay and Video read it again); the
+    same upload twice is one file. ``field``: init_video (a video) or soundtrack (a sound, or
+    a video's sound)."""
+    if not path:
+        return None
+    source = Path(path)
+    allowed = VIDEO_SUFFIXES if field == "init_video" else SOUND_SUFFIXES + VIDEO_SUFFIXES
+    if source.suffix.lower() not in allowed:
+        raise ValueError(f"{field}: {source.name[:80]!r} is not a file the page takes; expected {', '.join(allowed)}")  # fmt: skip
+    check_regular(source, field)  # no FIFO, device or folder
+    if source.stat().st_size > MAX_UPLOAD:
+        raise ValueError(f"{field}: {source.name[:80]!r} is over {MAX_UPLOAD >> 20} MB")
+    folder = Path(output_dir) / UPLOADS
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or not folder.is_dir():  # its writes would land where it points
+        raise ValueError(f"{field}: {folder} is a link or not a folder; expected the page's own folder for uploads")  # fmt: skip
+    data = source.read_bytes()
+    kept = folder / f"{hashlib.sha256(data).hexdigest()[:24]}{source.suffix.lower()}"
+    if not (kept.is_file() and not kept.is_symlink() and kept.read_bytes() == data):
+        write_atomic(kept, data)  # a link or another file planted at its name is replaced
+    return str(kept)
 
 
 def _settings_text(values: dict[str, Any]) -> str:
@@ -296,6 +340,10 @@ class _Page:
     def start(self, *form: Any) -> Iterator[tuple]:
         try:
             config = form_config(*form).replace(output_dir=str(self.output_dir))
+            config = config.replace(**{  # kept beside the runs, which read them again
+                field: keep_upload(self.output_dir, getattr(config, field), field)
+                for field in ("init_video", "soundtrack")
+            })  # fmt: skip
         except USER_ERRORS as error:
             yield None, _error(error), None
             return
@@ -361,13 +409,16 @@ class _Page:
         except USER_ERRORS as error:
             return None, f"// {error}"
 
-    def video(self, name: str | None) -> tuple[Any, str]:
+    def video(self, name: str | None, fmt: str = "mp4") -> tuple[Any, Any, str]:
+        """The run's video in the player (a GIF, which a player cannot play, only to
+        download), and to download."""
         try:
-            path, made = make_video(run_named(self.output_dir, name))
+            path, made = make_video(run_named(self.output_dir, name), fmt)
         except USER_ERRORS as error:
-            return None, _error(error)
+            return None, None, _error(error)
         note = "made" if made else "made before (delete it to make it again)"
-        return str(path), f"video, {note}: {html.escape(str(path))}"
+        playable = str(path) if path.suffix != ".gif" else None
+        return playable, str(path), f"video, {note}: {html.escape(str(path))}"
 
 
 def _error(error: BaseException) -> str:
@@ -471,6 +522,44 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         gr.Number(0.0, label="saturation_weight"),
                         gr.Number(0.0, label="contrast_weight"),
                     ]
+                with gr.Accordion("restyle a video (docs/video.md)", open=False):
+                    restyle = [
+                        gr.File(
+                            label=f"video to restyle, at most {MAX_UPLOAD >> 20} MB: each frame a run of max_iterations steps",  # fmt: skip
+                            file_types=list(VIDEO_SUFFIXES),
+                            type="filepath",
+                            elem_id="init_video",
+                        ),  # fmt: skip
+                        gr.Number(
+                            0, label="video_frames (0: all)", precision=0, elem_id="video_frames"
+                        ),  # fmt: skip
+                        gr.Number(0.0, label="video_fps (0: every frame)"),
+                        gr.Number(0.0, label="frame_init_weight (start from the previous result)"),
+                        gr.Number(0.0, label="temporal_weight (pull toward it)"),
+                        gr.Checkbox(
+                            False,
+                            label="flow_warp (the previous result moved along the optical flow)",
+                            elem_id="flow_warp",
+                        ),  # fmt: skip
+                        gr.Number(1.0, label="flow_blend"),
+                        gr.Number(
+                            0.0,
+                            label="flow_weight (pull toward the moved result)",
+                            elem_id="flow_weight",
+                        ),  # fmt: skip
+                        gr.Dropdown(
+                            [*FLOW_ESTIMATORS, *plugins.estimators("flow")],
+                            value="dis",
+                            label="flow_estimator",
+                        ),  # fmt: skip
+                        gr.File(
+                            label="soundtrack under the video (a restyle keeps its own sound without one)",  # fmt: skip
+                            file_types=list(SOUND_SUFFIXES + VIDEO_SUFFIXES),
+                            type="filepath",
+                            elem_id="soundtrack",
+                        ),  # fmt: skip
+                        gr.Number(0.0, label="soundtrack_offset (seconds into it)"),
+                    ]
                 with gr.Row():
                     start = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
@@ -483,6 +572,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
         with gr.Row():
             replay = gr.Button("Replay", elem_id="replay")
             video_button = gr.Button("Video", elem_id="video-button")
+            video_format = gr.Dropdown(list(FORMATS), value="mp4", label="format", elem_id="format")
             refresh = gr.Button("Refresh")
         with gr.Row():
             config_view = gr.Code(
@@ -490,9 +580,11 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                 label="config.json: the settings not at their defaults",
                 elem_id="config",
             )
-            video = gr.Video(label="video", elem_id="video", interactive=False)
+            with gr.Column():
+                video = gr.Video(label="video", elem_id="video", interactive=False)
+                download = gr.File(label="download", elem_id="download", interactive=False)
 
-        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation, *composition]  # fmt: skip
+        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation, *composition, *restyle]  # fmt: skip
         for choice in (generator, vqgan, clip_model):
             choice.change(describe_preset, [generator, vqgan, clip_model], preset)
         shown = [preview, status, chosen]
@@ -504,13 +596,10 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
         refresh.click(**show_runs)
         ui.load(**show_runs)  # the runs as they are when the page is opened, not when served
         gallery.select(page.choose, None, [chosen, config_view])
-        video_button.click(page.video, chosen, [video, status])
+        video_button.click(page.video, [chosen, video_format], [video, download, status])
         motion.click(page.preview_motion, form, [video, status])
         prompts.change(region_canvas, [prompts, width, height], preview)
     return ui
-
-
-MAX_UPLOAD = 10 * 1024 * 1024  # bytes a request may upload: an init image, not a video
 
 
 def serve(output_dir: str | Path = "outputs", host: str = "127.0.0.1", port: int = 7860) -> None:

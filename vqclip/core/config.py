@@ -38,7 +38,8 @@ SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z",
              "rotation_3d_y", "rotation_3d_z", "fov", "frame_strength")  # fmt: skip
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
 PADDINGS = ("reflection", "border", "zeros")
-WALLPAPERS = ("cm", "pmg", "pgg", "cmm", "p4g")  # the groups the image is made the mean under
+HEXAGONAL = ("p3", "p31m", "p3m1", "p6", "p6m")  # tiles of a hexagonal lattice: sides 1:√3
+WALLPAPERS = ("cm", "pmg", "pgg", "cmm", "p4g", *HEXAGONAL)  # the image made the mean under them
 SYMMETRIES = ("none", "horizontal", "vertical", "both", "rotate2", "rotate4", "glide",
               "kaleidoscope", *WALLPAPERS)  # fmt: skip
 COLOR_NAMES = {
@@ -161,7 +162,7 @@ class GenerationConfig:
     prior: str | None = _field("auto", f'image prior: registry name (e.g. "shapes-prior"), a path, or none ({_PRESET})', START)  # fmt: skip
     prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
     prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
-    symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", "rotate2": the top half turned half a turn onto the bottom, "rotate4": the top-left quarter turned onto each corner (square), "glide": the left half beside itself upside down (even width; with tile, a pg wallpaper), "kaleidoscope": mirrored across both axes and both diagonals (square; with tile, p4m); the wallpaper groups "cm", "pmg", "pgg", "cmm", "p4g" (the image is their cell: even sides, p4g square; use with tile); or "none"', START)  # fmt: skip
+    symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", "rotate2": the top half turned half a turn onto the bottom, "rotate4": the top-left quarter turned onto each corner (square), "glide": the left half beside itself upside down (even width; with tile, a pg wallpaper), "kaleidoscope": mirrored across both axes and both diagonals (square; with tile, p4m); the wallpaper groups "cm", "pmg", "pgg", "cmm", "p4g" (the image is their cell: even sides, p4g square; use with tile) and the hexagonal "p3", "p31m", "p3m1", "p6", "p6m" (the sides 1:√3, such as 64x112); or "none"', START)  # fmt: skip
     symmetry_share: float = _field(1.0, "the share of the steps, from the first, that symmetry holds for (as Disco's transformation_percent); the rest go on freely", START)  # fmt: skip
     tile: bool = _field(False, "a seamless texture: the image rolled on a torus before each step's cutouts, so that its edges meet", START)  # fmt: skip
     palette: str = _field("", 'colours by name or hex ("red, #1e3cdc"): pull each pixel to its nearest', START)  # fmt: skip
@@ -654,6 +655,10 @@ class GenerationConfig:
             raise ValueError(f"symmetry: {self.symmetry!r} shifts the image by half its width; expected an even width, got {self.width}")  # fmt: skip
         if self.symmetry in WALLPAPERS and self.generator == "diffusion":  # it averages the image
             raise ValueError(f"symmetry: {self.symmetry!r} averages the image over its group, which would also average away the sampler's noise; expected generator vqgan or pixels (or a symmetry that copies: horizontal, vertical, both, rotate2, rotate4, glide, kaleidoscope)")  # fmt: skip
+        if self.symmetry in HEXAGONAL and sized:
+            short, long = sorted((self.width, self.height))
+            if self.width % 2 or self.height % 2 or abs(long / short / 3**0.5 - 1) > 0.03:
+                raise ValueError(f"symmetry: {self.symmetry!r} tiles a hexagonal lattice, whose tile has its long side √3 (1.73) times its short one; expected both even and within 3% of that ratio, such as 64x112, 128x224 or 256x448 (either way round), got {self.width}x{self.height}")  # fmt: skip
         if self.symmetry in ("cm", "pgg", "cmm") and sized and (self.width % 2 or self.height % 2):
             raise ValueError(f"symmetry: {self.symmetry!r} shifts the image by half its width and height; expected both even, got {self.width}x{self.height}")  # fmt: skip
         if not _is_number(self.symmetry_share) or not 0 < self.symmetry_share <= 1:

@@ -14,6 +14,7 @@ contrast as objective terms.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,11 +124,71 @@ def _wallpaper(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda image: torch.stack([g(image) for g in maps]).mean(0)
 
 
+# The hexagonal groups' turns and mirrors about a lattice point, as integer matrices acting on
+# lattice coordinates (columns: the images of the lattice vectors a1, a2 at 60° to each other).
+# Integer matrices of determinant ±1 map the lattice onto itself, so each is exactly a map of
+# the tile onto itself whatever the sides' ratio: the texture stays seamless, and a ratio a
+# little off √3 (sides in steps of 16 pixels) only shears the turns a little.
+_TURN = ((0, -1), (1, 1))  # 60°: a1 -> a2, a2 -> a2 - a1
+_ALONG = ((1, 1), (0, -1))  # the mirror along a1 (a2 -> a1 - a2): p31m's
+_ACROSS = ((-1, -1), (0, 1))  # across a1 (a1 -> -a1): p3m1's, through every 3-fold centre
+# Each group: the turns in steps of 60° x step, and the mirror after each, if any.
+HEXAGONAL = {"p3": (2, None), "p6": (1, None), "p31m": (2, _ALONG), "p3m1": (2, _ACROSS), "p6m": (1, _ALONG)}  # fmt: skip
+
+
+def _hex_maps(kind: str) -> list[torch.Tensor]:
+    """The point group of ``kind``: its turns, and each again after its mirror if it has one."""
+    step, mirror = HEXAGONAL[kind]
+    turn = torch.tensor(_TURN, dtype=torch.float64)
+    turns = [torch.linalg.matrix_power(turn, k) for k in range(0, 6, step)]
+    if mirror is None:
+        return turns
+    return turns + [torch.tensor(mirror, dtype=torch.float64) @ t for t in turns]
+
+
+@functools.lru_cache(maxsize=16)
+def _hex_sampling(kind: str, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each map of ``kind``'s point group (about the pixel (0, 0)), where each pixel reads
+    the image on the torus: the four neighbours' flat indices and their bilinear weights,
+    (maps, 4, H*W) each. The short side holds a1; a2 reaches the image's centre."""
+    a1 = (width, 0.0) if width <= height else (0.0, height)
+    basis = torch.tensor([a1, (width / 2, height / 2)], dtype=torch.float64).T  # columns a1, a2
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")  # fmt: skip
+    points = torch.stack([xs.flatten(), ys.flatten()])  # (2, H*W): x, y
+    indices, weights = [], []
+    for lattice_map in _hex_maps(kind):
+        x, y = basis @ lattice_map @ torch.linalg.inv(basis) @ points
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        corners = [(0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)]  # fmt: skip
+        indices.append(torch.stack([((y0 + dy) % height) * width + (x0 + dx) % width for dx, dy, _ in corners]))  # fmt: skip
+        weights.append(torch.stack([w for _, _, w in corners]))
+    return torch.stack(indices).long(), torch.stack(weights).float()
+
+
+def _hexagonal(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The image made the mean of its images under ``kind``'s group: first under the lattice's
+    translation to its centre (a half-roll both ways: then the hexagonal lattice's turns are
+    maps of the image), then under the point group, each map resampled bilinearly."""
+
+    def made(image: torch.Tensor) -> torch.Tensor:
+        image = (image + _shifted(image, y=True)) / 2
+        height, width = image.shape[-2:]
+        indices, weights = _hex_sampling(kind, height, width)
+        flat = image.flatten(-2)  # (..., H*W)
+        picked = flat[..., indices.to(image.device)]  # (..., maps, 4, H*W)
+        mean = (picked * weights.to(image.device, image.dtype)).sum(-2).mean(-2)
+        return mean.unflatten(-1, (height, width))
+
+    return made
+
+
 def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
     step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
     turns = {"rotate2": _turned_twice, "rotate4": _turned_four_times, "glide": _glided,
-             "kaleidoscope": _kaleidoscope, **{k: _wallpaper(k) for k in _GROUPS}}  # fmt: skip
+             "kaleidoscope": _kaleidoscope, **{k: _wallpaper(k) for k in _GROUPS},
+             **{k: _hexagonal(k) for k in HEXAGONAL}}  # fmt: skip
     if kind in turns:
         turn = turns[kind]
 

@@ -234,6 +234,22 @@ def test_a_tiles_decoder_works_on_the_torus(tiny_models: dict) -> None:
         ({"symmetry": "p6", "width": 64, "height": 64}, "symmetry: 'p6' tiles a hexagonal lattice"),
         ({"symmetry": "p3m1", "width": 64, "height": 111}, "expected both even and within 3%"),
         ({"symmetry": "both", "symmetry_share": 0}, "symmetry_share: expected a share above 0"),
+        (
+            {"symmetry": "both", "generator": "diffusion", "symmetry_at": (0.5, 1.0)},
+            "symmetry_at: expected shares of the steps from 0, below 1",
+        ),
+        (
+            {"symmetry": "both", "generator": "diffusion", "symmetry_at": "0.5"},
+            "symmetry_at: expected a list",
+        ),
+        (
+            {"symmetry": "both", "symmetry_at": (0.09,)},
+            "symmetry_at: makes a diffusion sample symmetric at single steps",
+        ),
+        (
+            {"generator": "diffusion", "symmetry_at": (0.09,)},
+            "symmetry_at: makes a diffusion sample",
+        ),
         ({"saturation_weight": -1.0}, "saturation_weight"),
     ],
 )

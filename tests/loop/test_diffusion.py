@@ -24,6 +24,7 @@ from vqclip.loop.diffusion import Sampler, SampleState, make_schedule, pred_xsta
 from vqclip.models import registry
 from vqclip.models.unet import UNet, UNetSpec, load_unet, save_unet
 from vqclip.run.driver import generate, progress_of, resume
+from vqclip.run.frames import frame_iteration
 from vqclip.run.frames import read_png_metadata
 from vqclip.run.runstate import STATE, read_state
 from vqclip.run.video import count_video_frames
@@ -499,6 +500,11 @@ def test_a_diffusion_sample_can_be_symmetric_and_a_seamless_tile(
     assert torch.equal(mirrored.image, mirrored.image.flip(-1))  # each step's sample mirrored
     turned = generate(diffusion_config.replace(symmetry="rotate4", run_name="turned"))
     assert torch.equal(turned.image, torch.rot90(turned.image, 1, (-2, -1)))
+    # Disco's transformation_percent [0.5]: mirrored once, at step 4 of 8, free before and after.
+    once = generate(diffusion_config.replace(symmetry="horizontal", symmetry_at=(0.5,), display_frequency=1, run_name="once"))  # fmt: skip
+    frames = {frame_iteration(path): png_pixels(path) for path in once.frames}
+    mirrored = [k for k, pixels in frames.items() if np.array_equal(pixels, pixels[:, ::-1])]
+    assert mirrored[0] == 4 and max(frames) not in mirrored, mirrored  # then moving freely
     tile = diffusion_config.replace(tile=True, run_name="tile")
     assert (generate(tile).run_dir / "tiled.png").is_file()
     _, sampler, _ = prepare_sample(tile, resolve_device("cpu"))

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -163,7 +164,8 @@ class GenerationConfig:
     prior_weight: float | None = _field(None, f"pull toward the prior's redrawing of the image, 0 = off ({_PRESET})", START)  # fmt: skip
     prior_ramp: int | None = _field(None, f"iterations over which that pull grows from 0 to prior_weight ({_PRESET})", START)  # fmt: skip
     symmetry: str = _field("none", '"horizontal": the left half mirrored onto the right, "vertical": the top onto the bottom, "both", "rotate2": the top half turned half a turn onto the bottom, "rotate4": the top-left quarter turned onto each corner (square), "glide": the left half beside itself upside down (even width; with tile, a pg wallpaper), "kaleidoscope": mirrored across both axes and both diagonals (square; with tile, p4m); the wallpaper groups "cm", "pmg", "pgg", "cmm", "p4g" (the image is their cell: even sides, p4g square; use with tile) and the hexagonal "p3", "p31m", "p3m1", "p6", "p6m" (the sides 1:√3, such as 64x112); or "none"', START)  # fmt: skip
-    symmetry_share: float = _field(1.0, "the share of the steps, from the first, that symmetry holds for (as Disco's transformation_percent); the rest go on freely", START)  # fmt: skip
+    symmetry_share: float = _field(1.0, "the share of the steps, from the first, that symmetry holds for; the rest go on freely", START)  # fmt: skip
+    symmetry_at: tuple[float, ...] = _field((), "diffusion: make the sample symmetric only at these shares of its steps, once each (Disco's transformation_percent, such as 0.09); empty: every step, up to symmetry_share", START)  # fmt: skip
     tile: bool = _field(False, "a seamless texture: the image rolled on a torus before each step's cutouts, so that its edges meet", START)  # fmt: skip
     palette: str = _field("", 'colours by name or hex ("red, #1e3cdc"): pull each pixel to its nearest', START)  # fmt: skip
     palette_weight: float = _field(1.0, "weight of the palette's pull (with palette)", START)
@@ -227,7 +229,7 @@ class GenerationConfig:
             value = getattr(self, name)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 object.__setattr__(self, name, repr(value))
-        for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts"):
+        for name in ("noise_prompt_seeds", "noise_prompt_weights", "augments", "batch_prompts", "symmetry_at"):  # fmt: skip
             value = getattr(self, name)
             if value is None and name == "augments":  # the preset's
                 continue
@@ -621,11 +623,17 @@ class GenerationConfig:
             return phase, None
         return phase, (phase - 1, (since + 1) / (self.prompt_blend + 1))
 
-    def symmetry_until(self) -> int | None:
-        """The step at which symmetry ends (None: it holds throughout)."""
+    def symmetry_steps(self) -> Callable[[int], bool] | None:
+        """At which steps symmetry holds (None: at every one): before ``symmetry_share`` of
+        them, or at the steps ``symmetry_at`` names (of a sample's, its skipped ones left out,
+        as Disco counts them)."""
+        if self.symmetry_at:
+            steps = self.max_iterations - self.skip_timesteps
+            return frozenset(min(int(share * steps), steps - 1) for share in self.symmetry_at).__contains__  # fmt: skip
         if self.symmetry_share >= 1:
             return None
-        return math.ceil(self.symmetry_share * self.max_iterations)
+        until = math.ceil(self.symmetry_share * self.max_iterations)
+        return lambda step: step < until
 
     def follows_flow(self) -> bool:
         """Whether a restyle warps the previous result along the source's optical flow."""
@@ -665,6 +673,11 @@ class GenerationConfig:
             raise ValueError(f"symmetry_share: expected a share above 0, at most 1; got {self.symmetry_share!r}")  # fmt: skip
         if self.symmetry_share < 1 and (self.symmetry == "none" or self.max_iterations == -1):
             raise ValueError("symmetry_share: is a share of a symmetric run's steps; give symmetry and a number of max_iterations")  # fmt: skip
+        if self.symmetry_at:
+            if any(not _is_number(share) or not 0 <= share < 1 for share in self.symmetry_at):
+                raise ValueError(f"symmetry_at: expected shares of the steps from 0, below 1 (such as 0.09); got {_shown(list(self.symmetry_at))}")  # fmt: skip
+            if self.generator != "diffusion" or self.symmetry == "none" or self.symmetry_share < 1:
+                raise ValueError("symmetry_at: makes a diffusion sample symmetric at single steps; give generator diffusion and a symmetry, without symmetry_share (an optimised image keeps nothing of a single step's symmetry: use symmetry_share)")  # fmt: skip
         if not isinstance(self.tile, bool):
             raise ValueError(f"tile: expected true or false, got {self.tile!r}")
         self.palette_colors()
@@ -718,7 +731,7 @@ class GenerationConfig:
                         f"{name}: {count} prompts; expected at most "
                         f"{limits.MAX_PROMPTS} (joined by '|', phases by '^')"
                     )
-        for name in ("batch_prompts", "noise_prompt_seeds", "noise_prompt_weights", "augments"):
+        for name in ("batch_prompts", "noise_prompt_seeds", "noise_prompt_weights", "augments", "symmetry_at"):  # fmt: skip
             count = len(getattr(self, name) or ())
             if count > limits.MAX_PROMPTS:
                 raise ValueError(f"{name}: {count} items; expected at most {limits.MAX_PROMPTS}")

@@ -183,27 +183,25 @@ def _hexagonal(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return made
 
 
-def symmetric(kind: str, until: int | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied before
-    step ``until`` (None: always; Disco's ``transformation_percent`` ends it part-way)."""
+def symmetric(kind: str, when: Callable[[int], bool] | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:  # fmt: skip
+    """The transform ``(image, iteration) -> image`` of a ``symmetry`` setting, applied at the
+    steps ``when`` holds for (None: every step; Disco's ``transformation_percent`` ends it
+    part-way, or names single steps)."""
     turns = {"rotate2": _turned_twice, "rotate4": _turned_four_times, "glide": _glided,
              "kaleidoscope": _kaleidoscope, **{k: _wallpaper(k) for k in _GROUPS},
              **{k: _hexagonal(k) for k in HEXAGONAL}}  # fmt: skip
     if kind in turns:
         turn = turns[kind]
+    else:
+        dims = {"horizontal": (-1,), "vertical": (-2,), "both": (-1, -2)}[kind]
 
-        def rotated(image: torch.Tensor, iteration: int) -> torch.Tensor:
-            return image if until is not None and iteration >= until else turn(image)
-
-        return rotated
-    dims = {"horizontal": (-1,), "vertical": (-2,), "both": (-1, -2)}[kind]
+        def turn(image: torch.Tensor) -> torch.Tensor:
+            for dim in dims:
+                image = _mirror(image, dim)
+            return image
 
     def transform(image: torch.Tensor, iteration: int) -> torch.Tensor:
-        if until is not None and iteration >= until:
-            return image
-        for dim in dims:
-            image = _mirror(image, dim)
-        return image
+        return turn(image) if when is None or when(iteration) else image
 
     return transform
 

@@ -286,7 +286,7 @@ def load_sampler(config: GenerationConfig, device: torch.device, files: RunFiles
 
         sampler = replace(sampler, model=on_the_torus)
     if config.symmetry != "none":
-        sampler = replace(sampler, transforms=(symmetric(config.symmetry, config.symmetry_until()),))  # fmt: skip
+        sampler = replace(sampler, transforms=(symmetric(config.symmetry, config.symmetry_steps()),))  # fmt: skip
     return sampler
 
 
@@ -479,7 +479,7 @@ def prepare_loop(
     kinds = plugins.transform_kinds() if config.transforms else {}
     transforms = tuple(kinds[name].make(arg, config) for name, arg in config.transform_args())
     if config.symmetry != "none" and config.generator != "diffusion":  # a sample's: its sampler's
-        transforms = (symmetric(config.symmetry, config.symmetry_until()), *transforms)
+        transforms = (symmetric(config.symmetry, config.symmetry_steps()), *transforms)
     if config.tile:
         transforms = (*transforms, Tile(config.seed))
     loop = Loop(

@@ -24,8 +24,7 @@ from vqclip.loop.diffusion import Sampler, SampleState, make_schedule, pred_xsta
 from vqclip.models import registry
 from vqclip.models.unet import UNet, UNetSpec, load_unet, save_unet
 from vqclip.run.driver import generate, progress_of, resume
-from vqclip.run.frames import frame_iteration
-from vqclip.run.frames import read_png_metadata
+from vqclip.run.frames import frame_iteration, read_png_metadata
 from vqclip.run.runstate import STATE, read_state
 from vqclip.run.video import count_video_frames
 

@@ -10,7 +10,15 @@ from typing import Any
 
 from vqclip.core.config import GenerationConfig
 
-__all__ = ["choose_models", "preset_settings", "prompt_settings", "resolve", "video_settings"]
+__all__ = [
+    "animation_settings",
+    "choose_models",
+    "composition_settings",
+    "preset_settings",
+    "prompt_settings",
+    "resolve",
+    "video_settings",
+]
 
 
 def choose_models(
@@ -62,7 +70,23 @@ ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_
 SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
 
 
-COMPOSITION_FIELDS = ("symmetry", "tile", "palette", "saturation_weight", "contrast_weight")
+COMPOSITION_FIELDS = ("symmetry", "tile", "palette", "saturation_weight", "contrast_weight",
+                      "symmetry_share", "symmetry_at")  # fmt: skip
+
+
+def composition_settings(**form: Any) -> dict[str, Any]:
+    """The form's composition fields as config fields: ``symmetry_at`` typed as shares
+    ("0.09, 0.5"; empty: none), each read as a number, never evaluated."""
+    settings = {key: value for key, value in form.items() if value is not None}
+    text = settings.pop("symmetry_at", "")
+    if isinstance(text, str) and text.strip():
+        try:
+            settings["symmetry_at"] = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            raise ValueError(f"symmetry_at: {text[:80]!r}; expected shares of the steps joined by commas, such as 0.09, 0.5") from None  # fmt: skip
+    elif isinstance(text, list | tuple):
+        settings["symmetry_at"] = tuple(text)
+    return settings
 
 
 def animation_settings(**form: Any) -> dict[str, Any]:

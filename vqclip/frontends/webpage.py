@@ -39,6 +39,7 @@ from vqclip.frontends.forms import (
     VIDEO_FIELDS,
     animation_settings,
     choose_models,
+    composition_settings,
     preset_settings,
     resolve,
     video_settings,
@@ -82,7 +83,7 @@ def form_config(
     (``COMPOSITION_FIELDS``) and the restyle's and sound's (``VIDEO_FIELDS``)."""
     numbers, animation = fields[:5], dict(zip(ANIMATION_FIELDS, fields[5:], strict=False))
     rest = fields[5 + len(ANIMATION_FIELDS) :]
-    composition = {k: v for k, v in zip(COMPOSITION_FIELDS, rest, strict=False) if v is not None}
+    composition = dict(zip(COMPOSITION_FIELDS, rest, strict=False))
     video = dict(zip(VIDEO_FIELDS, rest[len(COMPOSITION_FIELDS) :], strict=False))
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
     vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
@@ -99,7 +100,7 @@ def form_config(
             display_frequency=display_frequency or 10,
             **preset_settings(**form),
             **animation_settings(**animation),
-            **composition,
+            **composition_settings(**composition),
             **video_settings(**video),
         )  # fmt: skip
     )
@@ -521,6 +522,12 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         ),  # fmt: skip
                         gr.Number(0.0, label="saturation_weight"),
                         gr.Number(0.0, label="contrast_weight"),
+                        gr.Number(1.0, label="symmetry_share (of the steps, from the first)"),
+                        gr.Textbox(
+                            "",
+                            label="symmetry_at (diffusion: shares of the steps, once each)",
+                            info="Disco's transformation_percent, such as 0.09",
+                        ),  # fmt: skip
                     ]
                 with gr.Accordion("restyle a video (docs/video.md)", open=False):
                     restyle = [

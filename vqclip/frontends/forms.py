@@ -119,3 +119,28 @@ def video_settings(**form: Any) -> dict[str, Any]:
         for key, value in form.items()
         if value is not None
     }
+
+
+# The image fields a form shows, in order: the start image (a path; "" for none), how strongly
+# it holds (also each restyled frame), the diffusion steps it skips, an image prompt and its
+# weight, a target image.
+IMAGE_FIELDS = ("init_image", "init_weight", "skip_timesteps", "image_prompt",
+                "image_prompt_weight", "target_image")  # fmt: skip
+
+
+def image_settings(**form: Any) -> dict[str, Any]:
+    """The form's image fields as config fields: an empty path is none; the image prompt as
+    ``path:weight``, as the CLI's ``--image_prompts`` takes it."""
+    settings: dict[str, Any] = {}
+    if form.get("init_image"):
+        settings["init_image"] = form["init_image"]
+    if form.get("init_weight") is not None:
+        settings["init_weight"] = form["init_weight"]
+    if form.get("skip_timesteps") is not None:
+        settings["skip_timesteps"] = int(form["skip_timesteps"])
+    if form.get("image_prompt"):
+        weight = form.get("image_prompt_weight")
+        settings["image_prompts"] = f"{form['image_prompt']}:{1.0 if weight is None else weight}"
+    if form.get("target_image"):
+        settings["target_images"] = form["target_image"]
+    return settings

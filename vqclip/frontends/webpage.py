@@ -35,11 +35,13 @@ from vqclip.core.prompts import REGIONS, is_keyed, parse_prompts, split_keyed, s
 from vqclip.frontends.forms import (
     ANIMATION_FIELDS,
     COMPOSITION_FIELDS,
+    IMAGE_FIELDS,
     SCHEDULE_HELP,
     VIDEO_FIELDS,
     animation_settings,
     choose_models,
     composition_settings,
+    image_settings,
     preset_settings,
     resolve,
     video_settings,
@@ -50,7 +52,13 @@ from vqclip.models.flow import FLOW_ESTIMATORS
 from vqclip.run.driver import Progress, RunResult, generate, progress_of, read_run_config, resume
 from vqclip.run.frames import list_runs, run_picture
 from vqclip.run.motion import preview_motion
-from vqclip.run.video import FORMATS, assemble_video, tile_images, watchable_length
+from vqclip.run.video import (
+    FORMATS,
+    IMAGE_SUFFIXES,
+    assemble_video,
+    tile_images,
+    watchable_length,
+)  # fmt: skip
 
 __all__ = ["build_ui", "serve"]
 
@@ -75,16 +83,29 @@ class Run:
 
 
 def form_config(
-    prompts: str, generator: str, vqgan: str, clip_model: str, seed: float, *fields: Any
+    prompts: str,
+    generator: str,
+    vqgan: str,
+    clip_model: str,
+    seed: float,
+    *fields: Any,
+    keep: Callable[[str | None, str], str | None] | None = None,
 ) -> GenerationConfig:
     """The form's config, resolved (seed picked, preset applied) as the run will record it;
     ``fields`` are width, height, max_iterations, cutn and display_frequency (0: preset), then
     the animation's (``ANIMATION_FIELDS``; none: a still), the composition's
-    (``COMPOSITION_FIELDS``) and the restyle's and sound's (``VIDEO_FIELDS``)."""
+    (``COMPOSITION_FIELDS``), the restyle's and sound's (``VIDEO_FIELDS``) and the images'
+    (``IMAGE_FIELDS``). ``keep(path, field)``: where an uploaded file is kept for the run."""
     numbers, animation = fields[:5], dict(zip(ANIMATION_FIELDS, fields[5:], strict=False))
     rest = fields[5 + len(ANIMATION_FIELDS) :]
     composition = dict(zip(COMPOSITION_FIELDS, rest, strict=False))
-    video = dict(zip(VIDEO_FIELDS, rest[len(COMPOSITION_FIELDS) :], strict=False))
+    rest = rest[len(COMPOSITION_FIELDS) :]
+    video = dict(zip(VIDEO_FIELDS, rest, strict=False))
+    images = dict(zip(IMAGE_FIELDS, rest[len(VIDEO_FIELDS) :], strict=False))
+    for group in (video, images) if keep is not None else ():
+        for name in group:  # in the form's order: the first bad one is named
+            if name in UPLOADED:
+                group[name] = keep(group[name], name)
     width, height, max_iterations, cutn, display_frequency = (int(n or 0) for n in numbers)
     vqgan, clip_model, diffusion_model = choose_models(vqgan, clip_model)
     _check_registry_names(vqgan, clip_model)
@@ -102,6 +123,7 @@ def form_config(
             **animation_settings(**animation),
             **composition_settings(**composition),
             **video_settings(**video),
+            **image_settings(**images),
         )  # fmt: skip
     )
 
@@ -287,22 +309,29 @@ def make_video(run_dir: str | Path, fmt: str = "mp4") -> tuple[Path, bool]:
     return assemble_video(run_dir, None, video, length=length), True
 
 
-UPLOADS = "uploads"  # OUTPUT_DIR/uploads: the videos and sounds given to the page, kept
+UPLOADS = "uploads"  # OUTPUT_DIR/uploads: the videos, sounds and images given to the page, kept
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi", ".gif")
 SOUND_SUFFIXES = (".wav", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac")
 MAX_UPLOAD = 32 << 20  # bytes a request may upload: a short clip to restyle (a minute of 720p)
+# The form's fields that take an upload, and the files each takes.
+UPLOADED = {
+    "init_video": VIDEO_SUFFIXES,
+    "soundtrack": SOUND_SUFFIXES + VIDEO_SUFFIXES,  # a sound, or a video's sound
+    "init_image": IMAGE_SUFFIXES,
+    "image_prompt": IMAGE_SUFFIXES,
+    "target_image": IMAGE_SUFFIXES,
+}
 
 
 def keep_upload(output_dir: str | Path, path: str | None, field: str) -> str | None:
     """A copy of the uploaded file at ``path`` in ``OUTPUT_DIR/uploads``, named by its
     content's hash: gradio removes its own copy within the hour and when the page stops, while
     the run's config must name a file that stays (Resume, Replay and Video read it again); the
-    same upload twice is one file. ``field``: init_video (a video) or soundtrack (a sound, or
-    a video's sound)."""
+    same upload twice is one file. ``field``: which of the form's (``UPLOADED``) it is for."""
     if not path:
         return None
     source = Path(path)
-    allowed = VIDEO_SUFFIXES if field == "init_video" else SOUND_SUFFIXES + VIDEO_SUFFIXES
+    allowed = UPLOADED[field]
     if source.suffix.lower() not in allowed:
         raise ValueError(f"{field}: {source.name[:80]!r} is not a file the page takes; expected {', '.join(allowed)}")  # fmt: skip
     check_regular(source, field)  # no FIFO, device or folder
@@ -338,13 +367,13 @@ class _Page:
         self.output_dir = Path(output_dir)
         self.run: Run | None = None
 
+    def keep(self, path: str | None, field: str) -> str | None:
+        """An upload kept beside the runs, which read it again (:func:`keep_upload`)."""
+        return keep_upload(self.output_dir, path, field)
+
     def start(self, *form: Any) -> Iterator[tuple]:
         try:
-            config = form_config(*form).replace(output_dir=str(self.output_dir))
-            config = config.replace(**{  # kept beside the runs, which read them again
-                field: keep_upload(self.output_dir, getattr(config, field), field)
-                for field in ("init_video", "soundtrack")
-            })  # fmt: skip
+            config = form_config(*form, keep=self.keep).replace(output_dir=str(self.output_dir))
         except USER_ERRORS as error:
             yield None, _error(error), None
             return
@@ -387,7 +416,7 @@ class _Page:
     def preview_motion(self, *form: Any) -> tuple[Any, str]:
         """The camera path alone (no model), as a video: seconds, to tune a path."""
         try:
-            config = form_config(*form).replace(output_dir=str(self.output_dir))
+            config = form_config(*form, keep=self.keep).replace(output_dir=str(self.output_dir))
             run_dir, frames = preview_motion(config)
             path, _ = make_video(run_dir)
         except USER_ERRORS as error:
@@ -529,6 +558,36 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             info="Disco's transformation_percent, such as 0.09",
                         ),  # fmt: skip
                     ]
+                with gr.Accordion("images: a start, a prompt, a target", open=False):
+                    images = [
+                        gr.File(
+                            label="init_image: start from it",
+                            file_types=list(IMAGE_SUFFIXES),
+                            type="filepath",
+                            elem_id="init_image",
+                        ),  # fmt: skip
+                        gr.Number(
+                            0.0, label="init_weight (hold near it, or near each restyled frame)"
+                        ),  # fmt: skip
+                        gr.Number(
+                            0,
+                            label="skip_timesteps (diffusion: the steps the start skips)",
+                            precision=0,
+                        ),  # fmt: skip
+                        gr.File(
+                            label="image prompt: pull toward what CLIP sees in it",
+                            file_types=list(IMAGE_SUFFIXES),
+                            type="filepath",
+                            elem_id="image_prompt",
+                        ),  # fmt: skip
+                        gr.Number(1.0, label="image prompt's weight (negative: push away)"),
+                        gr.File(
+                            label="target image: an image prompt of weight 1",
+                            file_types=list(IMAGE_SUFFIXES),
+                            type="filepath",
+                            elem_id="target_image",
+                        ),  # fmt: skip
+                    ]
                 with gr.Accordion("restyle a video (docs/video.md)", open=False):
                     restyle = [
                         gr.File(
@@ -591,7 +650,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                 video = gr.Video(label="video", elem_id="video", interactive=False)
                 download = gr.File(label="download", elem_id="download", interactive=False)
 
-        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation, *composition, *restyle]  # fmt: skip
+        form = [prompts, generator, vqgan, clip_model, seed, width, height, steps, cutn, every, *animation, *composition, *restyle, *images]  # fmt: skip
         for choice in (generator, vqgan, clip_model):
             choice.change(describe_preset, [generator, vqgan, clip_model], preset)
         shown = [preview, status, chosen]

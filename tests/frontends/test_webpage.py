@@ -38,6 +38,10 @@ def test_the_form_leaves_zeros_to_the_preset_and_takes_what_is_given() -> None:
     given = form_config(*form, 128, 96, 7, 8, 2)
     assert (given.width, given.height, given.max_iterations, given.cutn) == (128, 96, 7, 8)
     assert given.display_frequency == 2 and given.start == left.start  # the rest: the preset
+    assert form_config(*form, 0, 0, 0, 0, 0, *STILL) == left  # every section at its defaults
+    cuts = ["perlin", "[4]*2+[2]*3", "[2]*5", "0.2", 1.5, "shapes-palette:0.5", "shapes-mirror"]
+    config = form_config(*form, 0, 0, 5, 0, 0, *STILL[:-7], *cuts)
+    assert (config.start, config.cut_overview, config.cut_innercut, config.cut_icgray_p, config.cut_ic_pow, config.terms, config.transforms) == tuple(cuts)  # fmt: skip
 
 
 def test_the_animation_fields_make_an_animation_and_preview_its_motion(tmp_path: Path) -> None:
@@ -110,7 +114,8 @@ def test_the_gallery_shows_runs_newest_first_and_no_planted_links(
 
 
 # The form's fields after the first ten, at the page's defaults: a still, no composition.
-STILL = ["none", 0, 0, 10, "1.0", "0", "0", "0", "0", "0", "0", "0", "40", "none", "0.6", 1, 0, "none", "none", False, "", 0.0, 0.0, 1.0, ""]  # fmt: skip
+STILL = ["none", 0, 0, 10, "1.0", "0", "0", "0", "0", "0", "0", "0", "40", "none", "0.6", 1, 0, "none",
+         "none", False, "", 0.0, 0.0, 1.0, "", "auto", "", "", "", 1.0, "", ""]  # fmt: skip
 
 
 def _moving_square(path: Path, frames: int = 4) -> Path:

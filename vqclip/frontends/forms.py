@@ -71,13 +71,17 @@ SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t
 
 
 COMPOSITION_FIELDS = ("symmetry", "tile", "palette", "saturation_weight", "contrast_weight",
-                      "symmetry_share", "symmetry_at")  # fmt: skip
+                      "symmetry_share", "symmetry_at", "start", "cut_overview", "cut_innercut",
+                      "cut_icgray_p", "cut_ic_pow", "terms", "transforms")  # fmt: skip
 
 
 def composition_settings(**form: Any) -> dict[str, Any]:
     """The form's composition fields as config fields: ``symmetry_at`` typed as shares
-    ("0.09, 0.5"; empty: none), each read as a number, never evaluated."""
+    ("0.09, 0.5"; empty: none), each read as a number, never evaluated; ``start`` "auto" left
+    to the preset."""
     settings = {key: value for key, value in form.items() if value is not None}
+    if settings.get("start") == "auto":
+        del settings["start"]
     text = settings.pop("symmetry_at", "")
     if isinstance(text, str) and text.strip():
         try:

@@ -25,7 +25,7 @@ import gradio as gr
 import numpy as np
 
 from vqclip.core import plugins
-from vqclip.core.config import COHERENCES, SYMMETRIES, GenerationConfig
+from vqclip.core.config import COHERENCES, STARTS, SYMMETRIES, GenerationConfig
 from vqclip.core.errors import USER_ERRORS
 from vqclip.core.files import write_atomic
 from vqclip.core.images import to_uint8
@@ -451,6 +451,11 @@ class _Page:
         return playable, str(path), f"video, {note}: {html.escape(str(path))}"
 
 
+def _plugin_help(syntax: str, kinds: dict) -> str:
+    installed = ", ".join(sorted(kinds)) or "none installed"
+    return f'"{syntax}" (docs/plugins.md); installed: {installed}'
+
+
 def _error(error: BaseException) -> str:
     return f'<b class="vqclip-error">error:</b> {html.escape(str(error))}'
 
@@ -556,6 +561,41 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             "",
                             label="symmetry_at (diffusion: shares of the steps, once each)",
                             info="Disco's transformation_percent, such as 0.09",
+                        ),  # fmt: skip
+                    ]
+                with gr.Accordion("start, cutouts and plugins (docs/usage.md)", open=False):
+                    composition += [
+                        gr.Dropdown(
+                            ["auto", *STARTS],
+                            value="auto",
+                            label="start (without an init_image)",
+                            elem_id="start",
+                        ),  # fmt: skip
+                        gr.Textbox(
+                            "",
+                            label="cut_overview (Disco's: whole-image views per step)",
+                            info='"[12]*400+[4]*600", in place of cutn',
+                        ),  # fmt: skip
+                        gr.Textbox(
+                            "",
+                            label="cut_innercut (random crops per step)",
+                            info='"[4]*400+[12]*600"',
+                        ),  # fmt: skip
+                        gr.Textbox(
+                            "",
+                            label="cut_icgray_p (the share of crops in grey)",
+                            info='"[0.2]*400+[0]*600"',
+                        ),  # fmt: skip
+                        gr.Number(1.0, label="cut_ic_pow (> 1: smaller crops)"),
+                        gr.Textbox(
+                            "",
+                            label="terms (plugins' objective terms)",
+                            info=_plugin_help("NAME:WEIGHT, ...", plugins.term_kinds()),
+                        ),  # fmt: skip
+                        gr.Textbox(
+                            "",
+                            label="transforms (plugins' image transforms)",
+                            info=_plugin_help("NAME, NAME:ARG", plugins.transform_kinds()),
                         ),  # fmt: skip
                     ]
                 with gr.Accordion("images: a start, a prompt, a target", open=False):

@@ -66,11 +66,12 @@ def prompt_settings(prompts: str, batch_prompts: list[str] | tuple[str, ...]) ->
 ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_per_frame",
                     "zoom", "angle", "translation_x", "translation_y", "translation_z",
                     "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov", "depth_model",
-                    "frame_strength", "cadence", "prompt_blend", "color_coherence")  # fmt: skip
+                    "frame_strength", "cadence", "prompt_blend", "color_coherence", "fps",
+                    "padding_mode", "sampling_mode", "save_depth")  # fmt: skip
 SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
 
 
-COMPOSITION_FIELDS = ("symmetry", "tile", "palette", "saturation_weight", "contrast_weight",
+COMPOSITION_FIELDS = ("symmetry", "tile", "palette", "palette_weight", "saturation_weight", "contrast_weight",
                       "symmetry_share", "symmetry_at", "start", "cut_overview", "cut_innercut",
                       "cut_icgray_p", "cut_ic_pow", "terms", "transforms")  # fmt: skip
 
@@ -100,8 +101,12 @@ def animation_settings(**form: Any) -> dict[str, Any]:
         return {}
     counts = ("max_frames", "first_frame_steps", "steps_per_frame", "cadence", "prompt_blend")
 
-    def field(key: str, value: Any) -> Any:  # the rest are schedules: text
-        return int(value or 0) if key in counts else str(value)
+    def field(key: str, value: Any) -> Any:  # the rest are schedules and choices: text
+        if key in counts:
+            return int(value or 0)
+        if key == "fps":
+            return float(value) if value else None  # 0: the default rate
+        return value if key == "save_depth" else str(value)
 
     return {key: field(key, value) for key, value in form.items()}
 

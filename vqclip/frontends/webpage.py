@@ -25,7 +25,14 @@ import gradio as gr
 import numpy as np
 
 from vqclip.core import plugins
-from vqclip.core.config import COHERENCES, STARTS, SYMMETRIES, GenerationConfig
+from vqclip.core.config import (
+    COHERENCES,
+    PADDINGS,
+    SAMPLINGS,
+    STARTS,
+    SYMMETRIES,
+    GenerationConfig,
+)  # fmt: skip
 from vqclip.core.errors import USER_ERRORS
 from vqclip.core.files import write_atomic
 from vqclip.core.images import to_uint8
@@ -541,6 +548,14 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             value="none",
                             label="color_coherence (frames keep frame 0's colours)",
                         ),  # fmt: skip
+                        gr.Number(0.0, label="fps (0: 12)"),
+                        gr.Dropdown(
+                            list(PADDINGS),
+                            value="reflection",
+                            label="padding_mode (what fills the edges)",
+                        ),  # fmt: skip
+                        gr.Dropdown(list(SAMPLINGS), value="bilinear", label="sampling_mode"),
+                        gr.Checkbox(False, label="save_depth (3D: each frame's depth image)"),
                     ]
                     motion = gr.Button("Preview motion", elem_id="preview-motion")
                 with gr.Accordion("composition", open=False):
@@ -554,6 +569,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         gr.Textbox(
                             "", label="palette", info='colours by name or hex: "red, #1e3cdc"'
                         ),  # fmt: skip
+                        gr.Number(1.0, label="palette_weight"),
                         gr.Number(0.0, label="saturation_weight"),
                         gr.Number(0.0, label="contrast_weight"),
                         gr.Number(1.0, label="symmetry_share (of the steps, from the first)"),

@@ -146,7 +146,7 @@ def test_the_page_restyles_an_uploaded_video_under_an_uploaded_sound(tmp_path: P
     video, tone = _moving_square(uploads / "clip.mp4"), _tone(uploads / "tone.wav", 3.0)
     page = _Page(tmp_path / "out")
     form = [PROMPT, "vqgan", "auto", "auto", 3, 0, 0, 4, 0, 2, *STILL]
-    restyle = [str(video), 3, 0.0, 0.0, 0.0, True, 1.0, 1.0, "dis", str(tone), 0.5]
+    restyle = [str(video), 3, 0.0, 1, 0.0, 0.0, True, 1.0, 1.0, 0, "dis", str(tone), 0.5]
     views = list(page.start(*form, *restyle))
     assert views[-1][1].startswith("done: seed 3") and "step 12 of 12" in views[-2][1]  # 3 frames
     run_dir = tmp_path / "out" / views[-1][2]
@@ -164,11 +164,11 @@ def test_the_page_restyles_an_uploaded_video_under_an_uploaded_sound(tmp_path: P
     assert player is None and download.endswith("video.gif")  # a GIF: to download only
     # The same file again is the same kept copy; what the page cannot take is one line.
     again = _moving_square(uploads / "again.mp4")
-    list(page.start(*form, str(again), 1, *restyle[2:9], "", 0.0))
+    list(page.start(*form, str(again), 1, *restyle[2:11], "", 0.0))
     assert sorted(p.suffix for p in kept.iterdir()) == [".mp4", ".wav"]
     status = list(page.start(*form, str(tone), *restyle[1:]))[-1][1]
     assert "init_video: &#x27;tone.wav&#x27; is not a file the page takes" in status
-    status = list(page.start(*form, "", *restyle[1:9], "", 0.0))[-1][1]
+    status = list(page.start(*form, "", *restyle[1:11], "", 0.0))[-1][1]
     assert "flow_warp" in status and "set init_video" in status  # no video: not dropped
     # A link planted at the uploads folder is not written through.
     elsewhere = tmp_path / "elsewhere"
@@ -193,7 +193,7 @@ def test_the_page_starts_from_an_uploaded_image_and_is_prompted_by_one(tmp_path:
     Image.fromarray(start).save(uploads / "start.png")
     Image.fromarray(start[:, ::-1].copy()).save(uploads / "prompt.jpg")
     page = _Page(tmp_path / "out")
-    form = [PROMPT, "vqgan", "auto", "auto", 3, 0, 0, 3, 0, 3, *STILL, *[None] * 11]
+    form = [PROMPT, "vqgan", "auto", "auto", 3, 0, 0, 3, 0, 3, *STILL, *[None] * 13]
     images = [str(uploads / "start.png"), 2.0, 0, str(uploads / "prompt.jpg"), 0.5, str(uploads / "start.png")]  # fmt: skip
     views = list(page.start(*form, *images))
     assert views[-1][1].startswith("done: seed 3"), views[-1][1]

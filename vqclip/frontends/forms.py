@@ -113,16 +113,16 @@ def animation_settings(**form: Any) -> dict[str, Any]:
 
 # The restyle's and the sound's fields a form shows, in order: the video (a path; "" for none),
 # how much of it, how its frames follow each other, then the sound under the run's video.
-VIDEO_FIELDS = ("init_video", "video_frames", "video_fps", "frame_init_weight", "temporal_weight",
-                "flow_warp", "flow_blend", "flow_weight", "flow_estimator", "soundtrack",
-                "soundtrack_offset")  # fmt: skip
+VIDEO_FIELDS = ("init_video", "video_frames", "video_fps", "video_stride", "frame_init_weight",
+                "temporal_weight", "flow_warp", "flow_blend", "flow_weight", "flow_long_term",
+                "flow_estimator", "soundtrack", "soundtrack_offset")  # fmt: skip
 
 
 def video_settings(**form: Any) -> dict[str, Any]:
     """The form's restyle and sound fields as config fields: an empty path is none, a count a
     whole number; the rest as given, for the config to check (a flow weight without a video
     is its one clear line, not dropped)."""
-    paths, counts = ("init_video", "soundtrack"), ("video_frames",)
+    paths, counts = ("init_video", "soundtrack"), ("video_frames", "video_stride", "flow_long_term")
     return {
         key: (value or None) if key in paths else int(value or 0) if key in counts else value
         for key, value in form.items()

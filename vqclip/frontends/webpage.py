@@ -655,7 +655,8 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         gr.Number(
                             0, label="video_frames (0: all)", precision=0, elem_id="video_frames"
                         ),  # fmt: skip
-                        gr.Number(0.0, label="video_fps (0: every frame)"),
+                        gr.Number(0.0, label="video_fps (0: every video_stride-th frame)"),
+                        gr.Number(1, label="video_stride", precision=0),
                         gr.Number(0.0, label="frame_init_weight (start from the previous result)"),
                         gr.Number(0.0, label="temporal_weight (pull toward it)"),
                         gr.Checkbox(
@@ -668,7 +669,12 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             0.0,
                             label="flow_weight (pull toward the moved result)",
                             elem_id="flow_weight",
-                        ),  # fmt: skip
+                        ),
+                        gr.Number(
+                            0,
+                            label="flow_long_term (frames further back pulled toward)",
+                            precision=0,
+                        ),  # fmt: skip  # fmt: skip
                         gr.Dropdown(
                             [*FLOW_ESTIMATORS, *plugins.estimators("flow")],
                             value="dis",

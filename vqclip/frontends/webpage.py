@@ -320,6 +320,7 @@ UPLOADS = "uploads"  # OUTPUT_DIR/uploads: the videos, sounds and images given t
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi", ".gif")
 SOUND_SUFFIXES = (".wav", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac")
 MAX_UPLOAD = 32 << 20  # bytes a request may upload: a short clip to restyle (a minute of 720p)
+UPLOAD_HEIGHT = 140  # pixels of an upload box: the form stays one screen per section
 # The form's fields that take an upload, and the files each takes.
 UPLOADED = {
     "init_video": VIDEO_SUFFIXES,
@@ -620,6 +621,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             label="init_image: start from it",
                             file_types=list(IMAGE_SUFFIXES),
                             type="filepath",
+                            height=UPLOAD_HEIGHT,
                             elem_id="init_image",
                         ),  # fmt: skip
                         gr.Number(
@@ -634,6 +636,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             label="image prompt: pull toward what CLIP sees in it",
                             file_types=list(IMAGE_SUFFIXES),
                             type="filepath",
+                            height=UPLOAD_HEIGHT,
                             elem_id="image_prompt",
                         ),  # fmt: skip
                         gr.Number(1.0, label="image prompt's weight (negative: push away)"),
@@ -641,6 +644,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             label="target image: an image prompt of weight 1",
                             file_types=list(IMAGE_SUFFIXES),
                             type="filepath",
+                            height=UPLOAD_HEIGHT,
                             elem_id="target_image",
                         ),  # fmt: skip
                     ]
@@ -650,6 +654,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             label=f"video to restyle, at most {MAX_UPLOAD >> 20} MB: each frame a run of max_iterations steps",  # fmt: skip
                             file_types=list(VIDEO_SUFFIXES),
                             type="filepath",
+                            height=UPLOAD_HEIGHT,
                             elem_id="init_video",
                         ),  # fmt: skip
                         gr.Number(
@@ -684,6 +689,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             label="soundtrack under the video (a restyle keeps its own sound without one)",  # fmt: skip
                             file_types=list(SOUND_SUFFIXES + VIDEO_SUFFIXES),
                             type="filepath",
+                            height=UPLOAD_HEIGHT,
                             elem_id="soundtrack",
                         ),  # fmt: skip
                         gr.Number(0.0, label="soundtrack_offset (seconds into it)"),

@@ -351,7 +351,8 @@ def keep_upload(output_dir: str | Path, path: str | None, field: str) -> str | N
         raise ValueError(f"{field}: {folder} is a link or not a folder; expected the page's own folder for uploads")  # fmt: skip
     data = source.read_bytes()
     kept = folder / f"{hashlib.sha256(data).hexdigest()[:24]}{source.suffix.lower()}"
-    if not (kept.is_file() and not kept.is_symlink() and kept.read_bytes() == data):
+    same = kept.is_file() and not kept.is_symlink() and kept.stat().st_size == len(data)
+    if not (same and kept.read_bytes() == data):
         write_atomic(kept, data)  # a link or another file planted at its name is replaced
     return str(kept)
 

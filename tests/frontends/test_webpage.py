@@ -162,6 +162,10 @@ def test_the_page_restyles_an_uploaded_video_under_an_uploaded_sound(tmp_path: P
     assert count_video_frames(player) == 3 and status.startswith("video, made")
     player, download, _ = page.video(run_dir.name, "gif")
     assert player is None and download.endswith("video.gif")  # a GIF: to download only
+    # Smoother, and forward then back: its own file; the plain MP4 is kept as it was.
+    player, _, _ = page.video(run_dir.name, "webm", 8, "flow", True)
+    assert player == str(run_dir / "video-flow8fps-loop.webm") and has_sound(player)
+    assert count_video_frames(player) > 2 * 3  # back as well, with frames in between
     # The same file again is the same kept copy; what the page cannot take is one line.
     again = _moving_square(uploads / "again.mp4")
     list(page.start(*form, str(again), 1, *restyle[2:11], "", 0.0))

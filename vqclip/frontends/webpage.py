@@ -62,6 +62,7 @@ from vqclip.run.motion import preview_motion
 from vqclip.run.video import (
     FORMATS,
     IMAGE_SUFFIXES,
+    INTERPOLATIONS,
     assemble_video,
     tile_images,
     watchable_length,
@@ -302,18 +303,32 @@ def run_named(output_dir: str | Path, name: str | None) -> Path:
     return runs[name]
 
 
-def make_video(run_dir: str | Path, fmt: str = "mp4") -> tuple[Path, bool]:
-    """The run's video as ``fmt`` (mp4, webm or gif), long enough to watch: made from its
-    frames, or the one it has (the page never overwrites: delete it to make it again); and
-    whether it was made now."""
+def make_video(
+    run_dir: str | Path,
+    fmt: str = "mp4",
+    interpolate: float = 0,
+    interpolation: str = "minterpolate",
+    ping_pong: bool = False,
+) -> tuple[Path, bool]:
+    """The run's video as ``fmt`` (mp4, webm or gif), long enough to watch, ``interpolate``
+    frames a second by ``interpolation`` (0: as made) and forward then back with
+    ``ping_pong``: made from its frames, or the one it has (each choice its own file, named by
+    it; the page never overwrites: delete it to make it again); and whether it was made now."""
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise ValueError(f"format: {str(fmt)[:20]!r}; expected one of {', '.join(FORMATS)}")
-    video = run_dir / f"video.{fmt}"
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation: {str(interpolation)[:20]!r}; expected one of {', '.join(INTERPOLATIONS)}")  # fmt: skip
+    interpolate = float(interpolate or 0)
+    smoother = f"-{interpolation}{interpolate:g}fps" if interpolate else ""
+    video = run_dir / f"video{smoother}{'-loop' if ping_pong else ''}.{fmt}"
     if video.is_file() and not video.is_symlink():
         return video, False
     length = None if read_run_config(run_dir).init_video else watchable_length(run_dir)
-    return assemble_video(run_dir, None, video, length=length), True
+    return assemble_video(
+        run_dir, None, video, length=length, interpolate=interpolate or None,
+        interpolation=interpolation, ping_pong=bool(ping_pong),
+    ), True  # fmt: skip
 
 
 UPLOADS = "uploads"  # OUTPUT_DIR/uploads: the videos, sounds and images given to the page, kept
@@ -448,11 +463,11 @@ class _Page:
         except USER_ERRORS as error:
             return None, f"// {error}"
 
-    def video(self, name: str | None, fmt: str = "mp4") -> tuple[Any, Any, str]:
+    def video(self, name: str | None, fmt: str = "mp4", *choices: Any) -> tuple[Any, Any, str]:
         """The run's video in the player (a GIF, which a player cannot play, only to
-        download), and to download."""
+        download), and to download; ``choices``: :func:`make_video`'s after the format."""
         try:
-            path, made = make_video(run_named(self.output_dir, name), fmt)
+            path, made = make_video(run_named(self.output_dir, name), fmt, *choices)
         except USER_ERRORS as error:
             return None, None, _error(error)
         note = "made" if made else "made before (delete it to make it again)"
@@ -708,6 +723,11 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
             replay = gr.Button("Replay", elem_id="replay")
             video_button = gr.Button("Video", elem_id="video-button")
             video_format = gr.Dropdown(list(FORMATS), value="mp4", label="format", elem_id="format")
+            smoother = [
+                gr.Number(0, label="interpolate to fps (0: off)", elem_id="interpolate"),
+                gr.Dropdown(list(INTERPOLATIONS), value="flow", label="interpolation"),
+                gr.Checkbox(False, label="loop (forward, then back)"),
+            ]
             refresh = gr.Button("Refresh")
         with gr.Row():
             config_view = gr.Code(
@@ -731,7 +751,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
         refresh.click(**show_runs)
         ui.load(**show_runs)  # the runs as they are when the page is opened, not when served
         gallery.select(page.choose, None, [chosen, config_view])
-        video_button.click(page.video, [chosen, video_format], [video, download, status])
+        video_button.click(page.video, [chosen, video_format, *smoother], [video, download, status])  # fmt: skip
         motion.click(page.preview_motion, form, [video, status])
         prompts.change(region_canvas, [prompts, width, height], preview)
     return ui

@@ -69,6 +69,8 @@ def test_a_config_checks_every_frame_before_work() -> None:
         ({"zoom": "1 - t/10"}, "zoom: 0 at frame 10; expected above 0"),
         ({"animation_mode": "3D", "fov": "0:(40), 10:(200)"}, "fov: 184 at frame 9"),
         ({"angle": "0:(0), 15:(exp(t*50))"}, "angle: '0:(0), 15:(exp(t*50))' at frame 15"),
+        ({"frame_noise": "t / 10"}, "frame_noise: 1.1 at frame 11; expected from 0 to 1"),
+        ({"frame_contrast": "1 - t/10"}, "frame_contrast: -0.1 at frame 11; expected from 0 to 10"),
     ):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):  # fmt: skip
             GenerationConfig(**{**base, **changes})

@@ -48,11 +48,12 @@ def test_the_animation_fields_make_an_animation_and_preview_its_motion(tmp_path:
     form = [PROMPT, "pixels", "auto", "auto", 4, 0, 0, 0, 0, 0]
     still = form_config(*form, "none", 5, 0, 10, "1.1", "0", "3", "0", "0", "0", "0", "0", "40", "none", 0.6, 1, 0, "lab")  # fmt: skip
     assert still == form_config(*form)  # "none": no animation field is set
-    animated = [*form, "2D", 5, 20, 4, "0: (1.0), 4: (1.1)", "0", "3*sin(t)", "0", "0", "0", "0", "0", "40", "none", "0: (0.7), 4: (0.5)", 1, 0, "lab", 8, "border", "bicubic", False]  # fmt: skip
+    animated = [*form, "2D", 5, 20, 4, "0: (1.0), 4: (1.1)", "0", "3*sin(t)", "0", "0", "0", "0", "0", "40", "none", "0: (0.7), 4: (0.5)", 1, 0, "lab", 8, "border", "bicubic", False, "0.02", "0: (1), 4: (1.1)"]  # fmt: skip
     config = form_config(*animated)
     assert (config.animation_mode, config.max_frames, config.max_iterations) == ("2D", 5, 36)
     assert (config.frame_strength, config.cadence, config.color_coherence) == ("0: (0.7), 4: (0.5)", 1, "lab")  # fmt: skip
     assert (config.fps, config.padding_mode, config.sampling_mode, config.save_depth) == (8.0, "border", "bicubic", False)  # fmt: skip
+    assert (config.frame_noise, config.frame_contrast) == ("0.02", "0: (1), 4: (1.1)")
     assert config.zoom == "0: (1.0), 4: (1.1)" and config.translation_x == "3*sin(t)"
     video, status = _Page(tmp_path / "out").preview_motion(*animated)
     assert status.startswith("motion preview: 5 frames") and Path(video).is_file()
@@ -116,7 +117,7 @@ def test_the_gallery_shows_runs_newest_first_and_no_planted_links(
 
 # The form's fields after the first ten, at the page's defaults: a still, no composition.
 STILL = ["none", 0, 0, 10, "1.0", "0", "0", "0", "0", "0", "0", "0", "40", "none", "0.6", 1, 0, "none",
-         0.0, "reflection", "bilinear", False,
+         0.0, "reflection", "bilinear", False, "0", "1.0",
          "none", False, "", 1.0, 0.0, 0.0, 1.0, "", "auto", "", "", "", 1.0, "", ""]  # fmt: skip
 
 

@@ -27,6 +27,27 @@ from vqclip.run.motion import (
 from vqclip.run.video import count_video_frames
 
 
+def test_a_moved_frame_starts_with_its_scheduled_contrast_and_noise() -> None:
+    """frame_contrast scales each frame's difference from its mean colour; frame_noise adds
+    grain of that standard deviation in half a pixel's range, drawn from the seed and the frame
+    alone; at their defaults the moved frame is the start as it is."""
+    from vqclip.core.config import GenerationConfig
+    from vqclip.run.motion import CameraPath
+
+    base = GenerationConfig(prompts="a", animation_mode="2D", max_frames=4, seed=3)
+    image = torch.linspace(0.3, 0.7, 64).repeat(1, 3, 64, 1)  # grey, brighter to the right
+    assert CameraPath(base).start(image, 1) is image
+    path = CameraPath(base.replace(frame_contrast="2", frame_noise="0: (0), 2: (0.2)"))
+    contrasted = (image - 0.5) * 2 + 0.5  # the mean is 0.5
+    grain = path.start(image, 1) - contrasted  # frame 1: noise 0.1, a deviation of 0.05
+    assert abs(float(grain.mean())) < 0.005 and abs(float(grain.std()) - 0.05) < 0.003
+    assert torch.equal(
+        path.start(image, 1), CameraPath(path.config).start(image, 1)
+    )  # reproducible
+    assert not torch.equal(path.start(image, 2) - contrasted, 2 * grain)  # each frame its own draw
+    assert path.values(1) == {"zoom": 1.0, "angle": 0.0, "translation_x": 0.0, "translation_y": 0.0, "frame_noise": 0.1, "frame_contrast": 2.0}  # fmt: skip
+
+
 def test_warp_2d_moves_zooms_and_turns() -> None:
     image = torch.rand(2, 3, 8, 12)
     assert torch.allclose(warp_2d(image, 1.0), image, atol=1e-6)

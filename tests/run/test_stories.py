@@ -180,14 +180,15 @@ def test_an_interrupted_3d_animation_resumes_as_if_unbroken(
     tiny_config: GenerationConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Frames 1-3 start from the one before moved and, with color_coherence, matched to frame
-    0's colours (read back from its PNG: the resumed run reads it again)."""
+    0's colours (read back from its PNG: the resumed run reads it again), then given their
+    scheduled contrast and noise (drawn from the seed and the frame: the same on resume)."""
     from vqclip.run import coherence
 
     config = tiny_config.replace(
         max_iterations=None, animation_mode="3D", max_frames=4, first_frame_steps=3,
         steps_per_frame=2, translation_z="0: (0), 3: (15)", rotation_3d_y="1.5",
         translation_x="3*sin(t)", depth_model="shapes-depth", save_depth=True,
-        color_coherence="lab",
+        color_coherence="lab", frame_noise="0.04", frame_contrast="0: (1), 3: (1.3)",
     )  # fmt: skip
     kept, match = [], coherence.match_colors
     monkeypatch.setattr(coherence, "match_colors", lambda *a: kept.append(a) or match(*a))

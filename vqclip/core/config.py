@@ -36,7 +36,8 @@ AUGMENTS = ("Af", "Pe", "Ji", "Er", "Hf", "Sh", "Re", "Ts", "Ro", "Et", "Cr", "G
 ANIMATION_MODES = ("none", "2D", "3D")
 # The settings that are schedules: a number, "0: (1.0), 50: (1.05)", or an expression of t.
 SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z", "rotation_3d_x",
-             "rotation_3d_y", "rotation_3d_z", "fov", "frame_strength")  # fmt: skip
+             "rotation_3d_y", "rotation_3d_z", "fov", "frame_strength", "frame_noise",
+             "frame_contrast")  # fmt: skip
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
 PADDINGS = ("reflection", "border", "zeros")
 HEXAGONAL = ("p3", "p31m", "p3m1", "p6", "p6m")  # tiles of a hexagonal lattice: sides 1:√3
@@ -202,6 +203,8 @@ class GenerationConfig:
     prompt_blend: int = _field(0, "animation: frames over which prompts keyed by frame blend into the next key's, from the key on (their losses interpolated); 0: they change at once", ANIMATION)  # fmt: skip
     cadence: int = _field(1, "animation: optimise or sample every Nth frame (at most steps_per_frame); the frames between are the last two such frames moved along the camera and cross-faded (Disco's turbo, Deforum's cadence)", ANIMATION)  # fmt: skip
     frame_strength: str = _field("0.6", "diffusion animation: how much of the moved previous frame each frame keeps: it is noised to the level this share of the way through the schedule and sampled back (0: a fresh sample each frame)" + _SCHEDULE_HELP + ", as Deforum's strength_schedule", ANIMATION)  # fmt: skip
+    frame_noise: str = _field("0", "animation: Gaussian noise added to each moved frame before it is optimised or sampled, its standard deviation in half the range of a pixel (Deforum's noise_schedule: 0.02 is a little grain that keeps detail coming)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
+    frame_contrast: str = _field("1.0", "animation: each moved frame's difference from its mean colour scaled by this before it is optimised or sampled (above 1: more contrast, against the greying of long animations; Deforum's contrast_schedule scales the pixels, brightness too)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     fps: float | None = _field(None, "frames a second of the run's video (default: a restyled video's own; an animation's 12; else 10)", ANIMATION)  # fmt: skip
     zoom: str = _field("1.0", "2D: each frame this many times larger about the centre" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     angle: str = _field("0", "2D: each frame turned this many degrees anticlockwise" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
@@ -497,8 +500,8 @@ class GenerationConfig:
 
     def _check_schedule_values(self) -> None:
         """Every frame's value of every schedule, before any work: finite, a zoom above 0, a
-        field of view inside (0, 180) degrees, a frame_strength from 0 up to 1; one line naming
-        the setting and the frame."""
+        field of view inside (0, 180) degrees, a frame_strength from 0 up to 1, a frame_noise
+        from 0 to 1, a frame_contrast from 0 to 10; one line naming the setting and the frame."""
         for name in SCHEDULES:
             _check_schedule(name, getattr(self, name), self.max_frames, max(self.seed, 0))
 
@@ -857,6 +860,10 @@ def _check_schedule(name: str, text: str, frames: int, seed: int) -> None:
     low, high = {"zoom": (0, math.inf), "fov": (0, 180)}.get(name, (-math.inf, math.inf))
     for frame in range(1, 2 if schedule.constant else frames + 1):
         value = schedule.at(frame, frames, seed)
+        if name == "frame_noise" and not 0 <= value <= 1:
+            raise ValueError(f"frame_noise: {value:g} at frame {frame}; expected from 0 to 1 (a standard deviation in half a pixel's range)")  # fmt: skip
+        if name == "frame_contrast" and not 0 <= value <= 10:
+            raise ValueError(f"frame_contrast: {value:g} at frame {frame}; expected from 0 to 10 (1: as it is)")  # fmt: skip
         if name == "frame_strength" and not 0 <= value < 1:  # a share of the sampling steps
             raise ValueError(f"frame_strength: {value:g} at frame {frame}; expected a share from 0 up to, not including, 1")  # fmt: skip
         if not low < value < high:

@@ -67,7 +67,8 @@ ANIMATION_FIELDS = ("animation_mode", "max_frames", "first_frame_steps", "steps_
                     "zoom", "angle", "translation_x", "translation_y", "translation_z",
                     "rotation_3d_x", "rotation_3d_y", "rotation_3d_z", "fov", "depth_model",
                     "frame_strength", "cadence", "prompt_blend", "color_coherence", "fps",
-                    "padding_mode", "sampling_mode", "save_depth")  # fmt: skip
+                    "padding_mode", "sampling_mode", "save_depth", "frame_noise",
+                    "frame_contrast")  # fmt: skip
 SCHEDULE_HELP = '"1.05", keyframes "0: (1.0), 50: (1.05)", or an expression of t: "2*sin(t/5)"'
 
 

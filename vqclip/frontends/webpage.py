@@ -573,6 +573,16 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                         ),  # fmt: skip
                         gr.Dropdown(list(SAMPLINGS), value="bilinear", label="sampling_mode"),
                         gr.Checkbox(False, label="save_depth (3D: each frame's depth image)"),
+                        gr.Textbox(
+                            "0",
+                            label="frame_noise (grain added to each moved frame)",
+                            elem_id="frame_noise",
+                        ),  # fmt: skip
+                        gr.Textbox(
+                            "1.0",
+                            label="frame_contrast (each moved frame's contrast)",
+                            elem_id="frame_contrast",
+                        ),  # fmt: skip
                     ]
                     motion = gr.Button("Preview motion", elem_id="preview-motion")
                 with gr.Accordion("composition", open=False):

@@ -498,8 +498,7 @@ class _AnimateSample(_Job):
             if frame:  # the previous frame, as saved, moved into this one
                 rng = torch.Generator(device=self.device).manual_seed((config.seed + frame) % 2**63)  # fmt: skip
                 moved = self.path.move(last_frames(self.writer.saved).to(self.device), frame)
-                if self.path.keep_colors is not None:
-                    moved = self.path.keep_colors(moved)
+                moved = self.path.start(moved, frame)
                 state = self.sampler.start(batch, *size, rng, moved, config.frame_skip(frame))
 
             def step(info: dict, frame: int = frame) -> None:

@@ -168,7 +168,9 @@ class CameraPath:
         self.config = config
         self.mode = config.animation_mode
         self.keep_colors: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.schedules = {name: config.schedule(name) for name in MODE_SCHEDULES[self.mode]}
+        settled = [name for name, as_is in (("frame_noise", "0"), ("frame_contrast", "1.0")) if getattr(config, name) != as_is]  # fmt: skip
+        names = (*MODE_SCHEDULES[self.mode], *settled)  # recorded in each frame's PNG too
+        self.schedules = {name: config.schedule(name) for name in names}
         self.estimate = None
         if self.mode == "3D" and config.depth_model != "none":
             check_depth_model(config.depth_model)
@@ -187,6 +189,24 @@ class CameraPath:
         if self.estimate is None:
             return plane_depth(image)
         return normalised_depth(self.estimate(image))
+
+    def start(self, moved: torch.Tensor, frame: int) -> torch.Tensor:
+        """The moved previous frame as ``frame``'s start: frame 0's colours kept (with
+        ``color_coherence``), its contrast scaled and noise added as ``frame_contrast`` and
+        ``frame_noise`` say. The noise is drawn from the seed and the frame alone (on the CPU),
+        so that a resumed run, or another device, draws the same."""
+        config = self.config
+        image = moved if self.keep_colors is None else self.keep_colors(moved)
+        contrast = config.schedule_at("frame_contrast", frame)
+        if contrast != 1:
+            mean = image.mean((-2, -1), keepdim=True)
+            image = (mean + (image - mean) * contrast).clamp(0, 1)
+        noise = config.schedule_at("frame_noise", frame)
+        if noise:
+            rng = torch.Generator().manual_seed((max(config.seed, 0) * 1_000_003 + frame) % 2**63)
+            grain = torch.randn(image.shape, generator=rng, dtype=torch.float32)
+            image = (image + grain.to(image.device, image.dtype) * noise / 2).clamp(0, 1)
+        return image
 
     def move(self, image: torch.Tensor, frame: int) -> torch.Tensor:
         """The previous frame ``image`` moved into ``frame``."""

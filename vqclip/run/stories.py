@@ -175,9 +175,7 @@ def move_state(loop: Loop, state: LoopState, config: GenerationConfig, path: Cam
     image, key = render(loop, state), config.frame_ended(state.iteration)
     for frame in range(key + 1, key + config.cadence + 1):
         image = path.move(image, frame)
-    if path.keep_colors is not None:
-        image = path.keep_colors(image)
-    _start_from(loop, state, config, image)
+    _start_from(loop, state, config, path.start(image, key + config.cadence))
 
 
 def _start_from(

@@ -48,6 +48,22 @@ def test_a_moved_frame_starts_with_its_scheduled_contrast_and_noise() -> None:
     assert path.values(1) == {"zoom": 1.0, "angle": 0.0, "translation_x": 0.0, "translation_y": 0.0, "frame_noise": 0.1, "frame_contrast": 2.0}  # fmt: skip
 
 
+def test_wrap_brings_in_at_one_side_what_leaves_the_other() -> None:
+    image = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(0))
+    moved = warp_2d(image, 1.0, 0.0, (3, -2), padding_mode="wrap")  # right 3, up 2: a roll
+    assert torch.allclose(moved, image.roll((-2, 3), (-2, -1)), atol=1e-5)
+    half = warp_2d(image, 1.0, 0.0, (0.5, 0), padding_mode="wrap")  # across the seam too
+    assert torch.allclose(half, (image + image.roll(1, -1)) / 2, atol=1e-5)
+    for mode in ("bicubic", "nearest"):
+        assert torch.allclose(warp_2d(image, 1.0, 0.0, (5, 0), "wrap", mode), image.roll(5, -1), atol=1e-5)  # fmt: skip
+    # 3D: the camera moving right over a plane moves the picture left by the pinhole's amount,
+    # what leaves at the left coming in at the right.
+    focal = 1 / math.tan(math.radians(40) / 2)
+    shift = -focal * 30 * TRANSLATION_SCALE / NEAR * 16 / 2  # half the shorter side: 8 pixels
+    slid = warp_3d(image, plane_depth(image), translation=(30.0, 0.0, 0.0), padding_mode="wrap")
+    assert torch.allclose(slid, warp_2d(image, 1.0, 0.0, (shift, 0.0), padding_mode="wrap"), atol=1e-4)  # fmt: skip
+
+
 def test_warp_2d_moves_zooms_and_turns() -> None:
     image = torch.rand(2, 3, 8, 12)
     assert torch.allclose(warp_2d(image, 1.0), image, atol=1e-6)

@@ -39,7 +39,7 @@ SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "translation_z",
              "rotation_3d_y", "rotation_3d_z", "fov", "frame_strength", "frame_noise",
              "frame_contrast")  # fmt: skip
 _SCHEDULE_HELP = ' (a schedule: a number, "0: (0), 50: (2)", or an expression of t, max_f and s)'
-PADDINGS = ("reflection", "border", "zeros")
+PADDINGS = ("reflection", "border", "zeros", "wrap")
 HEXAGONAL = ("p3", "p31m", "p3m1", "p6", "p6m")  # tiles of a hexagonal lattice: sides 1:√3
 WALLPAPERS = ("cm", "pmg", "pgg", "cmm", "p4g", *HEXAGONAL)  # the image made the mean under them
 SYMMETRIES = ("none", "horizontal", "vertical", "both", "rotate2", "rotate4", "glide",
@@ -215,7 +215,7 @@ class GenerationConfig:
     rotation_3d_y: str = _field("0", "3D: the camera pans, degrees per frame (positive: the view turns right)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     rotation_3d_z: str = _field("0", "3D: the camera rolls, degrees per frame (positive: clockwise, the scene turns anticlockwise)" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
     fov: str = _field("40", "3D: the camera's field of view across the shorter side, in degrees" + _SCHEDULE_HELP, ANIMATION)  # fmt: skip
-    padding_mode: str = _field("reflection", "animation: what fills where the moved frame leaves the picture: reflection, border or zeros", ANIMATION)  # fmt: skip
+    padding_mode: str = _field("reflection", "animation: what fills where the moved frame leaves the picture: reflection, border, zeros or wrap (what leaves one side comes in at the other)", ANIMATION)  # fmt: skip
     sampling_mode: str = _field("bilinear", "animation: resampling of the moved frame: bilinear, bicubic or nearest", ANIMATION)  # fmt: skip
     color_coherence: str = _field("none", 'animation: each frame starts from the moved one before it with its colours matched to frame 0\'s (each channel\'s histogram, in "rgb", "hsv" or "lab"; Deforum\'s color_coherence), against the drift of long animations; or "none"', ANIMATION)  # fmt: skip
     depth_model: str = _field("none", '3D: the depth estimator ("none": a plane facing the camera; a registry model, "depth-anything-v2-small" or "dpt-hybrid-midas", with vqclip[depth]; or an installed one, such as "shapes-depth")', ANIMATION)  # fmt: skip

@@ -40,7 +40,7 @@ __all__ = [
 
 TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
 NEAR, FAR = 1.0, 3.0  # a normalised depth map's range; a plane facing the camera sits at NEAR
-PADDING_MODES = ("reflection", "border", "zeros")
+PADDING_MODES = ("reflection", "border", "zeros", "wrap")
 SAMPLING_MODES = ("bilinear", "bicubic", "nearest")
 
 
@@ -66,9 +66,22 @@ def warp_2d(
         device=image.device,
     ).expand(batch, 2, 3)
     grid = F.affine_grid(theta, list(image.shape), align_corners=False)
-    return F.grid_sample(
-        image, grid, mode=sampling_mode, padding_mode=padding_mode, align_corners=False
-    )
+    return _sample(image, grid, padding_mode, sampling_mode)
+
+
+def _sample(image: torch.Tensor, grid: torch.Tensor, padding_mode: str, sampling_mode: str) -> torch.Tensor:  # fmt: skip
+    """``grid_sample`` (pixel centres), and ``padding_mode`` "wrap", which it lacks: what leaves
+    one side comes in at the other (the image on a torus, as Deforum's and pytti's wrap), read
+    from the image padded circularly so that interpolation across the seam sees the other side."""
+    if padding_mode != "wrap":
+        return F.grid_sample(image, grid, mode=sampling_mode, padding_mode=padding_mode, align_corners=False)  # fmt: skip
+    height, width = image.shape[-2:]
+    pad = 2  # bicubic reads two pixels either side
+    x = torch.remainder(((grid[..., 0] + 1) * width - 1) / 2, width)  # pixel coordinates
+    y = torch.remainder(((grid[..., 1] + 1) * height - 1) / 2, height)
+    inside = torch.stack([(2 * (x + pad) + 1) / (width + 2 * pad) - 1, (2 * (y + pad) + 1) / (height + 2 * pad) - 1], -1)  # fmt: skip
+    padded = F.pad(image, (pad, pad, pad, pad), mode="circular")
+    return F.grid_sample(padded, inside, mode=sampling_mode, padding_mode="border", align_corners=False)  # fmt: skip
 
 
 def rotation(degrees_x: float, degrees_y: float, degrees_z: float) -> torch.Tensor:
@@ -118,10 +131,7 @@ def warp_3d(
     half = min(height, width) / 2
     pixels = focal * before[..., :2] / z  # units of half the shorter side
     grid = torch.stack([pixels[..., 0] * half / (width / 2), pixels[..., 1] * half / (height / 2)], -1)  # fmt: skip
-    return F.grid_sample(
-        image, grid.to(image.dtype), mode=sampling_mode, padding_mode=padding_mode,
-        align_corners=False,
-    )  # fmt: skip
+    return _sample(image, grid.to(image.dtype), padding_mode, sampling_mode)
 
 
 def normalised_depth(raw: torch.Tensor) -> torch.Tensor:

@@ -475,6 +475,11 @@ class _Page:
         return playable, str(path), f"video, {note}: {html.escape(str(path))}"
 
 
+def _upload(field: str, label: str) -> gr.File:
+    """An upload box for the form's ``field``, taking the files it takes (``UPLOADED``)."""
+    return gr.File(label=label, file_types=list(UPLOADED[field]), type="filepath", height=UPLOAD_HEIGHT, elem_id=field)  # fmt: skip
+
+
 def _plugin_help(syntax: str, kinds: dict) -> str:
     installed = ", ".join(sorted(kinds)) or "none installed"
     return f'"{syntax}" (docs/plugins.md); installed: {installed}'
@@ -643,13 +648,7 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                     ]
                 with gr.Accordion("images: a start, a prompt, a target", open=False):
                     images = [
-                        gr.File(
-                            label="init_image: start from it",
-                            file_types=list(IMAGE_SUFFIXES),
-                            type="filepath",
-                            height=UPLOAD_HEIGHT,
-                            elem_id="init_image",
-                        ),  # fmt: skip
+                        _upload("init_image", "init_image: start from it"),
                         gr.Number(
                             0.0, label="init_weight (hold near it, or near each restyled frame)"
                         ),  # fmt: skip
@@ -658,31 +657,16 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             label="skip_timesteps (diffusion: the steps the start skips)",
                             precision=0,
                         ),  # fmt: skip
-                        gr.File(
-                            label="image prompt: pull toward what CLIP sees in it",
-                            file_types=list(IMAGE_SUFFIXES),
-                            type="filepath",
-                            height=UPLOAD_HEIGHT,
-                            elem_id="image_prompt",
-                        ),  # fmt: skip
+                        _upload("image_prompt", "image prompt: pull toward what CLIP sees in it"),
                         gr.Number(1.0, label="image prompt's weight (negative: push away)"),
-                        gr.File(
-                            label="target image: an image prompt of weight 1",
-                            file_types=list(IMAGE_SUFFIXES),
-                            type="filepath",
-                            height=UPLOAD_HEIGHT,
-                            elem_id="target_image",
-                        ),  # fmt: skip
+                        _upload("target_image", "target image: an image prompt of weight 1"),
                     ]
                 with gr.Accordion("restyle a video (docs/video.md)", open=False):
                     restyle = [
-                        gr.File(
-                            label=f"video to restyle, at most {MAX_UPLOAD >> 20} MB: each frame a run of max_iterations steps",  # fmt: skip
-                            file_types=list(VIDEO_SUFFIXES),
-                            type="filepath",
-                            height=UPLOAD_HEIGHT,
-                            elem_id="init_video",
-                        ),  # fmt: skip
+                        _upload(
+                            "init_video",
+                            f"video to restyle, at most {MAX_UPLOAD >> 20} MB: each frame a run of max_iterations steps",
+                        ),
                         gr.Number(
                             0, label="video_frames (0: all)", precision=0, elem_id="video_frames"
                         ),  # fmt: skip
@@ -705,19 +689,16 @@ def build_ui(output_dir: str | Path = "outputs") -> gr.Blocks:
                             0,
                             label="flow_long_term (frames further back pulled toward)",
                             precision=0,
-                        ),  # fmt: skip  # fmt: skip
+                        ),  # fmt: skip
                         gr.Dropdown(
                             [*FLOW_ESTIMATORS, *plugins.estimators("flow")],
                             value="dis",
                             label="flow_estimator",
                         ),  # fmt: skip
-                        gr.File(
-                            label="soundtrack under the video (a restyle keeps its own sound without one)",  # fmt: skip
-                            file_types=list(SOUND_SUFFIXES + VIDEO_SUFFIXES),
-                            type="filepath",
-                            height=UPLOAD_HEIGHT,
-                            elem_id="soundtrack",
-                        ),  # fmt: skip
+                        _upload(
+                            "soundtrack",
+                            "soundtrack under the video (a restyle keeps its own sound without one)",
+                        ),
                         gr.Number(0.0, label="soundtrack_offset (seconds into it)"),
                     ]
                 with gr.Row():

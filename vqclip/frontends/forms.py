@@ -14,6 +14,7 @@ __all__ = [
     "animation_settings",
     "choose_models",
     "composition_settings",
+    "image_settings",
     "preset_settings",
     "prompt_settings",
     "resolve",

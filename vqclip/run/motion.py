@@ -33,15 +33,13 @@ from vqclip.models.depth import depth_estimator, depth_models
 from vqclip.run.frames import FrameWriter, create_run_dir
 
 __all__ = [
-    "TRANSLATION_SCALE", "PADDING_MODES", "SAMPLING_MODES", "warp_2d", "warp_3d", "rotation",
+    "TRANSLATION_SCALE", "warp_2d", "warp_3d", "rotation",
     "plane_depth", "NEAR", "FAR", "normalised_depth", "CameraPath", "MODE_SCHEDULES",
     "calibration_card", "preview_motion", "depth_pixels", "describe", "Tweens", "check_depth_model",
 ]  # fmt: skip
 
 TRANSLATION_SCALE = 1 / 200  # scene units per unit of translation_x/y/z
 NEAR, FAR = 1.0, 3.0  # a normalised depth map's range; a plane facing the camera sits at NEAR
-PADDING_MODES = ("reflection", "border", "zeros", "wrap")
-SAMPLING_MODES = ("bilinear", "bicubic", "nearest")
 
 
 def warp_2d(
